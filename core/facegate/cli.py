@@ -1,0 +1,256 @@
+"""``facegate`` command line: set-up, verify, embed, identify, evaluate, calibrate.
+
+Exit codes: 0 success (``verify``: match), 1 ``verify``: no match, 2 any error. Errors are
+one line on stderr, ``error: <code>: <message>``, never a stack trace (set
+``FACEGATE_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from facegate.errors import FaceGateError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE = REPO_ROOT / ".cache"
+EXIT_OK, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from facegate.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    for name in ("model_id", "threshold", "model_dir", "multi_face"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "flip", None) is not None:
+        overrides["flip_tta"] = args.flip
+    return Settings(**overrides)
+
+
+def _pipeline(args: argparse.Namespace) -> Any:
+    from facegate.pipeline import FacePipeline
+
+    return FacePipeline(_settings(args))
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from facegate.assets import install_sface, install_test_photos
+    from facegate.settings import default_model_dir
+
+    model_dir = args.model_dir or default_model_dir()
+    card = install_sface(model_dir, args.cache_dir, onnx_path=args.onnx, force=args.force)
+    print(f"model {card.model_id} ({card.version}) ready in {model_dir / card.model_id}")
+    if args.test_photos:
+        where = install_test_photos(args.test_photos, args.cache_dir)
+        print(f"test photos ready in {where}")
+    return EXIT_OK
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from facegate.models.card import list_cards
+    from facegate.settings import default_model_dir
+
+    cards = list_cards(args.model_dir or default_model_dir())
+    if args.json:
+        print(json.dumps([json.loads(c.to_json()) for c in cards]))
+    for card in cards if not args.json else []:
+        dim = f"{card.embedding_dim}-d"
+        print(f"{card.model_id}\t{card.architecture}\t{dim}\tthreshold {card.threshold}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    pipeline = _pipeline(args)
+    results = pipeline.process_many([args.a, args.b], policy="largest")
+    for label, result in zip((args.a, args.b), results, strict=True):
+        if isinstance(result, FaceGateError):
+            raise type(result)(f"{label}: {result.message}")
+    from facegate.verify import verify_embeddings
+
+    first, second = results
+    outcome = verify_embeddings(
+        first.primary.vector,
+        second.primary.vector,
+        threshold=pipeline.threshold,
+        model_id=pipeline.model_id,
+        faces=(first.primary.detection, second.primary.detection),
+    )
+    if args.json:
+        print(json.dumps(outcome.to_dict()))
+    else:
+        verdict = "MATCH" if outcome.match else "NO MATCH"
+        scores = f"similarity {outcome.similarity:.4f}  threshold {outcome.threshold:.4f}"
+        print(f"{verdict}  {scores}  model {outcome.model_id}")
+    return EXIT_OK if outcome.match else EXIT_NO_MATCH
+
+
+def cmd_eval_lfw(args: argparse.Namespace) -> int:
+    from facegate.evaluation.pairs import read_lfw_pairs
+    from facegate.evaluation.run import evaluate_pairs
+
+    pairs = read_lfw_pairs(args.pairs, args.root)
+    report = evaluate_pairs(_pipeline(args), pairs, progress=not args.json)
+    report.pop("scores")
+    report.pop("same")
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    rows = [
+        ("model", report["model_id"]),
+        ("pairs", f"{report['pairs']} in {report['folds']} folds"),
+        ("accuracy", f"{report['accuracy']:.4f} ± {report['accuracy_std']:.4f}"),
+        ("threshold (mean)", f"{report['threshold']:.4f}"),
+        ("ROC AUC", f"{report['roc_auc']:.4f}"),
+        ("no face (fallback)", str(report["no_face"])),
+        ("unreadable", str(report["failed"])),
+        ("seconds", str(report["seconds"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from facegate.evaluation.calibrate import calibrate
+
+    record = calibrate(_pipeline(args), args.root, impostors=args.impostors)
+    text = json.dumps(record, indent=2) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    print(text, end="")
+    return EXIT_OK
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from facegate.enrol import embed_directory
+
+    pipeline = _pipeline(args)
+    rejects_path = args.rejects or args.out.with_name(args.out.stem + ".rejects.parquet")
+    report = embed_directory(
+        pipeline, args.directory, args.out, rejects_path, batch=args.batch, policy=args.multi_face
+    )
+    counts = f"{report.rows} faces from {report.photos} photos of {report.subjects} subjects"
+    print(f"{counts} -> {args.out}")
+    if report.rejects:
+        print(f"{len(report.rejects)} rejected -> {rejects_path}")
+        for key, code, message in report.rejects:
+            print(f"  {key}: {code}: {message}")
+    return EXIT_OK
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from facegate.gallery import read_gallery
+    from facegate.search import search_gallery
+
+    pipeline = _pipeline(args)
+    _, table = read_gallery(args.gallery, expected_model_id=pipeline.model_id)
+    face = pipeline.process(args.probe, policy="largest").primary
+    found = search_gallery(face.vector, table, k=args.top_k, threshold=pipeline.threshold)
+    if args.json:
+        print(json.dumps(found.to_dict()))
+    else:
+        best = found.best
+        print(f"best: {best.subject_id} ({best.similarity:.4f})" if best else "no match")
+        for m in found.candidates:
+            print(f"  {m.rank}. {m.subject_id:<24} {m.similarity:+.4f}  {m.image_key}")
+    return EXIT_OK if found.best else EXIT_NO_MATCH
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facegate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", dest="model_id", help="model id (see 'facegate models list')")
+        p.add_argument("--model-dir", type=Path, help="directory of model folders")
+        p.add_argument("--threshold", type=float, help="override the model card's threshold")
+        p.add_argument(
+            "--flip",
+            action=argparse.BooleanOptionalAction,
+            help="horizontal-flip test-time augmentation (default: FACEGATE_FLIP_TTA, off)",
+        )
+
+    p = sub.add_parser("setup", help="download, check and convert model weights")
+    p.add_argument("--model-dir", type=Path)
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE / "downloads")
+    p.add_argument("--onnx", type=Path, help="convert this SFace ONNX file (int8 or fp32)")
+    p.add_argument("--test-photos", type=Path, help="also fetch the six test photos here")
+    p.add_argument("--force", action="store_true", help="convert again even if intact")
+    p.set_defaults(func=cmd_setup)
+
+    models = sub.add_parser("models", help="installed models").add_subparsers(
+        dest="action", required=True
+    )
+    p = models.add_parser("list", help="list installed model ids")
+    p.add_argument("--model-dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_list)
+
+    p = sub.add_parser("verify", help="1:1: are A and B the same person? exit 0 yes, 1 no, 2 error")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.add_argument("--json", action="store_true")
+    model_options(p)
+    p.set_defaults(func=cmd_verify)
+
+    evaluate = sub.add_parser("eval", help="evaluate on a pair list").add_subparsers(
+        dest="dataset", required=True
+    )
+    p = evaluate.add_parser("lfw", help="LFW protocol: k-fold accuracy from a pairs.txt")
+    p.add_argument("--root", type=Path, required=True, help="LFW-layout image folder")
+    p.add_argument("--pairs", type=Path, required=True, help="LFW pairs.txt (folds in header)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    model_options(p)
+    p.set_defaults(func=cmd_eval_lfw)
+
+    p = sub.add_parser("calibrate", help="choose the decision threshold on identity folders")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--impostors", type=int, default=20000)
+    p.add_argument("--out", type=Path)
+    model_options(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("embed", help="embed DIR/<subject>/<photo> into a Parquet gallery")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="gallery .parquet to write")
+    p.add_argument("--rejects", type=Path, help="rejects .parquet (default: beside --out)")
+    p.add_argument("--multi-face", choices=["largest", "all", "reject"])
+    p.add_argument("--batch", type=int, default=32, help="photos per detection batch")
+    model_options(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("identify", help="1:N: who in the gallery is this? exit 0 found, 1 none")
+    p.add_argument("probe", type=Path)
+    p.add_argument("--gallery", type=Path, required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    model_options(p)
+    p.set_defaults(func=cmd_identify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FaceGateError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # a last line of defence: one line, never a trace
+        if os.environ.get("FACEGATE_DEBUG"):
+            raise
+        print(f"error: internal: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

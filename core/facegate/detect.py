@@ -1,0 +1,135 @@
+"""Detection: MTCNN (facenet-pytorch) behind our own types.
+
+facenet-pytorch's weights ship inside its wheel, so nothing is downloaded. Large images are
+downscaled before detection (MTCNN's cost grows with pixels, its accuracy does not) and the
+coordinates mapped back. Same-size images are detected in one batched call.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from facegate.errors import FaceTooSmallError, MultipleFacesError, NoFaceError
+from facegate.settings import MultiFacePolicy
+from facegate.types import Detection
+
+
+class FaceDetector:
+    """MTCNN returning every face as a ``Detection``, largest first.
+
+    ``max_side``: images whose longer side exceeds it are downscaled for detection.
+    ``min_face_size``: smallest face MTCNN searches for, in detection-image pixels.
+    ``threshold``: minimum final-stage probability for a face to be reported.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_face_size: int = 20,
+        threshold: float = 0.9,
+        max_side: int = 1024,
+        batch_size: int = 16,
+        device: str = "cpu",
+    ) -> None:
+        from facenet_pytorch import MTCNN
+
+        self._mtcnn = MTCNN(
+            keep_all=True, select_largest=True, min_face_size=min_face_size, device=device
+        )
+        self._mtcnn.eval()
+        self.threshold = threshold
+        self.max_side = max_side
+        self.batch_size = batch_size
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in one ``(H, W, 3) uint8`` RGB image, largest first."""
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Faces in each image; images that share a size after downscaling run together."""
+        scaled: list[tuple[np.ndarray, float]] = [self._downscale(img) for img in images]
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, (array, _) in enumerate(scaled):
+            groups[array.shape].append(index)
+        results: list[list[Detection]] = [[] for _ in images]
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                batch = np.stack([scaled[i][0] for i in chunk])
+                boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
+                for i, b, p, pts in zip(chunk, boxes, probs, points, strict=True):
+                    results[i] = self._to_detections(b, p, pts, scaled[i][1])
+        return results
+
+    def _downscale(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        height, width = image.shape[:2]
+        longest = max(height, width)
+        if longest <= self.max_side:
+            return np.ascontiguousarray(image), 1.0
+        scale = self.max_side / longest
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resized = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(resized), scale
+
+    def _to_detections(
+        self, boxes: object, probs: object, points: object, scale: float
+    ) -> list[Detection]:
+        if boxes is None:
+            return []
+        # facenet-pytorch 2.5.3 hands back object-dtype arrays: cast before any maths.
+        box_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale
+        prob_arr = np.asarray(probs, dtype=np.float64).reshape(-1)
+        pts_arr = np.asarray(points, dtype=np.float64).reshape(-1, 5, 2) / scale
+        found = [
+            Detection(
+                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                score=float(s),
+                landmarks=pt.astype(np.float32),
+            )
+            for b, s, pt in zip(box_arr, prob_arr, pts_arr, strict=True)
+            if s >= self.threshold
+        ]
+        return sorted(found, key=lambda d: d.area, reverse=True)
+
+
+def select_faces(
+    detections: Sequence[Detection],
+    policy: MultiFacePolicy,
+    min_face_px: int,
+    image_size: tuple[int, int] | None = None,
+) -> list[int]:
+    """Indices of the faces to use under ``policy``; raises when none qualifies.
+
+    Faces whose shorter box side is under ``min_face_px`` are never used, and do not count
+    as "several faces" for ``reject`` (a tiny face in the background should not block a
+    portrait). ``detections`` must be largest first, as ``FaceDetector`` returns them.
+    ``center`` keeps the face nearest the centre of ``image_size`` (width, height): the
+    subject of a cropped data set such as LFW, where a larger bystander may be cut in half
+    at the edge.
+    """
+    if not detections:
+        raise NoFaceError("no face found in the image")
+    usable = [i for i, d in enumerate(detections) if min(d.width, d.height) >= min_face_px]
+    if not usable:
+        largest = detections[0]
+        raise FaceTooSmallError(
+            f"largest face is {largest.width:.0f}x{largest.height:.0f} px; faces must be at "
+            f"least {min_face_px} px"
+        )
+    if policy == "reject" and len(usable) > 1:
+        raise MultipleFacesError(f"{len(usable)} faces found; exactly one is required")
+    if policy == "all":
+        return usable
+    if policy == "center" and image_size is not None:
+        cx, cy = image_size[0] / 2.0, image_size[1] / 2.0
+
+        def offset(i: int) -> float:
+            box = detections[i].box
+            return ((box[0] + box[2]) / 2 - cx) ** 2 + ((box[1] + box[3]) / 2 - cy) ** 2
+
+        return [min(usable, key=offset)]
+    return usable[:1]

@@ -1,0 +1,90 @@
+"""One error vocabulary for the whole library.
+
+Every error carries a stable machine-readable ``code``. The core knows nothing of HTTP: the
+API maps these classes to status codes in one place, the CLI prints ``code: message`` and
+exits 2, batch jobs write the code into reject rows.
+"""
+
+from __future__ import annotations
+
+
+class FaceGateError(Exception):
+    """Base class: ``code`` is stable and machine-readable, ``message`` is for people."""
+
+    code = "facegate_error"
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class InputError(FaceGateError):
+    """The caller sent something we cannot use; retrying the same input will not help."""
+
+    code = "invalid_input"
+
+
+class InvalidImageError(InputError):
+    """Bytes that are not a decodable image (corrupt, truncated, text, unsupported format)."""
+
+    code = "invalid_image"
+
+
+class ImageTooLargeError(InputError):
+    """Too many bytes or too many pixels (decompression-bomb guard)."""
+
+    code = "image_too_large"
+
+
+class ImageTooSmallError(InputError):
+    """The image's shorter side is below the configured minimum."""
+
+    code = "image_too_small"
+
+
+class FaceError(InputError):
+    """The image decoded but its faces do not satisfy the request."""
+
+    code = "face_error"
+
+
+class NoFaceError(FaceError):
+    code = "no_face"
+
+
+class MultipleFacesError(FaceError):
+    code = "multiple_faces"
+
+
+class FaceTooSmallError(FaceError):
+    code = "face_too_small"
+
+
+class UnknownSubjectError(FaceGateError):
+    code = "unknown_subject"
+
+
+class ModelMismatchError(FaceGateError):
+    """Embeddings from different models (or dims) must never be compared."""
+
+    code = "model_mismatch"
+
+
+class ModelNotFoundError(FaceGateError):
+    """Weights or model card missing: run the set-up step or point the settings at them."""
+
+    code = "model_not_found"
+
+
+class ValidationError(InputError):
+    code = "validation_error"
+
+
+class StorageError(FaceGateError):
+    """S3/DynamoDB/filesystem failure: usually transient, worth a retry."""
+
+    code = "storage_error"

@@ -1,0 +1,1 @@
+"""Verification evaluation: pair lists, the LFW protocol and its metrics (torch-free)."""

@@ -1,0 +1,144 @@
+"""Decoding: untrusted bytes or a path in, an RGB ``uint8`` array out, or a typed error.
+
+Everything a user might upload is handled here once (EXIF rotation, grayscale, palette,
+CMYK, alpha, 16-bit, first frame of animations) so that detection only ever sees
+``(H, W, 3) uint8`` RGB. Size limits are checked before pixels are decoded, from the header,
+so a decompression bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facegate.errors import ImageTooLargeError, ImageTooSmallError, InvalidImageError
+
+#: Formats we accept. Pillow can open more (PSD, ICO, ...); we refuse what we do not test.
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Limits applied before decoding; defaults mirror ``Settings``."""
+
+    max_bytes: int = 15 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 80
+
+
+def read_image_bytes(path: str | Path, limits: ImageLimits | None = None) -> bytes:
+    """Read a file, refusing oversize files before reading them whole."""
+    limits = limits or ImageLimits()
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise InvalidImageError(f"file not found: {path}") from exc
+    except OSError as exc:
+        raise InvalidImageError(f"cannot read {path}: {exc.strerror}") from exc
+    if path.is_dir():
+        raise InvalidImageError(f"{path} is a directory, not an image")
+    if not path.is_file():
+        # A device or FIFO reports size 0 and may never end (/dev/zero): refuse it.
+        raise InvalidImageError(f"{path} is not a regular file")
+    if size > limits.max_bytes:
+        raise ImageTooLargeError(f"{path.name} is {size} bytes; the limit is {limits.max_bytes}")
+    try:
+        with path.open("rb") as handle:
+            # Bounded read: the file may have grown since stat().
+            data = handle.read(limits.max_bytes + 1)
+    except OSError as exc:
+        raise InvalidImageError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(f"{path.name} is over the limit of {limits.max_bytes} bytes")
+    return data
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
+    """Decode image bytes to ``(H, W, 3) uint8`` RGB, upright per EXIF.
+
+    Raises ``InvalidImageError`` (empty, corrupt, truncated, not an image, unsupported
+    format), ``ImageTooLargeError`` (bytes or pixels over the limit) or
+    ``ImageTooSmallError`` (shorter side under ``min_side``).
+    """
+    limits = limits or ImageLimits()
+    if not data:
+        raise InvalidImageError("empty input: no bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    image = _open(data, limits)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns about defects it recovers from (corrupt EXIF, ...): the pixels are
+            # fine and the caller cannot act on it, so no warning may escape.
+            warnings.simplefilter("ignore")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = _to_rgb(image)
+            array = np.asarray(rgb, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImageError(f"corrupt or truncated {image.format} image: {exc}") from exc
+    finally:
+        image.close()
+    height, width = array.shape[:2]
+    if min(height, width) < limits.min_side:
+        raise ImageTooSmallError(
+            f"image is {width}x{height}; the shorter side must be at least {limits.min_side} px"
+        )
+    return array
+
+
+def load_image(path: str | Path, limits: ImageLimits | None = None) -> np.ndarray:
+    """``read_image_bytes`` then ``decode_image``."""
+    return decode_image(read_image_bytes(path, limits), limits)
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open lazily (header only) and apply the format and pixel-count limits."""
+    with warnings.catch_warnings():
+        # Recoverable header defects (e.g. a malformed MPO index) only warn: keep them quiet,
+        # but a decompression-bomb warning becomes an error.
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise ImageTooLargeError(f"image has too many pixels: {exc}") from exc
+        except UnidentifiedImageError as exc:
+            raise InvalidImageError("not an image, or an unsupported format") from exc
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InvalidImageError(f"cannot read image header: {exc}") from exc
+    if image.format not in SUPPORTED_FORMATS:
+        fmt = image.format
+        image.close()
+        raise InvalidImageError(f"unsupported image format {fmt}")
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        image.close()
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
+    # Image.open leaves multi-frame files (GIF, WebP, MPO, TIFF) on their first frame. Do not
+    # ask for n_frames: it walks every frame of an untrusted file, outside the error handling.
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() if array.size else 0.0
+        scale = 255.0 / top if top > 255 else 1.0
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image

@@ -1,0 +1,1 @@
+"""Embedding networks, their converters and the registry that loads them by model id."""

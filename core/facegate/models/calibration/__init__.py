@@ -1,0 +1,1 @@
+"""Committed calibration records, one JSON file per model id."""

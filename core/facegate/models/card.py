@@ -1,0 +1,85 @@
+"""Model cards: what a weights file is, where it came from, and how to use it. Torch-free.
+
+A model directory holds ``<model_dir>/<model_id>/card.json`` beside its weights. Every
+gallery and every API answer records ``model_id`` and ``weights_sha256`` from the card, so
+embeddings from different models are never compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facegate.errors import ModelNotFoundError
+
+CARD_FILE = "card.json"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to serve a model and to trust its numbers."""
+
+    model_id: str
+    version: str
+    architecture: str
+    embedding_dim: int
+    input_size: int
+    template: str
+    pixel_format: str
+    pixel_normalisation: str
+    weights_file: str
+    weights_sha256: str
+    threshold: float
+    source: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    license: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_path(model_dir: Path, model_id: str) -> Path:
+    return Path(model_dir) / model_id
+
+
+def read_card(model_dir: Path, model_id: str) -> ModelCard:
+    """The card of ``model_id``; ``ModelNotFoundError`` names the set-up step when absent."""
+    path = model_path(model_dir, model_id) / CARD_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"model {model_id!r} not found in {model_dir} (no {CARD_FILE}); run "
+            f"'facegate setup' or set FACEGATE_MODEL_DIR"
+        )
+    return ModelCard.from_dict(json.loads(path.read_text()))
+
+
+def write_card(model_dir: Path, card: ModelCard) -> Path:
+    path = model_path(model_dir, card.model_id) / CARD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(card.to_json())
+    tmp.replace(path)
+    return path
+
+
+def list_cards(model_dir: Path) -> list[ModelCard]:
+    root = Path(model_dir)
+    if not root.is_dir():
+        return []
+    return [read_card(root, p.parent.name) for p in sorted(root.glob(f"*/{CARD_FILE}"))]

@@ -1,0 +1,190 @@
+"""The face pipeline as one service object: decode -> detect -> align -> embed -> verify.
+
+``FacePipeline`` wires the steps and owns the loaded models (built once, on first use, from
+``Settings``). Every public method takes photos as bytes, paths or RGB arrays; per-photo
+failures in ``process_many`` come back as typed errors in place, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from facegate.align import align_face
+from facegate.detect import FaceDetector, select_faces
+from facegate.embed import Embedder
+from facegate.errors import FaceGateError
+from facegate.image import ImageLimits, decode_image, read_image_bytes
+from facegate.models.card import ModelCard
+from facegate.settings import MultiFacePolicy, Settings, get_settings
+from facegate.types import AlignedFace, Detection, FaceEmbedding
+from facegate.verify import VerificationResult, verify_embeddings
+
+ImageSource = bytes | str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One photo's outcome: every detected face, and embeddings of the faces the policy kept."""
+
+    detections: list[Detection]
+    embeddings: list[FaceEmbedding]
+    image_size: tuple[int, int]
+
+    @property
+    def primary(self) -> FaceEmbedding:
+        """The first kept face (the largest under ``largest`` and ``reject``)."""
+        return self.embeddings[0]
+
+
+class FacePipeline:
+    """Decode, detect, align and embed with the models named by ``settings``."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        detector: FaceDetector | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        if detector is not None:
+            self.__dict__["detector"] = detector
+        if embedder is not None:
+            self.__dict__["embedder"] = embedder
+        self.limits = ImageLimits(
+            max_bytes=self.settings.max_image_bytes,
+            max_pixels=self.settings.max_image_pixels,
+            min_side=self.settings.min_image_side,
+        )
+
+    @cached_property
+    def detector(self) -> FaceDetector:
+        _configure_threads(self.settings.num_threads)
+        return FaceDetector(
+            min_face_size=self.settings.min_face_size,
+            threshold=self.settings.det_threshold,
+            max_side=self.settings.detect_max_side,
+            device=self.settings.device,
+        )
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        from facegate.models.registry import load_network
+
+        _configure_threads(self.settings.num_threads)
+        network, card = load_network(self.settings.model_dir, self.settings.model_id)
+        return Embedder(
+            network,
+            card,
+            device=self.settings.device,
+            batch_size=self.settings.embed_batch_size,
+            flip_tta=self.settings.flip_tta,
+        )
+
+    @property
+    def card(self) -> ModelCard:
+        return self.embedder.card
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    @property
+    def threshold(self) -> float:
+        """The settings' override, else the model card's calibrated threshold."""
+        if self.settings.threshold is not None:
+            return self.settings.threshold
+        return self.card.threshold
+
+    def warm_up(self) -> None:
+        """Load both models now (Lambda handlers call this at module scope)."""
+        _ = self.detector, self.embedder
+
+    def decode(self, source: ImageSource) -> np.ndarray:
+        """Any accepted source -> ``(H, W, 3) uint8`` RGB."""
+        if isinstance(source, np.ndarray):
+            if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+                raise FaceGateError("arrays must be (H, W, 3) uint8 RGB")
+            return source
+        if isinstance(source, str | Path):
+            source = read_image_bytes(source, self.limits)
+        return decode_image(source, self.limits)
+
+    def align(self, image: np.ndarray, detection: Detection, face_index: int) -> AlignedFace:
+        from facegate.models.registry import template_for
+
+        template, size = template_for(self.card)
+        chip = align_face(image, detection.landmarks, template, size)
+        return AlignedFace(chip=chip, detection=detection, face_index=face_index)
+
+    def process(self, source: ImageSource, policy: MultiFacePolicy | None = None) -> FaceResult:
+        """One photo; raises the photo's ``FaceGateError`` if it cannot be used."""
+        result = self.process_many([source], policy)[0]
+        if isinstance(result, FaceGateError):
+            raise result
+        return result
+
+    def process_many(
+        self, sources: Sequence[ImageSource], policy: MultiFacePolicy | None = None
+    ) -> list[FaceResult | FaceGateError]:
+        """Many photos with batched detection and embedding; errors are returned in place."""
+        policy = policy or self.settings.multi_face
+        outcomes: list[FaceResult | FaceGateError | None] = [None] * len(sources)
+        images: dict[int, np.ndarray] = {}
+        for i, source in enumerate(sources):
+            try:
+                images[i] = self.decode(source)
+            except FaceGateError as exc:
+                outcomes[i] = exc
+        order = list(images)
+        all_detections = self.detector.detect_batch([images[i] for i in order])
+        faces: list[tuple[int, AlignedFace]] = []
+        detections_of: dict[int, list[Detection]] = {}
+        for i, detections in zip(order, all_detections, strict=True):
+            detections_of[i] = detections
+            try:
+                height, width = images[i].shape[:2]
+                chosen = select_faces(
+                    detections, policy, self.settings.min_face_px, image_size=(width, height)
+                )
+            except FaceGateError as exc:
+                outcomes[i] = exc
+                continue
+            faces.extend((i, self.align(images[i], detections[k], k)) for k in chosen)
+        vectors = self.embedder.embed(np.stack([f.chip for _, f in faces])) if faces else []
+        kept: dict[int, list[FaceEmbedding]] = {}
+        for (i, face), vector in zip(faces, vectors, strict=True):
+            kept.setdefault(i, []).append(
+                FaceEmbedding(vector, face.detection, face.face_index, self.model_id)
+            )
+        for i, embeddings in kept.items():
+            height, width = images[i].shape[:2]
+            outcomes[i] = FaceResult(detections_of[i], embeddings, (width, height))
+        return [o if o is not None else FaceGateError("not processed") for o in outcomes]
+
+    def verify(self, a: ImageSource, b: ImageSource) -> VerificationResult:
+        """1:1: the largest face of each photo, compared at the model's threshold."""
+        first, second = self.process_many([a, b], policy="largest")
+        for outcome in (first, second):
+            if isinstance(outcome, FaceGateError):
+                raise outcome
+        assert isinstance(first, FaceResult) and isinstance(second, FaceResult)
+        return verify_embeddings(
+            first.primary.vector,
+            second.primary.vector,
+            threshold=self.threshold,
+            model_id=self.model_id,
+            faces=(first.primary.detection, second.primary.detection),
+        )
+
+
+def _configure_threads(num_threads: int | None) -> None:
+    if num_threads:
+        import torch
+
+        torch.set_num_threads(num_threads)

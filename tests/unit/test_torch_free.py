@@ -1,0 +1,48 @@
+"""Light functions must not pay for torch: these modules import without it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+TORCH_FREE = [
+    "facegate",
+    "facegate.errors",
+    "facegate.settings",
+    "facegate.types",
+    "facegate.image",
+    "facegate.align",
+    "facegate.verify",
+    "facegate.gallery",
+    "facegate.search",
+    "facegate.models.card",
+    "facegate.evaluation.metrics",
+    "facegate.evaluation.pairs",
+]
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_imports_without_torch(module):
+    code = f"import sys, {module}; sys.exit(3 if 'torch' in sys.modules else 0)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr or f"{module} imported torch"
+
+
+def test_torch_free_even_when_torch_is_unavailable():
+    """Simulate a Lambda without torch: a meta-path hook refuses it."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is not installed here')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"import {', '.join(TORCH_FREE)}\n"
+        "import facegate.verify as v, numpy as np\n"
+        "print(round(v.cosine_similarity(np.ones(3), np.ones(3)), 6))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1.0"
