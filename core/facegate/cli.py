@@ -67,6 +67,16 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models_import(args: argparse.Namespace) -> int:
+    from facegate.models.import_weights import import_inception
+    from facegate.settings import default_model_dir
+
+    model_dir = args.model_dir or default_model_dir()
+    card = import_inception(args.weights, model_dir, args.model_id, threshold=args.threshold)
+    print(f"model {card.model_id} ({card.architecture}) ready in {model_dir / card.model_id}")
+    return EXIT_OK
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     pipeline = _pipeline(args)
     results = pipeline.process_many([args.a, args.b], policy="largest")
@@ -194,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models_list)
+
+    p = models.add_parser("import", help="install InceptionResnetV1 weights you have")
+    p.add_argument("--weights", required=True, help="state dict: local path or s3://bucket/key")
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--threshold", type=float, required=True, help="cosine decision threshold")
+    p.add_argument("--model-dir", type=Path)
+    p.set_defaults(func=cmd_models_import)
 
     p = sub.add_parser("verify", help="1:1: are A and B the same person? exit 0 yes, 1 no, 2 error")
     p.add_argument("a", type=Path)

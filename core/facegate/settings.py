@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     multi_face: MultiFacePolicy = "largest"
 
     embed_batch_size: int = Field(default=32, ge=1)
+
+    bucket: str = "facegate-local"
+    table: str = "facegate-subjects"
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
     flip_tta: bool = False
     threshold: float | None = None
 
