@@ -1,0 +1,53 @@
+"""Domain errors -> HTTP, in one place. Every error answer is ``{"error": {code, message}}``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from facegate import errors
+
+#: Most specific class first: the first ``isinstance`` match decides the status.
+STATUS: list[tuple[type[errors.FaceGateError], int]] = [
+    (errors.ImageTooLargeError, 413),
+    (errors.FaceError, 422),
+    (errors.ModelMismatchError, 409),
+    (errors.UnknownSubjectError, 404),
+    (errors.ModelNotFoundError, 503),
+    (errors.StorageError, 503),
+    (errors.InputError, 400),
+]
+
+
+class UnauthorizedError(errors.FaceGateError):
+    code = "unauthorized"
+
+
+def status_for(exc: errors.FaceGateError) -> int:
+    if isinstance(exc, UnauthorizedError):
+        return 401
+    return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.FaceGateError)
+    async def facegate_error(_: Request, exc: errors.FaceGateError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+        return JSONResponse(error_body("validation_error", message), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)

@@ -1,0 +1,21 @@
+"""The app factory: builds the app and includes the routers; nothing else lives here."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.routers import faces, health
+from facegate import __version__
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="FaceGate",
+        version=__version__,
+        description="Face enrolment, verification (1:1) and identification (1:N).",
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(faces.router)
+    return app
