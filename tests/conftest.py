@@ -43,3 +43,32 @@ def pipeline():  # type: ignore[no-untyped-def]
     p = FacePipeline(Settings())
     p.warm_up()
     return p
+
+
+@pytest.fixture(scope="module")
+def aws():
+    """moto's in-process AWS with fake credentials; yields the settings that point at it,
+    with the stack's table and bucket created."""
+    from moto import mock_aws
+
+    from facegate.aws import aws_client
+    from facegate.settings import Settings
+    from facegate.stores import create_table
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            patch.setenv(name, value)
+        with mock_aws():
+            settings = Settings(bucket="facegate-test", table="facegate-test")
+            create_table(aws_client("dynamodb", settings), settings.table)
+            s3 = aws_client("s3", settings)
+            s3.create_bucket(Bucket=settings.bucket)
+            s3.put_bucket_versioning(
+                Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"}
+            )
+            yield settings

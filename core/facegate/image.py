@@ -142,3 +142,23 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+_MIME = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "GIF": "image/gif",
+}
+
+
+def content_type(data: bytes) -> str:
+    """MIME type of already-decoded-once image bytes, from the header (for storing them)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return _MIME.get(image.format or "", "application/octet-stream")
+    except (OSError, ValueError, SyntaxError):
+        return "application/octet-stream"

@@ -15,6 +15,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MultiFacePolicy = Literal["largest", "center", "all", "reject"]
+AuthMode = Literal["api_key", "iam", "none"]
 
 #: Where set-up writes converted weights when running from a checkout (``<repo>/models``).
 _CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -56,6 +57,8 @@ class Settings(BaseSettings):
     table: str = "facegate-subjects"
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
+    auth_mode: AuthMode = "api_key"
+    s3_max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
     flip_tta: bool = False
     threshold: float | None = None
 

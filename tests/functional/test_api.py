@@ -1,34 +1,27 @@
-"""The HTTP API on real photos: through FastAPI's TestClient and through the Lambda handler."""
+"""The HTTP API on real photos against moto: through FastAPI's TestClient and through the
+Lambda handler with API Gateway v2 events. Each test checks the answer and, where it
+matters, the AWS state behind it."""
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.deps import get_pipeline
 from app.main import create_app
-
-
-@pytest.fixture(scope="module")
-def client(pipeline):
-    app = create_app()
-    app.dependency_overrides[get_pipeline] = lambda: pipeline
-    return TestClient(app)
+from facegate.apikeys import ApiKeyStore
+from facegate.aws import aws_client
+from facegate.settings import get_settings
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-@pytest.fixture(scope="module")
-def photo(faces_dir):
-    return lambda name: (faces_dir / f"{name}.jpg").read_bytes()
 
 
 def _jpeg(array: np.ndarray) -> bytes:
@@ -37,10 +30,35 @@ def _jpeg(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.fixture(scope="module")
+def api_key(aws) -> str:
+    return ApiKeyStore(aws_client("dynamodb", aws), aws.table).create("tests")
+
+
+@pytest.fixture(scope="module")
+def client(pipeline, aws, api_key):
+    app = create_app()
+    app.dependency_overrides[get_pipeline] = lambda: pipeline
+    app.dependency_overrides[get_settings] = lambda: aws
+    return TestClient(app, headers={"x-api-key": api_key})
+
+
+@pytest.fixture(scope="module")
+def photo(faces_dir):
+    return lambda name: (faces_dir / f"{name}.jpg").read_bytes()
+
+
 def test_health_names_model_and_threshold(client, pipeline):
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["model_id"] == "sface"
     assert body["threshold"] == pipeline.threshold
+
+
+def test_api_key_is_required(client, photo):
+    body = {"image_a": b64(photo("person_a_1")), "image_b": b64(photo("person_a_2"))}
+    for headers in ({"x-api-key": ""}, {"x-api-key": "fg_wrong"}):
+        answer = client.post("/compare", json=body, headers=headers)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "unauthorized"
 
 
 def test_compare_multipart_match(client, photo):
@@ -70,6 +88,89 @@ def test_compare_against_reference_embedding(client, photo):
     assert other.json()["match"] is False
 
 
+def test_enrol_compare_identify_delete(client, photo, aws):
+    files = [
+        ("image", ("1.jpg", photo("person_a_1"))),
+        ("image", ("2.jpg", b"not a photo")),
+    ]
+    enrolled = client.post("/subjects/macron/faces", files=files)
+    assert enrolled.status_code == 201, enrolled.text
+    body = enrolled.json()
+    assert body["accepted"] == 1 and body["rejected"] == 1
+    assert body["photos"][1]["error"]["code"] == "invalid_image"
+    alias = client.post(
+        "/enroll", json={"subject_id": "ardern", "images": [b64(photo("person_b_1"))]}
+    )
+    assert alias.status_code == 201 and alias.json()["accepted"] == 1
+
+    listing = client.get("/subjects", params={"limit": 1}).json()
+    assert len(listing["subjects"]) == 1 and listing["next_cursor"]
+    rest = client.get("/subjects", params={"cursor": listing["next_cursor"]}).json()
+    names = {s["subject_id"] for s in listing["subjects"] + rest["subjects"]}
+    assert names == {"macron", "ardern"}
+
+    verify = client.post(
+        "/compare", json={"image": b64(photo("person_a_2")), "subject_id": "macron"}
+    )
+    assert verify.json()["match"] is True and verify.json()["aggregation"] == "max"
+    refuse = client.post(
+        "/compare", json={"image": b64(photo("impostor_1")), "subject_id": "macron"}
+    )
+    assert refuse.json()["match"] is False
+
+    hit = client.post("/identify", json={"image": b64(photo("person_b_2"))}).json()
+    assert hit["match"] is True and hit["best"]["subject_id"] == "ardern"
+    miss = client.post("/identify", json={"image": b64(photo("impostor_2"))}).json()
+    assert miss["match"] is False and miss["best"] is None and miss["candidates"]
+
+    s3 = aws_client("s3", aws)
+    prefix = {"Bucket": aws.bucket, "Prefix": "enrolments/macron/"}
+    assert s3.list_object_versions(**prefix).get("Versions")
+    deleted = client.delete("/subjects/macron")
+    assert deleted.status_code == 200 and deleted.json()["deleted_faces"] == 1
+    assert not s3.list_object_versions(**prefix).get("Versions")
+    gone = client.get("/subjects/macron")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_subject"
+    after = client.post(
+        "/compare", json={"image": b64(photo("person_a_2")), "subject_id": "macron"}
+    )
+    assert after.status_code == 404
+
+
+def test_identify_in_a_named_gallery_and_s3_photos(client, photo, aws, pipeline):
+    from facegate.gallery import GalleryMeta, build_gallery_table, write_gallery
+
+    vector = pipeline.process(photo("impostor_1")).primary.vector
+    meta = GalleryMeta(
+        model_id=pipeline.model_id,
+        weights_sha256=pipeline.card.weights_sha256,
+        dim=128,
+        threshold=pipeline.threshold,
+    )
+    table = build_gallery_table(
+        subject_ids=["obama"],
+        image_keys=["obama.jpg"],
+        face_indices=[0],
+        bboxes=np.zeros((1, 4), np.float32),
+        det_scores=np.ones(1, np.float32),
+        embeddings=vector[None, :],
+        meta=meta,
+    )
+    sink = pa.BufferOutputStream()
+    write_gallery(table, sink)
+    s3 = aws_client("s3", aws)
+    s3.put_object(
+        Bucket=aws.bucket, Key="galleries/vips/gallery.parquet", Body=sink.getvalue().to_pybytes()
+    )
+    s3.put_object(Bucket=aws.bucket, Key="probes/obama.jpg", Body=photo("impostor_1"))
+    probe = f"s3://{aws.bucket}/probes/obama.jpg"
+    found = client.post("/identify", json={"image": probe, "gallery": "vips", "subjects": False})
+    assert found.status_code == 200, found.text
+    assert found.json()["best"]["subject_id"] == "obama"
+    foreign = client.post("/identify", json={"image": "s3://someone-else/x.jpg"})
+    assert foreign.status_code == 400 and foreign.json()["error"]["code"] == "validation_error"
+
+
 @pytest.mark.parametrize(
     "body,status,code",
     [
@@ -97,9 +198,11 @@ def test_bad_requests_get_stable_codes(client, body, status, code):
 def test_missing_field_is_validation_error(client, photo):
     answer = client.post("/compare", json={"image_a": b64(photo("person_a_1"))})
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "validation_error"
+    bad_query = client.get("/subjects", params={"limit": 0})
+    assert bad_query.status_code == 422 and bad_query.json()["error"]["code"] == "validation_error"
 
 
-def test_face_errors_are_422(client, faces_dir, photo):
+def test_face_errors_are_422(client, faces_dir):
     clothes = np.asarray(Image.open(faces_dir / "person_b_1.jpg").convert("RGB"))[650:, :]
     answer = client.post("/embedding", json={"image": b64(_jpeg(clothes))})
     assert answer.status_code == 422 and answer.json()["error"]["code"] == "no_face"
@@ -111,55 +214,8 @@ def test_face_errors_are_422(client, faces_dir, photo):
     assert answer.status_code == 422 and answer.json()["error"]["code"] == "multiple_faces"
     both = client.post("/embedding", json={"image": b64(pair), "multi_face": "all"}).json()
     assert len(both["faces"]) == 2
-
-
-def test_lambda_handler_serves_api_gateway_v2_events(pipeline, photo, monkeypatch):
-    """The Mangum handler, as Lambda calls it, with HTTP API payload-2.0 events."""
-    import app.deps
-
-    monkeypatch.setattr(app.deps, "get_pipeline", lambda: pipeline)
-    import facegate_api
-
-    facegate_api.app.dependency_overrides[get_pipeline] = lambda: pipeline
-    body = json.dumps({"image_a": b64(photo("person_a_1")), "image_b": b64(photo("person_a_2"))})
-    event = _http_event("POST", "/compare", body)
-    response = facegate_api.handler(event, _Context())
-    assert response["statusCode"] == 200
-    assert json.loads(response["body"])["match"] is True
-    missing = facegate_api.handler(_http_event("GET", "/nowhere", ""), _Context())
-    assert missing["statusCode"] == 404
-    assert json.loads(missing["body"])["error"]["code"] == "not_found"
-
-
-class _Context:
-    function_name = "ApiFunction"
-    aws_request_id = "test-request"
-
-
-def _http_event(method: str, path: str, body: str) -> dict[str, object]:
-    return {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {"content-type": "application/json", "host": "localhost"},
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "api",
-            "domainName": "localhost",
-            "http": {
-                "method": method,
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
-                "userAgent": "test",
-            },
-            "requestId": "id",
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "22/Nov/2026:00:00:00 +0000",
-            "timeEpoch": 0,
-        },
-        "body": body,
-        "isBase64Encoded": False,
-    }
+    small = Image.fromarray(left).resize((60, round(60 * left.shape[0] / left.shape[1])))
+    canvas = Image.new("RGB", (400, 400), (128, 128, 128))
+    canvas.paste(small, (150, 140))
+    tiny = client.post("/embedding", json={"image": b64(_jpeg(np.asarray(canvas)))})
+    assert tiny.status_code == 422 and tiny.json()["error"]["code"] == "face_too_small"

@@ -38,7 +38,13 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.FaceGateError)
     async def facegate_error(_: Request, exc: errors.FaceGateError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=status_for(exc))
+        from app.observability import logger, record_reject
+
+        status = status_for(exc)
+        record_reject(exc.code)
+        if status >= 500:
+            logger.warning("request failed", extra={"code": exc.code, "error": exc.message})
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

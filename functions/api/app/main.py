@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.errors import install_error_handlers
-from app.routers import faces, health
+from app.observability import install_request_logging
+from app.routers import faces, health, subjects
 from facegate import __version__
 
 
@@ -16,6 +17,8 @@ def create_app() -> FastAPI:
         description="Face enrolment, verification (1:1) and identification (1:N).",
     )
     install_error_handlers(app)
+    install_request_logging(app)
     app.include_router(health.router)
+    app.include_router(subjects.router)
     app.include_router(faces.router)
     return app

@@ -1,7 +1,13 @@
-"""Reading a request's photos whether it came as multipart form or as JSON with base64."""
+"""Reading a request's photos: multipart files, base64 strings in JSON, or ``s3://`` URIs.
+
+Photo fields are the ones named ``image...`` (``image``, ``image_a``, ``images``: a list).
+Base64 and uploads are limited to 5 MB, S3 objects to 15 MB (Rekognition's limits), and an
+``s3://`` URI must name the stack's own bucket.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -9,37 +15,56 @@ from starlette.datastructures import UploadFile
 
 from app.photos import from_base64, from_upload
 from facegate.errors import ValidationError
+from facegate.stores import PhotoStore
 
 
-async def read_body(request: Request) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """``(photos by field name, other fields)``; photos are raw bytes, within the limit."""
+@dataclass
+class Body:
+    """Photos by field name (a list for repeated fields) and the other fields."""
+
+    photos: dict[str, list[bytes]] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def photo(self, name: str) -> bytes:
+        found = self.photos.get(name)
+        if not found:
+            raise ValidationError(f"missing photo field {name!r}")
+        if len(found) > 1:
+            raise ValidationError(f"field {name!r} takes one photo")
+        return found[0]
+
+    def all_photos(self) -> list[bytes]:
+        return [p for name in sorted(self.photos) for p in self.photos[name]]
+
+
+async def read_body(request: Request, store: PhotoStore, s3_limit: int) -> Body:
+    body = Body()
     content_type = request.headers.get("content-type", "")
-    photos: dict[str, bytes] = {}
-    fields: dict[str, Any] = {}
     if content_type.startswith("multipart/form-data"):
         async with request.form() as form:
             for name, value in form.multi_items():
                 if isinstance(value, UploadFile):
-                    photos[name] = await from_upload(value, name)
+                    body.photos.setdefault(name, []).append(await from_upload(value, name))
+                elif name.startswith("image") and value.startswith("s3://"):
+                    body.photos.setdefault(name, []).append(store.fetch(value, s3_limit))
                 else:
-                    fields[name] = value
-        return photos, fields
+                    body.fields[name] = value
+        return body
     try:
-        body = await request.json()
+        payload = await request.json()
     except ValueError as exc:
         raise ValidationError("body must be JSON or multipart/form-data") from exc
-    if not isinstance(body, dict):
+    if not isinstance(payload, dict):
         raise ValidationError("JSON body must be an object")
-    for name, value in body.items():
-        if name.startswith("image") and isinstance(value, str):
-            photos[name] = from_base64(value, name)
-        else:
-            fields[name] = value
-    return photos, fields
-
-
-def require(photos: dict[str, bytes], *names: str) -> list[bytes]:
-    missing = [n for n in names if n not in photos]
-    if missing:
-        raise ValidationError(f"missing photo field(s): {', '.join(missing)}")
-    return [photos[n] for n in names]
+    for name, value in payload.items():
+        if not name.startswith("image"):
+            body.fields[name] = value
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            raise ValidationError(f"{name} must be base64 strings or s3:// URIs")
+        body.photos[name] = [
+            store.fetch(v, s3_limit) if v.startswith("s3://") else from_base64(v, name)
+            for v in values
+        ]
+    return body

@@ -1,56 +1,61 @@
-"""1:1 compare and embedding extraction on photos sent with the request."""
+"""Photos sent with the request: 1:1 compare, 1:N identify, embedding extraction."""
 
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
-from app.deps import PipelineDep
-from app.requests import read_body, require
+from app.deps import PhotoStoreDep, ServiceDep, SettingsDep, require_api_key
+from app.requests import read_body
 from facegate.errors import ModelMismatchError, ValidationError
-from facegate.verify import verify_embeddings
 
-router = APIRouter(tags=["faces"])
+router = APIRouter(tags=["faces"], dependencies=[Depends(require_api_key)])
 
 
 @router.post("/compare")
-async def compare(request: Request, pipeline: PipelineDep) -> dict[str, object]:
-    """Two photos (``image_a``, ``image_b``), or one photo and a reference ``embedding``."""
-    photos, fields = await read_body(request)
-    if "embedding" in fields:
-        (photo,) = require(photos, "image")
-        reference = _reference(fields, pipeline.model_id, pipeline.card.embedding_dim)
-        face = pipeline.process(photo, policy="largest").primary
-        result = verify_embeddings(
-            face.vector,
-            reference,
-            threshold=pipeline.threshold,
-            model_id=pipeline.model_id,
-            faces=(face.detection, None),
-        )
-        return result.to_dict()
-    first, second = require(photos, "image_a", "image_b")
-    a = pipeline.process(first, policy="largest").primary
-    b = pipeline.process(second, policy="largest").primary
-    result = verify_embeddings(
-        a.vector,
-        b.vector,
-        threshold=pipeline.threshold,
-        model_id=pipeline.model_id,
-        faces=(a.detection, b.detection),
+async def compare(
+    request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
+) -> dict[str, object]:
+    """``image_a`` + ``image_b``; or ``image`` + ``subject_id`` (best of the subject's
+    enrolled faces); or ``image`` + a reference ``embedding`` (with its ``model_id``)."""
+    body = await read_body(request, store, settings.s3_max_image_bytes)
+    if "subject_id" in body.fields:
+        return service.compare_subject(body.photo("image"), str(body.fields["subject_id"]))
+    if "embedding" in body.fields:
+        reference = _reference(body.fields, service)
+        return service.compare_embedding(body.photo("image"), reference)
+    return service.compare_photos(body.photo("image_a"), body.photo("image_b"))
+
+
+@router.post("/identify")
+async def identify(
+    request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
+) -> dict[str, object]:
+    """Top-k subjects for ``image`` among enrolled subjects and/or a named ``gallery``."""
+    body = await read_body(request, store, settings.s3_max_image_bytes)
+    top_k = _int(body.fields.get("top_k", 5), "top_k", 1, 100)
+    gallery = body.fields.get("gallery")
+    subjects = str(body.fields.get("subjects", "true")).lower() not in ("false", "0", "no")
+    return service.identify(
+        body.photo("image"),
+        top_k=top_k,
+        gallery=str(gallery) if gallery is not None else None,
+        subjects=subjects,
     )
-    return result.to_dict()
 
 
 @router.post("/embedding")
-async def embedding(request: Request, pipeline: PipelineDep) -> dict[str, object]:
-    """Every kept face's embedding, box and score (``multi_face`` field: largest or all)."""
-    photos, fields = await read_body(request)
-    (photo,) = require(photos, "image")
-    policy = fields.get("multi_face", "all")
+async def embedding(
+    request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
+) -> dict[str, object]:
+    """Every kept face's embedding, box and score (``multi_face``: all (default), largest,
+    center or reject)."""
+    body = await read_body(request, store, settings.s3_max_image_bytes)
+    policy = body.fields.get("multi_face", "all")
     if policy not in ("largest", "all", "reject", "center"):
         raise ValidationError("multi_face must be one of largest, all, reject, center")
-    result = pipeline.process(photo, policy=policy)
+    pipeline = service.pipeline
+    result = pipeline.process(body.photo("image"), policy=policy)
     return {
         "model_id": pipeline.model_id,
         "dim": pipeline.card.embedding_dim,
@@ -62,14 +67,30 @@ async def embedding(request: Request, pipeline: PipelineDep) -> dict[str, object
     }
 
 
-def _reference(fields: dict[str, object], model_id: str, dim: int) -> np.ndarray:
-    claimed = fields.get("model_id", model_id)
-    if claimed != model_id:
-        raise ModelMismatchError(f"embedding is from {claimed!r}; this API serves {model_id!r}")
+def _int(value: object, name: str, low: int, high: int) -> int:
+    try:
+        number = int(str(value))
+    except ValueError as exc:
+        raise ValidationError(f"{name} must be an integer") from exc
+    if not low <= number <= high:
+        raise ValidationError(f"{name} must be between {low} and {high}")
+    return number
+
+
+def _reference(fields: dict[str, object], service: object) -> np.ndarray:
+    pipeline = service.pipeline  # type: ignore[attr-defined]
+    claimed = fields.get("model_id", pipeline.model_id)
+    if claimed != pipeline.model_id:
+        raise ModelMismatchError(
+            f"embedding is from {claimed!r}; this API serves {pipeline.model_id!r}"
+        )
     try:
         vector = np.asarray(fields["embedding"], dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise ValidationError("embedding must be a list of numbers") from exc
+    dim = pipeline.card.embedding_dim
     if vector.shape != (dim,) or not np.isfinite(vector).all():
-        raise ModelMismatchError(f"embedding must be {dim} finite numbers for {model_id!r}")
+        raise ModelMismatchError(
+            f"embedding must be {dim} finite numbers for {pipeline.model_id!r}"
+        )
     return vector

@@ -1,0 +1,232 @@
+"""The service layer: enrolment, verification and identification over stores and models.
+
+It receives the pipeline and the stores by injection, so the API, the local stack and tests
+wire it the same way. Routes and handlers stay one call deep; the rules live here:
+
+- Enrolment keeps one face per photo (the multi-face policy of the settings) and stores the
+  embedding (DynamoDB) and the photo itself (S3, private prefix) so a later model can
+  re-embed it. Each photo gets its own verdict; a bad photo never fails the others.
+- Verifying a photo against a subject compares it with every enrolled embedding of that
+  subject and decides on the best (maximum) similarity: one good enrolment photo is enough,
+  as a person expects, and poor ones cannot veto it.
+- Identification ranks subjects by their best similarity, from the enrolled subjects and/or
+  a named Parquet gallery in the bucket, and says "no match" when none clears the threshold.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from facegate.errors import FaceGateError, ModelMismatchError, ValidationError
+from facegate.image import content_type
+from facegate.pipeline import FacePipeline, FaceResult
+from facegate.search import SearchResult, search_gallery
+from facegate.stores import PhotoStore, StoredFace, SubjectStore, validate_id
+from facegate.verify import verify_embeddings
+
+GALLERY_KEY = "galleries/{name}/gallery.parquet"
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    """One photo's verdict in an enrolment."""
+
+    index: int
+    accepted: bool
+    face_id: str | None = None
+    face: dict[str, Any] | None = None
+    error: FaceGateError | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.accepted:
+            return {
+                "index": self.index,
+                "accepted": True,
+                "face_id": self.face_id,
+                "face": self.face,
+            }
+        assert self.error is not None
+        return {"index": self.index, "accepted": False, "error": self.error.to_dict()}
+
+
+class FaceService:
+    """Everything the API does, without HTTP."""
+
+    def __init__(self, pipeline: FacePipeline, subjects: SubjectStore, photos: PhotoStore) -> None:
+        self.pipeline = pipeline
+        self.subjects = subjects
+        self.photos = photos
+
+    def enrol(
+        self, subject_id: str, photos: Sequence[bytes], metadata: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        validate_id(subject_id)
+        if not photos:
+            raise ValidationError("no photos to enrol")
+        results = self.pipeline.process_many(list(photos))
+        outcomes: list[PhotoOutcome] = []
+        faces: list[StoredFace] = []
+        for index, (data, result) in enumerate(zip(photos, results, strict=True)):
+            if not isinstance(result, FaceResult):
+                outcomes.append(PhotoOutcome(index, False, error=result))
+                continue
+            face = result.primary
+            face_id = uuid.uuid4().hex
+            key = self.photos.put(subject_id, face_id, data, content_type(data))
+            faces.append(
+                StoredFace(
+                    face_id=face_id,
+                    embedding=face.vector,
+                    image_key=key,
+                    bbox=tuple(float(v) for v in face.detection.box),
+                    det_score=float(face.detection.score),
+                )
+            )
+            outcomes.append(PhotoOutcome(index, True, face_id, face.detection.to_dict()))
+        subject = None
+        if faces:
+            subject = self.subjects.put_faces(
+                subject_id,
+                faces,
+                self.pipeline.model_id,
+                weights_sha256=self.pipeline.card.weights_sha256,
+                metadata=metadata,
+            )
+        return {
+            "subject_id": subject_id,
+            "model_id": self.pipeline.model_id,
+            "accepted": len(faces),
+            "rejected": len(outcomes) - len(faces),
+            "face_count": subject.face_count if subject else None,
+            "photos": [o.to_dict() for o in outcomes],
+        }
+
+    def compare_photos(self, first: bytes, second: bytes) -> dict[str, Any]:
+        a = self.pipeline.process(first, policy="largest").primary
+        b = self.pipeline.process(second, policy="largest").primary
+        return verify_embeddings(
+            a.vector,
+            b.vector,
+            threshold=self.pipeline.threshold,
+            model_id=self.pipeline.model_id,
+            faces=(a.detection, b.detection),
+        ).to_dict()
+
+    def compare_embedding(self, photo: bytes, reference: np.ndarray) -> dict[str, Any]:
+        face = self.pipeline.process(photo, policy="largest").primary
+        return verify_embeddings(
+            face.vector,
+            reference,
+            threshold=self.pipeline.threshold,
+            model_id=self.pipeline.model_id,
+            faces=(face.detection, None),
+        ).to_dict()
+
+    def compare_subject(self, photo: bytes, subject_id: str) -> dict[str, Any]:
+        subject = self.subjects.get_subject(subject_id)
+        if subject.model_id != self.pipeline.model_id:
+            raise ModelMismatchError(
+                f"subject {subject_id!r} was enrolled with {subject.model_id!r}; "
+                f"this API serves {self.pipeline.model_id!r}"
+            )
+        enrolled, faces = self.subjects.get_embeddings(subject_id)
+        face = self.pipeline.process(photo, policy="largest").primary
+        similarities = enrolled @ face.vector
+        best = int(np.argmax(similarities))
+        result = verify_embeddings(
+            face.vector,
+            enrolled[best],
+            threshold=self.pipeline.threshold,
+            model_id=self.pipeline.model_id,
+            faces=(face.detection, None),
+        ).to_dict()
+        result |= {
+            "subject_id": subject_id,
+            "aggregation": "max",
+            "enrolled_faces": len(faces),
+            "best_face_id": faces[best].face_id,
+        }
+        return result
+
+    def identify(
+        self, photo: bytes, *, top_k: int = 5, gallery: str | None = None, subjects: bool = True
+    ) -> dict[str, Any]:
+        if not subjects and gallery is None:
+            raise ValidationError("nothing to search: name a gallery or include subjects")
+        face = self.pipeline.process(photo, policy="largest").primary
+        found: list[SearchResult] = []
+        if subjects:
+            ids, matrix = self.subjects.all_embeddings(self.pipeline.model_id)
+            if ids:
+                found.append(
+                    search_gallery(
+                        face.vector, matrix, top_k, self.pipeline.threshold, subject_ids=ids
+                    )
+                )
+        if gallery is not None:
+            found.append(self._search_named_gallery(face.vector, gallery, top_k))
+        ranked = sorted(
+            (c for result in found for c in result.candidates),
+            key=lambda c: c.similarity,
+            reverse=True,
+        )
+        seen: set[str] = set()
+        candidates = []
+        for c in ranked:
+            if c.subject_id not in seen:
+                seen.add(c.subject_id)
+                candidates.append(
+                    {"subject_id": c.subject_id, "similarity": round(c.similarity, 6)}
+                )
+        candidates = candidates[:top_k]
+        threshold = self.pipeline.threshold
+        best = candidates[0] if candidates and candidates[0]["similarity"] >= threshold else None
+        return {
+            "match": best is not None,
+            "best": best,
+            "candidates": candidates,
+            "threshold": threshold,
+            "model_id": self.pipeline.model_id,
+            "face": face.detection.to_dict(),
+        }
+
+    def _search_named_gallery(self, vector: np.ndarray, name: str, top_k: int) -> SearchResult:
+        from facegate.gallery import read_gallery
+
+        validate_id(name, "gallery")
+        data = self.photos.get(GALLERY_KEY.format(name=name))
+        _, table = read_gallery(io.BytesIO(data), expected_model_id=self.pipeline.model_id)
+        return search_gallery(vector, table, top_k, self.pipeline.threshold)
+
+    def describe_subject(self, subject_id: str) -> dict[str, Any]:
+        subject = self.subjects.get_subject(subject_id)
+        _, faces = self.subjects.get_embeddings(subject_id)
+        return subject.to_dict() | {
+            "faces": [
+                {
+                    "face_id": f.face_id,
+                    "bbox": f.bbox,
+                    "det_score": f.det_score,
+                    "created_at": f.created_at,
+                }
+                for f in faces
+            ]
+        }
+
+    def delete_subject(self, subject_id: str) -> dict[str, Any]:
+        """Photos first, then the records: if anything fails midway, the subject still exists
+        and a retried DELETE finishes the job; nothing biometric is left unreferenced."""
+        self.subjects.get_subject(subject_id)
+        removed = self.photos.delete_subject(subject_id)
+        image_keys = self.subjects.delete_subject(subject_id)
+        return {
+            "subject_id": subject_id,
+            "deleted_faces": len(image_keys),
+            "deleted_photos": removed,
+        }

@@ -1,0 +1,67 @@
+"""Enrolled subjects: enrol faces, list, describe, delete (photos included)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.deps import PhotoStoreDep, ServiceDep, SettingsDep, require_api_key
+from app.requests import Body, read_body
+from facegate.errors import ValidationError
+
+router = APIRouter(tags=["subjects"], dependencies=[Depends(require_api_key)])
+
+
+def _metadata(body: Body) -> dict[str, str] | None:
+    metadata = body.fields.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValidationError("metadata must be an object of strings")
+    return metadata
+
+
+@router.post("/subjects/{subject_id}/faces", status_code=201)
+async def enrol(
+    subject_id: str,
+    request: Request,
+    service: ServiceDep,
+    store: PhotoStoreDep,
+    settings: SettingsDep,
+) -> dict[str, object]:
+    """One or more photos (``image``, ``images``, or several ``image...`` fields); each gets
+    its own verdict, and rejected photos do not stop the accepted ones."""
+    body = await read_body(request, store, settings.s3_max_image_bytes)
+    return service.enrol(subject_id, body.all_photos(), _metadata(body))
+
+
+@router.post("/enroll", status_code=201)
+@router.post("/register", status_code=201)
+async def enrol_alias(
+    request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
+) -> dict[str, object]:
+    """Aliases of ``POST /subjects/{subject_id}/faces`` with ``subject_id`` in the body."""
+    body = await read_body(request, store, settings.s3_max_image_bytes)
+    subject_id = body.fields.get("subject_id")
+    if not isinstance(subject_id, str):
+        raise ValidationError("subject_id is required")
+    return service.enrol(subject_id, body.all_photos(), _metadata(body))
+
+
+@router.get("/subjects")
+def list_subjects(
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> dict[str, object]:
+    subjects, next_cursor = service.subjects.list_subjects(limit, cursor)
+    return {"subjects": [s.to_dict() for s in subjects], "next_cursor": next_cursor}
+
+
+@router.get("/subjects/{subject_id}")
+def get_subject(subject_id: str, service: ServiceDep) -> dict[str, object]:
+    return service.describe_subject(subject_id)
+
+
+@router.delete("/subjects/{subject_id}")
+def delete_subject(subject_id: str, service: ServiceDep) -> dict[str, object]:
+    return service.delete_subject(subject_id)
