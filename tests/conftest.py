@@ -47,7 +47,8 @@ def pipeline():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def aws():
-    """moto's in-process AWS with fake credentials; yields the settings that point at it,
+    """moto's in-process AWS with fake credentials; yields the settings that point at it
+    (the default local names, ``facegate-local`` and ``facegate-subjects``, as in events/),
     with the stack's table and bucket created."""
     from moto import mock_aws
 
@@ -64,7 +65,7 @@ def aws():
         }.items():
             patch.setenv(name, value)
         with mock_aws():
-            settings = Settings(bucket="facegate-test", table="facegate-test")
+            settings = Settings(auth_mode="api_key")
             create_table(aws_client("dynamodb", settings), settings.table)
             s3 = aws_client("s3", settings)
             s3.create_bucket(Bucket=settings.bucket)
