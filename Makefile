@@ -19,7 +19,7 @@ setup: $(STAMP)
 	$(VENV)/bin/facegate setup --test-photos $(PHOTOS)
 
 demo: setup
-	$(PY) -m facegate.demo --photos $(PHOTOS)
+	$(VENV)/bin/facegate local demo
 
 test: setup
 	$(VENV)/bin/ruff check core functions infra tests

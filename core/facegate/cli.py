@@ -175,6 +175,37 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return EXIT_OK if found.best else EXIT_NO_MATCH
 
 
+def cmd_local(args: argparse.Namespace) -> int:
+    try:
+        from facegate_local import demo, stack
+        from facegate_local.config import LocalConfig
+    except ImportError as exc:  # an installed wheel without the checkout's infra/
+        raise FaceGateError(f"the local stack needs a FaceGate checkout: {exc}") from exc
+    try:
+        config = LocalConfig.load(stack.repo_root())
+        if args.action == "up":
+            state = stack.up(config)
+            print(f"API      {state.api_url}")
+            print(f"API key  {state.api_key}")
+            print(f"AWS      {state.endpoint_url} (moto)")
+            for logical, name in state.resources.items():
+                print(f"{logical:<16} {name}")
+        elif args.action == "down":
+            print("stopped" if stack.down(config) else "not running")
+        elif args.action == "status":
+            state = stack.status(config)
+            print(json.dumps(state.__dict__ if state else None))
+            return EXIT_OK if state else EXIT_NO_MATCH
+        elif args.action == "invoke":
+            print(json.dumps(stack.invoke(config, args.function, args.event)))
+        elif args.action == "demo":
+            return demo.main(config.root)
+    except stack.StackError as exc:
+        print(f"error: local_stack: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facegate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,6 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     model_options(p)
     p.set_defaults(func=cmd_identify)
+    local = sub.add_parser("local", help="the local stack (moto + the template's functions)")
+    actions = local.add_subparsers(dest="action", required=True)
+    for name, text in [
+        ("up", "start it in the background; prints the API URL and key"),
+        ("down", "stop it and everything it started"),
+        ("status", "print its state as JSON (exit 1 when down)"),
+        ("demo", "run the end-to-end demo over HTTP (starts and stops the stack)"),
+    ]:
+        actions.add_parser(name, help=text).set_defaults(func=cmd_local)
+    p = actions.add_parser("invoke", help="run a template function on an event, in-process")
+    p.add_argument("function", help="logical id in template.yaml, e.g. ApiFunction")
+    p.add_argument("-e", "--event", type=Path, required=True)
+    p.set_defaults(func=cmd_local)
     return parser
 
 

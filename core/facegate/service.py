@@ -108,8 +108,12 @@ class FaceService:
         }
 
     def compare_photos(self, first: bytes, second: bytes) -> dict[str, Any]:
-        a = self.pipeline.process(first, policy="largest").primary
-        b = self.pipeline.process(second, policy="largest").primary
+        """Both photos in one batch (same-size photos share one detection pass)."""
+        results = self.pipeline.process_many([first, second], policy="largest")
+        for result in results:
+            if not isinstance(result, FaceResult):
+                raise result
+        a, b = (r.primary for r in results)  # type: ignore[union-attr]
         return verify_embeddings(
             a.vector,
             b.vector,

@@ -1,0 +1,96 @@
+"""Local stack settings (``infra/local.toml``) and the state file ``up`` leaves for others."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facegate_local.template import Template
+
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_SESSION_TOKEN": "local",
+}
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    root: Path
+    stack: str = "facegate-local"
+    region: str = "us-east-1"
+    api_port: int = 8000
+    moto_port: int = 5000
+    resources: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    state_dir: Path = Path(".cache") / "local"
+
+    @classmethod
+    def load(cls, root: Path) -> LocalConfig:
+        """``infra/local.toml``; ``FACEGATE_LOCAL_API_PORT``, ``FACEGATE_LOCAL_MOTO_PORT`` and
+        ``FACEGATE_LOCAL_STATE_DIR`` override it (tests run a second stack beside yours)."""
+        path = root / "infra" / "local.toml"
+        data: dict[str, Any] = tomllib.loads(path.read_text()) if path.is_file() else {}
+        stack = data.get("stack", {})
+        return cls(
+            root=root,
+            stack=stack.get("name", cls.stack),
+            region=stack.get("region", cls.region),
+            api_port=int(os.environ.get("FACEGATE_LOCAL_API_PORT", stack.get("api_port", 8000))),
+            moto_port=int(os.environ.get("FACEGATE_LOCAL_MOTO_PORT", stack.get("moto_port", 5000))),
+            resources=dict(data.get("resources", {})),
+            environment={k: str(v) for k, v in data.get("environment", {}).items()},
+            state_dir=Path(os.environ.get("FACEGATE_LOCAL_STATE_DIR", root / ".cache" / "local")),
+        )
+
+    def template(self) -> Template:
+        return Template(self.root / "template.yaml", self.resources, self.stack, self.region)
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "stack.json"
+
+
+@dataclass(frozen=True)
+class StackState:
+    """What a running stack tells other commands: where it is and how to get in."""
+
+    pid: int
+    api_url: str
+    endpoint_url: str
+    api_key: str
+    region: str
+    resources: dict[str, str]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> StackState | None:
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def function_environment(config: LocalConfig, logical_id: str, endpoint_url: str) -> dict[str, str]:
+    """The variables a function gets locally: the template's, then the local overrides."""
+    from facegate.settings import default_model_dir
+
+    env = config.template().environment(logical_id)
+    env.update(
+        {
+            "FACEGATE_AWS_ENDPOINT_URL": endpoint_url,
+            "FACEGATE_MODEL_DIR": str(default_model_dir()),
+            "AWS_DEFAULT_REGION": config.region,
+            **FAKE_CREDENTIALS,
+        }
+    )
+    env.update(config.environment)
+    return env

@@ -1,0 +1,114 @@
+"""``make demo``: the whole online flow over HTTP against the local stack.
+
+Starts the stack (unless one is running), enrols the two sample people from one photo each,
+compares every pair of sample photos, identifies each photo that was not enrolled (the
+impostors must come back "no match"), deletes a subject and checks that it is gone with its
+photos, prints a report, and stops what it started. The last line is one JSON summary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from facegate_local.config import LocalConfig
+from facegate_local.server import sample_photos
+from facegate_local.stack import down, status, up
+
+ENROL = {"person_a": "person_a_1", "person_b": "person_b_1"}
+
+
+def identity(stem: str) -> str:
+    return stem.rsplit("_", 1)[0] if stem.startswith("person") else stem
+
+
+def run_demo(config: LocalConfig) -> dict[str, Any]:
+    started_here = status(config) is None
+    t0 = time.perf_counter()
+    state = up(config)
+    print(f"local stack up in {time.perf_counter() - t0:.1f} s: {state.api_url}")
+    try:
+        return _exercise(state.api_url, state.api_key, config.root)
+    finally:
+        if started_here:
+            down(config)
+            print("local stack stopped")
+
+
+def _exercise(url: str, key: str, root: Path) -> dict[str, Any]:
+    photos = {p.stem: p.read_bytes() for p in sample_photos(root)}
+    if not photos:
+        raise SystemExit("no sample photos: run 'make setup' first")
+    client = httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=120)
+    health = client.get("/health").json()
+    print(f"model {health['model_id']} threshold {health['threshold']:.4f}")
+
+    print("\nenrol")
+    enrolled = 0
+    for subject, stem in ENROL.items():
+        files = {"image": (f"{stem}.jpg", photos[stem], "image/jpeg")}
+        answer = client.post(f"/subjects/{subject}/faces", files=files).json()
+        enrolled += answer["accepted"]
+        print(f"  {subject:<9} <- {stem}: accepted {answer['accepted']}")
+
+    print("\ncompare (1:1)")
+    compared = matches = correct = 0
+    for a, b in itertools.combinations(sorted(photos), 2):
+        files = {"image_a": (f"{a}.jpg", photos[a]), "image_b": (f"{b}.jpg", photos[b])}
+        answer = client.post("/compare", files=files).json()
+        compared += 1
+        matches += answer["match"]
+        right = answer["match"] == (identity(a) == identity(b))
+        correct += right
+        verdict = "MATCH" if answer["match"] else "no match"
+        print(f"  {a:<11} {b:<11} {answer['similarity']:+.4f} {verdict:<8} {_mark(right)}")
+
+    print("\nidentify (1:N over enrolled subjects)")
+    identified = identify_correct = 0
+    probes = sorted(set(photos) - set(ENROL.values()))
+    for stem in probes:
+        files = {"image": (f"{stem}.jpg", photos[stem])}
+        answer = client.post("/identify", files=files).json()
+        best = answer["best"]["subject_id"] if answer["best"] else None
+        expected = identity(stem) if identity(stem) in ENROL else None
+        identified += best is not None
+        identify_correct += best == expected
+        print(f"  {stem:<11} -> {best or 'no match':<9} {_mark(best == expected)}")
+
+    print("\ndelete")
+    removed = client.delete("/subjects/person_a").json()
+    gone = client.get("/subjects/person_a").status_code == 404
+    print(
+        f"  person_a: {removed['deleted_faces']} face(s), {removed['deleted_photos']} photo(s); "
+        f"now unknown: {gone}"
+    )
+    return {
+        "enrolled": enrolled,
+        "compared": compared,
+        "matches": matches,
+        "compare_correct": correct,
+        "identified": identified,
+        "identify_correct": identify_correct,
+        "probes": len(probes),
+        "deleted": int(gone),
+    }
+
+
+def _mark(right: bool) -> str:
+    return "ok" if right else "WRONG"
+
+
+def main(root: Path) -> int:
+    summary = run_demo(LocalConfig.load(root))
+    print(json.dumps(summary))
+    ok = (
+        summary["compare_correct"] == summary["compared"]
+        and summary["identify_correct"] == summary["probes"]
+        and summary["deleted"] == 1
+    )
+    return 0 if ok else 1

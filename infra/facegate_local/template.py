@@ -1,0 +1,160 @@
+"""Reading template.yaml the way the local stack needs: resources, environment, handlers.
+
+A small evaluator resolves the intrinsics the template uses in function environments
+(Ref, Fn::If, Fn::Equals, Fn::Not, Fn::And, Fn::Or, Fn::Sub) against parameter defaults and
+local physical names, so the local functions see the variables CloudFormation would set.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NO_VALUE = object()
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML loader that turns ``!Ref X`` into ``{"Ref": "X"}`` and ``!If [...]`` into
+    ``{"Fn::If": [...]}`` (``!GetAtt a.b`` into ``{"Fn::GetAtt": ["a", "b"]}``)."""
+
+
+def _construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _construct)
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    return yaml.load(path.read_text(), Loader=_CfnLoader)
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A function of the template as the local stack runs it."""
+
+    logical_id: str
+    code_dir: Path
+    module: str
+    attribute: str
+    environment: dict[str, str]
+
+
+class Template:
+    """A loaded template with local physical names for its resources."""
+
+    def __init__(self, path: Path, physical_names: dict[str, str], stack: str, region: str):
+        self.path = path
+        self.root = path.parent
+        self.body = load_template(path)
+        self.stack = stack
+        self.region = region
+        self.physical = {
+            logical: physical_names.get(logical, f"{stack}-{logical}".lower())
+            for logical in self.resources
+        }
+
+    @property
+    def resources(self) -> dict[str, dict[str, Any]]:
+        return self.body.get("Resources", {})
+
+    def of_type(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.resources.items() if v.get("Type") == kind}
+
+    def parameter(self, name: str) -> Any:
+        return self.body.get("Parameters", {}).get(name, {}).get("Default", "")
+
+    def condition(self, name: str) -> bool:
+        return bool(self.resolve(self.body.get("Conditions", {})[name]))
+
+    def resolve(self, value: Any) -> Any:
+        """Evaluate the intrinsics a function environment uses; ``NO_VALUE`` drops a key."""
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict) or len(value) != 1:
+            return value
+        ((key, arg),) = value.items()
+        if key == "Ref":
+            return self._ref(arg)
+        if key == "Fn::If":
+            name, yes, no = arg
+            return self.resolve(yes if self.condition(name) else no)
+        if key == "Fn::Equals":
+            left, right = self.resolve(arg)
+            return str(left) == str(right)
+        if key == "Fn::Not":
+            return not self.resolve(arg[0])
+        if key == "Fn::And":
+            return all(self.resolve(arg))
+        if key == "Fn::Or":
+            return any(self.resolve(arg))
+        if key == "Fn::Sub" and isinstance(arg, str):
+            return re.sub(r"\$\{([^}]+)\}", lambda m: str(self._ref(m.group(1))), arg)
+        if key.startswith("Condition"):
+            return self.condition(arg)
+        raise ValueError(f"the local stack cannot evaluate {key} in {value}")
+
+    def _ref(self, name: str) -> Any:
+        pseudo = {
+            "AWS::Region": self.region,
+            "AWS::StackName": self.stack,
+            "AWS::AccountId": "123456789012",
+            "AWS::Partition": "aws",
+            "AWS::NoValue": NO_VALUE,
+        }
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.resources:
+            return self.physical[name]
+        if name in self.body.get("Parameters", {}):
+            return self.parameter(name)
+        raise ValueError(f"unknown Ref {name!r}")
+
+    def function(self, logical_id: str) -> FunctionSpec:
+        resource = self.resources.get(logical_id)
+        if resource is None or resource.get("Type") != "AWS::Serverless::Function":
+            names = ", ".join(self.of_type("AWS::Serverless::Function")) or "none"
+            raise KeyError(f"no function {logical_id!r} in {self.path.name} (functions: {names})")
+        props = resource.get("Properties", {})
+        if props.get("PackageType") == "Image":
+            dockerfile = self.root / resource["Metadata"]["Dockerfile"]
+            handler = _dockerfile_cmd(dockerfile)
+            code_dir = dockerfile.parent
+        else:
+            handler = props["Handler"]
+            code_dir = self.root / props.get("CodeUri", ".")
+        module, _, attribute = handler.rpartition(".")
+        return FunctionSpec(logical_id, code_dir, module, attribute, self.environment(logical_id))
+
+    def environment(self, logical_id: str) -> dict[str, str]:
+        """Globals' variables overlaid with the function's own, intrinsics resolved."""
+        merged: dict[str, Any] = {}
+        globals_env = self.body.get("Globals", {}).get("Function", {}).get("Environment", {})
+        merged.update(globals_env.get("Variables", {}))
+        own = self.resources[logical_id].get("Properties", {}).get("Environment", {})
+        merged.update(own.get("Variables", {}))
+        resolved = {k: self.resolve(v) for k, v in merged.items()}
+        return {k: str(v) for k, v in resolved.items() if v is not NO_VALUE}
+
+
+def _dockerfile_cmd(dockerfile: Path) -> str:
+    """The handler from an image function's ``CMD ["module.handler"]``."""
+    for line in reversed(dockerfile.read_text().splitlines()):
+        match = re.match(r'\s*CMD\s*\[\s*"([^"]+)"', line)
+        if match:
+            return match.group(1)
+    raise ValueError(f'{dockerfile} has no CMD ["module.handler"]')

@@ -1,0 +1,149 @@
+"""The local stack: the template's resources on moto, its function served and invoked.
+
+The demo test runs `facegate local demo` as `make demo` does, on free ports and a private
+state directory, and checks that nothing is left running afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from facegate_local.config import LocalConfig
+from facegate_local.resources import create_resources, table_kwargs
+
+from facegate.stores import table_definition
+
+REPO = Path(__file__).resolve().parents[2]
+FACEGATE = Path(sys.executable).parent / "facegate"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_every_template_table_and_bucket_is_created(aws):
+    from facegate.aws import aws_client
+
+    config = LocalConfig.load(REPO)
+    template = config.template()
+    dynamodb, s3 = aws_client("dynamodb", aws), aws_client("s3", aws)
+    renamed = LocalConfig(root=REPO, resources={k: f"copy-{k.lower()}" for k in template.resources})
+    created = create_resources(renamed.template(), dynamodb, s3)
+    declared = set(template.of_type("AWS::DynamoDB::Table")) | set(
+        template.of_type("AWS::S3::Bucket")
+    )
+    assert set(created) == declared and declared
+    tables = set(dynamodb.list_tables()["TableNames"])
+    buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    for logical, name in created.items():
+        assert name in tables | buckets, logical
+    photo_bucket = created["PhotoBucket"]
+    assert s3.get_bucket_versioning(Bucket=photo_bucket)["Status"] == "Enabled"
+    assert s3.get_bucket_encryption(Bucket=photo_bucket)["ServerSideEncryptionConfiguration"]
+
+
+def test_template_table_is_the_one_the_store_expects():
+    """One definition, two places: the template's table and stores.table_definition agree."""
+    template = LocalConfig.load(REPO).template()
+    props = template.resources["SubjectsTable"]["Properties"]
+    from_template = table_kwargs("t", props)
+    expected = table_definition("t")
+    for key in ("KeySchema", "BillingMode", "GlobalSecondaryIndexes", "SSESpecification"):
+        assert from_template[key] == expected[key], key
+    assert sorted(map(str, from_template["AttributeDefinitions"])) == sorted(
+        map(str, expected["AttributeDefinitions"])
+    )
+
+
+def test_function_environment_resolves_the_template():
+    config = LocalConfig.load(REPO)
+    env = config.template().environment("ApiFunction")
+    assert env["FACEGATE_BUCKET"] == "facegate-local"
+    assert env["FACEGATE_TABLE"] == "facegate-subjects"
+    assert env["FACEGATE_AUTH_MODE"] == "api_key"
+    assert "FACEGATE_THRESHOLD" not in env  # !If [HasThreshold, ..., AWS::NoValue]
+
+
+def _stack_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FACEGATE_LOCAL_API_PORT": str(_free_port()),
+        "FACEGATE_LOCAL_MOTO_PORT": str(_free_port()),
+        "FACEGATE_LOCAL_STATE_DIR": str(tmp_path / "state"),
+    }
+
+
+def _survivors(tmp_path: Path) -> str:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return "\n".join(line for line in ps.splitlines() if str(tmp_path) in line)
+
+
+@pytest.mark.slow
+def test_up_invoke_down(tmp_path):
+    env = _stack_env(tmp_path)
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [str(FACEGATE), "local", *a], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
+    started = run("up")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "API key  fg_" in started.stdout
+        event = tmp_path / "health.json"
+        event.write_text(json.dumps(_event("GET", "/health")))
+        invoked = run("invoke", "ApiFunction", "-e", event)
+        assert invoked.returncode == 0, invoked.stderr
+        answer = json.loads(invoked.stdout.strip().splitlines()[-1])
+        assert answer["statusCode"] == 200 and json.loads(answer["body"])["model_id"] == "sface"
+        assert run("status").returncode == 0
+    finally:
+        stopped = run("down")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert run("status").returncode == 1
+    assert _survivors(tmp_path) == ""
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
+    done = subprocess.run(
+        [str(FACEGATE), "local", "demo"],
+        capture_output=True,
+        text=True,
+        env=_stack_env(tmp_path),
+        cwd=REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["enrolled"] == 2 and summary["compared"] == 15 and summary["matches"] == 2
+    assert summary["identified"] == 2 and summary["deleted"] == 1
+    assert _survivors(tmp_path) == ""
+
+
+def _event(method: str, path: str) -> dict[str, object]:
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"host": "localhost", "x-api-key": "LOCAL_API_KEY"},
+        "requestContext": {
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+            },
+            "requestId": "local-test",
+            "routeKey": "$default",
+            "stage": "$default",
+        },
+        "isBase64Encoded": False,
+    }
