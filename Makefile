@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PHOTOS := .cache/testdata/faces
 
-.PHONY: setup demo test lint fmt clean
+.PHONY: setup demo test lint fmt clean openapi
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,3 +35,7 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cache models .pytest_cache .ruff_cache
+
+# The committed OpenAPI schema (a test checks it matches the app).
+openapi: $(STAMP)
+	PYTHONPATH=functions/api $(PY) -c "import json; from app.main import create_app; print(json.dumps(create_app().openapi(), indent=2, sort_keys=True))" > functions/api/openapi.json

@@ -6,13 +6,24 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from app.deps import PhotoStoreDep, ServiceDep, SettingsDep, require_api_key
+from app.openapi import photo_body
 from app.requests import read_body
 from facegate.errors import ModelMismatchError, ValidationError
 
 router = APIRouter(tags=["faces"], dependencies=[Depends(require_api_key)])
 
 
-@router.post("/compare")
+@router.post(
+    "/compare",
+    openapi_extra=photo_body(
+        {"image_a": "first photo", "image_b": "second photo", "image": "photo to verify"},
+        {
+            "subject_id": {"type": "string", "description": "verify image against this subject"},
+            "embedding": {"type": "array", "items": {"type": "number"}},
+            "model_id": {"type": "string", "description": "model of the reference embedding"},
+        },
+    ),
+)
 async def compare(
     request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
 ) -> dict[str, object]:
@@ -27,7 +38,18 @@ async def compare(
     return service.compare_photos(body.photo("image_a"), body.photo("image_b"))
 
 
-@router.post("/identify")
+@router.post(
+    "/identify",
+    openapi_extra=photo_body(
+        {"image": "probe photo"},
+        {
+            "top_k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
+            "gallery": {"type": "string", "description": "name of a Parquet gallery"},
+            "subjects": {"type": "boolean", "default": True},
+        },
+        ["image"],
+    ),
+)
 async def identify(
     request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
 ) -> dict[str, object]:
@@ -44,7 +66,14 @@ async def identify(
     )
 
 
-@router.post("/embedding")
+@router.post(
+    "/embedding",
+    openapi_extra=photo_body(
+        {"image": "photo"},
+        {"multi_face": {"type": "string", "enum": ["all", "largest", "center", "reject"]}},
+        ["image"],
+    ),
+)
 async def embedding(
     request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
 ) -> dict[str, object]:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.deps import PhotoStoreDep, ServiceDep, SettingsDep, require_api_key
+from app.openapi import photo_body
 from app.requests import Body, read_body
 from facegate.errors import ValidationError
 
@@ -20,7 +21,18 @@ def _metadata(body: Body) -> dict[str, str] | None:
     return metadata
 
 
-@router.post("/subjects/{subject_id}/faces", status_code=201)
+ENROL_BODY = photo_body(
+    {"image": "a photo", "images": "several photos (JSON: a list)"},
+    {"metadata": {"type": "object", "additionalProperties": {"type": "string"}}},
+)
+ALIAS_BODY = photo_body(
+    {"image": "a photo", "images": "several photos (JSON: a list)"},
+    {"subject_id": {"type": "string"}, "metadata": {"type": "object"}},
+    ["subject_id"],
+)
+
+
+@router.post("/subjects/{subject_id}/faces", status_code=201, openapi_extra=ENROL_BODY)
 async def enrol(
     subject_id: str,
     request: Request,
@@ -34,8 +46,8 @@ async def enrol(
     return service.enrol(subject_id, body.all_photos(), _metadata(body))
 
 
-@router.post("/enroll", status_code=201)
-@router.post("/register", status_code=201)
+@router.post("/enroll", status_code=201, openapi_extra=ALIAS_BODY)
+@router.post("/register", status_code=201, openapi_extra=ALIAS_BODY)
 async def enrol_alias(
     request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
 ) -> dict[str, object]:
