@@ -175,6 +175,22 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return EXIT_OK if found.best else EXIT_NO_MATCH
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys in the table the settings name (FACEGATE_TABLE, FACEGATE_AWS_REGION, ...)."""
+    from facegate.apikeys import ApiKeyStore
+    from facegate.aws import aws_client
+    from facegate.settings import Settings
+
+    settings = Settings()
+    store = ApiKeyStore(aws_client("dynamodb", settings), settings.table)
+    if args.action == "create":
+        print(store.create(args.name))
+    else:
+        store.revoke(args.key)
+        print("revoked")
+    return EXIT_OK
+
+
 def cmd_local(args: argparse.Namespace) -> int:
     try:
         from facegate_local import demo, stack
@@ -283,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     model_options(p)
     p.set_defaults(func=cmd_identify)
+    keys = sub.add_parser("keys", help="API keys of a deployed stack (FACEGATE_TABLE)")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    p = key_actions.add_parser("create", help="create a key; printed once, only its hash is kept")
+    p.add_argument("--name", required=True, help="who or what the key is for")
+    p.set_defaults(func=cmd_keys)
+    p = key_actions.add_parser("revoke", help="revoke a key")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_keys)
+
     local = sub.add_parser("local", help="the local stack (moto + the template's functions)")
     actions = local.add_subparsers(dest="action", required=True)
     for name, text in [

@@ -27,7 +27,13 @@ from facegate.errors import FaceGateError, ModelMismatchError, ValidationError
 from facegate.image import content_type
 from facegate.pipeline import FacePipeline, FaceResult
 from facegate.search import SearchResult, search_gallery
-from facegate.stores import PhotoStore, StoredFace, SubjectStore, validate_id
+from facegate.stores import (
+    PhotoStore,
+    StoredFace,
+    SubjectStore,
+    validate_id,
+    validate_metadata,
+)
 from facegate.verify import verify_embeddings
 
 GALLERY_KEY = "galleries/{name}/gallery.parquet"
@@ -67,6 +73,7 @@ class FaceService:
         self, subject_id: str, photos: Sequence[bytes], metadata: dict[str, str] | None = None
     ) -> dict[str, Any]:
         validate_id(subject_id)
+        metadata = None if metadata is None else validate_metadata(metadata)
         if not photos:
             raise ValidationError("no photos to enrol")
         results = self.pipeline.process_many(list(photos))
@@ -91,13 +98,19 @@ class FaceService:
             outcomes.append(PhotoOutcome(index, True, face_id, face.detection.to_dict()))
         subject = None
         if faces:
-            subject = self.subjects.put_faces(
-                subject_id,
-                faces,
-                self.pipeline.model_id,
-                weights_sha256=self.pipeline.card.weights_sha256,
-                metadata=metadata,
-            )
+            try:
+                subject = self.subjects.put_faces(
+                    subject_id,
+                    faces,
+                    self.pipeline.model_id,
+                    weights_sha256=self.pipeline.card.weights_sha256,
+                    metadata=metadata,
+                )
+            except FaceGateError:
+                # No record points at these photos: remove them, or they would be
+                # biometric data that no DELETE can reach.
+                self.photos.delete_keys([f.image_key for f in faces])
+                raise
         return {
             "subject_id": subject_id,
             "model_id": self.pipeline.model_id,

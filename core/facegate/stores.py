@@ -277,7 +277,7 @@ def _subject_from_item(item: Mapping[str, Any]) -> Subject:
     )
 
 
-def _validate_metadata(metadata: Any) -> dict[str, str]:
+def validate_metadata(metadata: Any) -> dict[str, str]:
     if not isinstance(metadata, Mapping):
         raise ValidationError("metadata must be a mapping of strings to strings")
     if len(metadata) > MAX_METADATA_ENTRIES:
@@ -369,7 +369,7 @@ class SubjectStore:
             raise ValidationError("model_id must be a non-empty string")
         if not isinstance(weights_sha256, str) or not _SHA256_RE.match(weights_sha256):
             raise ValidationError("weights_sha256 must be 64 lowercase hex characters")
-        meta = None if metadata is None else _validate_metadata(metadata)
+        meta = None if metadata is None else validate_metadata(metadata)
         now = _utc_now()
         stamped = _stamped_faces(faces, model_id, weights_sha256, now)
         embeddings = _face_embeddings(stamped)
@@ -698,6 +698,18 @@ class PhotoStore:
         for start in range(0, len(targets), _S3_DELETE_SIZE):
             self._delete_objects(targets[start : start + _S3_DELETE_SIZE])
         return len({t["Key"] for t in targets})
+
+    def delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete these objects, every version (undoing an enrolment that failed midway)."""
+        targets: list[dict[str, str]] = []
+        for key in keys:
+            with _aws_errors(f"listing versions of {key}"):
+                listed = self._s3.list_object_versions(Bucket=self.bucket, Prefix=key)
+            for entry in listed.get("Versions", []) + listed.get("DeleteMarkers", []):
+                if entry["Key"] == key:
+                    targets.append({"Key": key, "VersionId": entry["VersionId"]})
+        for start in range(0, len(targets), 1000):
+            self._delete_objects(targets[start : start + 1000])
 
     def _delete_objects(self, targets: list[dict[str, str]]) -> None:
         with _aws_errors(f"deleting from {self.bucket}"):

@@ -137,6 +137,30 @@ def test_enrol_compare_identify_delete(client, photo, aws):
     assert after.status_code == 404
 
 
+def test_failed_enrolment_leaves_no_photo_behind(client, photo, aws):
+    s3 = aws_client("s3", aws)
+    prefix = {"Bucket": aws.bucket, "Prefix": "enrolments/ghost/"}
+    bad_metadata = {"image": b64(photo("person_a_1")), "metadata": {"age": 3}}
+    answer = client.post("/subjects/ghost/faces", json=bad_metadata)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "validation_error"
+    assert not s3.list_object_versions(**prefix).get("Versions")
+
+    from facegate.stores import StoredFace, SubjectStore
+
+    other = np.zeros(128, np.float32)
+    other[0] = 1.0
+    SubjectStore(aws_client("dynamodb", aws), aws.table).put_faces(
+        "mixed",
+        [StoredFace(face_id="f0", embedding=other, image_key="elsewhere.jpg")],
+        "other-model",
+        weights_sha256="ab" * 32,
+    )
+    refused = client.post("/subjects/mixed/faces", json={"image": b64(photo("person_a_1"))})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_mismatch"
+    mixed = {"Bucket": aws.bucket, "Prefix": "enrolments/mixed/"}
+    assert not s3.list_object_versions(**mixed).get("Versions")
+
+
 def test_identify_in_a_named_gallery_and_s3_photos(client, photo, aws, pipeline):
     from facegate.gallery import GalleryMeta, build_gallery_table, write_gallery
 
@@ -199,7 +223,7 @@ def test_missing_field_is_validation_error(client, photo):
     answer = client.post("/compare", json={"image_a": b64(photo("person_a_1"))})
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "validation_error"
     bad_query = client.get("/subjects", params={"limit": 0})
-    assert bad_query.status_code == 422 and bad_query.json()["error"]["code"] == "validation_error"
+    assert bad_query.status_code == 400 and bad_query.json()["error"]["code"] == "validation_error"
 
 
 def test_face_errors_are_422(client, faces_dir):
