@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MultiFacePolicy = Literal["largest", "center", "all", "reject"]
@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     s3_max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
     flip_tta: bool = False
     threshold: float | None = None
+
+    @field_validator("aws_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """``""`` (as a template default) means "the real AWS endpoint", like unset."""
+        return None if value == "" else value
 
 
 @lru_cache(maxsize=1)

@@ -191,6 +191,9 @@ def test_identify_in_a_named_gallery_and_s3_photos(client, photo, aws, pipeline)
     found = client.post("/identify", json={"image": probe, "gallery": "vips", "subjects": False})
     assert found.status_code == 200, found.text
     assert found.json()["best"]["subject_id"] == "obama"
+    s3.put_object(Bucket=aws.bucket, Key="probes/huge.jpg", Body=b"\xff" * (15 * 1024 * 1024 + 1))
+    huge = client.post("/identify", json={"image": f"s3://{aws.bucket}/probes/huge.jpg"})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "image_too_large"
     foreign = client.post("/identify", json={"image": "s3://someone-else/x.jpg"})
     assert foreign.status_code == 400 and foreign.json()["error"]["code"] == "validation_error"
 

@@ -35,3 +35,8 @@ def test_bad_values_are_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_empty_endpoint_means_real_aws(monkeypatch):
+    monkeypatch.setenv("FACEGATE_AWS_ENDPOINT_URL", "")
+    assert Settings().aws_endpoint_url is None
