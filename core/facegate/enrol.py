@@ -7,15 +7,18 @@ folder. Nothing is silently skipped (hidden files such as ``.DS_Store`` excepted
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from facegate.batch import PhotoInput, embed_photos
 from facegate.errors import FaceGateError, ValidationError
-from facegate.gallery import GalleryMeta, build_gallery_table, rejects_from_errors, write_gallery
-from facegate.pipeline import FacePipeline, FaceResult
+from facegate.gallery import write_gallery
+from facegate.image import ImageLimits, read_image_bytes
+from facegate.pipeline import FacePipeline
 from facegate.settings import MultiFacePolicy
 
 
@@ -44,6 +47,17 @@ def list_photos(directory: Path) -> tuple[list[tuple[str, Path]], list[tuple[str
     return photos, loose
 
 
+def _read(
+    directory: Path, photos: list[tuple[str, Path]], limits: ImageLimits, progress: bool
+) -> Iterator[PhotoInput]:
+    for subject, path in tqdm(photos, desc="embedding", unit="photo", disable=not progress):
+        key = path.relative_to(directory).as_posix()
+        try:
+            yield PhotoInput(key, subject, data=read_image_bytes(path, limits))
+        except FaceGateError as exc:
+            yield PhotoInput(key, subject, error=exc)
+
+
 def embed_directory(
     pipeline: FacePipeline,
     directory: Path,
@@ -55,54 +69,21 @@ def embed_directory(
     progress: bool = True,
 ) -> EnrolReport:
     """Embed every photo, write the gallery and the rejects table (always, even if empty)."""
-    photos, rejected = list_photos(directory)
-    files = len(photos) + len(rejected)
-    subject_ids: list[str] = []
-    keys: list[str] = []
-    face_indices: list[int] = []
-    boxes: list[tuple[float, float, float, float]] = []
-    scores: list[float] = []
-    vectors: list[np.ndarray] = []
-    for start in tqdm(
-        range(0, len(photos), batch), desc="embedding", unit="batch", disable=not progress
-    ):
-        chunk = photos[start : start + batch]
-        results = pipeline.process_many([p for _, p in chunk], policy)
-        for (subject, path), result in zip(chunk, results, strict=True):
-            key = path.relative_to(directory).as_posix()
-            if not isinstance(result, FaceResult):
-                rejected.append((key, result))
-                continue
-            for face in result.embeddings:
-                subject_ids.append(subject)
-                keys.append(key)
-                face_indices.append(face.face_index)
-                boxes.append(face.detection.box)
-                scores.append(face.detection.score)
-                vectors.append(face.vector)
-    meta = GalleryMeta(
-        model_id=pipeline.model_id,
-        weights_sha256=pipeline.card.weights_sha256,
-        dim=pipeline.card.embedding_dim,
-        threshold=pipeline.threshold,
-    )
-    table = build_gallery_table(
-        subject_ids=subject_ids,
-        image_keys=keys,
-        face_indices=np.asarray(face_indices, dtype=np.int32),
-        bboxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        det_scores=np.asarray(scores, dtype=np.float32),
-        embeddings=np.asarray(vectors, dtype=np.float32).reshape(-1, meta.dim),
-        meta=meta,
+    photos, loose = list_photos(directory)
+    part = embed_photos(
+        pipeline,
+        _read(directory, photos, pipeline.limits, progress),
+        batch=batch,
+        policy=policy,
+        rejected=loose,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_gallery(table, out)
-    import pyarrow.parquet as pq
-
-    pq.write_table(rejects_from_errors(rejected), rejects_out)
+    write_gallery(part.gallery, out)
+    pq.write_table(part.rejects, rejects_out)
+    rejects = part.rejects.to_pylist()
     return EnrolReport(
-        photos=files,
-        rows=len(keys),
-        subjects=len(set(subject_ids)),
-        rejects=[(k, e.code, e.message) for k, e in rejected],
+        photos=part.photos,
+        rows=part.faces,
+        subjects=len(set(part.gallery.column("subject_id").to_pylist())),
+        rejects=[(r["image_key"], r["reason"], r["detail"] or "") for r in rejects],
     )

@@ -1,0 +1,120 @@
+"""Batch embedding: many photos in, one gallery part and one rejects table out.
+
+Shared by ``facegate embed`` (a local folder) and the S3 embedding job: photos are embedded
+in batches (same-size photos share a detection pass), every accepted face becomes a gallery
+row and every photo that could not be used becomes a reject row with its error code. A photo
+is never silently dropped: the two tables together account for every input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from facegate.errors import FaceGateError
+from facegate.gallery import GalleryMeta, build_gallery_table, rejects_from_errors
+from facegate.pipeline import FacePipeline, FaceResult
+from facegate.settings import MultiFacePolicy
+
+
+@dataclass(frozen=True)
+class PhotoInput:
+    """One photo to embed: its bytes, or the error met while fetching it."""
+
+    image_key: str
+    subject_id: str
+    data: bytes | None = None
+    error: FaceGateError | None = None
+
+
+@dataclass
+class _Rows:
+    subject_ids: list[str] = field(default_factory=list)
+    image_keys: list[str] = field(default_factory=list)
+    face_indices: list[int] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """A gallery part (schema of ``facegate.gallery``) and its rejects."""
+
+    gallery: pa.Table
+    rejects: pa.Table
+    photos: int
+
+    @property
+    def faces(self) -> int:
+        return self.gallery.num_rows
+
+
+def gallery_meta(pipeline: FacePipeline) -> GalleryMeta:
+    return GalleryMeta(
+        model_id=pipeline.model_id,
+        weights_sha256=pipeline.card.weights_sha256,
+        dim=pipeline.card.embedding_dim,
+        threshold=pipeline.threshold,
+    )
+
+
+def embed_photos(
+    pipeline: FacePipeline,
+    photos: Iterable[PhotoInput] | Sequence[PhotoInput],
+    *,
+    batch: int = 32,
+    policy: MultiFacePolicy | None = None,
+    rejected: Iterable[tuple[str, FaceGateError]] = (),
+) -> PartResult:
+    """Embed ``photos`` ``batch`` at a time; ``rejected`` are inputs refused before this."""
+    rows = _Rows()
+    rejects: list[tuple[str, FaceGateError]] = list(rejected)
+    pending: list[PhotoInput] = []
+    count = len(rejects)
+    for photo in photos:
+        count += 1
+        if photo.error is not None or photo.data is None:
+            rejects.append((photo.image_key, photo.error or FaceGateError("no data")))
+            continue
+        pending.append(photo)
+        if len(pending) >= batch:
+            _embed_batch(pipeline, pending, policy, rows, rejects)
+            pending = []
+    if pending:
+        _embed_batch(pipeline, pending, policy, rows, rejects)
+    meta = gallery_meta(pipeline)
+    table = build_gallery_table(
+        subject_ids=rows.subject_ids,
+        image_keys=rows.image_keys,
+        face_indices=np.asarray(rows.face_indices, dtype=np.int32),
+        bboxes=np.asarray(rows.boxes, dtype=np.float32).reshape(-1, 4),
+        det_scores=np.asarray(rows.scores, dtype=np.float32),
+        embeddings=np.asarray(rows.vectors, dtype=np.float32).reshape(-1, meta.dim),
+        meta=meta,
+    )
+    return PartResult(table, rejects_from_errors(rejects), count)
+
+
+def _embed_batch(
+    pipeline: FacePipeline,
+    photos: list[PhotoInput],
+    policy: MultiFacePolicy | None,
+    rows: _Rows,
+    rejects: list[tuple[str, FaceGateError]],
+) -> None:
+    results = pipeline.process_many([p.data for p in photos if p.data is not None], policy)
+    for photo, result in zip(photos, results, strict=True):
+        if not isinstance(result, FaceResult):
+            rejects.append((photo.image_key, result))
+            continue
+        for face in result.embeddings:
+            rows.subject_ids.append(photo.subject_id)
+            rows.image_keys.append(photo.image_key)
+            rows.face_indices.append(face.face_index)
+            rows.boxes.append(face.detection.box)
+            rows.scores.append(face.detection.score)
+            rows.vectors.append(face.vector)
