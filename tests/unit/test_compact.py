@@ -1,0 +1,453 @@
+"""Gallery compaction: pure merging rules, then S3 and DynamoDB on moto, checking AWS state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from moto import mock_aws
+
+from facegate.aws import aws_client
+from facegate.compact import GalleryStore, Tombstones, compact_tables, summarise
+from facegate.errors import ModelMismatchError, StorageError, ValidationError
+from facegate.gallery import (
+    GalleryMeta,
+    build_gallery_table,
+    build_rejects_table,
+    gallery_embeddings,
+    read_gallery,
+)
+from facegate.settings import Settings
+from facegate.stores import SubjectStore, create_table
+
+REGION = "eu-west-1"
+BUCKET = "facegate-compact-test"
+TABLE = "facegate-compact-subjects"
+DIM = 8
+MODEL = "sface"
+SHA = "cd" * 32
+META = GalleryMeta(model_id=MODEL, weights_sha256=SHA, dim=DIM, threshold=0.36)
+T1 = "2024-03-01T10:00:00Z"
+T2 = "2024-03-02T10:00:00Z"
+T3 = "2024-03-03T10:00:00Z"
+
+
+def unit_vectors(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def part(
+    rng: np.random.Generator,
+    rows: Sequence[tuple[str, str, int]],
+    created_at: str,
+    meta: GalleryMeta = META,
+) -> pa.Table:
+    """A gallery part of ``(subject_id, image_key, face_index)`` rows with random embeddings."""
+    n = len(rows)
+    return build_gallery_table(
+        subject_ids=[r[0] for r in rows],
+        image_keys=[r[1] for r in rows],
+        face_indices=np.array([r[2] for r in rows], dtype=np.int32),
+        bboxes=np.tile(np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32), (n, 1)),
+        det_scores=np.full(n, 0.99, dtype=np.float32),
+        embeddings=unit_vectors(rng, n, meta.dim),
+        meta=replace(meta, created_at=created_at),
+    )
+
+
+def keys_of(table: pa.Table) -> list[tuple[str, str, int]]:
+    return list(
+        zip(
+            table["subject_id"].to_pylist(),
+            table["image_key"].to_pylist(),
+            table["face_index"].to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def row_embedding(table: pa.Table, image_key: str, face_index: int = 0) -> np.ndarray:
+    index = [k[1:] for k in keys_of(table)].index((image_key, face_index))
+    return gallery_embeddings(table)[index]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(11)
+
+
+# --------------------------------------------------------------------------------------
+# compact_tables
+# --------------------------------------------------------------------------------------
+
+
+def test_duplicate_photo_keeps_the_row_of_the_newer_part(rng):
+    old = part(rng, [("alice", "a/1.jpg", 0), ("alice", "a/2.jpg", 0)], T1)
+    new = part(rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], T2)
+    merged = compact_tables([new, old])  # recency comes from metadata, not list order
+    assert keys_of(merged) == [
+        ("alice", "a/1.jpg", 0),
+        ("alice", "a/2.jpg", 0),
+        ("bob", "b/1.jpg", 0),
+    ]
+    np.testing.assert_array_equal(row_embedding(merged, "a/1.jpg"), gallery_embeddings(new)[0])
+    np.testing.assert_array_equal(row_embedding(merged, "a/2.jpg"), gallery_embeddings(old)[1])
+
+
+def test_same_photo_other_face_is_not_a_duplicate(rng):
+    first = part(rng, [("alice", "group.jpg", 0)], T1)
+    second = part(rng, [("bob", "group.jpg", 1)], T2)
+    assert keys_of(compact_tables([first, second])) == [
+        ("alice", "group.jpg", 0),
+        ("bob", "group.jpg", 1),
+    ]
+
+
+def test_parts_created_in_the_same_instant_later_in_the_list_wins(rng):
+    first = part(rng, [("alice", "a/1.jpg", 0)], T1)
+    second = part(rng, [("alice", "a/1.jpg", 0)], T1)
+    merged = compact_tables([first, second])
+    assert merged.num_rows == 1
+    np.testing.assert_array_equal(gallery_embeddings(merged)[0], gallery_embeddings(second)[0])
+
+
+def test_deleted_subject_is_dropped_and_a_later_enrolment_kept(rng):
+    before = part(rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], T1)
+    at_deletion = part(rng, [("bob", "b/2.jpg", 0)], T2)
+    after = part(rng, [("bob", "b/3.jpg", 0), ("carol", "c/1.jpg", 0)], T3)
+    merged = compact_tables([before, at_deletion, after], deleted={"bob": T2, "nobody": T3})
+    assert keys_of(merged) == [
+        ("alice", "a/1.jpg", 0),
+        ("bob", "b/3.jpg", 0),
+        ("carol", "c/1.jpg", 0),
+    ]
+
+
+def test_deletion_times_compare_as_instants_not_strings(rng):
+    parts = [part(rng, [("bob", "b/1.jpg", 0)], "2024-03-01T10:00:00Z")]
+    kept = compact_tables(parts, deleted={"bob": "2024-03-01T10:59:59+01:00"})
+    dropped = compact_tables(parts, deleted={"bob": "2024-03-01T10:00:00.000001Z"})
+    assert kept.num_rows == 1
+    assert dropped.num_rows == 0
+
+
+def test_relabelled_photo_follows_its_newest_label_into_deletion(rng):
+    """Dedup comes before deletion: the newest part says the photo is bob's, bob is deleted."""
+    old = part(rng, [("alice", "x.jpg", 0)], T1)
+    new = part(rng, [("bob", "x.jpg", 0)], T2)
+    assert compact_tables([old, new], deleted={"bob": T3}).num_rows == 0
+
+
+def test_rows_are_sorted_by_subject_image_and_face(rng):
+    rows = [
+        ("carol", "c/1.jpg", 0),
+        ("alice", "z.jpg", 1),
+        ("alice", "z.jpg", 0),
+        ("bob", "b/1.jpg", 0),
+        ("alice", "a.jpg", 0),
+    ]
+    merged = compact_tables([part(rng, rows[:2], T1), part(rng, rows[2:], T2)])
+    assert keys_of(merged) == sorted(rows)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        replace(META, model_id="arcface"),
+        replace(META, weights_sha256="ef" * 32),
+        replace(META, dim=DIM * 2),
+    ],
+    ids=["model_id", "weights_sha256", "dim"],
+)
+def test_parts_of_different_models_are_refused(rng, other):
+    mine = part(rng, [("alice", "a/1.jpg", 0)], T1)
+    theirs = part(rng, [("bob", "b/1.jpg", 0)], T2, meta=other)
+    with pytest.raises(ModelMismatchError, match="part 1"):
+        compact_tables([mine, theirs])
+
+
+def test_expected_model_id_is_enforced(rng):
+    parts = [part(rng, [("alice", "a/1.jpg", 0)], T1)]
+    with pytest.raises(ModelMismatchError, match="expected 'arcface'"):
+        compact_tables(parts, expected_model_id="arcface")
+    assert compact_tables(parts, expected_model_id=MODEL).num_rows == 1
+
+
+def test_result_has_fresh_metadata_of_the_same_model(rng):
+    old = part(rng, [("alice", "a/1.jpg", 0)], T1)
+    new = part(
+        rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], T2, replace(META, threshold=0.4)
+    )
+    merged = compact_tables([old, new])
+    meta = GalleryMeta.from_json(merged.schema.metadata[b"facegate"])
+    assert meta.row_count == merged.num_rows == 2
+    assert meta.created_at > T2
+    assert (meta.model_id, meta.weights_sha256, meta.dim) == (MODEL, SHA, DIM)
+    assert meta.threshold == pytest.approx(0.4)  # the newest calibration
+
+
+def test_no_parts_and_naive_deletion_times_are_refused(rng):
+    with pytest.raises(ValidationError, match="no gallery parts"):
+        compact_tables([])
+    parts = [part(rng, [("bob", "b/1.jpg", 0)], T1)]
+    with pytest.raises(ValidationError, match="time zone"):
+        compact_tables(parts, deleted={"bob": "2024-03-01T10:00:00"})
+    with pytest.raises(ValidationError, match="ISO-8601"):
+        compact_tables(parts, deleted={"bob": "yesterday"})
+
+
+def test_everything_deleted_gives_an_empty_valid_gallery(rng):
+    merged = compact_tables([part(rng, [("bob", "b/1.jpg", 0)], T1)], deleted={"bob": T2})
+    assert merged.num_rows == 0
+    assert GalleryMeta.from_json(merged.schema.metadata[b"facegate"]).row_count == 0
+
+
+def test_compact_is_torch_free():
+    code = "import sys, facegate.compact; sys.exit(3 if 'torch' in sys.modules else 0)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr or "facegate.compact imported torch"
+
+
+# --------------------------------------------------------------------------------------
+# AWS fixtures
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def moto_aws(monkeypatch):
+    """Fake credentials first, so that nothing here can ever reach a real account."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        yield Settings(bucket=BUCKET, table=TABLE, aws_region=REGION, aws_endpoint_url=None)
+
+
+@pytest.fixture
+def s3(moto_aws):
+    client = aws_client("s3", moto_aws)
+    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return client
+
+
+@pytest.fixture
+def store(s3) -> GalleryStore:
+    return GalleryStore(s3, BUCKET)
+
+
+@pytest.fixture
+def ddb(moto_aws):
+    client = aws_client("dynamodb", moto_aws)
+    create_table(client, TABLE)
+    return client
+
+
+@pytest.fixture
+def tombstones(ddb) -> Tombstones:
+    return Tombstones(ddb, TABLE)
+
+
+def listing(s3) -> dict[str, str]:
+    """Every object in the bucket as ``key -> ETag``."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def count_calls(client, operation: str) -> list[int]:
+    calls: list[int] = []
+    client.meta.events.register(
+        f"after-call.{client.meta.service_model.service_id.hyphenize()}.{operation}",
+        lambda **_: calls.append(1),
+    )
+    return calls
+
+
+def read_s3_gallery(s3, key: str) -> tuple[GalleryMeta, pa.Table]:
+    data = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return read_gallery(pa.BufferReader(data), expected_model_id=MODEL)
+
+
+# --------------------------------------------------------------------------------------
+# GalleryStore
+# --------------------------------------------------------------------------------------
+
+
+def test_keys_follow_the_layout_and_refuse_path_tricks():
+    assert GalleryStore.part_key("staff", "job-1") == "galleries/staff/parts/job-1.parquet"
+    assert GalleryStore.rejects_key("staff", "job-1") == "galleries/staff/rejects/job-1.parquet"
+    assert GalleryStore.gallery_key("staff") == "galleries/staff/gallery.parquet"
+    for gallery, name in [("staff/x", "p"), ("staff", "../p"), ("", "p")]:
+        with pytest.raises(ValidationError):
+            GalleryStore.part_key(gallery, name)
+
+
+def test_compact_on_s3_writes_the_gallery_and_leaves_parts_alone(s3, store, rng):
+    store.write_table(store.part_key("staff", "p1"), part(rng, [("alice", "a/1.jpg", 0)], T1))
+    store.write_table(
+        store.part_key("staff", "p2"),
+        part(rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0), ("carol", "c/1.jpg", 0)], T2),
+    )
+    store.write_table(store.part_key("other", "p1"), part(rng, [("dave", "d/1.jpg", 0)], T1))
+    before = listing(s3)
+
+    report = store.compact("staff", deleted={"bob": T3}, expected_model_id=MODEL)
+
+    assert (report.parts_read, report.rows_in, report.rows_out) == (2, 4, 2)
+    assert (report.duplicates_dropped, report.deleted_dropped, report.subjects) == (1, 1, 2)
+    assert report.key == "galleries/staff/gallery.parquet" and report.seconds >= 0
+    assert report.to_dict()["rows_out"] == 2
+    after = listing(s3)
+    assert set(after) == set(before) | {report.key}
+    assert {k: after[k] for k in before} == before  # parts untouched
+    head = s3.head_object(Bucket=BUCKET, Key=report.key)
+    assert head["ServerSideEncryption"] == "AES256"
+    meta, table = read_s3_gallery(s3, report.key)
+    assert meta.row_count == 2
+    assert keys_of(table) == [("alice", "a/1.jpg", 0), ("carol", "c/1.jpg", 0)]
+
+
+def test_compact_again_with_more_deletions_rebuilds_from_parts(s3, store, rng):
+    store.write_table(
+        store.part_key("staff", "p1"),
+        part(rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], T1),
+    )
+    assert store.compact("staff").rows_out == 2
+    assert store.compact("staff", deleted={"alice": T2}).rows_out == 1
+    assert store.compact("staff").rows_out == 2  # a view: nothing was lost from the parts
+
+
+def test_compact_names_the_offending_part(store, rng):
+    store.write_table(store.part_key("staff", "p1"), part(rng, [("alice", "a/1.jpg", 0)], T1))
+    store.write_table(
+        store.part_key("staff", "p2"),
+        part(rng, [("bob", "b/1.jpg", 0)], T2, replace(META, model_id="arcface")),
+    )
+    with pytest.raises(ModelMismatchError, match=r"galleries/staff/parts/p2\.parquet"):
+        store.compact("staff")
+    assert not store.exists(store.gallery_key("staff"))
+
+
+def test_compact_without_parts_is_refused(s3, store):
+    with pytest.raises(ValidationError, match="gallery staff has no parts"):
+        store.compact("staff")
+    assert listing(s3) == {}
+
+
+def test_list_parts_follows_pagination(s3, store, rng):
+    for i in range(5):
+        store.write_table(store.part_key("staff", f"p{i}"), part(rng, [("a", f"{i}.jpg", 0)], T1))
+    store.write_table(store.rejects_key("staff", "p0"), build_rejects_table(["x.jpg"], ["no_face"]))
+    store.list_page_size = 2
+    calls = count_calls(s3, "ListObjectsV2")
+    keys = store.list_parts("staff")
+    assert keys == [f"galleries/staff/parts/p{i}.parquet" for i in range(5)]
+    assert len(calls) == 3
+
+
+def test_write_table_refuses_unknown_tables_and_read_refuses_non_parquet(s3, store):
+    with pytest.raises(ValidationError, match="not a gallery or rejects table"):
+        store.write_table("galleries/staff/x.parquet", pa.table({"a": [1]}))
+    s3.put_object(Bucket=BUCKET, Key="galleries/staff/parts/bad.parquet", Body=b"not parquet")
+    with pytest.raises(ValidationError, match="not a Parquet file"):
+        store.read_table("galleries/staff/parts/bad.parquet")
+    with pytest.raises(StorageError, match="NoSuchKey"):
+        store.read_table("galleries/staff/parts/missing.parquet")
+
+
+# --------------------------------------------------------------------------------------
+# summarise
+# --------------------------------------------------------------------------------------
+
+
+def test_summarise_before_and_after_compaction(store, rng):
+    store.write_table(store.part_key("staff", "p1"), part(rng, [("alice", "a/1.jpg", 0)], T1))
+    store.write_table(
+        store.part_key("staff", "p2"),
+        part(rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], T2),
+    )
+    store.write_table(
+        store.rejects_key("staff", "p1"),
+        build_rejects_table(["x.jpg", "y.jpg"], ["no_face", "multiple_faces"], ["d", None]),
+    )
+    store.write_table(store.rejects_key("staff", "p2"), build_rejects_table(["z.jpg"], ["no_face"]))
+
+    raw = summarise(store, "staff")
+    assert raw == {
+        "gallery": "staff",
+        "rows": 3,
+        "subjects": 2,
+        "parts": 2,
+        "rejects": {"multiple_faces": 1, "no_face": 2},
+        "model_id": MODEL,
+        "weights_sha256": SHA,
+        "dim": DIM,
+        "threshold": pytest.approx(0.36),
+        "built_at": None,
+        "compacted": False,
+    }
+
+    store.compact("staff", deleted={"bob": T3})
+    done = summarise(store, "staff")
+    built = read_s3_gallery(store._s3, store.gallery_key("staff"))[0].created_at
+    assert done["compacted"] is True
+    assert done["built_at"] == built
+    assert (done["rows"], done["subjects"], done["parts"]) == (1, 1, 2)
+    assert done["rejects"] == {"multiple_faces": 1, "no_face": 2}
+
+
+def test_summarise_unknown_gallery_is_refused(store):
+    with pytest.raises(ValidationError, match="gallery ghost not found"):
+        summarise(store, "ghost")
+
+
+# --------------------------------------------------------------------------------------
+# Tombstones
+# --------------------------------------------------------------------------------------
+
+
+def test_record_writes_one_item_outside_the_subjects_index(ddb, tombstones):
+    stamp = tombstones.record("bob", when="2024-03-02T11:00:00+01:00")
+    assert stamp == "2024-03-02T10:00:00.000000Z"
+    item = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "TOMBSTONE"}, "sk": {"S": "SUBJECT#bob"}})
+    assert item["Item"]["deleted_at"] == {"S": stamp}
+    assert "kind" not in item["Item"]
+    assert SubjectStore(ddb, TABLE).list_subjects()[0] == []
+    with pytest.raises(ValidationError):
+        tombstones.record("bob/../x")
+
+
+def test_record_never_moves_a_deletion_back_in_time(tombstones):
+    tombstones.record("bob", when=T2)
+    assert tombstones.record("bob", when=T1) == "2024-03-02T10:00:00.000000Z"
+    assert tombstones.record("bob", when=T3) == "2024-03-03T10:00:00.000000Z"
+    assert tombstones.all() == {"bob": "2024-03-03T10:00:00.000000Z"}
+
+
+def test_record_defaults_to_now(tombstones):
+    assert tombstones.record("bob") > T3
+
+
+def test_all_follows_pagination(ddb, tombstones):
+    expected = {f"s{i:02d}": tombstones.record(f"s{i:02d}", when=T1) for i in range(30)}
+    calls = count_calls(ddb, "Query")
+    assert tombstones.all(page_size=7) == expected
+    assert len(calls) >= 5
+
+
+def test_tombstones_drive_compaction(store, tombstones, rng):
+    store.write_table(
+        store.part_key("staff", "p1"),
+        part(rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], T1),
+    )
+    tombstones.record("bob", when=T2)
+    report = store.compact("staff", deleted=tombstones.all())
+    assert (report.rows_out, report.deleted_dropped) == (1, 1)
