@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from facegate.compact import Tombstones
 from facegate.errors import FaceGateError, ModelMismatchError, ValidationError
 from facegate.image import content_type
 from facegate.pipeline import FacePipeline, FaceResult
@@ -64,10 +65,17 @@ class PhotoOutcome:
 class FaceService:
     """Everything the API does, without HTTP."""
 
-    def __init__(self, pipeline: FacePipeline, subjects: SubjectStore, photos: PhotoStore) -> None:
+    def __init__(
+        self,
+        pipeline: FacePipeline,
+        subjects: SubjectStore,
+        photos: PhotoStore,
+        tombstones: Tombstones | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.subjects = subjects
         self.photos = photos
+        self.tombstones = tombstones
 
     def enrol(
         self, subject_id: str, photos: Sequence[bytes], metadata: dict[str, str] | None = None
@@ -240,6 +248,8 @@ class FaceService:
         """Photos first, then the records: if anything fails midway, the subject still exists
         and a retried DELETE finishes the job; nothing biometric is left unreferenced."""
         self.subjects.get_subject(subject_id)
+        if self.tombstones is not None:  # galleries drop the subject at their next compaction
+            self.tombstones.record(subject_id)
         removed = self.photos.delete_subject(subject_id)
         image_keys = self.subjects.delete_subject(subject_id)
         return {

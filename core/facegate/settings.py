@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     min_face_px: int = Field(default=32, ge=1)
     det_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
     multi_face: MultiFacePolicy = "largest"
+    #: Galleries are built unattended: a photo with several faces is a reject, not a guess.
+    gallery_multi_face: MultiFacePolicy = "reject"
 
     embed_batch_size: int = Field(default=32, ge=1)
 
@@ -58,11 +60,13 @@ class Settings(BaseSettings):
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
     auth_mode: AuthMode = "api_key"
+    ingest_queue_url: str | None = None
+    archive_chunk_size: int = Field(default=200, ge=1)
     s3_max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
     flip_tta: bool = False
     threshold: float | None = None
 
-    @field_validator("aws_endpoint_url", mode="before")
+    @field_validator("aws_endpoint_url", "ingest_queue_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         """``""`` (as a template default) means "the real AWS endpoint", like unset."""

@@ -47,8 +47,10 @@ class LocalConfig:
             state_dir=Path(os.environ.get("FACEGATE_LOCAL_STATE_DIR", root / ".cache" / "local")),
         )
 
-    def template(self) -> Template:
-        return Template(self.root / "template.yaml", self.resources, self.stack, self.region)
+    def template(self, endpoint_url: str = "") -> Template:
+        return Template(
+            self.root / "template.yaml", self.resources, self.stack, self.region, endpoint_url
+        )
 
     @property
     def state_file(self) -> Path:
@@ -83,7 +85,7 @@ def function_environment(config: LocalConfig, logical_id: str, endpoint_url: str
     """The variables a function gets locally: the template's, then the local overrides."""
     from facegate.settings import default_model_dir
 
-    env = config.template().environment(logical_id)
+    env = config.template(endpoint_url).environment(logical_id)
     env.update(
         {
             "FACEGATE_AWS_ENDPOINT_URL": endpoint_url,

@@ -7,6 +7,7 @@ the local table has the same keys, indexes and billing as the deployed one.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from facegate_local.template import Template
@@ -32,9 +33,54 @@ def _encryption_rule(rule: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def create_resources(template: Template, dynamodb: Any, s3: Any) -> dict[str, str]:
-    """Create every table and bucket; returns ``{logical id: physical name}``."""
+def create_queues(template: Template, sqs: Any) -> dict[str, str]:
+    """Every ``AWS::SQS::Queue``, then their redrive policies (dead-letter queues first
+    exist, whatever the order in the template); returns ``{logical id: queue URL}``."""
+    urls: dict[str, str] = {}
+    queues = template.of_type("AWS::SQS::Queue")
+    for logical, resource in queues.items():
+        props = resource.get("Properties", {})
+        attributes = {
+            k: str(template.resolve(props[k]))
+            for k in ("VisibilityTimeout", "MessageRetentionPeriod")
+            if k in props
+        }
+        urls[logical] = sqs.create_queue(
+            QueueName=template.physical[logical], Attributes=attributes
+        )["QueueUrl"]
+    for logical, resource in queues.items():
+        redrive = resource.get("Properties", {}).get("RedrivePolicy")
+        if redrive:
+            policy = {k: template.resolve(v) for k, v in redrive.items()}
+            sqs.set_queue_attributes(
+                QueueUrl=urls[logical], Attributes={"RedrivePolicy": json.dumps(policy)}
+            )
+    return urls
+
+
+def _notifications(template: Template, props: dict[str, Any]) -> dict[str, Any]:
+    """A bucket's ``NotificationConfiguration`` in the API's shape (queues only)."""
+    configs = []
+    for entry in props.get("NotificationConfiguration", {}).get("QueueConfigurations", []):
+        config: dict[str, Any] = {
+            "QueueArn": template.resolve(entry["Queue"]),
+            "Events": [entry["Event"]],
+        }
+        rules = entry.get("Filter", {}).get("S3Key", {}).get("Rules")
+        if rules:
+            config["Filter"] = {"Key": {"FilterRules": rules}}
+        configs.append(config)
+    return {"QueueConfigurations": configs} if configs else {}
+
+
+def create_resources(
+    template: Template, dynamodb: Any, s3: Any, sqs: Any | None = None
+) -> dict[str, str]:
+    """Create every queue, table and bucket; returns ``{logical id: physical name}``."""
     created: dict[str, str] = {}
+    if sqs is not None:
+        create_queues(template, sqs)
+        created.update({k: template.physical[k] for k in template.of_type("AWS::SQS::Queue")})
     for logical, resource in template.of_type("AWS::DynamoDB::Table").items():
         name = template.physical[logical]
         props = resource.get("Properties", {})
@@ -66,5 +112,10 @@ def create_resources(template: Template, dynamodb: Any, s3: Any) -> dict[str, st
         block = props.get("PublicAccessBlockConfiguration")
         if block:
             s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=block)
+        notifications = _notifications(template, props) if sqs is not None else {}
+        if notifications:
+            s3.put_bucket_notification_configuration(
+                Bucket=name, NotificationConfiguration=notifications
+            )
         created[logical] = name
     return created

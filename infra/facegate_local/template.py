@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 NO_VALUE = object()
+ACCOUNT = "123456789012"
 
 
 class _CfnLoader(yaml.SafeLoader):
@@ -57,8 +58,16 @@ class FunctionSpec:
 class Template:
     """A loaded template with local physical names for its resources."""
 
-    def __init__(self, path: Path, physical_names: dict[str, str], stack: str, region: str):
+    def __init__(
+        self,
+        path: Path,
+        physical_names: dict[str, str],
+        stack: str,
+        region: str,
+        endpoint_url: str = "",
+    ):
         self.path = path
+        self.endpoint_url = endpoint_url
         self.root = path.parent
         self.body = load_template(path)
         self.stack = stack
@@ -102,6 +111,8 @@ class Template:
             return all(self.resolve(arg))
         if key == "Fn::Or":
             return any(self.resolve(arg))
+        if key == "Fn::GetAtt":
+            return self.attribute(*arg)
         if key == "Fn::Sub" and isinstance(arg, str):
             return re.sub(r"\$\{([^}]+)\}", lambda m: str(self._ref(m.group(1))), arg)
         if key.startswith("Condition"):
@@ -119,10 +130,45 @@ class Template:
         if name in pseudo:
             return pseudo[name]
         if name in self.resources:
+            if self.resources[name].get("Type") == "AWS::SQS::Queue":
+                return self.queue_url(name)
             return self.physical[name]
         if name in self.body.get("Parameters", {}):
             return self.parameter(name)
         raise ValueError(f"unknown Ref {name!r}")
+
+    def queue_url(self, logical: str) -> str:
+        """What ``Ref`` of a queue returns: its URL (moto's layout, default account)."""
+        return f"{self.endpoint_url}/{ACCOUNT}/{self.physical[logical]}"
+
+    def attribute(self, logical: str, name: str) -> str:
+        """``Fn::GetAtt`` for the attributes the template uses on queues and buckets."""
+        kind = self.resources[logical].get("Type")
+        physical = self.physical[logical]
+        if kind == "AWS::SQS::Queue":
+            values = {
+                "Arn": f"arn:aws:sqs:{self.region}:{ACCOUNT}:{physical}",
+                "QueueName": physical,
+                "QueueUrl": self.queue_url(logical),
+            }
+        elif kind == "AWS::S3::Bucket":
+            values = {"Arn": f"arn:aws:s3:::{physical}"}
+        else:
+            values = {"Arn": f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{physical}"}
+        if name not in values:
+            raise ValueError(f"the local stack cannot evaluate {logical}.{name}")
+        return values[name]
+
+    def sqs_sources(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(function, queue logical id, event properties)`` for each SQS event source."""
+        out = []
+        for logical, resource in self.of_type("AWS::Serverless::Function").items():
+            for event in resource.get("Properties", {}).get("Events", {}).values():
+                if event.get("Type") == "SQS":
+                    props = event["Properties"]
+                    queue = props["Queue"]["Fn::GetAtt"][0]
+                    out.append((logical, queue, {k: self.resolve(v) for k, v in props.items()}))
+        return out
 
     def function(self, logical_id: str) -> FunctionSpec:
         resource = self.resources.get(logical_id)
@@ -132,8 +178,9 @@ class Template:
         props = resource.get("Properties", {})
         if props.get("PackageType") == "Image":
             dockerfile = self.root / resource["Metadata"]["Dockerfile"]
-            handler = _dockerfile_cmd(dockerfile)
-            code_dir = dockerfile.parent
+            command = props.get("ImageConfig", {}).get("Command")
+            handler = command[0] if command else _dockerfile_cmd(dockerfile)
+            code_dir = _copied_from(dockerfile, handler.rpartition(".")[0], self.root)
         else:
             handler = props["Handler"]
             code_dir = self.root / props.get("CodeUri", ".")
@@ -149,6 +196,17 @@ class Template:
         merged.update(own.get("Variables", {}))
         resolved = {k: self.resolve(v) for k, v in merged.items()}
         return {k: str(v) for k, v in resolved.items() if v is not NO_VALUE}
+
+
+def _copied_from(dockerfile: Path, module: str, context: Path) -> Path:
+    """The folder the image's ``COPY`` takes ``<module>.py`` from (the local import path)."""
+    for line in dockerfile.read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"]:
+            for source in parts[1:-1]:
+                if source.endswith(f"/{module}.py") or source == f"{module}.py":
+                    return (context / source).parent
+    raise ValueError(f"{dockerfile} copies no {module}.py into the image")
 
 
 def _dockerfile_cmd(dockerfile: Path) -> str:

@@ -6,6 +6,7 @@ Tests override ``get_settings``/``get_pipeline``/``get_service`` through FastAPI
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from fastapi import Depends, Header
 from app.errors import UnauthorizedError
 from facegate.apikeys import ApiKeyStore
 from facegate.aws import aws_client
+from facegate.compact import GalleryStore, Tombstones
 from facegate.pipeline import FacePipeline
 from facegate.service import FaceService
 from facegate.settings import Settings, get_settings
@@ -31,23 +33,38 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 PipelineDep = Annotated[FacePipeline, Depends(get_pipeline)]
 
 
+@dataclass(frozen=True)
+class Stores:
+    subjects: SubjectStore
+    photos: PhotoStore
+    keys: ApiKeyStore
+    galleries: GalleryStore
+    tombstones: Tombstones
+
+
 @lru_cache(maxsize=4)
-def _stores(settings: Settings) -> tuple[SubjectStore, PhotoStore, ApiKeyStore]:
-    dynamodb = aws_client("dynamodb", settings)
-    return (
+def _stores(settings: Settings) -> Stores:
+    dynamodb, s3 = aws_client("dynamodb", settings), aws_client("s3", settings)
+    return Stores(
         SubjectStore(dynamodb, settings.table),
-        PhotoStore(aws_client("s3", settings), settings.bucket),
+        PhotoStore(s3, settings.bucket),
         ApiKeyStore(dynamodb, settings.table),
+        GalleryStore(s3, settings.bucket),
+        Tombstones(dynamodb, settings.table),
     )
 
 
 def get_service(settings: SettingsDep, pipeline: PipelineDep) -> FaceService:
-    subjects, photos, _ = _stores(settings)
-    return FaceService(pipeline, subjects, photos)
+    stores = _stores(settings)
+    return FaceService(pipeline, stores.subjects, stores.photos, stores.tombstones)
+
+
+def get_stores(settings: SettingsDep) -> Stores:
+    return _stores(settings)
 
 
 def get_photo_store(settings: SettingsDep) -> PhotoStore:
-    return _stores(settings)[1]
+    return _stores(settings).photos
 
 
 def require_api_key(
@@ -58,9 +75,10 @@ def require_api_key(
         return
     if not x_api_key:
         raise UnauthorizedError("missing x-api-key header")
-    if not _stores(settings)[2].is_valid(x_api_key):
+    if not _stores(settings).keys.is_valid(x_api_key):
         raise UnauthorizedError("unknown API key")
 
 
 ServiceDep = Annotated[FaceService, Depends(get_service)]
 PhotoStoreDep = Annotated[PhotoStore, Depends(get_photo_store)]
+StoresDep = Annotated[Stores, Depends(get_stores)]

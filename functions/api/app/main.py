@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from app.errors import install_error_handlers
 from app.observability import install_request_logging
-from app.routers import faces, health, subjects
+from app.routers import faces, galleries, health, subjects
 from facegate import __version__
 
 
@@ -21,4 +21,5 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(subjects.router)
     app.include_router(faces.router)
+    app.include_router(galleries.router)
     return app
