@@ -175,6 +175,57 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return EXIT_OK if found.best else EXIT_NO_MATCH
 
 
+def _aws_settings(args: argparse.Namespace) -> Any:
+    """Settings from the environment, or pointing at the running local stack (``--local``)."""
+    from facegate.settings import Settings
+
+    if not getattr(args, "local", False):
+        return Settings()
+    from facegate_local.config import FAKE_CREDENTIALS, LocalConfig
+    from facegate_local.stack import repo_root, status
+
+    state = status(LocalConfig.load(repo_root()))
+    if state is None:
+        raise FaceGateError("the local stack is not running: 'facegate local up'")
+    os.environ.update(FAKE_CREDENTIALS)
+    return Settings(
+        aws_endpoint_url=state.endpoint_url,
+        aws_region=state.region,
+        bucket=state.resources["PhotoBucket"],
+        table=state.resources["SubjectsTable"],
+    )
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from facegate.aws import aws_client
+    from facegate.uploads import upload
+
+    settings = _aws_settings(args)
+    key, size = upload(
+        aws_client("s3", settings), settings.bucket, args.path, args.gallery, args.subject
+    )
+    print(f"uploaded {size} bytes to s3://{settings.bucket}/{key}")
+    return EXIT_OK
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from facegate.compact import GalleryStore, Tombstones, summarise
+
+    settings = _aws_settings(args)
+    store = GalleryStore.from_settings(settings)
+    if args.action == "show":
+        summary = summarise(store, args.name)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            for key, value in summary.items():
+                print(f"{key:<16} {value}")
+        return EXIT_OK
+    report = store.compact(args.name, deleted=Tombstones.from_settings(settings).all())
+    print(json.dumps(report.to_dict()))
+    return EXIT_OK
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     """API keys in the table the settings name (FACEGATE_TABLE, FACEGATE_AWS_REGION, ...)."""
     from facegate.apikeys import ApiKeyStore
@@ -299,6 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     model_options(p)
     p.set_defaults(func=cmd_identify)
+    p = sub.add_parser("upload", help="upload a photo set (folder or zip) or a photo to a gallery")
+    p.add_argument("path", type=Path)
+    p.add_argument("--gallery", required=True)
+    p.add_argument("--subject", help="subject id, for a single photo")
+    p.add_argument("--local", action="store_true", help="to the running local stack")
+    p.set_defaults(func=cmd_upload)
+
+    gallery = sub.add_parser("gallery", help="Parquet galleries built by the batch job")
+    gallery_actions = gallery.add_subparsers(dest="action", required=True)
+    for name, text in [("show", "rows, subjects, rejects by reason"), ("compact", "rebuild it")]:
+        p = gallery_actions.add_parser(name, help=text)
+        p.add_argument("name")
+        p.add_argument("--local", action="store_true", help="on the running local stack")
+        if name == "show":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_gallery)
+
     keys = sub.add_parser("keys", help="API keys of a deployed stack (FACEGATE_TABLE)")
     key_actions = keys.add_subparsers(dest="action", required=True)
     p = key_actions.add_parser("create", help="create a key; printed once, only its hash is kept")

@@ -8,15 +8,17 @@ photos, prints a report, and stops what it started. The last line is one JSON su
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from facegate_local.config import LocalConfig
+from facegate_local.config import FAKE_CREDENTIALS, LocalConfig, StackState
 from facegate_local.server import sample_photos
 from facegate_local.stack import down, status, up
 
@@ -33,7 +35,9 @@ def run_demo(config: LocalConfig) -> dict[str, Any]:
     state = up(config)
     print(f"local stack up in {time.perf_counter() - t0:.1f} s: {state.api_url}")
     try:
-        return _exercise(state.api_url, state.api_key, config.root)
+        summary = _exercise(state.api_url, state.api_key, config.root)
+        summary |= _batch(state, config.root)
+        return summary
     finally:
         if started_here:
             down(config)
@@ -99,16 +103,69 @@ def _exercise(url: str, key: str, root: Path) -> dict[str, Any]:
     }
 
 
+def _photo_set(photos: dict[str, bytes]) -> bytes:
+    """The sample photos as a zip photo set, one folder per person, plus one planted bad
+    file, so the gallery shows a reject with its reason."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for stem, data in sorted(photos.items()):
+            archive.writestr(f"samples/{identity(stem)}/{stem}.jpg", data)
+        archive.writestr("samples/person_a/notes.jpg", b"not a photo\n")
+    return buffer.getvalue()
+
+
+def _batch(state: StackState, root: Path, timeout: float = 300.0) -> dict[str, Any]:
+    """Upload the photo set to S3 as a user would; the bucket notification, the queue and
+    the embedding function (polled like Lambda's event source) build the gallery."""
+    import boto3
+
+    photos = {p.stem: p.read_bytes() for p in sample_photos(root)}
+    s3 = boto3.client(
+        "s3", endpoint_url=state.endpoint_url, region_name=state.region, **_CREDENTIALS
+    )
+    bucket = state.resources["PhotoBucket"]
+    print("\nbatch: upload a zip photo set -> S3 -> SQS -> embedding job -> Parquet gallery")
+    s3.put_object(Bucket=bucket, Key="uploads/demo/samples.zip", Body=_photo_set(photos))
+    client = httpx.Client(base_url=state.api_url, headers={"x-api-key": state.api_key})
+    deadline = time.monotonic() + timeout
+    summary: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = client.get("/galleries/demo", timeout=60)
+        if answer.status_code == 200 and answer.json()["parts"] >= 1:
+            summary = answer.json()
+            break
+        time.sleep(1)
+    if not summary:
+        raise SystemExit("the embedding job wrote no gallery part in time")
+    report = client.post("/galleries/demo/compact", timeout=120).json()
+    shown = client.get("/galleries/demo", timeout=60).json()
+    print(
+        f"  gallery demo: {shown['rows']} rows, {shown['subjects']} subjects, "
+        f"rejects {shown['rejects']}, compacted in {report['seconds']} s"
+    )
+    return {"gallery_rows": shown["rows"], "rejects": sum(shown["rejects"].values())}
+
+
+_CREDENTIALS = {
+    "aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+    "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    "aws_session_token": FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
+}
+
+
 def _mark(right: bool) -> str:
     return "ok" if right else "WRONG"
 
 
 def main(root: Path) -> int:
+    """Exit 0 when every decision was right and the gallery holds every sample face."""
     summary = run_demo(LocalConfig.load(root))
     print(json.dumps(summary))
     ok = (
         summary["compare_correct"] == summary["compared"]
         and summary["identify_correct"] == summary["probes"]
         and summary["deleted"] == 1
+        and summary["gallery_rows"] == len(sample_photos(root))
+        and summary["rejects"] == 1
     )
     return 0 if ok else 1

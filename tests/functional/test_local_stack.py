@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,17 @@ def _survivors(tmp_path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_up_invoke_down(tmp_path):
+def test_up_invoke_upload_down(tmp_path, faces_dir):
     env = _stack_env(tmp_path)
-    run = lambda *a: subprocess.run(  # noqa: E731
-        [str(FACEGATE), "local", *a], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    cli = lambda *a: subprocess.run(  # noqa: E731
+        [str(FACEGATE), *map(str, a)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
     )
+    run = lambda *a: cli("local", *a)  # noqa: E731
     started = run("up")
     try:
         assert started.returncode == 0, started.stderr
@@ -103,6 +110,23 @@ def test_up_invoke_down(tmp_path):
         answer = json.loads(invoked.stdout.strip().splitlines()[-1])
         assert answer["statusCode"] == 200 and json.loads(answer["body"])["model_id"] == "sface"
         assert run("status").returncode == 0
+
+        people = tmp_path / "people"
+        for subject, name in [("ardern", "person_b_1"), ("sunak", "impostor_2")]:
+            (people / subject).mkdir(parents=True)
+            (people / subject / f"{name}.jpg").write_bytes((faces_dir / f"{name}.jpg").read_bytes())
+        uploaded = cli("upload", people, "--gallery", "cli", "--local")
+        assert uploaded.returncode == 0 and "uploads/cli/people.zip" in uploaded.stdout
+        shown = None
+        for _ in range(240):
+            attempt = cli("gallery", "show", "cli", "--local", "--json")
+            if attempt.returncode == 0 and json.loads(attempt.stdout)["parts"]:
+                shown = json.loads(attempt.stdout)
+                break
+            time.sleep(0.5)
+        assert shown is not None and shown["rows"] == 2 and shown["subjects"] == 2
+        compacted = cli("gallery", "compact", "cli", "--local")
+        assert compacted.returncode == 0 and json.loads(compacted.stdout)["rows_out"] == 2
     finally:
         stopped = run("down")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
@@ -124,6 +148,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["enrolled"] == 2 and summary["compared"] == 15 and summary["matches"] == 2
     assert summary["identified"] == 2 and summary["deleted"] == 1
+    assert summary["gallery_rows"] == 6 and summary["rejects"] == 1
     assert _survivors(tmp_path) == ""
 
 
