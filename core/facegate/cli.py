@@ -226,6 +226,51 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """Submit a manifest (and the probe photos beside it), or watch a job to its end."""
+    import time
+    import uuid
+
+    from tqdm import tqdm
+
+    from facegate.aws import aws_client
+    from facegate.jobs import JobStore, UnknownJobError, job_prefix, manifest_key, parse_manifest
+
+    settings = _aws_settings(args)
+    if args.action == "submit":
+        job_id = args.job_id or uuid.uuid4().hex[:12]
+        s3 = aws_client("s3", settings)
+        text = args.manifest.read_text()
+        rows, _ = parse_manifest(job_id, text, bucket=settings.bucket)
+        for row in rows:  # relative probes that exist beside the manifest travel with it
+            relative = row.probe_key.removeprefix(job_prefix(job_id))
+            local = args.manifest.parent / relative
+            if row.probe_key.startswith(job_prefix(job_id)) and local.is_file():
+                s3.put_object(Bucket=settings.bucket, Key=row.probe_key, Body=local.read_bytes())
+        s3.put_object(Bucket=settings.bucket, Key=manifest_key(job_id), Body=text.encode())
+        print(job_id)
+        return EXIT_OK
+    jobs = JobStore(aws_client("dynamodb", settings), settings.table)
+    deadline = time.monotonic() + args.timeout
+    bar = None
+    while time.monotonic() < deadline:
+        try:
+            status = jobs.get(args.job_id)
+        except UnknownJobError:
+            time.sleep(1)  # the manifest notification may not have been handled yet
+            continue
+        if bar is None:
+            bar = tqdm(total=status.chunks, desc=f"job {args.job_id}", unit="chunk")
+        bar.n = status.chunks_done
+        bar.refresh()
+        if status.status != "running":
+            bar.close()
+            print(json.dumps(status.to_dict()))
+            return EXIT_OK if status.status == "succeeded" else EXIT_ERROR
+        time.sleep(1)
+    raise FaceGateError(f"job {args.job_id} did not finish within {args.timeout} s")
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     """API keys in the table the settings name (FACEGATE_TABLE, FACEGATE_AWS_REGION, ...)."""
     from facegate.apikeys import ApiKeyStore
@@ -366,6 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "show":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_gallery)
+
+    jobs = sub.add_parser("jobs", help="batch verification jobs")
+    job_actions = jobs.add_subparsers(dest="action", required=True)
+    p = job_actions.add_parser("submit", help="upload a manifest.csv (+ probes beside it)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--job-id", help="default: a new random id (printed)")
+    p.add_argument("--local", action="store_true", help="to the running local stack")
+    p.set_defaults(func=cmd_jobs)
+    p = job_actions.add_parser("watch", help="progress bar until the job ends")
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--local", action="store_true", help="on the running local stack")
+    p.set_defaults(func=cmd_jobs)
 
     keys = sub.add_parser("keys", help="API keys of a deployed stack (FACEGATE_TABLE)")
     key_actions = keys.add_subparsers(dest="action", required=True)

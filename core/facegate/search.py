@@ -7,8 +7,13 @@ format enforces it) and queries are checked to be, so cosine similarity is a dot
 
 Every ranking here orders by (similarity descending, gallery row ascending). The second key
 makes ties deterministic and, with per-row scoring that does not depend on batching
-(:func:`_similarities_one`), makes the streamed search return exactly what the in-memory
+(:func:`row_similarities`), makes the streamed search return exactly what the in-memory
 one returns, similarities included.
+
+Other search backends (:class:`facegate.gallery_cache.GalleryIndex`) build on the public
+helpers here, :func:`check_k`, :func:`check_threshold`, :func:`check_query` and
+:func:`row_similarities`, so that "the same search" means the same validation and the same
+per-row arithmetic everywhere.
 
 This module must never import torch, directly or indirectly.
 """
@@ -98,7 +103,8 @@ class SearchResult:
 # --------------------------------------------------------------------------------------
 
 
-def _check_k(k: Any) -> int:
+def check_k(k: Any) -> int:
+    """``k`` as an int, or :class:`ValidationError` unless it is a positive integer."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValidationError(f"k must be a positive int, got {k!r}")
     return int(k)
@@ -131,7 +137,7 @@ def _similarities(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _similarities_one(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+def row_similarities(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     """``(D,) . (N, D) -> (N,) float32``, each row's dot product computed on its own.
 
     Not BLAS: a BLAS kernel's summation order depends on where a row falls in its blocking,
@@ -139,11 +145,19 @@ def _similarities_one(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     similarity sitting on the threshold could then flip between the in-memory and the
     streamed search. ``einsum`` sums each row in an order fixed by ``D`` alone, for about
     1.6x the time of a single-query gemv (memory-bound either way).
+
+    This is the reference arithmetic: a backend that scans faster (BLAS) must rescore its
+    candidates with it to return the same similarities and order as :func:`search_gallery`.
+    Both arguments must be float32 for that guarantee.
     """
     scores = np.einsum("ij,j->i", gallery, query)
     if not np.isfinite(scores).all():
         raise ValidationError("gallery embeddings contain non-finite values")
     return scores
+
+
+# The former private names, for callers that used them.
+_similarities_one = row_similarities
 
 
 def _top_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +201,7 @@ def top_k(query: Any, gallery: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     gives ``Q == 1``. An empty gallery gives ``(Q, 0)`` arrays. Raises
     :class:`ModelMismatchError` when the dims differ.
     """
-    k = _check_k(k)
+    k = check_k(k)
     queries = _as_queries(query)
     emb = _as_gallery(gallery, queries.shape[1])
     return _top_rows(_similarities(queries, emb), k)
@@ -290,7 +304,8 @@ def _result(candidates: list[_Candidate], threshold: float) -> SearchResult:
     )
 
 
-def _check_threshold(threshold: Any) -> float:
+def check_threshold(threshold: Any) -> float:
+    """``threshold`` as a float in ``[-1, 1]``, or :class:`ValidationError` (also for None)."""
     if threshold is None:
         raise ValidationError("no threshold: pass one, or search a gallery that carries one")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)):
@@ -305,6 +320,20 @@ def _single_query(query: Any, dim: int | None) -> np.ndarray:
     if queries.shape[0] != 1:
         raise ValidationError(f"search takes one query, got {queries.shape[0]}; use top_k")
     return queries
+
+
+def check_query(query: Any, dim: int | None = None) -> np.ndarray:
+    """One query, ``(D,)`` or ``(1, D)``, checked (finite, unit length, dim) as ``(D,) float32``.
+
+    A dim other than ``dim`` is a :class:`ModelMismatchError`; several queries, a
+    non-finite or non-normalised vector a :class:`ValidationError`.
+    """
+    return _single_query(query, dim)[0]
+
+
+# The former private names, for callers that used them.
+_check_k = check_k
+_check_threshold = check_threshold
 
 
 def search_gallery(
@@ -324,7 +353,7 @@ def search_gallery(
     with ``subject_ids (N,)`` and optionally ``image_keys (N,)``. With ``per_subject`` (the
     default) a subject's best row counts once, so the k candidates are k different people.
     """
-    k = _check_k(k)
+    k = check_k(k)
     keys_at: Lookup | None
     if isinstance(gallery, (pa.Table, pa.RecordBatch)):
         if subject_ids is not None or image_keys is not None:
@@ -350,9 +379,9 @@ def search_gallery(
         keys_at = (
             None if image_keys is None else _sequence_lookup(image_keys, emb.shape[0], "image_keys")
         )
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     queries = _single_query(query, dim)
-    scores = _similarities_one(queries[0], _as_gallery(emb, dim))
+    scores = row_similarities(queries[0], _as_gallery(emb, dim))
     return _result(_best_candidates(scores, subjects_at, keys_at, k, per_subject), threshold)
 
 
@@ -377,11 +406,11 @@ def search_parquet_streaming(
     The footer is checked (model id, schema) before any row is read, and a file with fewer
     rows than its metadata claims is refused.
     """
-    k = _check_k(k)
+    k = check_k(k)
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ValidationError(f"batch_rows must be a positive int, got {batch_rows!r}")
     meta, pf = open_gallery(source, expected_model_id)
-    threshold = _check_threshold(meta.threshold if threshold is None else threshold)
+    threshold = check_threshold(meta.threshold if threshold is None else threshold)
     queries = _single_query(query, meta.dim)
 
     running: list[_Candidate] = []
@@ -391,7 +420,7 @@ def search_parquet_streaming(
     )
     try:
         for batch in batches:
-            scores = _similarities_one(queries[0], gallery_embeddings(batch))
+            scores = row_similarities(queries[0], gallery_embeddings(batch))
             found = _best_candidates(
                 scores,
                 _column_lookup(batch.column("subject_id")),

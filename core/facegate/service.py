@@ -15,7 +15,6 @@ wire it the same way. Routes and handlers stay one call deep; the rules live her
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from facegate.compact import Tombstones
 from facegate.errors import FaceGateError, ModelMismatchError, ValidationError
+from facegate.gallery_cache import GalleryCache
 from facegate.image import content_type
 from facegate.pipeline import FacePipeline, FaceResult
 from facegate.search import SearchResult, search_gallery
@@ -71,11 +71,13 @@ class FaceService:
         subjects: SubjectStore,
         photos: PhotoStore,
         tombstones: Tombstones | None = None,
+        galleries: GalleryCache | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.subjects = subjects
         self.photos = photos
         self.tombstones = tombstones
+        self.galleries = galleries or GalleryCache(expected_model_id=pipeline.model_id)
 
     def enrol(
         self, subject_id: str, photos: Sequence[bytes], metadata: dict[str, str] | None = None
@@ -222,12 +224,13 @@ class FaceService:
         }
 
     def _search_named_gallery(self, vector: np.ndarray, name: str, top_k: int) -> SearchResult:
-        from facegate.gallery import read_gallery
-
-        validate_id(name, "gallery")
-        data = self.photos.get(GALLERY_KEY.format(name=name))
-        _, table = read_gallery(io.BytesIO(data), expected_model_id=self.pipeline.model_id)
-        return search_gallery(vector, table, top_k, self.pipeline.threshold)
+        """Through the process's gallery cache: a warm function keeps the index in memory
+        and only asks S3 whether the gallery changed."""
+        key = GALLERY_KEY.format(name=validate_id(name, "gallery"))
+        index = self.galleries.get(
+            self.photos.bucket, key, lambda etag: self.photos.get_if_changed(key, etag)
+        )
+        return index.search(vector, top_k, self.pipeline.threshold)
 
     def describe_subject(self, subject_id: str) -> dict[str, Any]:
         subject = self.subjects.get_subject(subject_id)

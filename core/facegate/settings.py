@@ -61,12 +61,22 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = None
     auth_mode: AuthMode = "api_key"
     ingest_queue_url: str | None = None
+    jobs_queue_url: str | None = None
+    aggregate_queue_url: str | None = None
+    job_chunk_size: int = Field(default=100, ge=1)
+    job_top_k: int = Field(default=5, ge=1, le=100)
     archive_chunk_size: int = Field(default=200, ge=1)
     s3_max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
     flip_tta: bool = False
     threshold: float | None = None
 
-    @field_validator("aws_endpoint_url", "ingest_queue_url", mode="before")
+    @field_validator(
+        "aws_endpoint_url",
+        "ingest_queue_url",
+        "jobs_queue_url",
+        "aggregate_queue_url",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         """``""`` (as a template default) means "the real AWS endpoint", like unset."""

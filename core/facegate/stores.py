@@ -670,13 +670,24 @@ class PhotoStore:
 
     def get(self, key: str) -> bytes:
         """The object's bytes; a missing object is an :class:`InvalidImageError`."""
+        data = self.get_if_changed(key, None)[1]
+        assert data is not None
+        return data
+
+    def get_if_changed(self, key: str, etag: str | None) -> tuple[str, bytes | None]:
+        """``(etag, bytes)``, or ``(etag, None)`` when the object still has ``etag`` (a
+        conditional GET: a warm function re-downloads a cached gallery only when it changed)."""
+        extra = {"IfNoneMatch": etag} if etag else {}
         with _aws_errors(f"reading {key}"):
             try:
-                return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                answer = self._s3.get_object(Bucket=self.bucket, Key=key, **extra)
             except ClientError as exc:
+                if _error_code(exc) in ("304", "NotModified") and etag:
+                    return etag, None
                 if _error_code(exc) in _NOT_FOUND:
-                    raise InvalidImageError(f"no such image: s3://{self.bucket}/{key}") from exc
+                    raise InvalidImageError(f"no such object: s3://{self.bucket}/{key}") from exc
                 raise
+            return answer["ETag"], answer["Body"].read()
 
     def delete_subject(self, subject_id: str) -> int:
         """Delete every object under the subject's prefix, all versions and delete markers too.

@@ -11,6 +11,10 @@ from facegate.gallery import GalleryMeta, build_gallery_table, write_gallery
 from facegate.search import (
     Match,
     SearchResult,
+    check_k,
+    check_query,
+    check_threshold,
+    row_similarities,
     search_gallery,
     search_parquet_streaming,
     top_k,
@@ -314,3 +318,44 @@ def test_streaming_refuses_truncated_file(tmp_path) -> None:
     pq.write_table(table.slice(0, 4), path)  # metadata still claims 10 rows
     with pytest.raises(ValidationError, match="rows"):
         search_parquet_streaming(path, emb[0])
+
+
+# ---------------------------------------------------------------------------- public helpers
+
+
+def test_row_similarities_do_not_depend_on_which_rows_are_scored_together() -> None:
+    """What lets another backend rescore a few candidates and get search_gallery's numbers."""
+    rng = np.random.default_rng(30)
+    gallery = unit_rows(rng, 1000, 128)
+    query = unit_rows(rng, 1, 128)[0]
+    full = row_similarities(query, gallery)
+    assert full.shape == (1000,) and full.dtype == np.float32
+    picked = rng.permutation(1000)[:37]
+    np.testing.assert_array_equal(row_similarities(query, gallery[picked]), full[picked])
+    for size in (1, 3, 64, 999):
+        np.testing.assert_array_equal(row_similarities(query, gallery[:size]), full[:size])
+    np.testing.assert_allclose(full, gallery.astype(np.float64) @ query, atol=1e-6)
+    bad = gallery[:4].copy()
+    bad[2, 0] = np.inf
+    with pytest.raises(ValidationError, match="non-finite"):
+        row_similarities(query, bad)
+
+
+def test_public_checks() -> None:
+    assert check_k(np.int64(3)) == 3
+    for bad_k in (0, -1, 2.5, True, None):
+        with pytest.raises(ValidationError):
+            check_k(bad_k)
+    assert check_threshold(np.float32(0.25)) == 0.25 and check_threshold(-1) == -1.0
+    for bad_t in (None, 1.01, "0.5", False):
+        with pytest.raises(ValidationError):
+            check_threshold(bad_t)
+    rng = np.random.default_rng(31)
+    q = unit_rows(rng, 1)
+    assert check_query(q).shape == (DIM,) and check_query(q[0], DIM).dtype == np.float32
+    with pytest.raises(ModelMismatchError):
+        check_query(q[0], DIM + 1)
+    with pytest.raises(ValidationError):
+        check_query(unit_rows(rng, 2))
+    with pytest.raises(ValidationError):
+        check_query(q[0] * 2)

@@ -326,6 +326,14 @@ def test_sam_transform_accepts_the_template(monkeypatch, overrides: dict[str, st
     for resource in image_functions(template).values():  # what `sam build` fills in
         uri = "123456789012.dkr.ecr.us-east-1.amazonaws.com/facegate:latest"
         resource["Properties"].setdefault("ImageUri", uri)
+    code_uri = {
+        "AWS::Serverless::Function": "CodeUri",
+        "AWS::Serverless::LayerVersion": "ContentUri",
+    }
+    for name, resource in template["Resources"].items():  # zip code: what `sam package` sets
+        uri_property = code_uri.get(resource["Type"])
+        if uri_property and resource["Properties"].get("PackageType", "Zip") == "Zip":
+            resource["Properties"][uri_property] = f"s3://facegate-artifacts/{name}.zip"
 
     class NoManagedPolicies:
         def load(self) -> dict[str, str]:

@@ -20,6 +20,15 @@ TORCH_FREE = [
     "facegate.models.card",
     "facegate.evaluation.metrics",
     "facegate.evaluation.pairs",
+    "facegate.aws",
+    "facegate.stores",
+    "facegate.apikeys",
+    "facegate.ingest",
+    "facegate.compact",
+    "facegate.gallery_cache",
+    "facegate.jobs",
+    "facegate.job_aggregate",
+    "facegate.uploads",
 ]
 
 

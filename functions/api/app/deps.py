@@ -16,6 +16,8 @@ from app.errors import UnauthorizedError
 from facegate.apikeys import ApiKeyStore
 from facegate.aws import aws_client
 from facegate.compact import GalleryStore, Tombstones
+from facegate.gallery_cache import GalleryCache
+from facegate.jobs import JobStore
 from facegate.pipeline import FacePipeline
 from facegate.service import FaceService
 from facegate.settings import Settings, get_settings
@@ -54,9 +56,26 @@ def _stores(settings: Settings) -> Stores:
     )
 
 
+@lru_cache(maxsize=4)
+def _gallery_cache(model_id: str) -> GalleryCache:
+    """One per process (per model): galleries stay loaded between requests."""
+    return GalleryCache(expected_model_id=model_id)
+
+
 def get_service(settings: SettingsDep, pipeline: PipelineDep) -> FaceService:
     stores = _stores(settings)
-    return FaceService(pipeline, stores.subjects, stores.photos, stores.tombstones)
+    return FaceService(
+        pipeline,
+        stores.subjects,
+        stores.photos,
+        stores.tombstones,
+        _gallery_cache(pipeline.model_id),
+    )
+
+
+@lru_cache(maxsize=4)
+def job_store(settings: Settings) -> JobStore:
+    return JobStore(aws_client("dynamodb", settings), settings.table)
 
 
 def get_stores(settings: SettingsDep) -> Stores:

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facegate import errors
+from facegate.jobs import UnknownJobError
 
 #: Most specific class first: the first ``isinstance`` match decides the status.
 STATUS: list[tuple[type[errors.FaceGateError], int]] = [
@@ -15,6 +16,7 @@ STATUS: list[tuple[type[errors.FaceGateError], int]] = [
     (errors.FaceError, 422),
     (errors.ModelMismatchError, 409),
     (errors.UnknownSubjectError, 404),
+    (UnknownJobError, 404),
     (errors.ModelNotFoundError, 503),
     (errors.StorageError, 503),
     (errors.InputError, 400),

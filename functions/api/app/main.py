@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from app.errors import install_error_handlers
 from app.observability import install_request_logging
-from app.routers import faces, galleries, health, subjects
+from app.routers import faces, galleries, health, jobs, subjects
 from facegate import __version__
 
 
@@ -22,4 +22,5 @@ def create_app() -> FastAPI:
     app.include_router(subjects.router)
     app.include_router(faces.router)
     app.include_router(galleries.router)
+    app.include_router(jobs.router)
     return app

@@ -1,0 +1,92 @@
+"""Lambda entry point of gallery compaction: parts -> ``galleries/<g>/gallery.parquet``.
+
+Invoked hourly by an EventBridge schedule (``CompactSchedule`` in template.yaml), it compacts
+every gallery that has parts; invoked by hand with ``{"gallery": "<name>"}``, only that one.
+Rows of deleted subjects are dropped using the tombstones of the subjects table, and every part
+must be of the deployment's model (``FACEGATE_MODEL_ID``): see :mod:`facegate.compact`.
+
+A zip function on the light layer (layers/light): it imports nothing that needs torch, and
+tests/unit/test_layer.py imports it with only the layer and the Lambda runtime available.
+
+One gallery's failure (parts of another model, an unreadable part) does not stop the others:
+it is logged and returned under ``failed``, and the next scheduled run tries again. The
+tombstones are read once per invocation, before any gallery, and an invocation that cannot
+read them fails as a whole: compacting without them would bring deleted subjects back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from facegate.aws import aws_client
+from facegate.compact import GALLERY_PREFIX, GalleryStore, Tombstones
+from facegate.errors import FaceGateError, ValidationError
+from facegate.settings import get_settings
+from facegate.stores import validate_id
+
+logger = Logger(service="facegate")
+settings = get_settings()
+s3 = aws_client("s3", settings)
+store = GalleryStore(s3, settings.bucket)
+tombstones = Tombstones.from_settings(settings)
+
+
+def galleries_with_parts() -> list[str]:
+    """Names of the galleries under ``galleries/`` that have at least one part, sorted.
+
+    One delimited listing gives the gallery prefixes; a prefix that is not a valid gallery
+    name was not written by FaceGate and is skipped with a warning.
+    """
+    names = []
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=store.bucket, Prefix=GALLERY_PREFIX, Delimiter="/"
+    )
+    for page in pages:
+        for common in page.get("CommonPrefixes", []):
+            name = common["Prefix"][len(GALLERY_PREFIX) :].rstrip("/")
+            try:
+                validate_id(name, "gallery")
+            except ValidationError:
+                logger.warning("skipping a prefix that is not a gallery", extra={"prefix": name})
+                continue
+            if store.list_parts(name):
+                names.append(name)
+    return sorted(names)
+
+
+def requested_gallery(event: Any) -> str | None:
+    """The gallery a manual invocation names, or None (a schedule: every gallery)."""
+    if isinstance(event, dict) and "gallery" in event:
+        return validate_id(event["gallery"], "gallery")
+    return None
+
+
+def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
+    """Compact the requested gallery or every gallery with parts; one entry per gallery."""
+    named = requested_gallery(event)
+    deleted = tombstones.all()
+    names = [named] if named is not None else galleries_with_parts()
+    logger.info(
+        "compacting",
+        extra={"galleries": names, "tombstones": len(deleted), "model_id": settings.model_id},
+    )
+    compacted: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for name in names:
+        try:
+            report = store.compact(name, deleted=deleted, expected_model_id=settings.model_id)
+        except FaceGateError as exc:
+            logger.error("compaction failed", extra={"gallery": name, "error": exc.to_dict()})
+            failed.append({"gallery": name, "error": exc.to_dict()})
+            continue
+        logger.info("compacted", extra=report.to_dict())
+        compacted.append(report.to_dict())
+    return {"compacted": compacted, "failed": failed}
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[dict[str, Any]]]:
+    return compact(event)

@@ -1,0 +1,255 @@
+"""The compaction function on moto: gallery parts -> ``gallery.parquet``, as the schedule runs it.
+
+The handler module is loaded from where the local stack finds it (the template's CodeUri) and
+called with a scheduled event, or a manual one, and the Lambda context the local stack gives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from types import ModuleType
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from facegate_local.config import LocalConfig
+from facegate_local.stack import LambdaContext
+from tests_support import repo_root
+
+from facegate.aws import aws_client
+from facegate.compact import TOMBSTONE_PK, GalleryStore, Tombstones
+from facegate.errors import NoFaceError, ValidationError
+from facegate.gallery import (
+    GalleryMeta,
+    build_gallery_table,
+    gallery_embeddings,
+    read_gallery,
+    rejects_from_errors,
+    write_gallery,
+)
+from facegate.settings import get_settings
+
+REPO = repo_root()
+FUNCTION = "CompactFunction"
+DIM = 8
+META = GalleryMeta(model_id="sface", weights_sha256="ab" * 32, dim=DIM, threshold=0.37)
+T1 = "2024-03-01T10:00:00Z"
+T2 = "2024-03-02T10:00:00Z"
+SCHEDULE = json.loads((REPO / "functions" / "compact" / "events" / "schedule.json").read_text())
+
+
+def write_part(
+    aws,
+    gallery: str,
+    part: str,
+    rows: Sequence[tuple[str, str, int]],
+    created_at: str,
+    seed: int,
+    meta: GalleryMeta = META,
+) -> np.ndarray:
+    """Write a part of ``(subject_id, image_key, face_index)`` rows; return its embeddings."""
+    rng = np.random.default_rng(seed)
+    embeddings = rng.standard_normal((len(rows), meta.dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    table = build_gallery_table(
+        subject_ids=[r[0] for r in rows],
+        image_keys=[r[1] for r in rows],
+        face_indices=np.array([r[2] for r in rows], dtype=np.int32),
+        bboxes=np.tile(np.array([1.0, 2.0, 30.0, 40.0], dtype=np.float32), (len(rows), 1)),
+        det_scores=np.full(len(rows), 0.99, dtype=np.float32),
+        embeddings=embeddings,
+        meta=replace(meta, created_at=created_at),
+    )
+    sink = pa.BufferOutputStream()
+    write_gallery(table, sink)
+    aws_client("s3", aws).put_object(
+        Bucket=aws.bucket,
+        Key=f"galleries/{gallery}/parts/{part}.parquet",
+        Body=sink.getvalue().to_pybytes(),
+    )
+    return embeddings
+
+
+def read_compacted(aws, gallery: str) -> pa.Table:
+    body = aws_client("s3", aws).get_object(
+        Bucket=aws.bucket, Key=f"galleries/{gallery}/gallery.parquet"
+    )["Body"]
+    meta, table = read_gallery(pa.BufferReader(body.read()), expected_model_id="sface")
+    assert meta.row_count == table.num_rows
+    return table
+
+
+def keys_of(table: pa.Table) -> list[tuple[str, str, int]]:
+    return list(
+        zip(
+            table["subject_id"].to_pylist(),
+            table["image_key"].to_pylist(),
+            table["face_index"].to_pylist(),
+            strict=True,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def compact(aws) -> Iterator[ModuleType]:
+    """The handler module, imported as the local stack imports it, bound to moto."""
+    spec = LocalConfig.load(REPO).template().function(FUNCTION)
+    get_settings.cache_clear()  # the module reads the settings of this (moto) environment
+    loader = importlib.util.spec_from_file_location(
+        f"{spec.module}_under_test", spec.code_dir / f"{spec.module}.py"
+    )
+    assert loader is not None and loader.loader is not None
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    assert (module.settings.bucket, module.settings.table) == (aws.bucket, aws.table)
+    assert module.settings.aws_endpoint_url is None
+    yield module
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def clean(aws) -> None:
+    """No galleries and no tombstones: each test sees only what it writes."""
+    s3 = aws_client("s3", aws)
+    listed = s3.list_objects_v2(Bucket=aws.bucket, Prefix="galleries/").get("Contents", [])
+    for item in listed:
+        s3.delete_object(Bucket=aws.bucket, Key=item["Key"])
+    dynamodb = aws_client("dynamodb", aws)
+    found = dynamodb.query(
+        TableName=aws.table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": TOMBSTONE_PK}},
+    )["Items"]
+    for item in found:
+        dynamodb.delete_item(TableName=aws.table, Key={"pk": item["pk"], "sk": item["sk"]})
+
+
+def invoke(compact: ModuleType, event: dict) -> dict:
+    answer = compact.handler(event, LambdaContext(FUNCTION, "us-east-1"))
+    json.dumps(answer)  # what `facegate local invoke` prints
+    return answer
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def test_local_stack_resolves_the_zip_function():
+    template = LocalConfig.load(REPO).template()
+    spec = template.function(FUNCTION)
+    assert spec.code_dir == REPO / "functions" / "compact"
+    assert (spec.module, spec.attribute) == ("facegate_compact", "handler")
+    assert spec.environment["FACEGATE_MODEL_ID"] == "sface"
+    assert spec.environment["FACEGATE_BUCKET"] == "facegate-local"
+    assert spec.environment["FACEGATE_TABLE"] == "facegate-subjects"
+    events = template.resources[FUNCTION]["Properties"]["Events"]
+    assert [e["Type"] for e in events.values()] == ["Schedule"]
+    assert template.resolve(events["Hourly"]["Properties"]["Schedule"]) == "rate(1 hour)"
+
+
+def test_sample_event_is_an_eventbridge_schedule():
+    assert SCHEDULE["detail-type"] == "Scheduled Event" and SCHEDULE["source"] == "aws.events"
+    assert SCHEDULE["detail"] == {} and SCHEDULE["resources"][0].startswith("arn:aws:events:")
+    datetime.fromisoformat(SCHEDULE["time"])
+
+
+# ----------------------------------------------------------------------------- compaction
+
+
+def test_schedule_compacts_every_gallery_with_parts(aws, compact, clean):
+    first = write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0), ("bob", "bob/1.jpg", 0)], T1, 1)
+    # A retry of bob/1.jpg in a later part, and a new photo of ann.
+    second = write_part(aws, "g1", "b", [("bob", "bob/1.jpg", 0), ("ann", "ann/2.jpg", 0)], T2, 2)
+    write_part(aws, "g2", "a", [("cat", "cat/1.jpg", 0)], T1, 3)
+    # Only rejects, no parts: not a gallery to compact.
+    store = GalleryStore(aws_client("s3", aws), aws.bucket)
+    store.write_table(
+        GalleryStore.rejects_key("g3", "a"),
+        rejects_from_errors([("uploads/g3/x.jpg", NoFaceError("no face"))]),
+    )
+
+    answer = invoke(compact, SCHEDULE)
+
+    assert answer["failed"] == []
+    reports = {r["gallery"]: r for r in answer["compacted"]}
+    assert sorted(reports) == ["g1", "g2"]
+    g1 = reports["g1"]
+    assert g1["key"] == "galleries/g1/gallery.parquet"
+    assert (g1["parts_read"], g1["rows_in"], g1["rows_out"]) == (2, 4, 3)
+    assert (g1["duplicates_dropped"], g1["deleted_dropped"], g1["subjects"]) == (1, 0, 2)
+
+    table = read_compacted(aws, "g1")
+    assert keys_of(table) == [
+        ("ann", "ann/1.jpg", 0),
+        ("ann", "ann/2.jpg", 0),
+        ("bob", "bob/1.jpg", 0),
+    ]
+    embeddings = gallery_embeddings(table)
+    np.testing.assert_array_equal(embeddings[0], first[0])
+    np.testing.assert_array_equal(embeddings[1], second[1])
+    np.testing.assert_array_equal(embeddings[2], second[0])  # the newer part's row won
+    assert keys_of(read_compacted(aws, "g2")) == [("cat", "cat/1.jpg", 0)]
+    s3 = aws_client("s3", aws)
+    assert "Contents" not in s3.list_objects_v2(Bucket=aws.bucket, Prefix="galleries/g3/gallery")
+    # Parts stay: they are the source of truth.
+    assert store.list_parts("g1") == [
+        "galleries/g1/parts/a.parquet",
+        "galleries/g1/parts/b.parquet",
+    ]
+
+
+def test_tombstoned_subject_is_dropped(aws, compact, clean):
+    write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0), ("bob", "bob/1.jpg", 0)], T1, 1)
+    write_part(aws, "g1", "b", [("bob", "bob/2.jpg", 0)], T2, 2)
+    invoke(compact, SCHEDULE)
+    assert {k[0] for k in keys_of(read_compacted(aws, "g1"))} == {"ann", "bob"}
+
+    Tombstones(aws_client("dynamodb", aws), aws.table).record("bob", datetime.now(UTC))
+    answer = invoke(compact, SCHEDULE)
+
+    (report,) = answer["compacted"]
+    assert (report["rows_out"], report["deleted_dropped"], report["subjects"]) == (1, 2, 1)
+    assert keys_of(read_compacted(aws, "g1")) == [("ann", "ann/1.jpg", 0)]
+
+
+def test_a_subject_enrolled_again_after_deletion_stays(aws, compact, clean):
+    Tombstones(aws_client("dynamodb", aws), aws.table).record("bob", "2024-03-01T12:00:00Z")
+    write_part(aws, "g1", "a", [("bob", "bob/1.jpg", 0)], T1, 1)  # before the deletion
+    write_part(aws, "g1", "b", [("bob", "bob/2.jpg", 0)], T2, 2)  # after it
+    invoke(compact, SCHEDULE)
+    assert keys_of(read_compacted(aws, "g1")) == [("bob", "bob/2.jpg", 0)]
+
+
+def test_manual_invoke_compacts_only_the_named_gallery(aws, compact, clean):
+    write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0)], T1, 1)
+    write_part(aws, "g2", "a", [("cat", "cat/1.jpg", 0)], T1, 2)
+
+    answer = invoke(compact, {"gallery": "g2"})
+
+    assert [r["gallery"] for r in answer["compacted"]] == ["g2"] and answer["failed"] == []
+    store = GalleryStore(aws_client("s3", aws), aws.bucket)
+    assert store.exists(GalleryStore.gallery_key("g2"))
+    assert not store.exists(GalleryStore.gallery_key("g1"))
+
+
+def test_a_failing_gallery_is_reported_and_the_others_compacted(aws, compact, clean):
+    write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0)], T1, 1)
+    other = replace(META, model_id="vggface2")
+    write_part(aws, "g2", "a", [("cat", "cat/1.jpg", 0)], T1, 2, meta=other)
+
+    answer = invoke(compact, SCHEDULE)
+
+    assert [r["gallery"] for r in answer["compacted"]] == ["g1"]
+    (failure,) = answer["failed"]
+    assert failure["gallery"] == "g2" and failure["error"]["code"] == "model_mismatch"
+
+
+def test_manual_invoke_of_a_gallery_without_parts(aws, compact, clean):
+    answer = invoke(compact, {"gallery": "nothing"})
+    assert answer["compacted"] == []
+    assert answer["failed"][0]["error"]["code"] == "validation_error"
+    with pytest.raises(ValidationError):
+        invoke(compact, {"gallery": "../escape"})
