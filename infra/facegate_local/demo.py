@@ -37,6 +37,7 @@ def run_demo(config: LocalConfig) -> dict[str, Any]:
     try:
         summary = _exercise(state.api_url, state.api_key, config.root)
         summary |= _batch(state, config.root)
+        summary |= _job(state)
         return summary
     finally:
         if started_here:
@@ -146,6 +147,53 @@ def _batch(state: StackState, root: Path, timeout: float = 300.0) -> dict[str, A
     return {"gallery_rows": shown["rows"], "rejects": sum(shown["rejects"].values())}
 
 
+#: (manifest row, expected decision): probes are the sample photos at the bucket root.
+JOB_ROWS = [
+    ("/samples/person_a_2.jpg,person_a,demo,verify", "match"),
+    ("/samples/impostor_1.jpg,person_b,demo,verify", "no_match"),
+    ("/samples/impostor_2.jpg,person_a,demo,verify", "no_match"),
+    ("/samples/person_b_2.jpg,,demo,identify", "identified"),
+    ("/samples/no-such-photo.jpg,person_a,demo,verify", "failed"),
+]
+
+
+def _job(state: StackState, timeout: float = 300.0) -> dict[str, Any]:
+    """A batch verification job: the manifest goes to S3, the job function fans it out,
+    the aggregation function writes results.parquet; the API reports its status."""
+    import boto3
+    import pyarrow.parquet as pq
+
+    s3 = boto3.client(
+        "s3", endpoint_url=state.endpoint_url, region_name=state.region, **_CREDENTIALS
+    )
+    bucket = state.resources["PhotoBucket"]
+    manifest = "probe,claimed_subject,gallery,mode\n" + "\n".join(r for r, _ in JOB_ROWS)
+    print("\nbatch verification job: manifest -> S3 -> job function -> aggregation")
+    s3.put_object(Bucket=bucket, Key="jobs/demo-job/manifest.csv", Body=manifest.encode())
+    client = httpx.Client(base_url=state.api_url, headers={"x-api-key": state.api_key})
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = client.get("/jobs/demo-job", timeout=60)
+        if answer.status_code == 200 and answer.json()["status"] != "running":
+            status = answer.json()
+            break
+        time.sleep(1)
+    if status.get("status") != "succeeded":
+        raise SystemExit(f"the job did not succeed in time: {status}")
+    body = s3.get_object(Bucket=bucket, Key=status["results_key"])["Body"].read()
+    results = pq.read_table(io.BytesIO(body)).to_pylist()
+    correct = 0
+    for result, (row, expected) in zip(results, JOB_ROWS, strict=True):
+        correct += result["decision"] == expected
+        shown = result["best_subject"] or result["claimed_subject"] or ""
+        print(
+            f"  {row.split(',')[0]:<28} {result['decision']:<15} {shown:<9} "
+            f"{result['reason'] or ''}  {_mark(result['decision'] == expected)}"
+        )
+    return {"job_rows": len(results), "job_correct": correct}
+
+
 _CREDENTIALS = {
     "aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
     "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
@@ -167,5 +215,6 @@ def main(root: Path) -> int:
         and summary["deleted"] == 1
         and summary["gallery_rows"] == len(sample_photos(root))
         and summary["rejects"] == 1
+        and summary["job_correct"] == summary["job_rows"] == len(JOB_ROWS)
     )
     return 0 if ok else 1

@@ -6,6 +6,7 @@ by the local stack's own code, so these tests also check the template's wiring.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import zipfile
@@ -185,9 +186,9 @@ def test_large_archive_fans_out_into_chunks(pipeline, aws, wiring, photo_set):
     assert sum(t.num_rows for t in found["rejects"]) == 4
 
 
-def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_set):
-    """Compaction of the parts the job wrote (gallery "team", from the first test), through
-    the API; a subject deleted afterwards disappears from the next compaction."""
+def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_set, faces_dir):
+    """Compaction of the parts the job wrote, through the API; a subject deleted through
+    the API afterwards disappears from the next compaction."""
     from fastapi.testclient import TestClient
 
     from app.deps import get_pipeline
@@ -197,6 +198,7 @@ def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_
     from facegate.gallery import read_gallery
     from facegate.settings import get_settings
 
+    photo_set_face = (faces_dir / "person_b_1.jpg").read_bytes()
     s3 = aws_client("s3", aws)
     s3.put_object(Bucket=aws.bucket, Key="uploads/crew/set.zip", Body=photo_set)
     assert _job(pipeline, aws, wiring).handle(_drain(aws, wiring["IngestQueue"]))
@@ -209,7 +211,11 @@ def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_
     first = client.post("/galleries/crew/compact")
     assert first.status_code == 200, first.text
     assert first.json()["rows_out"] == 4
-    Tombstones(aws_client("dynamodb", aws), aws.table).record("person_b")
+    b64 = base64.b64encode(photo_set_face).decode()
+    enrolled = client.post("/subjects/person_b/faces", json={"image": b64})
+    assert enrolled.status_code == 201
+    assert client.delete("/subjects/person_b").status_code == 200  # records a tombstone
+    assert "person_b" in Tombstones(aws_client("dynamodb", aws), aws.table).all()
     second = client.post("/galleries/crew/compact").json()
     assert second["rows_out"] == 2 and second["deleted_dropped"] == 2
     body = s3.get_object(Bucket=aws.bucket, Key="galleries/crew/gallery.parquet")["Body"].read()

@@ -149,6 +149,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     assert summary["enrolled"] == 2 and summary["compared"] == 15 and summary["matches"] == 2
     assert summary["identified"] == 2 and summary["deleted"] == 1
     assert summary["gallery_rows"] == 6 and summary["rejects"] == 1
+    assert summary["job_rows"] == 5 and summary["job_correct"] == 5
     assert _survivors(tmp_path) == ""
 
 
