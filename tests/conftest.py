@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+
+# pyarrow's thread pools can abort the interpreter at exit after threaded reads (see
+# facegate.cli.run); the test process reads small tables only, so run Arrow single-threaded
+# and keep pytest's exit code the real one.
+pa.set_cpu_count(1)
+pa.set_io_thread_count(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
