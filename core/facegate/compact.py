@@ -34,7 +34,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from facegate.aws import aws_client
-from facegate.errors import ModelMismatchError, ValidationError
+from facegate.errors import ModelMismatchError, UnknownGalleryError, ValidationError
 from facegate.gallery import (
     METADATA_KEY,
     GalleryMeta,
@@ -408,7 +408,7 @@ class GalleryStore:
         started = time.perf_counter()
         keys = self.list_parts(gallery)
         if not keys:
-            raise ValidationError(f"gallery {gallery} has no parts")
+            raise UnknownGalleryError(f"gallery {gallery} has no parts")
         tables = [self.read_table(k) for k in keys]
         table, counts = _compact(tables, keys, deleted, expected_model_id)
         key = self.gallery_key(gallery)
@@ -448,7 +448,7 @@ def summarise(store: GalleryStore, gallery: str) -> dict[str, Any]:
     gallery_key = store.gallery_key(gallery)
     compacted = store.exists(gallery_key)
     if not (compacted or part_keys or reject_keys):
-        raise ValidationError(f"gallery {gallery} not found")
+        raise UnknownGalleryError(f"gallery {gallery} not found")
     sources = [gallery_key] if compacted else part_keys
     metas, subjects = _subjects_and_metas(store, sources)
     newest = max(metas, key=lambda m: _instant(m.created_at, "created_at"), default=None)

@@ -68,6 +68,12 @@ class UnknownSubjectError(FaceGateError):
     code = "unknown_subject"
 
 
+class UnknownGalleryError(FaceGateError):
+    """No such gallery (nothing uploaded to it, or never compacted where that is needed)."""
+
+    code = "unknown_gallery"
+
+
 class ModelMismatchError(FaceGateError):
     """Embeddings from different models (or dims) must never be compared."""
 

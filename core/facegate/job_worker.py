@@ -23,7 +23,13 @@ import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
 from facegate.compact import GalleryStore
-from facegate.errors import FaceGateError, InvalidImageError, StorageError, UnknownSubjectError
+from facegate.errors import (
+    FaceGateError,
+    InvalidImageError,
+    StorageError,
+    UnknownGalleryError,
+    UnknownSubjectError,
+)
 from facegate.gallery_cache import GalleryCache, GalleryIndex
 from facegate.ingest import object_refs
 from facegate.jobs import (
@@ -168,7 +174,7 @@ class JobWorker:
                 if code in ("304", "NotModified"):
                     return if_none_match or "", None
                 if code in ("NoSuchKey", "404"):
-                    raise UnknownSubjectError(f"gallery {name!r} has not been built") from exc
+                    raise UnknownGalleryError(f"gallery {name!r} has not been built") from exc
                 raise StorageError(f"cannot read {key}: {exc}") from exc
             except BotoCoreError as exc:
                 raise StorageError(f"cannot read {key}: {exc}") from exc

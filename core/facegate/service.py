@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from facegate.compact import Tombstones
-from facegate.errors import FaceGateError, ModelMismatchError, ValidationError
+from facegate.errors import (
+    FaceGateError,
+    InvalidImageError,
+    ModelMismatchError,
+    UnknownGalleryError,
+    ValidationError,
+)
 from facegate.gallery_cache import GalleryCache
 from facegate.image import content_type
 from facegate.pipeline import FacePipeline, FaceResult
@@ -227,9 +233,12 @@ class FaceService:
         """Through the process's gallery cache: a warm function keeps the index in memory
         and only asks S3 whether the gallery changed."""
         key = GALLERY_KEY.format(name=validate_id(name, "gallery"))
-        index = self.galleries.get(
-            self.photos.bucket, key, lambda etag: self.photos.get_if_changed(key, etag)
-        )
+        try:
+            index = self.galleries.get(
+                self.photos.bucket, key, lambda etag: self.photos.get_if_changed(key, etag)
+            )
+        except InvalidImageError as exc:
+            raise UnknownGalleryError(f"gallery {name!r} has not been built") from exc
         return index.search(vector, top_k, self.pipeline.threshold)
 
     def describe_subject(self, subject_id: str) -> dict[str, Any]:

@@ -225,4 +225,4 @@ def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_
     assert shown["compacted"] is True and shown["rows"] == 2
     assert shown["rejects"] == {"invalid_image": 2, "no_face": 1, "multiple_faces": 1}
     other = client.get("/galleries/nothing-here")
-    assert other.status_code == 400 and other.json()["error"]["code"] == "validation_error"
+    assert other.status_code == 404 and other.json()["error"]["code"] == "unknown_gallery"

@@ -14,7 +14,12 @@ from moto import mock_aws
 
 from facegate.aws import aws_client
 from facegate.compact import GalleryStore, Tombstones, compact_tables, summarise
-from facegate.errors import ModelMismatchError, StorageError, ValidationError
+from facegate.errors import (
+    ModelMismatchError,
+    StorageError,
+    UnknownGalleryError,
+    ValidationError,
+)
 from facegate.gallery import (
     GalleryMeta,
     build_gallery_table,
@@ -337,7 +342,7 @@ def test_compact_names_the_offending_part(store, rng):
 
 
 def test_compact_without_parts_is_refused(s3, store):
-    with pytest.raises(ValidationError, match="gallery staff has no parts"):
+    with pytest.raises(UnknownGalleryError, match="gallery staff has no parts"):
         store.compact("staff")
     assert listing(s3) == {}
 
@@ -405,7 +410,7 @@ def test_summarise_before_and_after_compaction(store, rng):
 
 
 def test_summarise_unknown_gallery_is_refused(store):
-    with pytest.raises(ValidationError, match="gallery ghost not found"):
+    with pytest.raises(UnknownGalleryError, match="gallery ghost not found"):
         summarise(store, "ghost")
 
 

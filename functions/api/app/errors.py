@@ -17,6 +17,7 @@ STATUS: list[tuple[type[errors.FaceGateError], int]] = [
     (errors.ModelMismatchError, 409),
     (errors.UnknownSubjectError, 404),
     (UnknownJobError, 404),
+    (errors.UnknownGalleryError, 404),
     (errors.ModelNotFoundError, 503),
     (errors.StorageError, 503),
     (errors.InputError, 400),
