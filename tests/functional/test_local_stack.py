@@ -127,6 +127,24 @@ def test_up_invoke_upload_down(tmp_path, faces_dir):
         assert shown is not None and shown["rows"] == 2 and shown["subjects"] == 2
         compacted = cli("gallery", "compact", "cli", "--local")
         assert compacted.returncode == 0 and json.loads(compacted.stdout)["rows_out"] == 2
+
+        job = tmp_path / "job"
+        job.mkdir()
+        (job / "probe.jpg").write_bytes((faces_dir / "person_b_2.jpg").read_bytes())
+        (job / "manifest.csv").write_text(
+            "probe,claimed_subject,gallery,mode\n"
+            "probe.jpg,ardern,cli,verify\n"
+            "probe.jpg,sunak,cli,verify\n"
+            "probe.jpg,,cli,identify\n"
+        )
+        submitted = cli("jobs", "submit", job / "manifest.csv", "--job-id", "clijob", "--local")
+        assert submitted.returncode == 0 and submitted.stdout.strip() == "clijob"
+        watched = cli("jobs", "watch", "clijob", "--timeout", "240", "--local")
+        assert watched.returncode == 0, watched.stderr[-2000:]
+        status = json.loads(watched.stdout.strip().splitlines()[-1])
+        assert status["status"] == "succeeded"
+        counts = {k: v for k, v in status["counts"].items() if v}
+        assert counts == {"match": 1, "no_match": 1, "identified": 1}
     finally:
         stopped = run("down")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
