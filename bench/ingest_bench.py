@@ -1,13 +1,15 @@
-"""Embedding-job throughput (photos/second) at several SQS batch sizes, with baselines.
+"""Embedding-job throughput (photos/second) on the local stack at several SQS batch sizes.
 
-Not a test: prints a table. Single-photo uploads go through the real job (S3 notification
-payloads, ledger claims, S3 reads, batched embedding, Parquet part writes) against moto
-in-process; each batch size is compared, in the same run, with the bare pipeline
-(``FacePipeline.process_many`` on the same bytes in memory): the ratio is what the job's
-I/O and bookkeeping cost on top of detection and embedding.
+Not a test: prints a table. For each batch size a fresh local stack is started with
+``IngestBatchSize`` set to it (as ``sam deploy --parameter-overrides`` would), N photos are
+uploaded one by one as ``uploads/<gallery>/<subject>/<photo>``, and the clock stops when the
+gallery's parts and rejects account for all of them: S3 notifications, SQS, the poller, the
+real embedding function, Parquet part writes. Each row is compared, in the same run, with the
+bare pipeline (``FacePipeline.process_many`` on the same bytes in memory, in batches of the
+same size): the ratio is what the serverless plumbing costs on top of detection + embedding.
 
-Photos: LFW images from ``../shared/lfw-dev`` when present (250x250, one face each), else
-the six sample photos repeated. Run from the repository root:
+Photos: LFW images from ``../shared/lfw-dev`` when present (250x250, one face each), else the
+six sample photos repeated. Run from the repository root:
 ``.venv/bin/python bench/ingest_bench.py [--photos 96] [--batch-sizes 1 10 32]``.
 """
 
@@ -16,10 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "infra"))
 
 
 def _photos(n: int) -> list[bytes]:
@@ -31,13 +37,60 @@ def _photos(n: int) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
 
-def _event(bucket: str, keys: list[str]) -> dict:
-    records = []
-    for i, key in enumerate(keys):
-        s3 = {"bucket": {"name": bucket}, "object": {"key": key, "size": 1, "eTag": f"e{i}"}}
-        body = json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": s3}]})
-        records.append({"messageId": f"m{i}", "body": body, "eventSource": "aws:sqs"})
-    return {"Records": records}
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def through_stack(photos: list[bytes], batch: int, timeout: float = 900.0) -> float:
+    """Photos/second from first upload to the last row or reject written."""
+    import boto3
+    from facegate_local.config import FAKE_CREDENTIALS, LocalConfig
+    from facegate_local.stack import down, up
+
+    from facegate.compact import GalleryStore, summarise
+
+    os.environ.update(
+        FACEGATE_LOCAL_API_PORT=str(_free_port()),
+        FACEGATE_LOCAL_MOTO_PORT=str(_free_port()),
+        FACEGATE_LOCAL_STATE_DIR=tempfile.mkdtemp(),
+        FACEGATE_LOCAL_PARAMETERS=f"IngestBatchSize={batch},IngestBatchWindow=1",
+        **FAKE_CREDENTIALS,
+    )
+    config = LocalConfig.load(REPO)
+    state = up(config)
+    try:
+        s3 = boto3.client("s3", endpoint_url=state.endpoint_url, region_name=state.region)
+        bucket = state.resources["PhotoBucket"]
+        store = GalleryStore(s3, bucket)
+        started = time.perf_counter()
+        for i, data in enumerate(photos):
+            s3.put_object(Bucket=bucket, Key=f"uploads/bench/s{i % 50}/p{i}.jpg", Body=data)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                summary = summarise(store, "bench")
+                if summary["rows"] + sum(summary["rejects"].values()) >= len(photos):
+                    return len(photos) / (time.perf_counter() - started)
+            except Exception:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"batch {batch}: the job did not finish in {timeout:.0f} s")
+    finally:
+        down(config)
+
+
+def bare_pipeline(photos: list[bytes], batch: int) -> float:
+    from facegate.pipeline import FacePipeline
+
+    pipeline = FacePipeline()
+    pipeline.warm_up()
+    pipeline.process_many(photos[:4])
+    started = time.perf_counter()
+    for start in range(0, len(photos), batch):
+        pipeline.process_many(photos[start : start + batch])
+    return len(photos) / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -45,53 +98,13 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=96)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 10, 32])
     args = parser.parse_args()
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
-    )
-    from moto import mock_aws
-
-    from facegate.aws import aws_client
-    from facegate.ingest import IngestLedger
-    from facegate.ingest_job import EmbedJob, JobConfig
-    from facegate.pipeline import FacePipeline
-    from facegate.settings import Settings
-    from facegate.stores import create_table
-
     photos = _photos(args.photos)
-    pipeline = FacePipeline(Settings())
-    pipeline.warm_up()
-    pipeline.process_many(photos[:4])
-    rows = []
-    with mock_aws():
-        settings = Settings(bucket="bench", table="bench")
-        s3, db = aws_client("s3", settings), aws_client("dynamodb", settings)
-        s3.create_bucket(Bucket="bench")
-        create_table(db, "bench")
-        for size in args.batch_sizes:
-            keys = [f"uploads/b{size}/s{i % 50}/p{i}.jpg" for i in range(len(photos))]
-            for key, data in zip(keys, photos, strict=True):
-                s3.put_object(Bucket="bench", Key=key, Body=data)
-            job = EmbedJob(
-                pipeline,
-                s3,
-                aws_client("sqs", settings),
-                IngestLedger(db, "bench"),
-                JobConfig("bench", None, 200, 15 * 1024 * 1024),
-            )
-            t = time.perf_counter()
-            for start in range(0, len(keys), size):
-                job.handle(_event("bench", keys[start : start + size]))
-            job_rate = len(keys) / (time.perf_counter() - t)
-            t = time.perf_counter()
-            for start in range(0, len(photos), size):
-                pipeline.process_many(photos[start : start + size])
-            base_rate = len(photos) / (time.perf_counter() - t)
-            rows.append((size, job_rate, base_rate))
-    print(f"photos: {len(photos)}; torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print("| batch size | job photos/s | bare pipeline photos/s | ratio |")
+    rows = [(b, through_stack(photos, b), bare_pipeline(photos, b)) for b in args.batch_sizes]
+    print(f"photos: {len(photos)}, single-photo uploads, local stack (moto + poller)")
+    print("| IngestBatchSize | job photos/s | bare pipeline photos/s | ratio |")
     print("|---|---|---|---|")
-    for size, job_rate, base_rate in rows:
-        print(f"| {size} | {job_rate:.1f} | {base_rate:.1f} | {job_rate / base_rate:.2f} |")
+    for size, job, base in rows:
+        print(f"| {size} | {job:.1f} | {base:.1f} | {job / base:.2f} |")
     out = REPO / "bench" / "ingest_results.json"
     out.write_text(
         json.dumps([{"batch": s, "job": j, "pipeline": b} for s, j, b in rows], indent=2)

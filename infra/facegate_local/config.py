@@ -28,11 +28,14 @@ class LocalConfig:
     resources: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     state_dir: Path = Path(".cache") / "local"
+    parameters: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, root: Path) -> LocalConfig:
         """``infra/local.toml``; ``FACEGATE_LOCAL_API_PORT``, ``FACEGATE_LOCAL_MOTO_PORT`` and
-        ``FACEGATE_LOCAL_STATE_DIR`` override it (tests run a second stack beside yours)."""
+        ``FACEGATE_LOCAL_STATE_DIR`` override it (tests run a second stack beside yours), and
+        ``FACEGATE_LOCAL_PARAMETERS`` (``Name=value,Name=value``) overrides template
+        parameters on top of its ``[parameters]`` table."""
         path = root / "infra" / "local.toml"
         data: dict[str, Any] = tomllib.loads(path.read_text()) if path.is_file() else {}
         stack = data.get("stack", {})
@@ -45,16 +48,29 @@ class LocalConfig:
             resources=dict(data.get("resources", {})),
             environment={k: str(v) for k, v in data.get("environment", {}).items()},
             state_dir=Path(os.environ.get("FACEGATE_LOCAL_STATE_DIR", root / ".cache" / "local")),
+            parameters={
+                **{k: str(v) for k, v in data.get("parameters", {}).items()},
+                **_pairs(os.environ.get("FACEGATE_LOCAL_PARAMETERS", "")),
+            },
         )
 
     def template(self, endpoint_url: str = "") -> Template:
         return Template(
-            self.root / "template.yaml", self.resources, self.stack, self.region, endpoint_url
+            self.root / "template.yaml",
+            self.resources,
+            self.stack,
+            self.region,
+            endpoint_url,
+            self.parameters,
         )
 
     @property
     def state_file(self) -> Path:
         return self.state_dir / "stack.json"
+
+
+def _pairs(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
 
 
 @dataclass(frozen=True)

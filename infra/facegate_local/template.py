@@ -65,9 +65,11 @@ class Template:
         stack: str,
         region: str,
         endpoint_url: str = "",
+        parameters: dict[str, str] | None = None,
     ):
         self.path = path
         self.endpoint_url = endpoint_url
+        self.overrides = dict(parameters or {})
         self.root = path.parent
         self.body = load_template(path)
         self.stack = stack
@@ -85,6 +87,9 @@ class Template:
         return {k: v for k, v in self.resources.items() if v.get("Type") == kind}
 
     def parameter(self, name: str) -> Any:
+        """The local override (like ``sam deploy --parameter-overrides``), else the default."""
+        if name in self.overrides:
+            return self.overrides[name]
         return self.body.get("Parameters", {}).get(name, {}).get("Default", "")
 
     def condition(self, name: str) -> bool:
