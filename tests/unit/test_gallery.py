@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tests_support import unit_rows
 
 from facegate.errors import ModelMismatchError, NoFaceError, StorageError, ValidationError
 from facegate.gallery import (
@@ -33,11 +32,6 @@ from facegate.gallery import (
 
 DIM = 16
 SHA = "ab" * 32
-
-
-def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def make_meta(**overrides: object) -> GalleryMeta:
@@ -398,17 +392,7 @@ def test_rejects_from_errors_uses_stable_codes() -> None:
     ]
 
 
-# ---------------------------------------------------------------------------- torch-free
-
-
-def test_gallery_and_search_do_not_import_torch() -> None:
-    code = (
-        "import sys, facegate.gallery, facegate.search; "
-        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+# ---------------------------------------------------------------------------- meta
 
 
 def test_meta_is_frozen() -> None:

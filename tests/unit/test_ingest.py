@@ -9,16 +9,13 @@ from __future__ import annotations
 import copy
 import io
 import json
-import subprocess
-import sys
 import warnings
 import zipfile
 from urllib.parse import quote_plus
 
 import pytest
-from moto import mock_aws
+from tests_support import run_without_torch
 
-from facegate.aws import aws_client
 from facegate.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -49,7 +46,7 @@ from facegate.ingest import (
     safe_part_name,
 )
 from facegate.settings import Settings
-from facegate.stores import SubjectStore, create_table
+from facegate.stores import SubjectStore
 
 REGION = "eu-west-1"
 TABLE = "facegate-test-ingest"
@@ -738,22 +735,8 @@ def test_part_names_are_deterministic():
 
 @pytest.fixture
 def settings() -> Settings:
+    """The names ``fresh_aws`` (conftest.py) gives moto's table."""
     return Settings(table=TABLE, aws_region=REGION, aws_endpoint_url=None)
-
-
-@pytest.fixture
-def ddb(monkeypatch, settings):
-    """Fake credentials first, so that nothing here can ever reach a real account."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with mock_aws():
-        client = aws_client("dynamodb", settings)
-        create_table(client, TABLE)
-        yield client
 
 
 @pytest.fixture
@@ -875,18 +858,9 @@ def test_aws_failures_are_storage_errors(ddb):
 
 
 def test_ingest_imports_without_torch():
-    """A meta-path hook refuses torch, as in a Lambda without it; the heavy pipeline stays out."""
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is not installed here')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import facegate.ingest as ingest\n"
-        "print(ingest.classify('uploads/g/alice/1.jpg'))\n"
-        "sys.exit(3 if {'torch', 'facegate.pipeline'} & set(sys.modules) else 0)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    """Beyond test_torch_free.py: with torch refused, ``classify`` works and the heavy pipeline
+    stays out (``run_without_torch`` exits 3 if torch or the pipeline got imported)."""
+    code = "import facegate.ingest as ingest\nprint(ingest.classify('uploads/g/alice/1.jpg'))"
+    done = run_without_torch(code)
     assert done.returncode == 0, done.stderr or "facegate.ingest imported torch or the pipeline"
     assert "PhotoUpload(gallery='g', subject_id='alice', filename='1.jpg')" in done.stdout

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
-from moto import mock_aws
+from tests_support import run_without_torch
 
-from facegate.aws import aws_client
 from facegate.errors import FaceGateError, NoFaceError, UnknownSubjectError, ValidationError
 from facegate.jobs import (
     MAX_MANIFEST_BYTES,
@@ -47,7 +44,6 @@ from facegate.jobs import (
     verify_record,
 )
 from facegate.settings import Settings
-from facegate.stores import create_table
 
 JOB = "job-2024.05_01"
 REGION = "eu-west-1"
@@ -667,22 +663,8 @@ def test_aggregate_refuses_tables_of_another_schema():
 
 @pytest.fixture
 def settings() -> Settings:
+    """The names ``fresh_aws`` (conftest.py) gives moto's table."""
     return Settings(table=TABLE, aws_region=REGION, aws_endpoint_url=None)
-
-
-@pytest.fixture
-def ddb(monkeypatch, settings):
-    """Fake credentials first, so that nothing here can ever reach a real account."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with mock_aws():
-        client = aws_client("dynamodb", settings)
-        create_table(client, TABLE)
-        yield client
 
 
 @pytest.fixture
@@ -881,19 +863,13 @@ def test_a_whole_job_end_to_end(store):
 
 
 def test_jobs_module_imports_without_torch():
-    """A meta-path hook refuses torch, as in a light zip Lambda; importing must still work."""
+    """Beyond test_torch_free.py: with torch and the pipeline refused, as in a light zip Lambda,
+    manifests still parse."""
     code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith(('torch.', 'facegate.pipeline')):\n"
-        "            raise ImportError(name + ' is not available here')\n"
-        "sys.meta_path.insert(0, Block())\n"
         "import facegate.jobs as jobs\n"
         "rows, _ = jobs.parse_manifest('j', 'probe,gallery,mode\\na.jpg,g,identify\\n')\n"
-        "assert 'torch' not in sys.modules and 'facegate.pipeline' not in sys.modules\n"
         "print(rows[0].probe_key)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = run_without_torch(code, block=("torch", "facegate.pipeline"))
+    assert done.returncode == 0, done.stderr or "facegate.jobs imported torch or the pipeline"
     assert done.stdout.strip() == "jobs/j/a.jpg"

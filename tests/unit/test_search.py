@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from tests_support import unit_rows
 
 from facegate.errors import ModelMismatchError, ValidationError
 from facegate.gallery import GalleryMeta, build_gallery_table, write_gallery
@@ -22,11 +23,6 @@ from facegate.search import (
 
 DIM = 32
 SHA = "cd" * 32
-
-
-def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def make_gallery(
@@ -70,8 +66,8 @@ def reference_subjects(query, emb, subjects, k):
 @pytest.mark.parametrize("k", [1, 5, 64, 200, 500])
 def test_top_k_matches_brute_force(k: int) -> None:
     rng = np.random.default_rng(1)
-    gallery = unit_rows(rng, 200)
-    queries = unit_rows(rng, 7)
+    gallery = unit_rows(rng, 200, DIM)
+    queries = unit_rows(rng, 7, DIM)
     idx, scores = top_k(queries, gallery, k)
     ref_idx, ref_scores = reference_top_k(queries, gallery, k)
     kk = min(k, 200)
@@ -84,7 +80,7 @@ def test_top_k_matches_brute_force(k: int) -> None:
 
 def test_top_k_single_query_gives_one_row() -> None:
     rng = np.random.default_rng(2)
-    gallery = unit_rows(rng, 50)
+    gallery = unit_rows(rng, 50, DIM)
     idx, scores = top_k(gallery[17], gallery, 3)
     assert idx.shape == (1, 3)
     assert idx[0, 0] == 17
@@ -93,15 +89,15 @@ def test_top_k_single_query_gives_one_row() -> None:
 
 def test_top_k_k_larger_than_gallery() -> None:
     rng = np.random.default_rng(3)
-    gallery = unit_rows(rng, 4)
-    idx, _ = top_k(unit_rows(rng, 2), gallery, 10)
+    gallery = unit_rows(rng, 4, DIM)
+    idx, _ = top_k(unit_rows(rng, 2, DIM), gallery, 10)
     assert idx.shape == (2, 4)
     assert sorted(idx[0].tolist()) == [0, 1, 2, 3]
 
 
 def test_top_k_empty_gallery() -> None:
     rng = np.random.default_rng(4)
-    idx, scores = top_k(unit_rows(rng, 3), np.empty((0, DIM), np.float32), 5)
+    idx, scores = top_k(unit_rows(rng, 3, DIM), np.empty((0, DIM), np.float32), 5)
     assert idx.shape == scores.shape == (3, 0)
     assert idx.dtype == np.int64 and scores.dtype == np.float32
 
@@ -109,19 +105,19 @@ def test_top_k_empty_gallery() -> None:
 def test_top_k_dim_mismatch_is_model_mismatch() -> None:
     rng = np.random.default_rng(5)
     with pytest.raises(ModelMismatchError):
-        top_k(unit_rows(rng, 1, DIM + 1), unit_rows(rng, 10), 3)
+        top_k(unit_rows(rng, 1, DIM + 1), unit_rows(rng, 10, DIM), 3)
 
 
 @pytest.mark.parametrize("k", [0, -1, 2.5, True, None])
 def test_top_k_refuses_bad_k(k: object) -> None:
     rng = np.random.default_rng(6)
     with pytest.raises(ValidationError):
-        top_k(unit_rows(rng, 1), unit_rows(rng, 10), k)  # type: ignore[arg-type]
+        top_k(unit_rows(rng, 1, DIM), unit_rows(rng, 10, DIM), k)  # type: ignore[arg-type]
 
 
 def test_top_k_refuses_unnormalised_or_nan_query() -> None:
     rng = np.random.default_rng(7)
-    gallery = unit_rows(rng, 10)
+    gallery = unit_rows(rng, 10, DIM)
     with pytest.raises(ValidationError):
         top_k(gallery[0] * 3, gallery, 3)
     bad = gallery[0].copy()
@@ -132,8 +128,8 @@ def test_top_k_refuses_unnormalised_or_nan_query() -> None:
 
 def test_top_k_ties_prefer_lower_index() -> None:
     rng = np.random.default_rng(8)
-    base = unit_rows(rng, 1)
-    others = unit_rows(rng, 30)
+    base = unit_rows(rng, 1, DIM)
+    others = unit_rows(rng, 30, DIM)
     # Rows 3, 9, 14, 21, 27 are the same vector; ask for fewer than the tie group.
     gallery = others.copy()
     tied = [3, 9, 14, 21, 27]
@@ -163,10 +159,10 @@ def test_search_aggregates_per_subject() -> None:
 
 def test_search_aggregation_skips_a_subjects_other_rows() -> None:
     rng = np.random.default_rng(11)
-    query = unit_rows(rng, 1)[0]
-    near = query + 0.05 * unit_rows(rng, 4)
+    query = unit_rows(rng, 1, DIM)[0]
+    near = query + 0.05 * unit_rows(rng, 4, DIM)
     near /= np.linalg.norm(near, axis=1, keepdims=True)
-    gallery = np.vstack([unit_rows(rng, 6), near])
+    gallery = np.vstack([unit_rows(rng, 6, DIM), near])
     subjects = ["a", "b", "c", "d", "e", "f", "alice", "alice", "alice", "bob"]
     result = search_gallery(query, gallery, k=3, threshold=0.9, subject_ids=subjects)
     ids = [m.subject_id for m in result.candidates]
@@ -178,7 +174,7 @@ def test_search_aggregation_skips_a_subjects_other_rows() -> None:
 
 def test_search_rows_mode_equals_top_k() -> None:
     table, emb, _ = make_gallery(n=120, n_subjects=5, seed=12)
-    query = unit_rows(np.random.default_rng(0), 1)[0]
+    query = unit_rows(np.random.default_rng(0), 1, DIM)[0]
     result = search_gallery(query, table, k=10, threshold=0.5, per_subject=False)
     idx, scores = top_k(query, emb, 10)
     assert [m.row for m in result.candidates] == idx[0].tolist()
@@ -188,7 +184,7 @@ def test_search_rows_mode_equals_top_k() -> None:
 
 def test_search_says_no_match_below_threshold() -> None:
     table, _, _ = make_gallery(n=100, n_subjects=20, seed=13)
-    stranger = unit_rows(np.random.default_rng(99), 1)[0]
+    stranger = unit_rows(np.random.default_rng(99), 1, DIM)[0]
     result = search_gallery(stranger, table, k=3, threshold=0.9)
     assert isinstance(result, SearchResult)
     assert result.best is None
@@ -217,7 +213,7 @@ def test_search_threshold_defaults_to_gallery_metadata() -> None:
 
 def test_search_empty_gallery_is_no_match() -> None:
     result = search_gallery(
-        unit_rows(np.random.default_rng(0), 1)[0],
+        unit_rows(np.random.default_rng(0), 1, DIM)[0],
         np.empty((0, DIM), np.float32),
         k=3,
         threshold=0.5,
@@ -257,7 +253,7 @@ def test_streaming_equals_in_memory(tmp_path, batch_rows: int, per_subject: bool
     path = tmp_path / "g.parquet"
     write_gallery(table, path, row_group_size=100)
     rng = np.random.default_rng(21)
-    for query in [emb[3], emb[650], *unit_rows(rng, 3)]:
+    for query in [emb[3], emb[650], *unit_rows(rng, 3, DIM)]:
         streamed = search_parquet_streaming(
             path, query, k=8, batch_rows=batch_rows, per_subject=per_subject
         )
@@ -292,7 +288,7 @@ def test_streaming_no_match_and_k_beyond_gallery(tmp_path) -> None:
     table, _, subjects = make_gallery(n=30, n_subjects=4, seed=23)
     path = tmp_path / "g.parquet"
     write_gallery(table, path, row_group_size=8)
-    stranger = unit_rows(np.random.default_rng(5), 1)[0]
+    stranger = unit_rows(np.random.default_rng(5), 1, DIM)[0]
     result = search_parquet_streaming(path, stranger, k=50, batch_rows=8, threshold=0.95)
     assert result.best is None
     assert {m.subject_id for m in result.candidates} == set(subjects)
@@ -351,11 +347,11 @@ def test_public_checks() -> None:
         with pytest.raises(ValidationError):
             check_threshold(bad_t)
     rng = np.random.default_rng(31)
-    q = unit_rows(rng, 1)
+    q = unit_rows(rng, 1, DIM)
     assert check_query(q).shape == (DIM,) and check_query(q[0], DIM).dtype == np.float32
     with pytest.raises(ModelMismatchError):
         check_query(q[0], DIM + 1)
     with pytest.raises(ValidationError):
-        check_query(unit_rows(rng, 2))
+        check_query(unit_rows(rng, 2, DIM))
     with pytest.raises(ValidationError):
         check_query(q[0] * 2)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import boto3
 import numpy as np
 import pytest
-from moto import mock_aws
+from tests_support import unit_rows
 
 from facegate.aws import aws_client
 from facegate.errors import (
@@ -24,7 +21,6 @@ from facegate.stores import (
     PhotoStore,
     StoredFace,
     SubjectStore,
-    create_table,
     decode_cursor,
     encode_cursor,
     table_definition,
@@ -41,39 +37,13 @@ JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
 
 @pytest.fixture
 def settings() -> Settings:
+    """The names ``fresh_aws`` (conftest.py) gives moto's bucket and table."""
     return Settings(bucket=BUCKET, table=TABLE, aws_region=REGION, aws_endpoint_url=None)
-
-
-@pytest.fixture
-def aws(monkeypatch):
-    """Fake credentials first, so that nothing here can ever reach a real account."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with mock_aws():
-        yield
-
-
-@pytest.fixture
-def ddb(aws, settings):
-    client = aws_client("dynamodb", settings)
-    create_table(client, TABLE)
-    return client
 
 
 @pytest.fixture
 def store(ddb, settings) -> SubjectStore:
     return SubjectStore.from_settings(settings)
-
-
-@pytest.fixture
-def s3(aws, settings):
-    client = aws_client("s3", settings)
-    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    return client
 
 
 @pytest.fixture
@@ -86,13 +56,8 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(7)
 
 
-def unit_vectors(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
-    v = rng.standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def make_faces(rng: np.random.Generator, subject: str, ids: list[str]) -> list[StoredFace]:
-    vectors = unit_vectors(rng, len(ids))
+    vectors = unit_rows(rng, len(ids), DIM)
     return [
         StoredFace(
             face_id=face_id,
@@ -119,7 +84,7 @@ def items_of(ddb, subject: str) -> list[dict]:
 # --------------------------------------------------------------------------------------
 
 
-def test_aws_client_uses_region_and_endpoint_override(aws):
+def test_aws_client_uses_region_and_endpoint_override(fresh_aws):
     local = Settings(aws_region="eu-central-1", aws_endpoint_url="http://127.0.0.1:5000")
     client = aws_client("s3", local)
     assert client.meta.region_name == "eu-central-1"
@@ -255,7 +220,7 @@ def test_longest_valid_subject_id_is_accepted(store, rng):
 
 def _bad_batches(rng: np.random.Generator) -> dict[str, list[StoredFace]]:
     (face,) = make_faces(rng, "x", ["f1"])
-    other_dim = StoredFace("f2", unit_vectors(rng, 1, 64)[0], face.image_key)
+    other_dim = StoredFace("f2", unit_rows(rng, 1, 64)[0], face.image_key)
     return {
         "not unit length": [StoredFace("f1", face.embedding * 3, face.image_key)],
         "not finite": [StoredFace("f1", np.full(DIM, np.nan, np.float32), face.image_key)],
@@ -370,7 +335,7 @@ def test_delete_subject_removes_every_item(store, ddb, rng):
     assert [s.subject_id for s in store.list_subjects()[0]] == ["gina2"]
 
 
-def test_botocore_errors_become_storage_errors(aws, settings):
+def test_botocore_errors_become_storage_errors(fresh_aws, settings):
     store = SubjectStore(aws_client("dynamodb", settings), "no-such-table")
     with pytest.raises(StorageError, match="ResourceNotFoundException"):
         store.get_subject("alice")
@@ -466,29 +431,9 @@ def test_fetch(photos, s3):
         photos.fetch(f"s3://{BUCKET}/enrolments/alice/f1.jpg", max_bytes=1024)
 
 
-def test_s3_errors_become_storage_errors(aws):
+def test_s3_errors_become_storage_errors(fresh_aws):
     photos = PhotoStore(boto3.client("s3", region_name=REGION), "no-such-bucket")
     with pytest.raises(StorageError, match="NoSuchBucket"):
         photos.put("alice", "f1", JPEG, "image/jpeg")
     with pytest.raises(StorageError, match="NoSuchBucket"):
         photos.delete_subject("alice")
-
-
-# --------------------------------------------------------------------------------------
-# Torch-free
-# --------------------------------------------------------------------------------------
-
-
-def test_stores_import_without_torch():
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is not installed here')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import facegate.aws, facegate.stores\n"
-        "sys.exit(3 if 'torch' in sys.modules else 0)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr or "facegate.stores imported torch"
