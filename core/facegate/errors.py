@@ -68,6 +68,12 @@ class UnknownSubjectError(FaceGateError):
     code = "unknown_subject"
 
 
+class UnknownJobError(FaceGateError):
+    """No batch verification job with that id."""
+
+    code = "unknown_job"
+
+
 class UnknownGalleryError(FaceGateError):
     """No such gallery (nothing uploaded to it, or never compacted where that is needed)."""
 
@@ -78,6 +84,12 @@ class ModelMismatchError(FaceGateError):
     """Embeddings from different models (or dims) must never be compared."""
 
     code = "model_mismatch"
+
+
+class UnauthorizedError(FaceGateError):
+    """No valid API key (API-key auth mode)."""
+
+    code = "unauthorized"
 
 
 class ModelNotFoundError(FaceGateError):

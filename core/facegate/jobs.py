@@ -45,7 +45,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from facegate.aws import aws_client
-from facegate.errors import FaceGateError, ValidationError
+from facegate.errors import FaceGateError, UnknownJobError, ValidationError
 from facegate.settings import Settings
 from facegate.stores import ENROLMENT_PREFIX, ID_PATTERN, _aws_errors, _error_code, validate_id
 
@@ -101,12 +101,6 @@ _COSINE_SLACK = 1e-3
 #: How far a similarity may sit on the wrong side of the threshold for its decision: rounding
 #: to float32 on the way to a record must not turn a correct verdict into a refused table.
 _DECISION_SLACK = 1e-6
-
-
-class UnknownJobError(FaceGateError):
-    """No job with this id: never created, or its manifest was refused before creation."""
-
-    code = "unknown_job"
 
 
 # --------------------------------------------------------------------------------------

@@ -8,34 +8,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facegate import errors
-from facegate.jobs import UnknownJobError
+from facegate.http_errors import error_body, status_for
 
-#: Most specific class first: the first ``isinstance`` match decides the status.
-STATUS: list[tuple[type[errors.FaceGateError], int]] = [
-    (errors.ImageTooLargeError, 413),
-    (errors.FaceError, 422),
-    (errors.ModelMismatchError, 409),
-    (errors.UnknownSubjectError, 404),
-    (UnknownJobError, 404),
-    (errors.UnknownGalleryError, 404),
-    (errors.ModelNotFoundError, 503),
-    (errors.StorageError, 503),
-    (errors.InputError, 400),
-]
-
-
-class UnauthorizedError(errors.FaceGateError):
-    code = "unauthorized"
-
-
-def status_for(exc: errors.FaceGateError) -> int:
-    if isinstance(exc, UnauthorizedError):
-        return 401
-    return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
-
-
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+UnauthorizedError = errors.UnauthorizedError
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,32 @@
+"""Domain errors -> HTTP status codes, in one place. Torch-free and framework-free.
+
+Shared by the FastAPI app and the light zip functions that answer API Gateway directly, so a
+client sees the same status for the same ``code`` whichever function served it. Every error
+answer is ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+from facegate import errors
+
+#: Most specific class first: the first ``isinstance`` match decides the status.
+STATUS: list[tuple[type[errors.FaceGateError], int]] = [
+    (errors.UnauthorizedError, 401),
+    (errors.ImageTooLargeError, 413),
+    (errors.FaceError, 422),
+    (errors.ModelMismatchError, 409),
+    (errors.UnknownSubjectError, 404),
+    (errors.UnknownGalleryError, 404),
+    (errors.UnknownJobError, 404),
+    (errors.ModelNotFoundError, 503),
+    (errors.StorageError, 503),
+    (errors.InputError, 400),
+]
+
+
+def status_for(exc: errors.FaceGateError) -> int:
+    return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
