@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from facegate.compact import GalleryStore
 from facegate.errors import (
     FaceGateError,
+    ImageTooLargeError,
     InvalidImageError,
     StorageError,
     UnknownGalleryError,
@@ -193,8 +194,6 @@ class JobWorker:
             raise StorageError(f"cannot read {key}: {exc}") from exc
 
     def _get(self, key: str, max_bytes: int) -> bytes:
-        from facegate.errors import ImageTooLargeError
-
         answer = self._get_object(key)
         if answer.get("ContentLength", 0) > max_bytes:
             raise ImageTooLargeError(f"{key} is over the {max_bytes} byte limit")
