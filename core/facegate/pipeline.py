@@ -19,7 +19,7 @@ from facegate.detect import FaceDetector, select_faces
 from facegate.embed import Embedder
 from facegate.errors import FaceGateError
 from facegate.image import ImageLimits, decode_image, read_image_bytes
-from facegate.models.card import ModelCard
+from facegate.models.card import ModelCard, resolve_threshold
 from facegate.settings import MultiFacePolicy, Settings, get_settings
 from facegate.types import AlignedFace, Detection, FaceEmbedding
 from facegate.verify import VerificationResult, verify_embeddings
@@ -96,10 +96,9 @@ class FacePipeline:
 
     @property
     def threshold(self) -> float:
-        """The settings' override, else the model card's calibrated threshold."""
-        if self.settings.threshold is not None:
-            return self.settings.threshold
-        return self.card.threshold
+        """The settings' raw threshold, else the card's for the settings' target FAR, else the
+        card's calibrated default."""
+        return resolve_threshold(self.card, self.settings.threshold, self.settings.far)
 
     def warm_up(self) -> None:
         """Load both models now (Lambda handlers call this at module scope)."""

@@ -32,6 +32,7 @@ from facegate.errors import (
 )
 from facegate.gallery_cache import GalleryCache
 from facegate.image import content_type
+from facegate.models.card import resolve_threshold
 from facegate.pipeline import FacePipeline, FaceResult
 from facegate.search import SearchResult, search_gallery
 from facegate.stores import (
@@ -136,7 +137,15 @@ class FaceService:
             "photos": [o.to_dict() for o in outcomes],
         }
 
-    def compare_photos(self, first: bytes, second: bytes) -> dict[str, Any]:
+    def decision_threshold(self, threshold: float | None = None, far: float | None = None) -> float:
+        """A request's own threshold or target FAR, else the deployment's."""
+        if threshold is None and far is None:
+            return self.pipeline.threshold
+        return resolve_threshold(self.pipeline.card, threshold, far)
+
+    def compare_photos(
+        self, first: bytes, second: bytes, *, threshold: float | None = None
+    ) -> dict[str, Any]:
         """Both photos in one batch (same-size photos share one detection pass)."""
         results = self.pipeline.process_many([first, second], policy="largest")
         for result in results:
@@ -146,22 +155,26 @@ class FaceService:
         return verify_embeddings(
             a.vector,
             b.vector,
-            threshold=self.pipeline.threshold,
+            threshold=threshold if threshold is not None else self.pipeline.threshold,
             model_id=self.pipeline.model_id,
             faces=(a.detection, b.detection),
         ).to_dict()
 
-    def compare_embedding(self, photo: bytes, reference: np.ndarray) -> dict[str, Any]:
+    def compare_embedding(
+        self, photo: bytes, reference: np.ndarray, *, threshold: float | None = None
+    ) -> dict[str, Any]:
         face = self.pipeline.process(photo, policy="largest").primary
         return verify_embeddings(
             face.vector,
             reference,
-            threshold=self.pipeline.threshold,
+            threshold=threshold if threshold is not None else self.pipeline.threshold,
             model_id=self.pipeline.model_id,
             faces=(face.detection, None),
         ).to_dict()
 
-    def compare_subject(self, photo: bytes, subject_id: str) -> dict[str, Any]:
+    def compare_subject(
+        self, photo: bytes, subject_id: str, *, threshold: float | None = None
+    ) -> dict[str, Any]:
         subject = self.subjects.get_subject(subject_id)
         if subject.model_id != self.pipeline.model_id:
             raise ModelMismatchError(
@@ -175,7 +188,7 @@ class FaceService:
         result = verify_embeddings(
             face.vector,
             enrolled[best],
-            threshold=self.pipeline.threshold,
+            threshold=threshold if threshold is not None else self.pipeline.threshold,
             model_id=self.pipeline.model_id,
             faces=(face.detection, None),
         ).to_dict()
@@ -188,22 +201,25 @@ class FaceService:
         return result
 
     def identify(
-        self, photo: bytes, *, top_k: int = 5, gallery: str | None = None, subjects: bool = True
+        self,
+        photo: bytes,
+        *,
+        top_k: int = 5,
+        gallery: str | None = None,
+        subjects: bool = True,
+        threshold: float | None = None,
     ) -> dict[str, Any]:
         if not subjects and gallery is None:
             raise ValidationError("nothing to search: name a gallery or include subjects")
+        threshold = threshold if threshold is not None else self.pipeline.threshold
         face = self.pipeline.process(photo, policy="largest").primary
         found: list[SearchResult] = []
         if subjects:
             ids, matrix = self.subjects.all_embeddings(self.pipeline.model_id)
             if ids:
-                found.append(
-                    search_gallery(
-                        face.vector, matrix, top_k, self.pipeline.threshold, subject_ids=ids
-                    )
-                )
+                found.append(search_gallery(face.vector, matrix, top_k, threshold, subject_ids=ids))
         if gallery is not None:
-            found.append(self._search_named_gallery(face.vector, gallery, top_k))
+            found.append(self._search_named_gallery(face.vector, gallery, top_k, threshold))
         ranked = sorted(
             (c for result in found for c in result.candidates),
             key=lambda c: c.similarity,
@@ -218,7 +234,6 @@ class FaceService:
                     {"subject_id": c.subject_id, "similarity": round(c.similarity, 6)}
                 )
         candidates = candidates[:top_k]
-        threshold = self.pipeline.threshold
         best = candidates[0] if candidates and candidates[0]["similarity"] >= threshold else None
         return {
             "match": best is not None,
@@ -229,7 +244,9 @@ class FaceService:
             "face": face.detection.to_dict(),
         }
 
-    def _search_named_gallery(self, vector: np.ndarray, name: str, top_k: int) -> SearchResult:
+    def _search_named_gallery(
+        self, vector: np.ndarray, name: str, top_k: int, threshold: float
+    ) -> SearchResult:
         """Through the process's gallery cache: a warm function keeps the index in memory
         and only asks S3 whether the gallery changed."""
         key = GALLERY_KEY.format(name=validate_id(name, "gallery"))
@@ -239,7 +256,7 @@ class FaceService:
             )
         except InvalidImageError as exc:
             raise UnknownGalleryError(f"gallery {name!r} has not been built") from exc
-        return index.search(vector, top_k, self.pipeline.threshold)
+        return index.search(vector, top_k, threshold)
 
     def describe_subject(self, subject_id: str) -> dict[str, Any]:
         subject = self.subjects.get_subject(subject_id)

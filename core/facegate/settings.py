@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MultiFacePolicy = Literal["largest", "center", "all", "reject"]
@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     archive_chunk_size: int = Field(default=200, ge=1)
     s3_max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
     flip_tta: bool = False
-    threshold: float | None = None
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    #: Decide at the card's threshold calibrated for this false accept rate (e.g. 0.001).
+    far: float | None = Field(default=None, gt=0.0, lt=1.0)
 
     @field_validator(
         "aws_endpoint_url",
@@ -81,6 +83,13 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         """``""`` (as a template default) means "the real AWS endpoint", like unset."""
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _one_decision_rule(self) -> Settings:
+        """A raw threshold and a target FAR would contradict each other: refuse both."""
+        if self.threshold is not None and self.far is not None:
+            raise ValueError("set FACEGATE_THRESHOLD or FACEGATE_FAR, not both")
+        return self
 
 
 @lru_cache(maxsize=1)

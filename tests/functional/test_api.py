@@ -52,6 +52,42 @@ def test_health_names_model_and_threshold(client, pipeline):
     body = client.get("/health").json()
     assert body["status"] == "ok" and body["model_id"] == "sface"
     assert body["threshold"] == pipeline.threshold
+    assert body["far_thresholds"] == pipeline.card.far_thresholds
+    assert set(body["far_thresholds"]) == {"0.01", "0.001"}
+
+
+def test_compare_and_identify_decide_at_a_requested_far_or_threshold(client, photo, pipeline):
+    """``far`` picks the card's calibrated threshold; ``threshold`` overrides per request."""
+    pair = {"image_a": b64(photo("person_b_1")), "image_b": b64(photo("person_b_2"))}
+    loose = client.post("/compare", json={**pair, "far": 0.01}).json()
+    strict = client.post("/compare", json={**pair, "far": "1e-3"}).json()
+    assert loose["threshold"] == pytest.approx(pipeline.card.far_thresholds["0.01"], abs=1e-6)
+    assert strict["threshold"] == pytest.approx(pipeline.card.far_thresholds["0.001"], abs=1e-6)
+    assert loose["threshold"] < strict["threshold"]
+    assert loose["similarity"] == strict["similarity"]
+    raised = client.post("/compare", json={**pair, "threshold": 0.99}).json()
+    assert raised["threshold"] == 0.99 and raised["match"] is False
+    found = client.post(
+        "/identify", json={"image": b64(photo("person_b_1")), "threshold": -1, "subjects": True}
+    )
+    assert found.status_code == 200 and found.json()["threshold"] == -1
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ({"far": 0.05}, "calibrated FARs: 0.001, 0.01"),
+        ({"far": "often"}, "far must be a number"),
+        ({"far": 0.001, "threshold": 0.4}, "not both"),
+        ({"threshold": 2}, "between -1 and 1"),
+    ],
+)
+def test_bad_decision_rules_are_validation_errors(client, photo, extra, message):
+    pair = {"image_a": b64(photo("person_b_1")), "image_b": b64(photo("person_b_2"))}
+    answer = client.post("/compare", json={**pair, **extra})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "validation_error" and message in error["message"]
 
 
 def test_api_key_is_required(client, photo):

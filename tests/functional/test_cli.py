@@ -116,24 +116,6 @@ def test_embed_then_identify(tmp_path, faces_dir, bad_inputs):
     assert other.returncode == 2 and other.stderr.startswith("error: model_not_found")
 
 
-def test_eval_lfw_json_on_a_slice(tmp_path, lfw_dev):
-    """The LFW protocol end to end on 2 folds x (20 same + 20 different) real pairs."""
-    lines = (lfw_dev / "pairs.txt").read_text().splitlines()
-    folds, per = map(int, lines[0].split())
-    body = lines[1:]
-    keep = []
-    for fold in range(folds):
-        block = body[fold * 2 * per : (fold + 1) * 2 * per]
-        keep += block[:20] + block[per : per + 20]
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text("\n".join([f"{folds} 20", *keep]) + "\n")
-    done = run("eval", "lfw", "--root", lfw_dev, "--pairs", pairs, "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    assert {"accuracy", "accuracy_std", "threshold", "pairs", "seconds", "roc_auc"} <= report.keys()
-    assert report["pairs"] == 80 and report["accuracy"] >= 0.95
-
-
 def test_models_list_names_sface():
     done = run("models", "list", "--json")
     assert done.returncode == 0

@@ -21,6 +21,8 @@ TORCH_FREE = [
     "facegate.models.card",
     "facegate.evaluation.metrics",
     "facegate.evaluation.pairs",
+    "facegate.evaluation.plots",
+    "facegate.evaluation.report",
     "facegate.aws",
     "facegate.stores",
     "facegate.apikeys",

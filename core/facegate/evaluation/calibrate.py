@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from facegate.evaluation.metrics import threshold_at_far
 from facegate.evaluation.pairs import Pair
 from facegate.evaluation.run import embed_images, score_pairs
 from facegate.pipeline import FacePipeline
@@ -66,12 +67,7 @@ def balanced_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, flo
 
 def far_thresholds(impostor_scores: np.ndarray) -> dict[str, float]:
     """Smallest threshold whose false-accept rate on these impostors is <= each target."""
-    ordered = np.sort(impostor_scores)[::-1]
-    out = {}
-    for far in TARGET_FARS:
-        allowed = int(np.floor(far * len(ordered)))
-        out[f"{far:g}"] = float(ordered[allowed] + 1e-6) if allowed < len(ordered) else -1.0
-    return out
+    return {f"{far:g}": threshold_at_far(impostor_scores, far) for far in TARGET_FARS}
 
 
 def calibrate(pipeline: FacePipeline, root: Path, *, impostors: int = 20000) -> dict[str, Any]:

@@ -19,7 +19,6 @@ import numpy as np
 from tqdm import tqdm
 
 from facegate.errors import FaceError, FaceGateError
-from facegate.evaluation.metrics import kfold_accuracy, roc_auc
 from facegate.evaluation.pairs import Pair
 from facegate.pipeline import FacePipeline, FaceResult
 from facegate.types import Detection
@@ -106,32 +105,49 @@ def score_pairs(pairs: Sequence[Pair], embedded: EmbeddedImages) -> np.ndarray:
     return scores
 
 
-def evaluate_pairs(
+@dataclass
+class Evaluation:
+    """One model's scores on one pair list, with everything a report needs to explain them."""
+
+    model_id: str
+    pairs: list[Pair]
+    scores: np.ndarray
+    embedded: EmbeddedImages
+    seconds: float
+    flip_tta: bool
+    card_threshold: float
+
+    @property
+    def same(self) -> np.ndarray:
+        return np.array([p.same for p in self.pairs], dtype=bool)
+
+    @property
+    def folds(self) -> np.ndarray:
+        return np.array([p.fold for p in self.pairs])
+
+
+def run_evaluation(
     pipeline: FacePipeline, pairs: Sequence[Pair], *, progress: bool = True
-) -> dict[str, Any]:
-    """The LFW protocol on ``pairs``: k-fold accuracy, mean threshold, ROC AUC, counts."""
+) -> Evaluation:
+    """Embed every distinct image of ``pairs`` once and score every pair."""
     started = time.perf_counter()
     paths = sorted({p.path_a for p in pairs} | {p.path_b for p in pairs})
     embedded = embed_images(pipeline, paths, progress=progress)
-    scores = score_pairs(pairs, embedded)
-    same = np.array([p.same for p in pairs])
-    folds = np.array([p.fold for p in pairs])
-    result = kfold_accuracy(scores, same, folds)
-    return {
-        "model_id": pipeline.model_id,
-        "accuracy": result.accuracy,
-        "accuracy_std": result.accuracy_std,
-        "threshold": result.threshold,
-        "fold_accuracies": result.fold_accuracies,
-        "fold_thresholds": result.fold_thresholds,
-        "roc_auc": roc_auc(scores, same),
-        "pairs": len(pairs),
-        "folds": len(np.unique(folds)),
-        "images": len(paths),
-        "no_face": len(embedded.no_face),
-        "failed": len(embedded.failed),
-        "flip_tta": pipeline.embedder.flip_tta,
-        "seconds": round(time.perf_counter() - started, 2),
-        "scores": scores.tolist(),
-        "same": same.tolist(),
-    }
+    return Evaluation(
+        model_id=pipeline.model_id,
+        pairs=list(pairs),
+        scores=score_pairs(pairs, embedded),
+        embedded=embedded,
+        seconds=round(time.perf_counter() - started, 2),
+        flip_tta=pipeline.embedder.flip_tta,
+        card_threshold=pipeline.threshold,
+    )
+
+
+def evaluate_pairs(
+    pipeline: FacePipeline, pairs: Sequence[Pair], *, progress: bool = True
+) -> dict[str, Any]:
+    """The LFW protocol on ``pairs``: the k-fold report (see ``facegate.evaluation.report``)."""
+    from facegate.evaluation.report import kfold_report
+
+    return kfold_report(run_evaluation(pipeline, pairs, progress=progress))

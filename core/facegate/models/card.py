@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facegate.errors import ModelNotFoundError
+from facegate.errors import ModelNotFoundError, ValidationError
 
 CARD_FILE = "card.json"
 
@@ -40,10 +40,44 @@ class ModelCard:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
+    @property
+    def far_thresholds(self) -> dict[str, float]:
+        """Calibrated thresholds keyed by target false accept rate (``"0.001"`` ...)."""
+        table = self.calibration.get("far_thresholds", {})
+        return {str(k): float(v) for k, v in table.items()}
+
+    def threshold_at_far(self, far: float) -> float:
+        """The calibrated threshold for ``far``; only calibrated FARs are answered, because
+        a threshold interpolated between them would claim a FAR nobody measured."""
+        table = self.far_thresholds
+        key = f"{far:g}"
+        if key not in table:
+            known = ", ".join(sorted(table, key=float)) or "none"
+            raise ValidationError(
+                f"model {self.model_id!r} has no threshold calibrated for FAR {key}; "
+                f"calibrated FARs: {known}"
+            )
+        return table[key]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def resolve_threshold(
+    card: ModelCard, threshold: float | None = None, far: float | None = None
+) -> float:
+    """A raw threshold, else the card's threshold for a target FAR, else the card's default."""
+    if threshold is not None and far is not None:
+        raise ValidationError("give a threshold or a target FAR, not both")
+    if threshold is not None:
+        if not -1.0 <= threshold <= 1.0:
+            raise ValidationError("threshold must be a cosine similarity between -1 and 1")
+        return float(threshold)
+    if far is not None:
+        return card.threshold_at_far(far)
+    return card.threshold
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -12,6 +12,21 @@ from facegate.errors import ModelMismatchError, ValidationError
 
 router = APIRouter(tags=["faces"], dependencies=[Depends(require_api_key)])
 
+#: Per-request decision rule: a raw threshold or a calibrated target FAR (not both).
+DECISION_FIELDS: dict[str, object] = {
+    "threshold": {
+        "type": "number",
+        "minimum": -1,
+        "maximum": 1,
+        "description": "cosine threshold for this request (default: the deployment's)",
+    },
+    "far": {
+        "type": "number",
+        "description": "decide at the model card's threshold calibrated for this false "
+        "accept rate, e.g. 0.001 (see GET /health for the calibrated ones)",
+    },
+}
+
 
 @router.post(
     "/compare",
@@ -21,6 +36,7 @@ router = APIRouter(tags=["faces"], dependencies=[Depends(require_api_key)])
             "subject_id": {"type": "string", "description": "verify image against this subject"},
             "embedding": {"type": "array", "items": {"type": "number"}},
             "model_id": {"type": "string", "description": "model of the reference embedding"},
+            **DECISION_FIELDS,
         },
     ),
 )
@@ -30,12 +46,14 @@ async def compare(
     """``image_a`` + ``image_b``; or ``image`` + ``subject_id`` (best of the subject's
     enrolled faces); or ``image`` + a reference ``embedding`` (with its ``model_id``)."""
     body = await read_body(request, store, settings.s3_max_image_bytes)
+    threshold = _threshold(body.fields, service)
     if "subject_id" in body.fields:
-        return service.compare_subject(body.photo("image"), str(body.fields["subject_id"]))
+        subject_id = str(body.fields["subject_id"])
+        return service.compare_subject(body.photo("image"), subject_id, threshold=threshold)
     if "embedding" in body.fields:
         reference = _reference(body.fields, service)
-        return service.compare_embedding(body.photo("image"), reference)
-    return service.compare_photos(body.photo("image_a"), body.photo("image_b"))
+        return service.compare_embedding(body.photo("image"), reference, threshold=threshold)
+    return service.compare_photos(body.photo("image_a"), body.photo("image_b"), threshold=threshold)
 
 
 @router.post(
@@ -46,6 +64,7 @@ async def compare(
             "top_k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
             "gallery": {"type": "string", "description": "name of a Parquet gallery"},
             "subjects": {"type": "boolean", "default": True},
+            **DECISION_FIELDS,
         },
         ["image"],
     ),
@@ -63,6 +82,7 @@ async def identify(
         top_k=top_k,
         gallery=str(gallery) if gallery is not None else None,
         subjects=subjects,
+        threshold=_threshold(body.fields, service),
     )
 
 
@@ -104,6 +124,25 @@ def _int(value: object, name: str, low: int, high: int) -> int:
     if not low <= number <= high:
         raise ValidationError(f"{name} must be between {low} and {high}")
     return number
+
+
+def _number(value: object, name: str) -> float:
+    try:
+        number = float(str(value))
+    except ValueError as exc:
+        raise ValidationError(f"{name} must be a number") from exc
+    if not np.isfinite(number):
+        raise ValidationError(f"{name} must be finite")
+    return number
+
+
+def _threshold(fields: dict[str, object], service: object) -> float | None:
+    """The request's ``threshold`` or ``far`` as a threshold; None: the deployment's."""
+    threshold = _number(fields["threshold"], "threshold") if "threshold" in fields else None
+    far = _number(fields["far"], "far") if "far" in fields else None
+    if threshold is None and far is None:
+        return None
+    return service.decision_threshold(threshold, far)  # type: ignore[attr-defined]
 
 
 def _reference(fields: dict[str, object], service: object) -> np.ndarray:

@@ -23,5 +23,6 @@ def health(pipeline: PipelineDep) -> dict[str, object]:
         "model_version": card.version,
         "weights_sha256": card.weights_sha256,
         "threshold": pipeline.threshold,
+        "far_thresholds": card.far_thresholds,
         "uptime_seconds": round(time.monotonic() - STARTED, 3),
     }
