@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PHOTOS := .cache/testdata/faces
 
-.PHONY: setup demo test lint fmt clean openapi
+.PHONY: setup demo test bench lint fmt clean openapi
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,16 +22,20 @@ demo: setup
 	$(VENV)/bin/facegate local demo
 
 test: setup
-	$(VENV)/bin/ruff check core functions infra tests
+	$(VENV)/bin/ruff check core functions infra tests bench
 	$(PY) -m pytest -q
 
+# Speed, memory and scale against baselines measured in the same run (under 10 minutes).
+bench: setup
+	$(PY) bench/suite.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check core functions infra tests
-	$(VENV)/bin/ruff format --check core functions infra tests
+	$(VENV)/bin/ruff check core functions infra tests bench
+	$(VENV)/bin/ruff format --check core functions infra tests bench
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff format core functions infra tests
-	$(VENV)/bin/ruff check --fix core functions infra tests
+	$(VENV)/bin/ruff format core functions infra tests bench
+	$(VENV)/bin/ruff check --fix core functions infra tests bench
 
 clean:
 	rm -rf $(VENV) .cache models .pytest_cache .ruff_cache

@@ -7,6 +7,8 @@ each round, so that no method always runs right after the one that flushed the c
 
 - ``numpy``: ``scores = E @ q; idx = np.argpartition(-scores, k)[:k]`` then sorted,
   float32, rows only (no per-subject aggregation, no checks): the floor.
+- ``numpy f16``: the same on a float16 copy of the matrix (the baseline for our float16
+  index: NumPy has no float16 BLAS).
 - ``search_gallery``: :func:`facegate.search.search_gallery` on the in-memory gallery
   table (per-subject aggregation, per-row ``einsum`` scoring).
 - ``GalleryIndex f32`` / ``f16``: :class:`facegate.gallery_cache.GalleryIndex` loaded from
@@ -94,7 +96,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def top_row(method: str, out: object) -> int:
-    if method == "numpy":
+    if method.startswith("numpy"):
         return int(out[0])  # type: ignore[index]
     return out.candidates[0].row  # type: ignore[attr-defined]
 
@@ -120,6 +122,7 @@ def bench_size(n: int, repeats: int, seed: int, workdir: Path) -> list[dict[str,
         f"{n:>9,} rows: data and {file_bytes / MIB:.0f} MiB file in {time.perf_counter() - t0:.1f}s"
     )
 
+    emb16 = emb.astype(np.float16)
     load_ms: dict[str, float] = {}
     indexes: dict[str, GalleryIndex] = {}
     for dtype in ("float32", "float16"):
@@ -128,6 +131,7 @@ def bench_size(n: int, repeats: int, seed: int, workdir: Path) -> list[dict[str,
 
     methods: dict[str, Callable[[np.ndarray], object]] = {
         "numpy": lambda q: numpy_baseline(emb, q, K),
+        "numpy f16": lambda q: numpy_baseline(emb16, q.astype(np.float16), K),
         "search_gallery": lambda q: search_gallery(q, table, K),
         "GalleryIndex f32": lambda q: indexes["float32"].search(q, K),
         "GalleryIndex f16": lambda q: indexes["float16"].search(q, K),
@@ -150,6 +154,7 @@ def bench_size(n: int, repeats: int, seed: int, workdir: Path) -> list[dict[str,
 
     matrix = {
         "numpy": emb.nbytes,
+        "numpy f16": emb16.nbytes,
         "search_gallery": emb.nbytes,
         "GalleryIndex f32": indexes["float32"].matrix_nbytes,
         "GalleryIndex f16": indexes["float16"].matrix_nbytes,

@@ -1,0 +1,165 @@
+"""Cold start and peak memory, each against a baseline measured in the same run.
+
+- Cold start: a fresh Python process from spawn to its first embedding returned (import
+  FaceGate, load both models, decode/detect/align/embed one photo) against a process that
+  only runs ``import torch``: what we add on top of the framework we cannot avoid.
+- Peak RSS (``ru_maxrss`` of the child, from ``wait4``) of the API function (its handler
+  module answering ``/compare`` events) and of the embedding job (its handler embedding a
+  batch of uploads) on the local stack, against the ``import torch`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+FIRST_EMBEDDING = """
+import sys
+from facegate.pipeline import FacePipeline
+FacePipeline().process(open(sys.argv[1], "rb").read())
+"""
+
+
+def _run_with_rusage(args: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """Like ``subprocess.run`` but reaping the child with ``wait4`` to read its rusage."""
+    started = time.perf_counter()
+    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout = child.stdout.read() if child.stdout else b""
+    stderr = child.stderr.read() if child.stderr else b""
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(args[:3])} exited {child.returncode}: {stderr[-800:]!r}")
+    return seconds, usage.ru_maxrss // 1024, stdout.decode()
+
+
+def cold_start(photo: Path, runs: int = 3) -> tuple[list[dict[str, object]], float]:
+    """The cold-start row, and the ``import torch`` process's peak RSS for the memory rows."""
+    ours, torch_only, torch_rss = [], [], []
+    for _ in range(runs):
+        ours.append(_run_with_rusage([sys.executable, "-c", FIRST_EMBEDDING, str(photo)])[0])
+        seconds, rss, _ = _run_with_rusage([sys.executable, "-c", "import torch"])
+        torch_only.append(seconds)
+        torch_rss.append(rss)
+    value, base = statistics.median(ours), statistics.median(torch_only)
+    return [
+        {
+            "section": "startup",
+            "measure": "cold start to first embedding",
+            "unit": "s",
+            "value": value,
+            "baseline": base,
+            "baseline_name": "python -c 'import torch'",
+            "ratio": value / base,
+            "higher_is_better": False,
+            "notes": f"median of {runs} fresh processes",
+        }
+    ], statistics.median(torch_rss)
+
+
+HARNESS = """
+import base64, importlib, json, os, resource, sys
+from pathlib import Path
+from moto import mock_aws
+repo, function, photo_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+repeats = int(sys.argv[4])
+sys.path.insert(0, str(repo / "infra"))
+from facegate_local.config import FAKE_CREDENTIALS, LocalConfig, function_environment
+from facegate_local.resources import create_resources
+from facegate_local.stack import LambdaContext
+os.environ.update(FAKE_CREDENTIALS)
+with mock_aws():
+    import boto3
+    config = LocalConfig.load(repo)
+    template = config.template()
+    clients = {n: boto3.client(n, region_name=config.region) for n in ("dynamodb", "s3", "sqs")}
+    create_resources(template, clients["dynamodb"], clients["s3"], clients["sqs"])
+    env = function_environment(config, function, "")
+    env["FACEGATE_AUTH_MODE"] = "none"
+    os.environ.update(env)
+    photos = sorted(photo_dir.glob("*.jpg"))
+    if function == "EmbedFunction":
+        bucket = os.environ["FACEGATE_BUCKET"]
+        for i, path in enumerate(photos):
+            clients["s3"].put_object(Bucket=bucket, Key=f"uploads/bench/s{i}/{path.name}",
+                                     Body=path.read_bytes())
+        queue = template.physical["IngestQueue"]
+        url = clients["sqs"].get_queue_url(QueueName=queue)["QueueUrl"]
+        records = []
+        while True:
+            got = clients["sqs"].receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+            if not got.get("Messages"):
+                break
+            for m in got["Messages"]:
+                if "s3:TestEvent" not in m["Body"]:
+                    records.append({"messageId": m["MessageId"], "body": m["Body"],
+                                    "receiptHandle": m["ReceiptHandle"], "eventSource": "aws:sqs"})
+                clients["sqs"].delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        events = [{"Records": records}]
+    else:
+        pair = [base64.b64encode(p.read_bytes()).decode() for p in photos[:2]]
+        body = json.dumps({"image_a": pair[0], "image_b": pair[1]})
+        events = [{"version": "2.0", "routeKey": "$default", "rawPath": "/compare",
+                   "rawQueryString": "", "isBase64Encoded": False, "body": body,
+                   "headers": {"host": "x", "content-type": "application/json"},
+                   "requestContext": {"http": {"method": "POST", "path": "/compare",
+                                               "sourceIp": "127.0.0.1"},
+                                      "requestId": "bench", "stage": "$default"}}] * repeats
+    harness = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    spec = template.function(function)
+    sys.path.insert(0, str(spec.code_dir))
+    handler = getattr(importlib.import_module(spec.module), spec.attribute)
+    for event in events:
+        answer = handler(event, LambdaContext(function, config.region))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(json.dumps({"harness_mib": harness, "peak_mib": peak, "answer": answer}))
+"""
+
+
+def handler_rss(function: str, photo_dir: Path, repeats: int) -> dict[str, object]:
+    """Peak RSS (MiB) of a process running ``function``'s handler, AWS mocked in-process.
+
+    The harness (Python, boto3, moto holding the bucket) is measured just before the
+    handler's module is imported and reported beside the peak.
+    """
+    args = [sys.executable, "-c", HARNESS, str(REPO), function, str(photo_dir), str(repeats)]
+    _, _, out = _run_with_rusage(args)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def memory_rows(photo_dir: Path, torch_rss: float) -> list[dict[str, object]]:
+    api = handler_rss("ApiFunction", photo_dir, 10)
+    if api["answer"]["statusCode"] != 200:
+        raise RuntimeError(f"ApiFunction answered {str(api['answer'])[:300]}")
+    job = handler_rss("EmbedFunction", photo_dir, 1)
+    if job["answer"]["batchItemFailures"]:
+        raise RuntimeError(f"EmbedFunction failed items: {job['answer']}")
+    photos = len(list(photo_dir.glob("*.jpg")))
+    rows = []
+    for measure, got, notes in (
+        ("peak RSS, API function", api, "10 /compare events, two 640x480 photos each"),
+        ("peak RSS, embedding job", job, f"one SQS batch of {photos} 640x480 uploads"),
+    ):
+        peak = float(got["peak_mib"])
+        rows.append(
+            {
+                "section": "memory",
+                "measure": measure,
+                "unit": "MiB",
+                "value": peak,
+                "baseline": float(torch_rss),
+                "baseline_name": "python -c 'import torch'",
+                "ratio": peak / torch_rss,
+                "higher_is_better": False,
+                "notes": f"{notes}; harness (moto, boto3) {got['harness_mib']} MiB before import",
+            }
+        )
+    return rows

@@ -1,0 +1,136 @@
+"""End-to-end photos/second: FaceGate's pipeline against two baselines in the same run.
+
+- ``FacePipeline.process_many`` on JPEG bytes: decode -> detect -> align -> embed.
+- facenet-pytorch as its README shows it: ``Image.open``, ``MTCNN(image_size=160,
+  margin=0)(img)``, ``InceptionResnetV1().eval()(crop.unsqueeze(0))`` (untrained weights:
+  same cost), batched as a list of same-size images for the batch rows.
+- The bare embedding network (our SFace, BN folded, channels-last) on ready 112x112 chips:
+  the compute floor under the whole pipeline.
+
+Each (size, batch) row runs the three in turn, after one warm-up call each. 12 MP photos are
+expensive, so their rows use fewer photos (stated in the notes); rates are per photo.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from photos import photos
+
+from facegate.pipeline import FacePipeline
+
+#: (size name, photos for FaceGate, photos for facenet-pytorch)
+PLAN: tuple[tuple[str, int, int], ...] = (
+    ("250x250", 64, 32),
+    ("640x480", 32, 16),
+    ("12 MP", 8, 2),
+)
+BATCHES = (1, 32)
+
+
+@dataclass(frozen=True)
+class Rate:
+    photos: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.photos / self.seconds
+
+
+def _timed(run: Callable[[list[bytes]], object], data: list[bytes], batch: int) -> Rate:
+    run(data[: min(batch, len(data))])  # warm-up: allocator, first-call paths
+    started = time.perf_counter()
+    for start in range(0, len(data), batch):
+        run(data[start : start + batch])
+    return Rate(len(data), time.perf_counter() - started)
+
+
+class FacenetReadme:
+    """The facenet-pytorch README pipeline, batched the way its README batches."""
+
+    def __init__(self, device: str) -> None:
+        from facenet_pytorch import MTCNN, InceptionResnetV1
+
+        self.device = torch.device(device)
+        self.mtcnn = MTCNN(image_size=160, margin=0, device=self.device)
+        self.resnet = InceptionResnetV1(pretrained=None).eval().to(self.device)
+
+    def __call__(self, batch: list[bytes]) -> object:
+        from PIL import Image
+
+        images = [Image.open(io.BytesIO(data)).convert("RGB") for data in batch]
+        crops = self.mtcnn(images if len(images) > 1 else images[0])
+        crops = crops if isinstance(crops, list) else [crops]
+        stacked = torch.stack([c for c in crops if c is not None]).to(self.device)
+        with torch.no_grad():
+            return self.resnet(stacked)
+
+
+def aligned_chips(pipeline: FacePipeline) -> np.ndarray:
+    """Real aligned chips for the bare-network baseline (made outside any clock)."""
+    chips = []
+    for data in photos("250x250", 6):
+        image = pipeline.decode(data)
+        chips.append(pipeline.align(image, pipeline.detector.detect(image)[0], 0).chip)
+    return np.stack(chips)
+
+
+def bare_forward(pipeline: FacePipeline, chips: np.ndarray, batch: int, count: int) -> Rate:
+    """The network alone: ``count`` chips in batches, channels-last, inference mode."""
+    network = pipeline.embedder.network
+    x = torch.from_numpy(chips[np.arange(count) % len(chips)]).permute(0, 3, 1, 2).float()
+    x = x.to(pipeline.embedder.device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        network(x[:batch])
+        started = time.perf_counter()
+        for start in range(0, count, batch):
+            network(x[start : start + batch])
+        if x.is_cuda:
+            torch.cuda.synchronize()
+    return Rate(count, time.perf_counter() - started)
+
+
+def _row(measure: str, ours: Rate, base: Rate, base_name: str, notes: str) -> dict[str, object]:
+    return {
+        "section": "throughput",
+        "measure": measure,
+        "unit": "photos/s",
+        "value": ours.per_second,
+        "baseline": base.per_second,
+        "baseline_name": base_name,
+        "ratio": ours.per_second / base.per_second,
+        "higher_is_better": True,
+        "notes": notes,
+    }
+
+
+def rows(device: str = "cpu") -> list[dict[str, object]]:
+    """Two rows per (size, batch): against facenet-pytorch, and against the floor."""
+    from facegate.settings import Settings
+
+    torch.set_num_threads(2)
+    pipeline = FacePipeline(Settings(device=device, num_threads=2))
+    pipeline.warm_up()
+    facenet = FacenetReadme(device)
+    chips = aligned_chips(pipeline)
+    out: list[dict[str, object]] = []
+    for size, ours_n, theirs_n in PLAN:
+        data = photos(size, ours_n)
+        for batch in BATCHES:
+            ours = _timed(pipeline.process_many, data, batch)
+            theirs = _timed(facenet, data[:theirs_n], batch)
+            floor = bare_forward(pipeline, chips, batch, max(64, batch * 2))
+            shown = min(batch, ours_n)
+            label = f"{size}, batch {shown}" + (f", {device}" if device != "cpu" else "")
+            notes = f"{ours_n} photos (facenet-pytorch: {theirs_n}, batch {min(batch, theirs_n)})"
+            out.append(_row(label, ours, theirs, "facenet-pytorch README pipeline", notes))
+            out.append(
+                _row(label, ours, floor, "bare SFace forward (floor)", f"batch {batch} chips")
+            )
+    return out
