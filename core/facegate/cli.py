@@ -47,12 +47,16 @@ def _pipeline(args: argparse.Namespace) -> Any:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from facegate.assets import install_sface, install_test_photos
+    from facegate.assets import install_all, install_sface, install_test_photos
     from facegate.settings import default_model_dir
 
     model_dir = args.model_dir or default_model_dir()
-    card = install_sface(model_dir, args.cache_dir, onnx_path=args.onnx, force=args.force)
-    print(f"model {card.model_id} ({card.version}) ready in {model_dir / card.model_id}")
+    if args.onnx is not None:
+        cards = [install_sface(model_dir, args.cache_dir, onnx_path=args.onnx, force=args.force)]
+    else:
+        cards = install_all(model_dir, args.cache_dir, force=args.force)
+    for card in cards:
+        print(f"model {card.model_id} ({card.version}) ready in {model_dir / card.model_id}")
     if args.test_photos:
         where = install_test_photos(args.test_photos, args.cache_dir)
         print(f"test photos ready in {where}")

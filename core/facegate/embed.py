@@ -3,15 +3,23 @@
 Batched, under ``torch.inference_mode``, channels-last (faster depthwise convs on CPU), with
 an optional horizontal-flip test-time augmentation: the embedding of a face and of its mirror
 image are summed before normalising, which smooths out pose and lighting asymmetry.
+
+``FusedEmbedder`` runs several such networks on their own chips of the same face and
+concatenates their unit vectors scaled by ``1/sqrt(n)``: the result is again a unit vector,
+and the cosine of two fused embeddings is the mean of the networks' cosines, so galleries,
+search and thresholds treat a fused model like any other.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from facegate.models.card import ModelCard
+from facegate.types import AlignedFace
 
 
 class Embedder:
@@ -40,6 +48,19 @@ class Embedder:
     def dim(self) -> int:
         return self.card.embedding_dim
 
+    @property
+    def inputs(self) -> list[tuple[np.ndarray, int]]:
+        """The (template, chip size) each face must be aligned to, one per network."""
+        from facegate.models.registry import template_for
+
+        return [template_for(self.card)]
+
+    def embed_faces(self, faces: Sequence[AlignedFace]) -> np.ndarray:
+        """Aligned faces (from ``FacePipeline.align``) -> ``(N, D)`` unit vectors."""
+        if not faces:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed(np.stack([f.chip for f in faces]))
+
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """``(N, S, S, 3) uint8`` RGB chips -> ``(N, D) float32``, L2-normalised."""
         chips = np.asarray(chips)
@@ -62,3 +83,39 @@ class Embedder:
             emb = emb + self.network(torch.flip(x, dims=[3]))
         emb = torch.nn.functional.normalize(emb.float(), dim=1)
         return emb.cpu().numpy().astype(np.float32, copy=False)
+
+
+class FusedEmbedder:
+    """Several embedders on one face, fused into one unit vector (see the module docstring)."""
+
+    def __init__(self, parts: Sequence[Embedder], card: ModelCard) -> None:
+        if not parts:
+            raise ValueError("a fused model needs at least one part")
+        self.parts = list(parts)
+        self.card = card
+        self.device = self.parts[0].device
+        self.flip_tta = all(p.flip_tta for p in self.parts)
+        if sum(p.dim for p in self.parts) != card.embedding_dim:
+            raise ValueError(f"{card.model_id}: parts' dims do not add up to the card's")
+
+    @property
+    def model_id(self) -> str:
+        return self.card.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.card.embedding_dim
+
+    @property
+    def inputs(self) -> list[tuple[np.ndarray, int]]:
+        return [spec for part in self.parts for spec in part.inputs]
+
+    def embed_faces(self, faces: Sequence[AlignedFace]) -> np.ndarray:
+        if not faces:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = [
+            part.embed(np.stack([f.all_chips[i] for f in faces]))
+            for i, part in enumerate(self.parts)
+        ]
+        fused = np.concatenate(vectors, axis=1) / np.sqrt(len(self.parts))
+        return fused.astype(np.float32, copy=False)

@@ -16,7 +16,7 @@ import numpy as np
 
 from facegate.align import align_face
 from facegate.detect import FaceDetector, select_faces
-from facegate.embed import Embedder
+from facegate.embed import Embedder, FusedEmbedder
 from facegate.errors import FaceGateError
 from facegate.image import ImageLimits, decode_image, read_image_bytes
 from facegate.models.card import ModelCard, resolve_threshold
@@ -73,11 +73,22 @@ class FacePipeline:
         )
 
     @cached_property
-    def embedder(self) -> Embedder:
-        from facegate.models.registry import load_network
+    def embedder(self) -> Embedder | FusedEmbedder:
+        """The model named by the settings; a fused card loads each of its parts."""
+        from facegate.models.card import read_card
+        from facegate.models.fused import fused_parts
 
         _configure_threads(self.settings.num_threads)
-        network, card = load_network(self.settings.model_dir, self.settings.model_id)
+        card = read_card(self.settings.model_dir, self.settings.model_id)
+        if card.architecture == "fused":
+            parts = fused_parts(self.settings.model_dir, card)
+            return FusedEmbedder([self._embedder(part) for part in parts], card)
+        return self._embedder(card.model_id)
+
+    def _embedder(self, model_id: str) -> Embedder:
+        from facegate.models.registry import load_network
+
+        network, card = load_network(self.settings.model_dir, model_id)
         return Embedder(
             network,
             card,
@@ -115,11 +126,12 @@ class FacePipeline:
         return decode_image(source, self.limits)
 
     def align(self, image: np.ndarray, detection: Detection, face_index: int) -> AlignedFace:
-        from facegate.models.registry import template_for
-
-        template, size = template_for(self.card)
-        chip = align_face(image, detection.landmarks, template, size)
-        return AlignedFace(chip=chip, detection=detection, face_index=face_index)
+        """One chip per network of the model, each on that network's own template."""
+        chips = tuple(
+            align_face(image, detection.landmarks, template, size)
+            for template, size in self.embedder.inputs
+        )
+        return AlignedFace(chip=chips[0], detection=detection, face_index=face_index, chips=chips)
 
     def process(self, source: ImageSource, policy: MultiFacePolicy | None = None) -> FaceResult:
         """One photo; raises the photo's ``FaceGateError`` if it cannot be used."""
@@ -155,7 +167,7 @@ class FacePipeline:
                 outcomes[i] = exc
                 continue
             faces.extend((i, self.align(images[i], detections[k], k)) for k in chosen)
-        vectors = self.embedder.embed(np.stack([f.chip for _, f in faces])) if faces else []
+        vectors = self.embedder.embed_faces([f for _, f in faces])
         kept: dict[int, list[FaceEmbedding]] = {}
         for (i, face), vector in zip(faces, vectors, strict=True):
             kept.setdefault(i, []).append(

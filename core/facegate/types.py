@@ -41,11 +41,20 @@ class Detection:
 
 @dataclass(frozen=True)
 class AlignedFace:
-    """A face warped onto a model's template: ``chip`` is ``(S, S, 3) uint8`` RGB."""
+    """A face warped onto a model's template: ``chip`` is ``(S, S, 3) uint8`` RGB.
+
+    A fused model runs several networks, each on its own template: ``chips`` holds one chip
+    per network, in the model's order (``chip`` is the first of them).
+    """
 
     chip: np.ndarray = field(repr=False)
     detection: Detection
     face_index: int
+    chips: tuple[np.ndarray, ...] = field(default=(), repr=False)
+
+    @property
+    def all_chips(self) -> tuple[np.ndarray, ...]:
+        return self.chips or (self.chip,)
 
 
 @dataclass(frozen=True)

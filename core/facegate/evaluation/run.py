@@ -66,16 +66,14 @@ def embed_images(
 
 
 def _template_fallback(pipeline: FacePipeline) -> np.ndarray:
-    from facegate.models.registry import template_for
-
-    template, size = template_for(pipeline.card)
+    template, size = pipeline.embedder.inputs[0]
     return template / size
 
 
 def _embed_fallback(
     pipeline: FacePipeline, paths: list[Path], relative: np.ndarray, out: EmbeddedImages
 ) -> None:
-    chips, kept = [], []
+    faces, kept = [], []
     for path in paths:
         try:
             image = pipeline.decode(path)
@@ -87,10 +85,10 @@ def _embed_fallback(
         guess = Detection(
             box=(0.0, 0.0, float(width), float(height)), score=0.0, landmarks=landmarks
         )
-        chips.append(pipeline.align(image, guess, 0).chip)
+        faces.append(pipeline.align(image, guess, 0))
         kept.append(path)
-    if chips:
-        for path, vector in zip(kept, pipeline.embedder.embed(np.stack(chips)), strict=True):
+    if faces:
+        for path, vector in zip(kept, pipeline.embedder.embed_faces(faces), strict=True):
             out.vectors[path] = vector
             out.no_face.append(path)
 

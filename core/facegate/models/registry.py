@@ -1,8 +1,9 @@
 """Model registry: ``model_id`` -> a ready ``Embedder``, built once per process.
 
 The card names the architecture; this module knows how to build each one from local files.
-Nothing here downloads: weights are put in place by ``facegate setup`` (SFace) or
-``facegate models import`` (user-supplied InceptionResnetV1 weights).
+Nothing here downloads: weights are put in place by ``facegate setup`` (SFace; dlib's ResNet
+through ``assets.install_dlib``) or ``facegate models import`` (user-supplied
+InceptionResnetV1 weights).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facegate.align import ARCFACE_112, scaled_template
+from facegate.align import ARCFACE_112, DLIB_150, scaled_template
 from facegate.errors import ModelNotFoundError
 from facegate.models.card import ModelCard, model_path, read_card, sha256_file
 
@@ -22,6 +23,7 @@ from facegate.models.card import ModelCard, model_path, read_card, sha256_file
 TEMPLATES: dict[str, tuple[np.ndarray, int]] = {
     "arcface_112": (ARCFACE_112, 112),
     "arcface_160": (scaled_template(ARCFACE_112, 112, 160), 160),
+    "dlib_150": (DLIB_150, 150),
 }
 
 
@@ -53,9 +55,18 @@ def _build_inception(state: dict[str, torch.Tensor]) -> nn.Module:
     return _Standardised(model).eval()
 
 
+def _build_dlib_resnet(state: dict[str, torch.Tensor]) -> nn.Module:
+    from facegate.models.dlib_resnet import DlibResNet
+
+    model = DlibResNet()
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
 BUILDERS: dict[str, Callable[[dict[str, torch.Tensor]], nn.Module]] = {
     "sface": _build_sface,
     "inception_resnet_v1": _build_inception,
+    "dlib_resnet": _build_dlib_resnet,
 }
 
 
@@ -71,12 +82,16 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_network(model_dir: Path, model_id: str, *, verify: bool = True) -> tuple[nn.Module, ModelCard]:
+def load_network(
+    model_dir: Path, model_id: str, *, verify: bool = True
+) -> tuple[nn.Module, ModelCard]:
     """Build the network a card describes; the weights' sha256 is checked against the card."""
     card = read_card(model_dir, model_id)
     weights = model_path(model_dir, model_id) / card.weights_file
     if not weights.is_file():
-        raise ModelNotFoundError(f"weights file {weights} named by the {model_id!r} card is missing")
+        raise ModelNotFoundError(
+            f"weights file {weights} named by the {model_id!r} card is missing"
+        )
     if verify and sha256_file(weights) != card.weights_sha256:
         raise ModelNotFoundError(f"{weights} does not match the sha256 in its model card")
     builder = BUILDERS.get(card.architecture)
