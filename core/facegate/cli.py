@@ -288,6 +288,48 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reembed(args: argparse.Namespace) -> int:
+    """Re-embed a gallery's (or the enrolled subjects') photos with another model into a new
+    gallery: here and now, or ``--submit`` it to the jobs worker."""
+    from facegate.aws import aws_client
+    from facegate.compact import Tombstones
+    from facegate.reembed import ReembedRequest, put_status
+    from facegate.stores import SubjectStore
+
+    settings = _aws_settings(args)
+    request = ReembedRequest(args.to, args.model_id, None if args.subjects else args.gallery)
+    if args.submit:
+        sqs = aws_client("sqs", settings)
+        url = settings.jobs_queue_url
+        if getattr(args, "local", False):
+            from facegate_local.config import LocalConfig
+            from facegate_local.stack import repo_root
+
+            name = LocalConfig.load(repo_root()).template().physical["JobsQueue"]
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        if not url:
+            raise FaceGateError("no jobs queue: set FACEGATE_JOBS_QUEUE_URL (or use --local)")
+        status = {"status": "queued", "source": request.source, "target": request.target}
+        put_status(aws_client("s3", settings), settings.bucket, request.target, status)
+        sqs.send_message(QueueUrl=url, MessageBody=request.to_message())
+        print(json.dumps({**status, "model_id": request.model_id}))
+        return EXIT_OK
+    from facegate.pipeline import FacePipeline
+    from facegate.reembed_job import run_reembed
+
+    pipeline = FacePipeline(settings.model_copy(update={"model_id": request.model_id}))
+    report = run_reembed(
+        pipeline,
+        aws_client("s3", settings),
+        settings.bucket,
+        request,
+        subjects=SubjectStore.from_settings(settings),
+        deleted=Tombstones.from_settings(settings).all(),
+    )
+    print(json.dumps(report.to_dict()))
+    return EXIT_OK
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """Submit a manifest (and the probe photos beside it), or watch a job to its end."""
     import time
@@ -513,6 +555,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "show":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser(
+        "reembed", help="re-embed a gallery's or the subjects' photos with another model"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gallery", help="source gallery name")
+    source.add_argument("--subjects", action="store_true", help="the enrolled subjects' photos")
+    p.add_argument("--to", required=True, help="new gallery to write")
+    p.add_argument("--model", dest="model_id", required=True, help="model id to embed with")
+    p.add_argument("--submit", action="store_true", help="queue it for the jobs worker")
+    p.add_argument("--local", action="store_true", help="on the running local stack")
+    p.set_defaults(func=cmd_reembed)
 
     jobs = sub.add_parser("jobs", help="batch verification jobs")
     job_actions = jobs.add_subparsers(dest="action", required=True)

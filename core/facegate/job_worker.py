@@ -8,7 +8,10 @@ Messages it handles, all from the jobs queue:
 - a chunk: embed its probes in one batch, verify each against its claimed subject (best
   similarity over the subject's rows in the gallery) or identify it (top-k subjects), write
   the chunk's results, count the chunk done; the chunk that completes the job asks the
-  aggregation function to merge the results.
+  aggregation function to merge the results;
+- a re-embedding request (``facegate.reembed``): re-embed a gallery's or the enrolled
+  subjects' photos with the requested model into a new gallery (``facegate.reembed_job``);
+  the outcome, or the error, is written to ``galleries/<target>/reembed.json``.
 
 Galleries are loaded through a per-process cache keyed by object ETag, so a warm worker
 reuses them across chunks and reloads a gallery that was recompacted.
@@ -53,6 +56,9 @@ from facegate.jobs import (
     verify_record,
 )
 from facegate.pipeline import FacePipeline, FaceResult
+from facegate.reembed import ReembedRequest, put_status, reembed_doc
+from facegate.reembed_job import run_reembed
+from facegate.stores import SubjectStore
 
 
 @dataclass(frozen=True)
@@ -74,9 +80,13 @@ class JobWorker:
         jobs: JobStore,
         config: WorkerConfig,
         cache: GalleryCache | None = None,
+        subjects: SubjectStore | None = None,
+        tombstones: Any | None = None,
     ) -> None:
         self.pipeline, self.s3, self.sqs, self.jobs, self.config = pipeline, s3, sqs, jobs, config
         self.cache = cache or GalleryCache(expected_model_id=pipeline.model_id)
+        self.subjects, self.tombstones = subjects, tombstones
+        self._pipelines: dict[str, FacePipeline] = {pipeline.model_id: pipeline}
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
         """SQS event -> partial batch response; storage errors fail only their record."""
@@ -92,6 +102,9 @@ class JobWorker:
         body = record.get("body", "")
         if is_job_chunk_message(body):
             self.run_chunk(JobChunk.from_message(body))
+            return
+        if reembed_doc(body) is not None:
+            self.reembed(ReembedRequest.from_message(body))
             return
         for ref in object_refs({"Records": [record]}):
             job_id = job_id_from_manifest_key(ref.key)
@@ -182,6 +195,39 @@ class JobWorker:
             return answer["ETag"], answer["Body"].read()
 
         return self.cache.get(self.config.bucket, key, load)
+
+    def reembed(self, request: ReembedRequest) -> None:
+        """Run a re-embedding; a permanent failure is recorded where its report would be."""
+        try:
+            run_reembed(
+                self.pipeline_for(request.model_id),
+                self.s3,
+                self.config.bucket,
+                request,
+                subjects=self.subjects,
+                deleted=self.tombstones.all() if self.tombstones is not None else None,
+                max_photo_bytes=self.config.max_photo_bytes,
+            )
+        except FaceGateError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            failure = {
+                "status": "failed",
+                "source": request.source,
+                "target": request.target,
+                "model_id": request.model_id,
+                "error": exc.to_dict(),
+            }
+            put_status(self.s3, self.config.bucket, request.target, failure)
+
+    def pipeline_for(self, model_id: str) -> FacePipeline:
+        """The worker's pipeline, or one for another installed model sharing its detector."""
+        if model_id not in self._pipelines:
+            settings = self.pipeline.settings.model_copy(update={"model_id": model_id})
+            pipeline = FacePipeline(settings, detector=self.pipeline.detector)
+            pipeline.warm_up()
+            self._pipelines[model_id] = pipeline
+        return self._pipelines[model_id]
 
     def _get_object(self, key: str) -> dict[str, Any]:
         try:

@@ -12,10 +12,12 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from facegate.aws import aws_client
+from facegate.compact import Tombstones
 from facegate.job_worker import JobWorker, WorkerConfig
 from facegate.jobs import JobStore
 from facegate.pipeline import FacePipeline
 from facegate.settings import get_settings
+from facegate.stores import SubjectStore
 
 logger = Logger(service="facegate")
 settings = get_settings()
@@ -34,6 +36,8 @@ worker = JobWorker(
         top_k=settings.job_top_k,
         max_photo_bytes=settings.s3_max_image_bytes,
     ),
+    subjects=SubjectStore.from_settings(settings),
+    tombstones=Tombstones.from_settings(settings),
 )
 
 

@@ -282,3 +282,43 @@ def test_face_errors_are_422(client, faces_dir):
     canvas.paste(small, (150, 140))
     tiny = client.post("/embedding", json={"image": b64(_jpeg(np.asarray(canvas)))})
     assert tiny.status_code == 422 and tiny.json()["error"]["code"] == "face_too_small"
+
+
+def test_reembed_is_queued_for_the_jobs_worker(pipeline, aws, api_key, photo):
+    """POST /reembed checks the request, records it as queued and sends the message."""
+    sqs = aws_client("sqs", aws)
+    url = sqs.create_queue(QueueName="reembed-jobs")["QueueUrl"]
+    settings = aws.model_copy(update={"jobs_queue_url": url})
+    app = create_app()
+    app.dependency_overrides[get_pipeline] = lambda: pipeline
+    app.dependency_overrides[get_settings] = lambda: settings
+    client = TestClient(app, headers={"x-api-key": api_key})
+
+    client.post("/subjects/reembed_me/faces", json={"image": b64(photo("person_a_1"))})
+    answer = client.post("/reembed", json={"target": "enrolled-fused", "model_id": "sface+dlib"})
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {
+        "status": "queued",
+        "source": "subjects",
+        "target": "enrolled-fused",
+        "model_id": "sface+dlib",
+    }
+    status = client.get("/galleries/enrolled-fused/reembed")
+    assert status.status_code == 200 and status.json()["status"] == "queued"
+    sent = sqs.receive_message(QueueUrl=url)["Messages"]
+    assert [m["Body"] for m in sent] == [
+        '{"type":"facegate.reembed","version":1,"target":"enrolled-fused",'
+        '"model_id":"sface+dlib","source_gallery":null}'
+    ]
+
+    for body, status_code, code in (
+        ({"target": "x", "model_id": "no-such-model"}, 400, "validation_error"),
+        ({"target": "x", "model_id": "sface", "source_gallery": "nothing"}, 404, "unknown_gallery"),
+        ({"target": "bad/name", "model_id": "sface"}, 400, "validation_error"),
+        ({"model_id": "sface"}, 400, "validation_error"),
+    ):
+        refused = client.post("/reembed", json=body)
+        assert refused.status_code == status_code, refused.text
+        assert refused.json()["error"]["code"] == code
+    missing = client.get("/galleries/never-requested/reembed")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_gallery"

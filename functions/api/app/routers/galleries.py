@@ -1,10 +1,16 @@
-"""Parquet galleries built by the batch job: summary and on-demand compaction."""
+"""Parquet galleries built by the batch job: summary, on-demand compaction, re-embedding."""
 
 from __future__ import annotations
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel
 
-from app.deps import PipelineDep, StoresDep, require_api_key
+from app.deps import PipelineDep, SettingsDep, StoresDep, require_api_key
+from facegate.aws import aws_client
+from facegate.errors import StorageError, UnknownGalleryError, ValidationError
+from facegate.models.card import list_cards
+from facegate.reembed import ReembedRequest, get_status, put_status
 from facegate.stores import validate_id
 
 router = APIRouter(tags=["galleries"], dependencies=[Depends(require_api_key)])
@@ -27,3 +33,49 @@ def compact_gallery(gallery: str, stores: StoresDep, pipeline: PipelineDep) -> d
         expected_model_id=pipeline.model_id,
     )
     return report.to_dict()
+
+
+class ReembedBody(BaseModel):
+    """Re-embed ``source_gallery`` (or, when absent, the enrolled subjects' photos) with
+    ``model_id`` into the new gallery ``target``."""
+
+    target: str
+    model_id: str
+    source_gallery: str | None = None
+
+
+@router.post("/reembed", status_code=202)
+def reembed(body: ReembedBody, settings: SettingsDep, stores: StoresDep) -> dict[str, object]:
+    """Queue a re-embedding for the jobs worker; poll ``GET /galleries/{target}/reembed``."""
+    request = ReembedRequest(body.target, body.model_id, body.source_gallery)
+    installed = [card.model_id for card in list_cards(settings.model_dir)]
+    if request.model_id not in installed:
+        raise ValidationError(
+            f"model {request.model_id!r} is not installed here; installed: {', '.join(installed)}"
+        )
+    if request.source_gallery is not None and not stores.galleries.list_parts(
+        request.source_gallery
+    ):
+        raise UnknownGalleryError(f"gallery {request.source_gallery!r} has no parts")
+    if not settings.jobs_queue_url:
+        raise StorageError("no jobs queue configured (FACEGATE_JOBS_QUEUE_URL)")
+    status = {
+        "status": "queued",
+        "source": request.source,
+        "target": request.target,
+        "model_id": request.model_id,
+    }
+    put_status(aws_client("s3", settings), settings.bucket, request.target, status)
+    try:
+        aws_client("sqs", settings).send_message(
+            QueueUrl=settings.jobs_queue_url, MessageBody=request.to_message()
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot queue the re-embedding: {exc}") from exc
+    return status
+
+
+@router.get("/galleries/{gallery}/reembed")
+def reembed_status(gallery: str, settings: SettingsDep) -> dict[str, object]:
+    """``queued``, then ``done`` with the report (photos, faces, rejects, rows) or ``failed``."""
+    return get_status(aws_client("s3", settings), settings.bucket, gallery)

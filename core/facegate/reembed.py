@@ -1,0 +1,165 @@
+"""Re-embedding on a model change, the torch-free half: what to re-embed and where it is.
+
+Upgrading the model must not mean re-uploading every photo. The photos a gallery was built
+from are still in the bucket (``uploads/<g>/<subject>/<photo>``, or a member of an uploaded
+zip, ``uploads/<g>/<set>.zip/<member>``), and so are the photos of enrolled subjects
+(``subjects/<id>/<face>.jpg``). A re-embedding request names a source (a gallery, or the
+enrolled subjects) and a target gallery and model id; the job (``reembed_job``) fetches
+every source photo again, embeds it with the new model and writes the target gallery, parts
+and rejects as the upload job does, then compacts it. The source is never modified, so the
+old gallery keeps serving until the new one is checked and switched to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from facegate.compact import GalleryStore
+from facegate.errors import InvalidImageError, UnknownGalleryError, ValidationError
+from facegate.ingest import UPLOADS_PREFIX, open_archive, read_member
+from facegate.stores import PhotoStore, SubjectStore, _aws_errors, validate_id
+
+#: Where a re-embedding's state lives: ``queued`` (by the API), then its report or error.
+#: Outside ``galleries/``, which holds only Parquet tables.
+STATUS_KEY = "reembed/{target}.json"
+MESSAGE_TYPE = "facegate.reembed"
+MESSAGE_VERSION = 1
+SUBJECTS = "subjects"
+
+
+@dataclass(frozen=True)
+class ReembedRequest:
+    """Re-embed ``source`` (a gallery name, or None for the enrolled subjects) into
+    ``target`` with ``model_id``."""
+
+    target: str
+    model_id: str
+    source_gallery: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_id(self.target, "target gallery")
+        if self.source_gallery is not None:
+            validate_id(self.source_gallery, "source gallery")
+            if self.source_gallery == self.target:
+                raise ValidationError("the target gallery must differ from the source")
+        if not isinstance(self.model_id, str) or not self.model_id:
+            raise ValidationError("model_id must be a non-empty string")
+
+    @property
+    def source(self) -> str:
+        return self.source_gallery if self.source_gallery is not None else SUBJECTS
+
+    def to_message(self) -> str:
+        doc = {"type": MESSAGE_TYPE, "version": MESSAGE_VERSION, **asdict(self)}
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_message(cls, body: str) -> ReembedRequest:
+        doc = reembed_doc(body)
+        if doc is None:
+            raise ValidationError(f"not a {MESSAGE_TYPE} message of version {MESSAGE_VERSION}")
+        return cls(doc.get("target", ""), doc.get("model_id", ""), doc.get("source_gallery"))
+
+
+def reembed_doc(body: Any) -> dict[str, Any] | None:
+    """The message as a dict if ``body`` is one of ours, else None (cheap for other bodies)."""
+    if not isinstance(body, str) or MESSAGE_TYPE not in body:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("type") != MESSAGE_TYPE:
+        return None
+    return doc if doc.get("version") == MESSAGE_VERSION else None
+
+
+def gallery_photos(store: GalleryStore, gallery: str) -> list[tuple[str, str]]:
+    """``(image_key, subject_id)`` of every photo behind a gallery's rows (its parts, which
+    are the source of truth), in key order, each photo once."""
+    keys = store.list_parts(gallery)
+    if not keys:
+        raise UnknownGalleryError(f"gallery {gallery!r} has no parts to re-embed")
+    seen: dict[str, str] = {}
+    for key in keys:
+        table = store.read_table(key, columns=["image_key", "subject_id"])
+        for image_key, subject in zip(
+            table.column("image_key").to_pylist(),
+            table.column("subject_id").to_pylist(),
+            strict=True,
+        ):
+            seen.setdefault(image_key, subject)
+    return sorted(seen.items())
+
+
+def subject_photos(subjects: SubjectStore) -> list[tuple[str, str]]:
+    """``(image_key, subject_id)`` of every enrolled face's stored photo."""
+    out: dict[str, str] = {}
+    cursor: str | None = None
+    while True:
+        page, cursor = subjects.list_subjects(limit=100, cursor=cursor)
+        for subject in page:
+            _, faces = subjects.get_embeddings(subject.subject_id)
+            for face in faces:
+                out.setdefault(face.image_key, subject.subject_id)
+        if cursor is None:
+            return sorted(out.items())
+
+
+class PhotoFetcher:
+    """Photo bytes by image key: plain objects, or members of an uploaded zip (the archive
+    is read once and kept while consecutive keys come from it: keys are sorted)."""
+
+    def __init__(self, s3: Any, bucket: str, max_bytes: int) -> None:
+        self.photos = PhotoStore(s3, bucket)
+        self.max_bytes = max_bytes
+        self._archive: tuple[str, Any] | None = None
+
+    def __call__(self, image_key: str) -> bytes:
+        archive_key, member = split_member(image_key)
+        if member is None:
+            return self._get(image_key)
+        if self._archive is None or self._archive[0] != archive_key:
+            self._archive = (archive_key, open_archive(self._get(archive_key)))
+        return read_member(self._archive[1], member, self.max_bytes)
+
+    def _get(self, key: str) -> bytes:
+        return self.photos.get(key)
+
+
+def split_member(image_key: str) -> tuple[str, str | None]:
+    """``uploads/g/set.zip/a/b.jpg`` -> (``uploads/g/set.zip``, ``a/b.jpg``); else (key, None)."""
+    if image_key.startswith(UPLOADS_PREFIX) and ".zip/" in image_key:
+        archive, _, member = image_key.partition(".zip/")
+        return archive + ".zip", member
+    return image_key, None
+
+
+def chunks(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def put_status(s3: Any, bucket: str, target: str, doc: dict[str, Any]) -> None:
+    """Record a re-embedding's state (``queued``, ``done`` + report, ``failed`` + error)."""
+    key = STATUS_KEY.format(target=validate_id(target, "gallery"))
+    with _aws_errors(f"writing s3://{bucket}/{key}"):
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=json.dumps(doc).encode(),
+            ContentType="application/json",
+            ServerSideEncryption="AES256",
+        )
+
+
+def get_status(s3: Any, bucket: str, target: str) -> dict[str, Any]:
+    """The recorded state; :class:`UnknownGalleryError` when nothing was requested."""
+    key = STATUS_KEY.format(target=validate_id(target, "gallery"))
+    try:
+        return json.loads(PhotoStore(s3, bucket).get(key))
+    except InvalidImageError as exc:
+        raise UnknownGalleryError(f"no re-embedding into {target!r} was requested") from exc

@@ -1,0 +1,168 @@
+"""Re-embedding on a model change: stored photos embedded again into a new gallery (moto)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from facegate.aws import aws_client
+from facegate.batch import PhotoInput, embed_photos
+from facegate.compact import GalleryStore
+from facegate.errors import ModelMismatchError, UnknownGalleryError, ValidationError
+from facegate.gallery import gallery_embeddings, read_gallery_meta
+from facegate.job_worker import JobWorker, WorkerConfig
+from facegate.jobs import JobStore
+from facegate.models.fused import DEFAULT_FUSED_ID
+from facegate.pipeline import FacePipeline
+from facegate.reembed import ReembedRequest, get_status, split_member
+from facegate.reembed_job import run_reembed
+from facegate.service import FaceService
+from facegate.settings import Settings
+from facegate.stores import PhotoStore, SubjectStore
+
+SINGLES = {
+    "uploads/g/person_a/person_a_1.jpg": "person_a_1.jpg",
+    "uploads/g/person_b/person_b_1.jpg": "person_b_1.jpg",
+    "uploads/g/impostor/impostor_1.jpg": "impostor_1.jpg",
+}
+MEMBERS = {"person_a/a2.jpg": "person_a_2.jpg", "person_b/b2.jpg": "person_b_2.jpg"}
+
+
+@pytest.fixture(scope="module")
+def fused() -> FacePipeline:
+    pipeline = FacePipeline(Settings(model_id=DEFAULT_FUSED_ID))
+    pipeline.warm_up()
+    return pipeline
+
+
+@pytest.fixture
+def source_gallery(fresh_aws, faces_dir, pipeline) -> GalleryStore:
+    """Gallery ``g`` as the upload job leaves it: single uploads and a zip's members."""
+    s3, bucket = fresh_aws.s3, fresh_aws.bucket
+    for key, name in SINGLES.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=(faces_dir / name).read_bytes())
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for member, name in MEMBERS.items():
+            zf.writestr(member, (faces_dir / name).read_bytes())
+    s3.put_object(Bucket=bucket, Key="uploads/g/set.zip", Body=archive.getvalue())
+    photos = [
+        PhotoInput(k, k.split("/")[2], (faces_dir / n).read_bytes()) for k, n in SINGLES.items()
+    ]
+    photos += [
+        PhotoInput(f"uploads/g/set.zip/{m}", m.split("/")[0], (faces_dir / n).read_bytes())
+        for m, n in MEMBERS.items()
+    ]
+    store = GalleryStore(s3, bucket)
+    part = embed_photos(pipeline, photos, policy="largest")
+    store.write_table(store.part_key("g", "p1"), part.gallery)
+    store.compact("g")
+    return store
+
+
+def test_split_member():
+    assert split_member("uploads/g/set.zip/a/b.jpg") == ("uploads/g/set.zip", "a/b.jpg")
+    assert split_member("uploads/g/a/b.jpg") == ("uploads/g/a/b.jpg", None)
+
+
+def test_a_gallery_is_re_embedded_with_the_new_model(fresh_aws, source_gallery, fused, faces_dir):
+    request = ReembedRequest("g-fused", DEFAULT_FUSED_ID, "g")
+    report = run_reembed(fused, fresh_aws.s3, fresh_aws.bucket, request)
+    assert (report.photos, report.faces, report.rejects, report.rows) == (5, 5, 0, 5)
+    key = source_gallery.gallery_key("g-fused")
+    table = source_gallery.read_table(key)
+    meta = read_gallery_meta(
+        io.BytesIO(fresh_aws.s3.get_object(Bucket=fresh_aws.bucket, Key=key)["Body"].read())
+    )
+    assert meta.model_id == DEFAULT_FUSED_ID and meta.dim == 256
+    assert sorted(table.column("image_key").to_pylist()) == sorted(
+        list(SINGLES) + [f"uploads/g/set.zip/{m}" for m in MEMBERS]
+    )
+    rows = dict(zip(table.column("image_key").to_pylist(), gallery_embeddings(table), strict=True))
+    direct = fused.process(faces_dir / "person_b_2.jpg", policy="largest").primary.vector
+    assert np.allclose(rows["uploads/g/set.zip/person_b/b2.jpg"], direct, atol=1e-5)
+    assert get_status(fresh_aws.s3, fresh_aws.bucket, "g-fused")["status"] == "done"
+    # the source gallery is untouched and still sface
+    assert source_gallery.read_table(source_gallery.gallery_key("g")).num_rows == 5
+
+
+def test_a_photo_gone_since_becomes_a_reject_not_a_gap(fresh_aws, source_gallery, fused):
+    fresh_aws.s3.delete_object(Bucket=fresh_aws.bucket, Key="uploads/g/impostor/impostor_1.jpg")
+    report = run_reembed(
+        fused, fresh_aws.s3, fresh_aws.bucket, ReembedRequest("g2", DEFAULT_FUSED_ID, "g")
+    )
+    assert (report.photos, report.faces, report.rejects) == (5, 4, 1)
+    rejects = source_gallery.read_table(source_gallery.list_rejects("g2")[0]).to_pylist()
+    assert [(r["image_key"], r["reason"]) for r in rejects] == [
+        ("uploads/g/impostor/impostor_1.jpg", "invalid_image")
+    ]
+
+
+def test_enrolled_subjects_are_re_embedded_from_their_stored_photos(
+    fresh_aws, pipeline, fused, faces_dir
+):
+    settings = fresh_aws.settings
+    service = FaceService(
+        pipeline, SubjectStore.from_settings(settings), PhotoStore.from_settings(settings)
+    )
+    service.enrol(
+        "ann",
+        [(faces_dir / "person_a_1.jpg").read_bytes(), (faces_dir / "person_a_2.jpg").read_bytes()],
+    )
+    service.enrol("bob", [(faces_dir / "person_b_1.jpg").read_bytes()])
+    report = run_reembed(
+        fused,
+        fresh_aws.s3,
+        fresh_aws.bucket,
+        ReembedRequest("subjects-fused", DEFAULT_FUSED_ID),
+        subjects=SubjectStore.from_settings(settings),
+        deleted={"bob": "2026-01-01T00:00:00Z"},
+    )
+    assert (report.source, report.photos, report.faces, report.rows) == ("subjects", 2, 2, 2)
+    store = GalleryStore(fresh_aws.s3, fresh_aws.bucket)
+    table = store.read_table(store.gallery_key("subjects-fused"))
+    assert set(table.column("subject_id").to_pylist()) == {"ann"}
+
+
+def test_requests_are_checked(fresh_aws, source_gallery, fused, pipeline):
+    with pytest.raises(ValidationError, match="must differ"):
+        ReembedRequest("g", "sface", "g")
+    with pytest.raises(ModelMismatchError):
+        run_reembed(
+            pipeline, fresh_aws.s3, fresh_aws.bucket, ReembedRequest("x", DEFAULT_FUSED_ID, "g")
+        )
+    with pytest.raises(UnknownGalleryError):
+        run_reembed(
+            fused, fresh_aws.s3, fresh_aws.bucket, ReembedRequest("x", DEFAULT_FUSED_ID, "nope")
+        )
+    message = ReembedRequest("x", DEFAULT_FUSED_ID, "g").to_message()
+    assert ReembedRequest.from_message(message) == ReembedRequest("x", DEFAULT_FUSED_ID, "g")
+
+
+def test_the_jobs_worker_runs_requests_and_records_failures(fresh_aws, source_gallery, pipeline):
+    sqs = aws_client("sqs", fresh_aws.settings)
+    urls = [sqs.create_queue(QueueName=n)["QueueUrl"] for n in ("jobs", "aggregate")]
+    worker = JobWorker(
+        pipeline,
+        fresh_aws.s3,
+        sqs,
+        JobStore(fresh_aws.dynamodb, fresh_aws.table),
+        WorkerConfig(fresh_aws.bucket, *urls),
+    )
+    records = [
+        {"messageId": str(i), "body": ReembedRequest(t, m, "g").to_message()}
+        for i, (t, m) in enumerate([("g-fused", DEFAULT_FUSED_ID), ("g-none", "no-such-model")])
+    ]
+    assert worker.handle({"Records": records}) == {"batchItemFailures": []}
+    done = get_status(fresh_aws.s3, fresh_aws.bucket, "g-fused")
+    assert done["status"] == "done" and done["rows"] == 5 and done["model_id"] == DEFAULT_FUSED_ID
+    failed = get_status(fresh_aws.s3, fresh_aws.bucket, "g-none")
+    assert failed["status"] == "failed" and failed["error"]["code"] == "model_not_found"
+    assert worker.pipeline_for(DEFAULT_FUSED_ID).detector is pipeline.detector
+    with pytest.raises(UnknownGalleryError):
+        get_status(fresh_aws.s3, fresh_aws.bucket, "never")
+    assert json.loads(records[0]["body"])["source_gallery"] == "g"
