@@ -20,7 +20,8 @@ facenet-pytorch's permuted input happens to be): PReLU on row views (``_prelu_ro
 1x1 heads as one convolution, the softmax's face output as a sigmoid.
 
 Everything else follows facenet_pytorch/models/utils/detect_face.py (2.5.3): the same scales,
-thresholds, NMS (``torchvision.ops.batched_nms``), box regression, ``rerec``, and ``pad``,
+thresholds, NMS (``torchvision.ops.batched_nms``'s greedy IoU rule, in ``mtcnn_nets``, so
+that detection never imports torchvision), box regression, ``rerec``, and ``pad``,
 which clips a box that crosses the border to the image and stretches the visible part onto the
 network's input (it does not zero-pad as the original MATLAB MTCNN does; neither does this).
 Two deliberate differences, both where facenet-pytorch misbehaves: NMS keeps images apart even
@@ -36,7 +37,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
+
+from facegate.mtcnn_nets import batched_nms, load_nets
 
 _NORM_MEAN = 127.5
 _NORM_SCALE = 0.0078125
@@ -69,15 +71,14 @@ class FastMTCNN:
         factor: float = 0.709,
         device: str | torch.device = "cpu",
     ) -> None:
-        from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
-
         self.min_face_size = min_face_size
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = factor
         self.device = torch.device(device)
-        self.pnet = PNet().to(self.device).eval()
-        self.rnet = RNet().to(self.device).eval()
-        self.onet = ONet().to(self.device).eval()
+        pnet, rnet, onet = load_nets()
+        self.pnet = pnet.to(self.device)
+        self.rnet = rnet.to(self.device)
+        self.onet = onet.to(self.device)
         # PNet's two 1x1 heads as one convolution: one pass over conv3's output instead of two.
         pnet = self.pnet
         self._pnet_head_weight = torch.cat([pnet.conv4_1.weight, pnet.conv4_2.weight])
@@ -369,10 +370,9 @@ def _rerec(boxes: torch.Tensor) -> torch.Tensor:
 def _batched_nms(
     boxes: torch.Tensor, scores: torch.Tensor, image_inds: torch.Tensor, threshold: float
 ) -> torch.Tensor:
-    """``torchvision.ops.batched_nms`` per image, with boxes first moved off negative
-    coordinates: its offset trick (each image's boxes shifted by index * (max + 1)) keeps
-    images apart only for non-negative boxes, and refined boxes can cross the top-left border.
-    A common shift leaves every overlap as it was."""
+    """Greedy IoU NMS per image (``mtcnn_nets.batched_nms``). Boxes are first moved off
+    negative coordinates, as was needed with torchvision's offset trick; a common shift
+    leaves every overlap as it was."""
     if len(boxes):
         low = boxes.min()
         if low < 0:

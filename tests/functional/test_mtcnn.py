@@ -11,6 +11,8 @@ each move boxes or landmarks by more than ``PX_TOL``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +143,33 @@ def test_face_cut_by_the_border_matches_facenet(reference, fast, photos):
         assert found, name
         assert min(found[0][0][0], found[0][0][1]) < 0  # the box does cross the border
         _assert_same_faces(expected, actual, f"{name} cut")
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_nms_keeps_what_torchvision_keeps(threshold):
+    """Our NMS replaces torchvision's (not imported at run time): same boxes kept."""
+    import torch
+    from torchvision.ops import batched_nms as tv_batched_nms
+    from torchvision.ops import nms as tv_nms
+
+    from facegate.mtcnn_nets import batched_nms, nms
+
+    generator = torch.Generator().manual_seed(int(threshold * 10))
+    for _ in range(10):
+        corner = torch.rand(400, 2, generator=generator) * 200
+        boxes = torch.cat([corner, corner + torch.rand(400, 2, generator=generator) * 60 + 5], 1)
+        scores = torch.rand(400, generator=generator)
+        groups = torch.randint(0, 3, (400,), generator=generator)
+        assert torch.equal(nms(boxes, scores, threshold), tv_nms(boxes, scores, threshold))
+        ours = batched_nms(boxes, scores, groups, threshold)
+        theirs = tv_batched_nms(boxes, scores, groups, threshold)
+        assert torch.equal(torch.sort(ours).values, torch.sort(theirs).values)
+
+
+def test_loading_the_pipeline_does_not_import_torchvision():
+    """torchvision's import costs 1.5-2 s of every cold start; detection must not need it."""
+    code = (
+        "import sys; from facegate.pipeline import FacePipeline; FacePipeline().warm_up(); "
+        "sys.exit(3 if 'torchvision' in sys.modules or 'facenet_pytorch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
