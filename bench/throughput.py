@@ -4,8 +4,9 @@
 - facenet-pytorch as its README shows it: ``Image.open``, ``MTCNN(image_size=160,
   margin=0)(img)``, ``InceptionResnetV1().eval()(crop.unsqueeze(0))`` (untrained weights:
   same cost), batched as a list of same-size images for the batch rows.
-- The bare embedding network (our SFace, BN folded, channels-last) on ready 112x112 chips:
-  the compute floor under the whole pipeline.
+- The bare embedding networks of the served model (SFace and dlib's ResNet for the fused
+  default; BN folded, channels-last) on ready aligned chips: the compute floor under the whole
+  pipeline.
 
 Each (size, batch) row runs the three in turn, after one warm-up call each. 12 MP photos are
 expensive, so their rows use fewer photos (stated in the notes); rates are per photo.
@@ -23,6 +24,7 @@ import torch
 from photos import photos
 
 from facegate.pipeline import FacePipeline
+from facegate.types import AlignedFace
 
 #: (size name, photos for FaceGate, photos for facenet-pytorch)
 PLAN: tuple[tuple[str, int, int], ...] = (
@@ -72,26 +74,32 @@ class FacenetReadme:
             return self.resnet(stacked)
 
 
-def aligned_chips(pipeline: FacePipeline) -> np.ndarray:
-    """Real aligned chips for the bare-network baseline (made outside any clock)."""
-    chips = []
+def aligned_faces(pipeline: FacePipeline) -> list[AlignedFace]:
+    """Real aligned faces (every network's chip) for the floor, made outside any clock."""
+    faces = []
     for data in photos("250x250", 6):
         image = pipeline.decode(data)
-        chips.append(pipeline.align(image, pipeline.detector.detect(image)[0], 0).chip)
-    return np.stack(chips)
+        faces.append(pipeline.align(image, pipeline.detector.detect(image)[0], 0))
+    return faces
 
 
-def bare_forward(pipeline: FacePipeline, chips: np.ndarray, batch: int, count: int) -> Rate:
-    """The network alone: ``count`` chips in batches, channels-last, inference mode."""
-    network = pipeline.embedder.network
-    x = torch.from_numpy(chips[np.arange(count) % len(chips)]).permute(0, 3, 1, 2).float()
-    x = x.to(pipeline.embedder.device).contiguous(memory_format=torch.channels_last)
+def bare_forward(pipeline: FacePipeline, faces: list[AlignedFace], batch: int, count: int) -> Rate:
+    """The model's networks alone (both, for a fused model), each on its own chips, in
+    batches, channels-last, inference mode: no detection, alignment or normalisation."""
+    parts = getattr(pipeline.embedder, "parts", [pipeline.embedder])
+    inputs = []
+    for i, part in enumerate(parts):
+        chips = np.stack([faces[n % len(faces)].all_chips[i] for n in range(count)])
+        x = torch.from_numpy(chips).permute(0, 3, 1, 2).float().to(part.device)
+        inputs.append((part.network, x.contiguous(memory_format=torch.channels_last)))
     with torch.inference_mode():
-        network(x[:batch])
+        for network, x in inputs:
+            network(x[:batch])
         started = time.perf_counter()
         for start in range(0, count, batch):
-            network(x[start : start + batch])
-        if x.is_cuda:
+            for network, x in inputs:
+                network(x[start : start + batch])
+        if inputs[0][1].is_cuda:
             torch.cuda.synchronize()
     return Rate(count, time.perf_counter() - started)
 
@@ -118,19 +126,18 @@ def rows(device: str = "cpu") -> list[dict[str, object]]:
     pipeline = FacePipeline(Settings(device=device, num_threads=2))
     pipeline.warm_up()
     facenet = FacenetReadme(device)
-    chips = aligned_chips(pipeline)
+    faces = aligned_faces(pipeline)
+    floor_name = f"bare {pipeline.model_id} network forward (floor)"
     out: list[dict[str, object]] = []
     for size, ours_n, theirs_n in PLAN:
         data = photos(size, ours_n)
         for batch in BATCHES:
             ours = _timed(pipeline.process_many, data, batch)
             theirs = _timed(facenet, data[:theirs_n], batch)
-            floor = bare_forward(pipeline, chips, batch, max(64, batch * 2))
+            floor = bare_forward(pipeline, faces, batch, max(64, batch * 2))
             shown = min(batch, ours_n)
             label = f"{size}, batch {shown}" + (f", {device}" if device != "cpu" else "")
             notes = f"{ours_n} photos (facenet-pytorch: {theirs_n}, batch {min(batch, theirs_n)})"
             out.append(_row(label, ours, theirs, "facenet-pytorch README pipeline", notes))
-            out.append(
-                _row(label, ours, floor, "bare SFace forward (floor)", f"batch {batch} chips")
-            )
+            out.append(_row(label, ours, floor, floor_name, f"batch {batch} chips"))
     return out

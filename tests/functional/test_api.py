@@ -50,7 +50,7 @@ def photo(faces_dir):
 
 def test_health_names_model_and_threshold(client, pipeline):
     body = client.get("/health").json()
-    assert body["status"] == "ok" and body["model_id"] == "sface"
+    assert body["status"] == "ok" and body["model_id"] == pipeline.model_id == "sface+dlib"
     assert body["threshold"] == pipeline.threshold
     assert body["far_thresholds"] == pipeline.card.far_thresholds
     assert set(body["far_thresholds"]) == {"0.01", "0.001"}
@@ -114,7 +114,7 @@ def test_compare_json_non_match(client, photo):
 
 def test_compare_against_reference_embedding(client, photo):
     extracted = client.post("/embedding", json={"image": b64(photo("person_a_1"))}).json()
-    assert extracted["dim"] == 128 and len(extracted["faces"]) == 1
+    assert extracted["dim"] == 256 and len(extracted["faces"]) == 1
     reference = extracted["faces"][0]["embedding"]
     same = client.post("/compare", json={"image": b64(photo("person_a_2")), "embedding": reference})
     assert same.json()["match"] is True
@@ -183,7 +183,7 @@ def test_failed_enrolment_leaves_no_photo_behind(client, photo, aws):
 
     from facegate.stores import StoredFace, SubjectStore
 
-    other = np.zeros(128, np.float32)
+    other = np.zeros(256, np.float32)
     other[0] = 1.0
     SubjectStore(aws_client("dynamodb", aws), aws.table).put_faces(
         "mixed",
@@ -204,7 +204,7 @@ def test_identify_in_a_named_gallery_and_s3_photos(client, photo, aws, pipeline)
     meta = GalleryMeta(
         model_id=pipeline.model_id,
         weights_sha256=pipeline.card.weights_sha256,
-        dim=128,
+        dim=pipeline.card.embedding_dim,
         threshold=pipeline.threshold,
     )
     table = build_gallery_table(
@@ -246,7 +246,7 @@ def test_identify_in_a_named_gallery_and_s3_photos(client, photo, aws, pipeline)
         ),
         ({"image": b64(b"x"), "embedding": [0.1] * 12}, 409, "model_mismatch"),
         (
-            {"image": b64(b"x"), "embedding": [0.1] * 128, "model_id": "other"},
+            {"image": b64(b"x"), "embedding": [0.1] * 256, "model_id": "other"},
             409,
             "model_mismatch",
         ),

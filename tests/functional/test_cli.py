@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 FACEGATE = Path(sys.executable).parent / "facegate"
+DEFAULT_MODEL, DEFAULT_DIM = "sface+dlib", 256  # the default model: SFace + dlib fused
 
 
 def run(*args: object) -> subprocess.CompletedProcess[str]:
@@ -55,7 +56,7 @@ def test_verify_exit_codes_and_json(faces_dir, a, b, same):
     done = run("verify", faces_dir / f"{a}.jpg", faces_dir / f"{b}.jpg", "--json")
     assert done.returncode == (0 if same else 1), done.stderr
     answer = json.loads(done.stdout)
-    assert answer["match"] is same and answer["model_id"] == "sface"
+    assert answer["match"] is same and answer["model_id"] == DEFAULT_MODEL
     assert (answer["similarity"] >= answer["threshold"]) is same
 
 
@@ -95,10 +96,12 @@ def test_embed_then_identify(tmp_path, faces_dir, bad_inputs):
     table = pq.read_table(gallery)
     assert sorted(table.column("subject_id").to_pylist()) == ["obama", "person_a", "person_b"]
     embedding = table.schema.field("embedding")
-    assert pa.types.is_fixed_size_list(embedding.type) and embedding.type.list_size == 128
+    assert pa.types.is_fixed_size_list(embedding.type) and embedding.type.list_size == DEFAULT_DIM
     assert embedding.type.value_type == pa.float32() and not embedding.nullable
     meta = json.loads(table.schema.metadata[b"facegate"])
-    assert meta["model_id"] == "sface" and meta["dim"] == 128 and meta["row_count"] == 3
+    assert (
+        meta["model_id"] == DEFAULT_MODEL and meta["dim"] == DEFAULT_DIM and meta["row_count"] == 3
+    )
     rejects = pq.read_table(tmp_path / "gallery.rejects.parquet").to_pylist()
     assert {(r["image_key"], r["reason"]) for r in rejects} == {
         ("person_a/notes.jpg", "invalid_image"),

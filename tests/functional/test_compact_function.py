@@ -129,7 +129,7 @@ def test_local_stack_resolves_the_zip_function():
     spec = template.function(FUNCTION)
     assert spec.code_dir == REPO / "functions" / "compact"
     assert (spec.module, spec.attribute) == ("facegate_compact", "handler")
-    assert spec.environment["FACEGATE_MODEL_ID"] == "sface"
+    assert spec.environment["FACEGATE_MODEL_ID"] == "sface+dlib"
     assert spec.environment["FACEGATE_BUCKET"] == "facegate-local"
     assert spec.environment["FACEGATE_TABLE"] == "facegate-subjects"
     events = template.resources[FUNCTION]["Properties"]["Events"]

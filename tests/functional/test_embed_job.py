@@ -219,7 +219,7 @@ def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_
     second = client.post("/galleries/crew/compact").json()
     assert second["rows_out"] == 2 and second["deleted_dropped"] == 2
     body = s3.get_object(Bucket=aws.bucket, Key="galleries/crew/gallery.parquet")["Body"].read()
-    meta, table = read_gallery(io.BytesIO(body), expected_model_id="sface")
+    meta, table = read_gallery(io.BytesIO(body), expected_model_id="sface+dlib")
     assert set(table.column("subject_id").to_pylist()) == {"person_a"} and meta.row_count == 2
     shown = client.get("/galleries/crew").json()
     assert shown["compacted"] is True and shown["rows"] == 2

@@ -25,9 +25,12 @@ def run(*args: object) -> subprocess.CompletedProcess[str]:
     )
 
 
-def sface_card() -> dict:
+def default_card() -> dict:
+    """The card of the model the CLI uses when none is named (the settings' default)."""
+    from facegate.settings import Settings
+
     cards = json.loads(run("models", "list", "--json").stdout)
-    return next(c for c in cards if c["model_id"] == "sface")
+    return next(c for c in cards if c["model_id"] == Settings().model_id)
 
 
 def lfw_slice(lfw_dev: Path, dest: Path, per: int) -> Path:
@@ -133,7 +136,7 @@ def test_eval_pairs_csv_scores_at_the_card_threshold_and_keeps_failures(photo_se
     done = run("eval", "pairs", csv_file, "--root", photo_set, "--out", tmp_path / "r", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    card = sface_card()
+    card = default_card()
     assert report["protocol"] == "fixed threshold, untuned"
     assert report["threshold"] == card["threshold"] == report["card_threshold"]
     assert report["pairs"] == 7 and report["images"] == 8
@@ -158,7 +161,7 @@ def test_eval_pairs_refuses_a_malformed_csv(photo_set, tmp_path):
 
 def test_verify_takes_a_target_far(faces_dir):
     a, b = faces_dir / "person_b_1.jpg", faces_dir / "person_b_2.jpg"
-    card = sface_card()
+    card = default_card()
     done = run("verify", a, b, "--far", "1e-2", "--json")
     assert done.returncode == 0, done.stderr
     expected = card["calibration"]["far_thresholds"]["0.01"]
@@ -185,3 +188,23 @@ def test_plot_tsne_of_a_gallery(lfw_dev, tmp_path):
     assert (tmp_path / "map.png").read_bytes().startswith(PNG_MAGIC)
     too_few = run("plot", "tsne", gallery, "--max-subjects", "1", "--out", tmp_path / "x.png")
     assert too_few.returncode == 2 and "at least 5 embeddings" in too_few.stderr
+
+
+def test_several_models_in_one_comparison(lfw_dev, tmp_path):
+    """Two models on the same pairs: one table, a folder each, one shared ROC plot."""
+    pairs = lfw_slice(lfw_dev, tmp_path / "pairs.txt", per=10)
+    out = tmp_path / "cmp"
+    args = ("eval", "lfw", "--root", lfw_dev, "--pairs", pairs, "--out", out)
+    done = run(*args, "--model", "sface", "--model", "dlib-resnet")
+    assert done.returncode == 0, done.stderr
+    header = next(line for line in done.stdout.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "sface", "dlib-resnet"]
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert [r["model_id"] for r in comparison["models"]] == ["sface", "dlib-resnet"]
+    for report in comparison["models"]:
+        folder = out / report["model_id"]
+        assert json.loads((folder / "report.json").read_text())["accuracy"] == report["accuracy"]
+        scores, same, _ = read_scores(folder / "scores.csv")
+        assert report["roc_auc"] == pytest.approx(roc_auc(scores, same))
+    assert (out / "roc.png").read_bytes().startswith(PNG_MAGIC)
+    assert "| accuracy |" in (out / "comparison.md").read_text()

@@ -164,7 +164,7 @@ def test_events_in_order_through_the_lambda_handler(invoke):
             assert _dig(body, dotted) == value, (name, dotted, body)
         answers[name] = body
 
-    assert answers["health.json"]["model_id"] == "sface"
+    assert answers["health.json"]["model_id"] == "sface+dlib"
     assert answers["enrol-subject.json"]["accepted"] == 1
     assert answers["register-alias.json"]["face_count"] == 2
     listed = {s["subject_id"] for s in answers["list-subjects.json"]["subjects"]}
@@ -178,7 +178,7 @@ def test_events_in_order_through_the_lambda_handler(invoke):
     miss = answers["identify-no-match.json"]
     assert miss["match"] is False and miss["best"] is None and miss["candidates"]
     faces = answers["embedding.json"]["faces"]
-    assert len(faces) == 1 and len(faces[0]["embedding"]) == 128
+    assert len(faces) == 1 and len(faces[0]["embedding"]) == 256
 
     gone, body = invoke("get-subject.json")
     assert gone["statusCode"] == 404 and body["error"]["code"] == "unknown_subject"

@@ -108,7 +108,9 @@ def test_up_invoke_upload_down(tmp_path, faces_dir):
         invoked = run("invoke", "ApiFunction", "-e", event)
         assert invoked.returncode == 0, invoked.stderr
         answer = json.loads(invoked.stdout.strip().splitlines()[-1])
-        assert answer["statusCode"] == 200 and json.loads(answer["body"])["model_id"] == "sface"
+        assert (
+            answer["statusCode"] == 200 and json.loads(answer["body"])["model_id"] == "sface+dlib"
+        )
         assert run("status").returncode == 0
 
         people = tmp_path / "people"

@@ -33,6 +33,14 @@ MEMBERS = {"person_a/a2.jpg": "person_a_2.jpg", "person_b/b2.jpg": "person_b_2.j
 
 
 @pytest.fixture(scope="module")
+def sface() -> FacePipeline:
+    """The model the source galleries were built with (the upgrade is to the fused one)."""
+    pipeline = FacePipeline(Settings(model_id="sface"))
+    pipeline.warm_up()
+    return pipeline
+
+
+@pytest.fixture(scope="module")
 def fused() -> FacePipeline:
     pipeline = FacePipeline(Settings(model_id=DEFAULT_FUSED_ID))
     pipeline.warm_up()
@@ -40,7 +48,7 @@ def fused() -> FacePipeline:
 
 
 @pytest.fixture
-def source_gallery(fresh_aws, faces_dir, pipeline) -> GalleryStore:
+def source_gallery(fresh_aws, faces_dir, sface) -> GalleryStore:
     """Gallery ``g`` as the upload job leaves it: single uploads and a zip's members."""
     s3, bucket = fresh_aws.s3, fresh_aws.bucket
     for key, name in SINGLES.items():
@@ -58,7 +66,7 @@ def source_gallery(fresh_aws, faces_dir, pipeline) -> GalleryStore:
         for m, n in MEMBERS.items()
     ]
     store = GalleryStore(s3, bucket)
-    part = embed_photos(pipeline, photos, policy="largest")
+    part = embed_photos(sface, photos, policy="largest")
     store.write_table(store.part_key("g", "p1"), part.gallery)
     store.compact("g")
     return store
@@ -103,11 +111,11 @@ def test_a_photo_gone_since_becomes_a_reject_not_a_gap(fresh_aws, source_gallery
 
 
 def test_enrolled_subjects_are_re_embedded_from_their_stored_photos(
-    fresh_aws, pipeline, fused, faces_dir
+    fresh_aws, sface, fused, faces_dir
 ):
     settings = fresh_aws.settings
     service = FaceService(
-        pipeline, SubjectStore.from_settings(settings), PhotoStore.from_settings(settings)
+        sface, SubjectStore.from_settings(settings), PhotoStore.from_settings(settings)
     )
     service.enrol(
         "ann",
@@ -128,12 +136,12 @@ def test_enrolled_subjects_are_re_embedded_from_their_stored_photos(
     assert set(table.column("subject_id").to_pylist()) == {"ann"}
 
 
-def test_requests_are_checked(fresh_aws, source_gallery, fused, pipeline):
+def test_requests_are_checked(fresh_aws, source_gallery, fused, sface):
     with pytest.raises(ValidationError, match="must differ"):
         ReembedRequest("g", "sface", "g")
     with pytest.raises(ModelMismatchError):
         run_reembed(
-            pipeline, fresh_aws.s3, fresh_aws.bucket, ReembedRequest("x", DEFAULT_FUSED_ID, "g")
+            sface, fresh_aws.s3, fresh_aws.bucket, ReembedRequest("x", DEFAULT_FUSED_ID, "g")
         )
     with pytest.raises(UnknownGalleryError):
         run_reembed(
@@ -143,11 +151,11 @@ def test_requests_are_checked(fresh_aws, source_gallery, fused, pipeline):
     assert ReembedRequest.from_message(message) == ReembedRequest("x", DEFAULT_FUSED_ID, "g")
 
 
-def test_the_jobs_worker_runs_requests_and_records_failures(fresh_aws, source_gallery, pipeline):
+def test_the_jobs_worker_runs_requests_and_records_failures(fresh_aws, source_gallery, sface):
     sqs = aws_client("sqs", fresh_aws.settings)
     urls = [sqs.create_queue(QueueName=n)["QueueUrl"] for n in ("jobs", "aggregate")]
     worker = JobWorker(
-        pipeline,
+        sface,
         fresh_aws.s3,
         sqs,
         JobStore(fresh_aws.dynamodb, fresh_aws.table),
@@ -162,7 +170,7 @@ def test_the_jobs_worker_runs_requests_and_records_failures(fresh_aws, source_ga
     assert done["status"] == "done" and done["rows"] == 5 and done["model_id"] == DEFAULT_FUSED_ID
     failed = get_status(fresh_aws.s3, fresh_aws.bucket, "g-none")
     assert failed["status"] == "failed" and failed["error"]["code"] == "model_not_found"
-    assert worker.pipeline_for(DEFAULT_FUSED_ID).detector is pipeline.detector
+    assert worker.pipeline_for(DEFAULT_FUSED_ID).detector is sface.detector
     with pytest.raises(UnknownGalleryError):
         get_status(fresh_aws.s3, fresh_aws.bucket, "never")
     assert json.loads(records[0]["body"])["source_gallery"] == "g"
