@@ -223,9 +223,12 @@ def test_manual_invoke_compacts_only_the_named_gallery(aws, compact, clean):
 
 
 def test_a_failing_gallery_is_reported_and_the_others_compacted(aws, compact, clean):
+    """A gallery of another model than the deployment's compacts (galleries are re-embedded
+    for upgrades); one whose parts mix models is refused, and the others still compact."""
     write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0)], T1, 1)
     other = replace(META, model_id="vggface2")
-    write_part(aws, "g2", "a", [("cat", "cat/1.jpg", 0)], T1, 2, meta=other)
+    write_part(aws, "g2", "a", [("cat", "cat/1.jpg", 0)], T1, 2)
+    write_part(aws, "g2", "b", [("cat", "cat/2.jpg", 0)], T2, 3, meta=other)
 
     answer = invoke(compact, SCHEDULE)
 

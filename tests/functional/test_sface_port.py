@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from facegate.assets import SFACE_ONNX_SHA256
-from facegate.models.card import sha256_file
+from facegate.models.card import read_card, sha256_file
 from facegate.models.convert_sface import ConversionError, convert_sface
 from facegate.models.sface import SFace
 
@@ -86,10 +86,8 @@ def test_served_weights_are_the_converted_ones(pipeline, onnx_file):
 
     served = load_file(str(pipeline.settings.model_dir / "sface" / "model.safetensors"))
     assert all(torch.equal(served[k], state[k]) for k in state)
-    assert (
-        sha256_file(pipeline.settings.model_dir / "sface" / "model.safetensors")
-        == pipeline.card.weights_sha256
-    )
+    served_sha = sha256_file(pipeline.settings.model_dir / "sface" / "model.safetensors")
+    assert served_sha == read_card(pipeline.settings.model_dir, "sface").weights_sha256
 
 
 def test_other_architectures_are_refused(onnx_file, tmp_path):

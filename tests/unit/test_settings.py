@@ -21,10 +21,10 @@ def test_environment_overrides_defaults(monkeypatch, tmp_path):
 
 
 def test_defaults_are_sane(monkeypatch):
-    for name in ("FACEGATE_MODEL_ID", "FACEGATE_THRESHOLD", "FACEGATE_MULTI_FACE"):
+    for name in ("FACEGATE_MODEL_ID", "FACEGATE_THRESHOLD", "FACEGATE_FAR", "FACEGATE_MULTI_FACE"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
-    assert settings.model_id == "sface" and settings.threshold is None
+    assert settings.model_id == "sface+dlib" and settings.threshold is None and settings.far is None
     assert settings.max_image_bytes == 15 * 1024 * 1024 and settings.min_image_side == 80
 
 

@@ -6,7 +6,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from app.deps import PipelineDep, SettingsDep, StoresDep, require_api_key
+from app.deps import SettingsDep, StoresDep, require_api_key
 from facegate.aws import aws_client
 from facegate.errors import StorageError, UnknownGalleryError, ValidationError
 from facegate.models.card import list_cards
@@ -25,12 +25,11 @@ def show_gallery(gallery: str, stores: StoresDep) -> dict[str, object]:
 
 
 @router.post("/galleries/{gallery}/compact")
-def compact_gallery(gallery: str, stores: StoresDep, pipeline: PipelineDep) -> dict[str, object]:
-    """Rebuild ``gallery.parquet`` from its parts now (deduplicated, deletions honoured)."""
+def compact_gallery(gallery: str, stores: StoresDep) -> dict[str, object]:
+    """Rebuild ``gallery.parquet`` from its parts now (deduplicated, deletions honoured);
+    a gallery of any one model, not only the served one (see ``POST /reembed``)."""
     report = stores.galleries.compact(
-        validate_id(gallery, "gallery"),
-        deleted=stores.tombstones.all(),
-        expected_model_id=pipeline.model_id,
+        validate_id(gallery, "gallery"), deleted=stores.tombstones.all()
     )
     return report.to_dict()
 
