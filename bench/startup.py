@@ -3,15 +3,15 @@
 - Cold start: a fresh Python process from spawn to its first embedding returned (import
   FaceGate, load both models, decode/detect/align/embed one photo) against a process that
   only runs ``import torch``: what we add on top of the framework we cannot avoid.
-- Peak RSS (``ru_maxrss`` of the child, from ``wait4``) of the API function (its handler
-  module answering ``/compare`` events) and of the embedding job (its handler embedding a
-  batch of uploads) on the local stack, against the ``import torch`` process.
+- Peak RSS (``VmHWM`` from the child's own ``/proc/self/status``: ``ru_maxrss`` would not
+  do, Linux carries it across ``fork`` and ``exec`` from the parent) of the API function (its
+  handler module answering ``/compare`` events) and of the embedding job (its handler
+  embedding a batch of uploads), AWS mocked in-process, against the ``import torch`` process.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,29 +26,33 @@ from facegate.pipeline import FacePipeline
 FacePipeline().process(open(sys.argv[1], "rb").read())
 """
 
+PEAK_MIB = """
+def peak_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+"""
+TORCH_ONLY = PEAK_MIB + "import torch\nprint(peak_mib())\n"
 
-def _run_with_rusage(args: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Like ``subprocess.run`` but reaping the child with ``wait4`` to read its rusage."""
+
+def _run(args: list[str]) -> tuple[float, str]:
+    """Wall seconds from spawn to exit, and stdout, of one child process."""
     started = time.perf_counter()
-    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout = child.stdout.read() if child.stdout else b""
-    stderr = child.stderr.read() if child.stderr else b""
-    _, status, usage = os.wait4(child.pid, 0)
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise RuntimeError(f"{' '.join(args[:3])} exited {child.returncode}: {stderr[-800:]!r}")
-    return seconds, usage.ru_maxrss // 1024, stdout.decode()
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(args[:3])} exited {done.returncode}: {done.stderr[-800:]}")
+    return seconds, done.stdout
 
 
 def cold_start(photo: Path, runs: int = 3) -> tuple[list[dict[str, object]], float]:
     """The cold-start row, and the ``import torch`` process's peak RSS for the memory rows."""
     ours, torch_only, torch_rss = [], [], []
     for _ in range(runs):
-        ours.append(_run_with_rusage([sys.executable, "-c", FIRST_EMBEDDING, str(photo)])[0])
-        seconds, rss, _ = _run_with_rusage([sys.executable, "-c", "import torch"])
+        ours.append(_run([sys.executable, "-c", FIRST_EMBEDDING, str(photo)])[0])
+        seconds, out = _run([sys.executable, "-c", TORCH_ONLY])
         torch_only.append(seconds)
-        torch_rss.append(rss)
+        torch_rss.append(int(out.split()[-1]))
     value, base = statistics.median(ours), statistics.median(torch_only)
     return [
         {
@@ -65,8 +69,10 @@ def cold_start(photo: Path, runs: int = 3) -> tuple[list[dict[str, object]], flo
     ], statistics.median(torch_rss)
 
 
-HARNESS = """
-import base64, importlib, json, os, resource, sys
+HARNESS = (
+    PEAK_MIB
+    + """
+import base64, importlib, json, os, sys
 from pathlib import Path
 from moto import mock_aws
 repo, function, photo_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
@@ -113,15 +119,16 @@ with mock_aws():
                    "requestContext": {"http": {"method": "POST", "path": "/compare",
                                                "sourceIp": "127.0.0.1"},
                                       "requestId": "bench", "stage": "$default"}}] * repeats
-    harness = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    harness = peak_mib()
     spec = template.function(function)
     sys.path.insert(0, str(spec.code_dir))
     handler = getattr(importlib.import_module(spec.module), spec.attribute)
     for event in events:
         answer = handler(event, LambdaContext(function, config.region))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    peak = peak_mib()
     print(json.dumps({"harness_mib": harness, "peak_mib": peak, "answer": answer}))
 """
+)
 
 
 def handler_rss(function: str, photo_dir: Path, repeats: int) -> dict[str, object]:
@@ -131,7 +138,7 @@ def handler_rss(function: str, photo_dir: Path, repeats: int) -> dict[str, objec
     handler's module is imported and reported beside the peak.
     """
     args = [sys.executable, "-c", HARNESS, str(REPO), function, str(photo_dir), str(repeats)]
-    _, _, out = _run_with_rusage(args)
+    _, out = _run(args)
     return json.loads(out.strip().splitlines()[-1])
 
 

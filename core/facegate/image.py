@@ -59,12 +59,40 @@ def read_image_bytes(path: str | Path, limits: ImageLimits | None = None) -> byt
     return data
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels decoded at ``scale`` x the photo's size (1.0: full resolution), upright.
+
+    ``original_size`` is the upright ``(width, height)`` of the photo itself, the frame that
+    boxes and landmarks are reported in.
+    """
+
+    pixels: np.ndarray
+    scale: float
+    original_size: tuple[int, int]
+
+
 def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
-    """Decode image bytes to ``(H, W, 3) uint8`` RGB, upright per EXIF.
+    """Decode image bytes to ``(H, W, 3) uint8`` RGB, upright per EXIF, at full resolution.
 
     Raises ``InvalidImageError`` (empty, corrupt, truncated, not an image, unsupported
     format), ``ImageTooLargeError`` (bytes or pixels over the limit) or
     ``ImageTooSmallError`` (shorter side under ``min_side``).
+    """
+    return decode_image_reduced(data, limits, keep_side=0).pixels
+
+
+def decode_image_reduced(
+    data: bytes, limits: ImageLimits | None = None, *, keep_side: int = 0
+) -> DecodedImage:
+    """Like ``decode_image``, but a JPEG whose longer side is at least twice ``keep_side``
+    is decoded at 1/2, 1/4 or 1/8 scale (JPEG's DCT scaling: the decoder skips the work
+    instead of resizing after it), never below ``keep_side`` on the longer side.
+
+    A 12 MP phone photo decodes ~3x faster at half scale, and every later step (the
+    downscale for detection, alignment) touches a quarter of the pixels; faces are still
+    sampled from at least ``keep_side`` pixels, far more than a 112-150 px chip needs for any
+    face that detection finds at its 1024 px working size. ``keep_side=0`` decodes in full.
     """
     limits = limits or ImageLimits()
     if not data:
@@ -72,11 +100,17 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
     image = _open(data, limits)
+    full_width = image.size[0]
     try:
         with warnings.catch_warnings():
             # Pillow warns about defects it recovers from (corrupt EXIF, ...): the pixels are
             # fine and the caller cannot act on it, so no warning may escape.
             warnings.simplefilter("ignore")
+            longest = max(image.size)
+            if keep_side and image.format in ("JPEG", "MPO") and longest >= 2 * keep_side:
+                ratio = keep_side / longest
+                image.draft("RGB", (round(image.size[0] * ratio), round(image.size[1] * ratio)))
+            scale = image.size[0] / full_width
             image.load()
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image)
@@ -86,11 +120,13 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
     finally:
         image.close()
     height, width = array.shape[:2]
-    if min(height, width) < limits.min_side:
+    original = (round(width / scale), round(height / scale))
+    if min(original) < limits.min_side:
         raise ImageTooSmallError(
-            f"image is {width}x{height}; the shorter side must be at least {limits.min_side} px"
+            f"image is {original[0]}x{original[1]}; the shorter side must be at least "
+            f"{limits.min_side} px"
         )
-    return array
+    return DecodedImage(array, scale, original)
 
 
 def load_image(path: str | Path, limits: ImageLimits | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ from facegate.align import align_face
 from facegate.detect import FaceDetector, select_faces
 from facegate.embed import Embedder, FusedEmbedder
 from facegate.errors import FaceGateError
-from facegate.image import ImageLimits, decode_image, read_image_bytes
+from facegate.image import DecodedImage, ImageLimits, decode_image_reduced, read_image_bytes
 from facegate.models.card import ModelCard, resolve_threshold
 from facegate.settings import MultiFacePolicy, Settings, get_settings
 from facegate.types import AlignedFace, Detection, FaceEmbedding
@@ -116,20 +116,28 @@ class FacePipeline:
         _ = self.detector, self.embedder
 
     def decode(self, source: ImageSource) -> np.ndarray:
-        """Any accepted source -> ``(H, W, 3) uint8`` RGB."""
+        """Any accepted source -> ``(H, W, 3) uint8`` RGB at full resolution."""
+        return self._decode(source, keep_side=0).pixels
+
+    def _decode(self, source: ImageSource, keep_side: int) -> DecodedImage:
         if isinstance(source, np.ndarray):
             if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
                 raise FaceGateError("arrays must be (H, W, 3) uint8 RGB")
-            return source
+            return DecodedImage(source, 1.0, (source.shape[1], source.shape[0]))
         if isinstance(source, str | Path):
             source = read_image_bytes(source, self.limits)
-        return decode_image(source, self.limits)
+        return decode_image_reduced(source, self.limits, keep_side=keep_side)
 
-    def align(self, image: np.ndarray, detection: Detection, face_index: int) -> AlignedFace:
-        """One chip per network of the model, each on that network's own template."""
+    def align(
+        self, image: np.ndarray, detection: Detection, face_index: int, scale: float = 1.0
+    ) -> AlignedFace:
+        """One chip per network of the model, each on that network's own template.
+
+        ``detection`` is in the photo's own pixels; ``image`` is the photo at ``scale``.
+        """
+        landmarks = detection.landmarks * scale if scale != 1.0 else detection.landmarks
         chips = tuple(
-            align_face(image, detection.landmarks, template, size)
-            for template, size in self.embedder.inputs
+            align_face(image, landmarks, template, size) for template, size in self.embedder.inputs
         )
         return AlignedFace(chip=chips[0], detection=detection, face_index=face_index, chips=chips)
 
@@ -146,27 +154,31 @@ class FacePipeline:
         """Many photos with batched detection and embedding; errors are returned in place."""
         policy = policy or self.settings.multi_face
         outcomes: list[FaceResult | FaceGateError | None] = [None] * len(sources)
-        images: dict[int, np.ndarray] = {}
+        images: dict[int, DecodedImage] = {}
         for i, source in enumerate(sources):
             try:
-                images[i] = self.decode(source)
+                images[i] = self._decode(source, self.settings.decode_keep_side)
             except FaceGateError as exc:
                 outcomes[i] = exc
         order = list(images)
-        all_detections = self.detector.detect_batch([images[i] for i in order])
+        all_detections = self.detector.detect_batch([images[i].pixels for i in order])
         faces: list[tuple[int, AlignedFace]] = []
         detections_of: dict[int, list[Detection]] = {}
-        for i, detections in zip(order, all_detections, strict=True):
+        for i, found in zip(order, all_detections, strict=True):
+            decoded = images[i]
+            # Boxes and landmarks in the photo's own pixels, whatever scale it was decoded at.
+            detections = [d.scaled(1.0 / decoded.scale) for d in found]
             detections_of[i] = detections
             try:
-                height, width = images[i].shape[:2]
                 chosen = select_faces(
-                    detections, policy, self.settings.min_face_px, image_size=(width, height)
+                    detections, policy, self.settings.min_face_px, image_size=decoded.original_size
                 )
             except FaceGateError as exc:
                 outcomes[i] = exc
                 continue
-            faces.extend((i, self.align(images[i], detections[k], k)) for k in chosen)
+            faces.extend(
+                (i, self.align(decoded.pixels, detections[k], k, decoded.scale)) for k in chosen
+            )
         vectors = self.embedder.embed_faces([f for _, f in faces])
         kept: dict[int, list[FaceEmbedding]] = {}
         for (i, face), vector in zip(faces, vectors, strict=True):
@@ -174,8 +186,7 @@ class FacePipeline:
                 FaceEmbedding(vector, face.detection, face.face_index, self.model_id)
             )
         for i, embeddings in kept.items():
-            height, width = images[i].shape[:2]
-            outcomes[i] = FaceResult(detections_of[i], embeddings, (width, height))
+            outcomes[i] = FaceResult(detections_of[i], embeddings, images[i].original_size)
         return [o if o is not None else FaceGateError("not processed") for o in outcomes]
 
     def verify(self, a: ImageSource, b: ImageSource) -> VerificationResult:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     min_image_side: int = Field(default=80, ge=1)
 
+    #: JPEGs at least twice this on their longer side are decoded at a reduced scale that
+    #: keeps at least this many pixels (DCT scaling; boxes are still reported in the photo's
+    #: own pixels). 0 decodes everything in full.
+    decode_keep_side: int = Field(default=2000, ge=0)
     detect_max_side: int = Field(default=1024, ge=64)
     min_face_size: int = Field(default=20, ge=8)
     min_face_px: int = Field(default=32, ge=1)

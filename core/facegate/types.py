@@ -31,6 +31,15 @@ class Detection:
     def area(self) -> float:
         return max(self.width, 0.0) * max(self.height, 0.0)
 
+    def scaled(self, factor: float) -> Detection:
+        """The same face in a frame ``factor`` times as large (box and landmarks)."""
+        x1, y1, x2, y2 = self.box
+        return Detection(
+            box=(x1 * factor, y1 * factor, x2 * factor, y2 * factor),
+            score=self.score,
+            landmarks=(self.landmarks * factor).astype(np.float32),
+        )
+
     def to_dict(self) -> dict[str, object]:
         return {
             "box": [round(float(v), 2) for v in self.box],

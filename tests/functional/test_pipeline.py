@@ -110,6 +110,27 @@ def test_large_photo_is_downscaled_and_mapped_back(pipeline, photos):
     assert error < 0.05 * face_width, error
 
 
+def test_large_jpeg_decoded_at_reduced_scale_reports_its_own_pixels(pipeline, photos):
+    """A 12 MP JPEG is decoded at half scale (DCT scaling) and still answers in its own
+    pixels: the same boxes as a full decode, and practically the same embedding."""
+    from facegate.pipeline import FacePipeline
+    from facegate.settings import Settings
+
+    original = photos["person_b_2"]
+    size = (4000, 3000)
+    buffer = io.BytesIO()
+    Image.fromarray(original).resize(size).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    full = FacePipeline(
+        Settings(decode_keep_side=0), detector=pipeline.detector, embedder=pipeline.embedder
+    )
+    reduced, whole = pipeline.process(data), full.process(data)
+    assert pipeline._decode(data, pipeline.settings.decode_keep_side).scale == 0.5
+    assert reduced.image_size == whole.image_size == size
+    assert np.abs(np.array(reduced.primary.detection.box) - whole.primary.detection.box).max() < 4
+    assert float(reduced.primary.vector @ whole.primary.vector) > 0.99
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     x1, y1 = np.maximum(a[:2], b[:2])
     x2, y2 = np.minimum(a[2:], b[2:])

@@ -18,6 +18,7 @@ from facegate.image import (
     SUPPORTED_FORMATS,
     ImageLimits,
     decode_image,
+    decode_image_reduced,
     load_image,
     read_image_bytes,
 )
@@ -516,3 +517,31 @@ def test_load_image_str_path_and_text_file() -> None:
     with pytest.raises(InvalidImageError) as exc_info:
         load_image(FACES / "CREDITS.md")
     assert_error(exc_info, InvalidImageError, "invalid_image")
+
+
+@pytest.mark.parametrize(
+    ("size", "keep", "fmt", "scale"),
+    [
+        ((4000, 3000), 2000, "JPEG", 0.5),
+        ((4000, 3000), 900, "JPEG", 0.25),
+        ((4000, 3000), 2100, "JPEG", 1.0),  # half would go under keep_side
+        ((4000, 3000), 0, "JPEG", 1.0),
+        ((4000, 3000), 2000, "PNG", 1.0),  # no DCT scaling outside JPEG
+    ],
+)
+def test_reduced_decode_of_large_jpegs(size, keep, fmt, scale, photo_image: Image.Image) -> None:
+    big = photo_image.resize(size)
+    decoded = decode_image_reduced(
+        encode(big, fmt, **({"quality": 90} if fmt == "JPEG" else {})), keep_side=keep
+    )
+    assert decoded.scale == scale and decoded.original_size == size
+    assert decoded.pixels.shape == (round(size[1] * scale), round(size[0] * scale), 3)
+    expected = np.asarray(big.resize(decoded.pixels.shape[1::-1], Image.Resampling.BOX))
+    assert mean_abs_diff(decoded.pixels, expected) < 3.0  # the same picture, smaller
+
+
+def test_reduced_decode_reports_the_upright_original_size(photo_image: Image.Image) -> None:
+    sideways = photo_image.resize((4000, 3000))
+    decoded = decode_image_reduced(with_orientation(sideways, "JPEG", 6), keep_side=1000)
+    assert decoded.original_size == (3000, 4000) and decoded.scale == 0.25
+    assert decoded.pixels.shape == (1000, 750, 3)
