@@ -330,6 +330,25 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Aligned 112x112 training chips from an identity-folder data set (resumable)."""
+    from facegate.training.prepare import prepare
+
+    report = prepare(
+        args.src,
+        args.dst,
+        settings=_settings(args),
+        policy=args.multi_face or "center",
+        batch=args.batch,
+        workers=args.workers,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    print(json.dumps(report.to_dict()))
+    return EXIT_OK
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """Submit a manifest (and the probe photos beside it), or watch a job to its end."""
     import time
@@ -567,6 +586,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submit", action="store_true", help="queue it for the jobs worker")
     p.add_argument("--local", action="store_true", help="on the running local stack")
     p.set_defaults(func=cmd_reembed)
+
+    p = sub.add_parser("prepare", help="align an identity-folder data set into training chips")
+    p.add_argument("src", type=Path, help="SRC/<identity>/<photo>")
+    p.add_argument("dst", type=Path, help="chips/<identity>/*.png, rejects.csv, split.json")
+    p.add_argument("--multi-face", choices=["largest", "center"], help="default: center")
+    p.add_argument("--batch", type=int, default=32, help="photos per detection batch")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (1 thread each)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="identities held out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
 
     jobs = sub.add_parser("jobs", help="batch verification jobs")
     job_actions = jobs.add_subparsers(dest="action", required=True)

@@ -76,7 +76,10 @@ class Embedder:
 
     @torch.inference_mode()
     def _embed_batch(self, chips: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(chips)).to(self.device)
+        chips = np.ascontiguousarray(chips)
+        if not chips.flags.writeable:  # e.g. np.asarray of a PIL image: torch wants to own it
+            chips = chips.copy()
+        x = torch.from_numpy(chips).to(self.device)
         x = x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
         emb = self.network(x)
         if self.flip_tta:
