@@ -63,9 +63,18 @@ def _build_dlib_resnet(state: dict[str, torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
+def _build_resnet50(state: dict[str, torch.Tensor]) -> nn.Module:
+    from facegate.models.resnet_face import ResNet50Face
+
+    model = ResNet50Face(embedding_dim=int(state["head.3.weight"].shape[0]))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
 BUILDERS: dict[str, Callable[[dict[str, torch.Tensor]], nn.Module]] = {
     "sface": _build_sface,
     "inception_resnet_v1": _build_inception,
+    "resnet50": _build_resnet50,
     "dlib_resnet": _build_dlib_resnet,
 }
 
