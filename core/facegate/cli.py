@@ -349,6 +349,36 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from facegate.training.trainer import TrainConfig, Trainer
+
+    try:
+        config = TrainConfig.load(args.config, args.set or [])
+    except ValueError as exc:
+        raise FaceGateError(str(exc)) from exc
+    trainer = Trainer(config)
+    last = Path(config.out) / "last.pt"
+    if args.resume and last.is_file():
+        trainer.load(last)
+    for record in trainer.train():
+        print(json.dumps(record))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from facegate.settings import default_model_dir
+    from facegate.training.export import export_checkpoint
+
+    try:
+        card = export_checkpoint(
+            args.checkpoint, args.model_dir or default_model_dir(), args.model_id, args.threshold
+        )
+    except ValueError as exc:
+        raise FaceGateError(str(exc)) from exc
+    print(f"model {card.model_id} ({card.architecture}, {card.version}) exported")
+    return EXIT_OK
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """Submit a manifest (and the probe photos beside it), or watch a job to its end."""
     import time
@@ -597,6 +627,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a backbone on chips made by 'facegate prepare'")
+    p.add_argument("--config", type=Path, help="YAML of facegate.training.trainer.TrainConfig")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="a training checkpoint as a served model")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--threshold", type=float, help="default: the last validation threshold")
+    p.add_argument("--model-dir", type=Path)
+    p.set_defaults(func=cmd_export)
 
     jobs = sub.add_parser("jobs", help="batch verification jobs")
     job_actions = jobs.add_subparsers(dest="action", required=True)

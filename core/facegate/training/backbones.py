@@ -1,9 +1,10 @@
 """Backbones to train, by name: the same networks the serving registry builds from weights.
 
-``resnet50`` starts from random weights; ``sface`` starts from the converted SFace weights
-(fine-tuning, with its BatchNorm layers unfused so they can learn). Every backbone takes
-``(N, 3, 112, 112)`` RGB 0..255 chips (``facegate prepare`` makes them) and returns
-unnormalised embeddings; losses and the serving Embedder normalise.
+``resnet50`` and ``spiking_resformer`` (SpikingResformer-Ti, T=4) start from random weights;
+``sface`` starts from the converted SFace weights (fine-tuning, with its BatchNorm layers
+unfused so they can learn). Every backbone takes ``(N, 3, 112, 112)`` RGB 0..255 chips
+(``facegate prepare`` makes them) and returns unnormalised embeddings; losses and the serving
+Embedder normalise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 
 from facegate.models.card import model_path, read_card
 
-BACKBONES = ("resnet50", "sface")
+BACKBONES = ("resnet50", "sface", "spiking_resformer")
 
 
 def build_backbone(
@@ -36,4 +37,8 @@ def build_backbone(
         model = SFace()
         model.load_state_dict(load_state(model_path(directory, "sface") / card.weights_file))
         return model
+    if name == "spiking_resformer":
+        from facegate.training.spiking_resformer import SpikingResformer
+
+        return SpikingResformer(embedding_dim=embedding_dim)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

@@ -1,0 +1,65 @@
+"""Export: a training checkpoint becomes a served model (weights + model card).
+
+The card's threshold is the last validation's k-fold threshold unless one is given; calibrate
+it properly afterwards with ``facegate calibrate --model ID`` on identity-disjoint data. The
+exported id is then served like any other (``FACEGATE_MODEL_ID``, the ``ModelId`` parameter),
+and galleries built with it refuse other models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from facegate.models.card import ModelCard, sha256_file, write_card
+
+ARCHITECTURES = {"resnet50": "resnet50", "sface": "sface"}
+
+
+def last_validation_threshold(run_dir: Path) -> float | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    thresholds = [
+        json.loads(line).get("val_threshold") for line in path.read_text().splitlines() if line
+    ]
+    found = [t for t in thresholds if t is not None]
+    return float(found[-1]) if found else None
+
+
+def export_checkpoint(
+    checkpoint: Path, model_dir: Path, model_id: str, threshold: float | None = None
+) -> ModelCard:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = state["config"]
+    architecture = ARCHITECTURES.get(config["backbone"])
+    if architecture is None:
+        raise ValueError(f"backbone {config['backbone']!r} cannot be served yet")
+    threshold = threshold if threshold is not None else last_validation_threshold(checkpoint.parent)
+    if threshold is None:
+        raise ValueError("no validation threshold in the run: pass --threshold")
+    target = model_dir / model_id
+    target.mkdir(parents=True, exist_ok=True)
+    weights = target / "model.safetensors"
+    tensors = {k: v.contiguous() for k, v in state["model"].items()}
+    save_file(tensors, str(weights), metadata={"model_id": model_id, "architecture": architecture})
+    card = ModelCard(
+        model_id=model_id,
+        version=f"epoch{state['epoch']}-step{state['step']}",
+        architecture=architecture,
+        embedding_dim=int(config["embedding_dim"]),
+        input_size=112,
+        template="arcface_112",
+        pixel_format="RGB uint8 0..255",
+        pixel_normalisation="(x - 127.5) / 128, inside the network",
+        weights_file=weights.name,
+        weights_sha256=sha256_file(weights),
+        threshold=float(threshold),
+        source={"checkpoint": str(checkpoint), "training": config},
+        calibration={"provisional": "threshold from training validation; run facegate calibrate"},
+    )
+    write_card(model_dir, card)
+    return card
