@@ -47,7 +47,7 @@ def _loss(name: str, dim: int) -> torch.nn.Module:
     return DistillationLoss()
 
 
-@pytest.mark.parametrize("backbone", ["resnet50", "sface"])
+@pytest.mark.parametrize("backbone", ["resnet50", "sface", "spiking_resformer"])
 @pytest.mark.parametrize("loss_name", ["arcface", "triplet", "hybrid", "distillation"])
 def test_one_step_of_each_loss_changes_each_backbone(backbone, loss_name, chips, teacher):
     torch.manual_seed(0)
@@ -87,9 +87,10 @@ def test_thirty_arcface_steps_on_a_tiny_identity_set_lower_the_loss(chips):
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
 
 
-def test_resnet50_weights_serve_through_the_registry(tmp_path, faces_dir):
-    """A trained ResNet-50's weights + card load by model id and embed a photo."""
-    model = build_backbone("resnet50").eval()
+@pytest.mark.parametrize("backbone", ["resnet50", "spiking_resformer"])
+def test_trained_weights_serve_through_the_registry(backbone, tmp_path, faces_dir):
+    """A trained backbone's weights + card load by model id and embed a photo."""
+    model = build_backbone(backbone).eval()
     folder = tmp_path / "resnet-test"
     folder.mkdir()
     save_file(model.state_dict(), str(folder / "model.safetensors"))
@@ -98,7 +99,7 @@ def test_resnet50_weights_serve_through_the_registry(tmp_path, faces_dir):
         ModelCard(
             model_id="resnet-test",
             version="test",
-            architecture="resnet50",
+            architecture=backbone,
             embedding_dim=512,
             input_size=112,
             template="arcface_112",

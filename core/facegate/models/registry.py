@@ -71,10 +71,19 @@ def _build_resnet50(state: dict[str, torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
+def _build_spiking_resformer(state: dict[str, torch.Tensor]) -> nn.Module:
+    from facegate.training.spiking_resformer import SpikingResformer
+
+    model = SpikingResformer(embedding_dim=int(state["head.2.weight"].shape[0]))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
 BUILDERS: dict[str, Callable[[dict[str, torch.Tensor]], nn.Module]] = {
     "sface": _build_sface,
     "inception_resnet_v1": _build_inception,
     "resnet50": _build_resnet50,
+    "spiking_resformer": _build_spiking_resformer,
     "dlib_resnet": _build_dlib_resnet,
 }
 

@@ -16,7 +16,11 @@ from safetensors.torch import save_file
 
 from facegate.models.card import ModelCard, sha256_file, write_card
 
-ARCHITECTURES = {"resnet50": "resnet50", "sface": "sface"}
+ARCHITECTURES = {
+    "resnet50": "resnet50",
+    "sface": "sface",
+    "spiking_resformer": "spiking_resformer",
+}
 
 
 def last_validation_threshold(run_dir: Path) -> float | None:

@@ -59,6 +59,10 @@ class TrainConfig:
     triplet_margin: float = 0.2
     seed: int = 0
     device: str = "cpu"
+    #: bfloat16 autocast and channels-last memory; CUDA only (on CPU they cost more than they save).
+    amp: bool = True
+    #: Weights & Biases project; used only when set and the ``wandb`` package is installed.
+    wandb_project: str = ""
     val_chips: str = ""
     val_pairs: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -121,6 +125,10 @@ class Trainer:
         self.device = torch.device(config.device)
         self.model = build_backbone(config.backbone, embedding_dim=config.embedding_dim)
         self.model.to(self.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            self.model.to(memory_format=torch.channels_last)
+        self.wandb = _wandb_run(config)
         self.loss_fn = self._loss().to(self.device)
         self.teacher = self._teacher() if config.loss == "distillation" else None
         params = [*self.model.parameters(), *self.loss_fn.parameters()]
@@ -195,12 +203,18 @@ class Trainer:
             record |= self.validate()
         self.epoch += 1
         _log(self.out, record)
+        if self.wandb is not None:
+            self.wandb.log(record, step=self.step)
         return record
 
     def train_step(self, indices: list[int]) -> float:
         chips = torch.stack([self.data[i][0] for i in indices]).to(self.device)
+        if self.cuda:
+            chips = chips.contiguous(memory_format=torch.channels_last)
         labels = torch.tensor([self.data.labels[i] for i in indices], device=self.device)
-        embeddings = self.model(chips)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
+            embeddings = self.model(chips)
+        embeddings = embeddings.float()
         if self.teacher is not None:
             with torch.no_grad():
                 target = self.teacher(chips)
@@ -339,6 +353,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+
+
+def _wandb_run(config: TrainConfig) -> Any:
+    """A Weights & Biases run when a project is configured and wandb is installed; never
+    required, and a missing package is not an error."""
+    if not config.wandb_project:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        return None
+    return wandb.init(project=config.wandb_project, config=asdict(config))
 
 
 def _log(out: Path, record: dict[str, Any]) -> None:
