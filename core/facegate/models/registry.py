@@ -100,6 +100,23 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def save_weights(
+    model_dir: Path, model_id: str, state: dict[str, torch.Tensor], architecture: str
+) -> Path:
+    """``model_dir/model_id/model.safetensors``, written atomically (a half-written file never
+    looks complete); the counterpart of ``load_state``."""
+    from safetensors.torch import save_file
+
+    target = model_path(model_dir, model_id)
+    target.mkdir(parents=True, exist_ok=True)
+    weights = target / "model.safetensors"
+    tmp = target / "model.safetensors.part"
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    save_file(tensors, str(tmp), metadata={"model_id": model_id, "architecture": architecture})
+    tmp.replace(weights)
+    return weights
+
+
 def load_network(
     model_dir: Path, model_id: str, *, verify: bool = True
 ) -> tuple[nn.Module, ModelCard]:

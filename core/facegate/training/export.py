@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from facegate.models.card import ModelCard, sha256_file, write_card
+from facegate.models.registry import save_weights
 
 ARCHITECTURES = {
     "resnet50": "resnet50",
@@ -45,11 +45,7 @@ def export_checkpoint(
     threshold = threshold if threshold is not None else last_validation_threshold(checkpoint.parent)
     if threshold is None:
         raise ValueError("no validation threshold in the run: pass --threshold")
-    target = model_dir / model_id
-    target.mkdir(parents=True, exist_ok=True)
-    weights = target / "model.safetensors"
-    tensors = {k: v.contiguous() for k, v in state["model"].items()}
-    save_file(tensors, str(weights), metadata={"model_id": model_id, "architecture": architecture})
+    weights = save_weights(model_dir, model_id, state["model"], architecture)
     card = ModelCard(
         model_id=model_id,
         version=f"epoch{state['epoch']}-step{state['step']}",
