@@ -37,7 +37,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def in_process(pair: list[bytes], seconds: float) -> tuple[list[float], float]:
-    from facegate.pipeline import FacePipeline
+    from facegate.pipeline.face_pipeline import FacePipeline
 
     pipeline = FacePipeline()
     pipeline.warm_up()

@@ -49,7 +49,7 @@ def through_stack(photos: list[bytes], batch: int, timeout: float = 900.0) -> fl
     from facegate_local.config import FAKE_CREDENTIALS, LocalConfig
     from facegate_local.stack import down, up
 
-    from facegate.compact import GalleryStore, summarise
+    from facegate.storage.galleries import GalleryStore, summarise
 
     os.environ.update(
         FACEGATE_LOCAL_API_PORT=str(_free_port()),
@@ -82,7 +82,7 @@ def through_stack(photos: list[bytes], batch: int, timeout: float = 900.0) -> fl
 
 
 def bare_pipeline(photos: list[bytes], batch: int) -> float:
-    from facegate.pipeline import FacePipeline
+    from facegate.pipeline.face_pipeline import FacePipeline
 
     pipeline = FacePipeline()
     pipeline.warm_up()

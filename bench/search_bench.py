@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from facegate.gallery import GalleryMeta, build_gallery_table, write_gallery
-from facegate.gallery_cache import GalleryIndex
-from facegate.search import search_gallery, search_parquet_streaming
+from facegate.gallery.format import GalleryMeta, build_gallery_table, write_gallery
+from facegate.gallery.index import GalleryIndex
+from facegate.gallery.search import search_gallery, search_parquet_streaming
 
 REPO = Path(__file__).resolve().parents[1]
 

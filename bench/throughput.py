@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from photos import photos
 
-from facegate.pipeline import FacePipeline
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.types import AlignedFace
 
 #: (size name, photos for FaceGate, photos for facenet-pytorch)

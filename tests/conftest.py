@@ -46,7 +46,7 @@ def lfw_dev() -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline():  # type: ignore[no-untyped-def]
-    from facegate.pipeline import FacePipeline
+    from facegate.pipeline.face_pipeline import FacePipeline
     from facegate.settings import Settings
 
     p = FacePipeline(Settings())
@@ -61,9 +61,9 @@ def aws():
     with the stack's table and bucket created."""
     from moto import mock_aws
 
-    from facegate.aws import aws_client
     from facegate.settings import Settings
-    from facegate.stores import create_table
+    from facegate.storage.clients import aws_client
+    from facegate.storage.subjects import create_table
 
     with pytest.MonkeyPatch.context() as patch:
         use_fake_credentials(patch, "us-east-1")
@@ -96,8 +96,8 @@ def fresh_aws(monkeypatch, settings) -> Iterator[FreshAws]:
     ``settings``, and clients for both. Unlike ``aws``, every test starts from nothing."""
     from moto import mock_aws
 
-    from facegate.aws import aws_client
-    from facegate.stores import create_table
+    from facegate.storage.clients import aws_client
+    from facegate.storage.subjects import create_table
 
     for name in REAL_AWS_POINTERS:
         monkeypatch.delenv(name, raising=False)

@@ -76,7 +76,7 @@ def keys_of(table: pa.Table) -> list[tuple[str, str, int]]:
 
 
 #: Never imported by a light module: torch itself, and the pipeline that needs it.
-HEAVY_MODULES = ("torch", "facegate.pipeline")
+HEAVY_MODULES = ("torch", "facegate.pipeline.face_pipeline", "facegate.pipeline.embed")
 
 
 def run_without_torch(

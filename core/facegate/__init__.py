@@ -16,13 +16,13 @@ __version__ = "0.1.0"
 __all__ = ["FaceGateError", "FacePipeline", "Settings", "__version__"]
 
 if TYPE_CHECKING:
-    from facegate.pipeline import FacePipeline
+    from facegate.pipeline.face_pipeline import FacePipeline
     from facegate.settings import Settings
 
 
 def __getattr__(name: str) -> Any:
     if name == "FacePipeline":
-        from facegate.pipeline import FacePipeline
+        from facegate.pipeline.face_pipeline import FacePipeline
 
         return FacePipeline
     if name == "Settings":

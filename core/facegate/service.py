@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from facegate.compact import Tombstones
+from facegate.common import validate_id
 from facegate.errors import (
     FaceGateError,
     InvalidImageError,
@@ -30,19 +30,16 @@ from facegate.errors import (
     UnknownGalleryError,
     ValidationError,
 )
-from facegate.gallery_cache import GalleryCache
-from facegate.image import content_type
+from facegate.gallery.cache import GalleryCache
+from facegate.gallery.search import SearchResult, search_gallery
 from facegate.models.card import resolve_threshold
-from facegate.pipeline import FacePipeline, FaceResult
-from facegate.search import SearchResult, search_gallery
-from facegate.stores import (
-    PhotoStore,
-    StoredFace,
-    SubjectStore,
-    validate_id,
-    validate_metadata,
-)
-from facegate.verify import verify_embeddings
+from facegate.pipeline.face_pipeline import FacePipeline
+from facegate.pipeline.image import content_type
+from facegate.pipeline.verify import verify_embeddings
+from facegate.storage.photos import PhotoStore
+from facegate.storage.subjects import StoredFace, SubjectStore, validate_metadata
+from facegate.storage.tombstones import Tombstones
+from facegate.types import FaceResult
 
 GALLERY_KEY = "galleries/{name}/gallery.parquet"
 

@@ -74,3 +74,17 @@ class FaceEmbedding:
     detection: Detection
     face_index: int
     model_id: str
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One photo's outcome: every detected face, and embeddings of the faces the policy kept."""
+
+    detections: list[Detection]
+    embeddings: list[FaceEmbedding]
+    image_size: tuple[int, int]
+
+    @property
+    def primary(self) -> FaceEmbedding:
+        """The first kept face (the largest under ``largest`` and ``reject``)."""
+        return self.embeddings[0]

@@ -11,11 +11,12 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from facegate.aws import aws_client
+from facegate.batch.aggregate_job import run_aggregation
+from facegate.batch.job_messages import AggregateRequest
 from facegate.errors import FaceGateError, StorageError
-from facegate.job_aggregate import run_aggregation
-from facegate.jobs import AggregateRequest, JobStore
 from facegate.settings import get_settings
+from facegate.storage.clients import aws_client
+from facegate.storage.jobs import JobStore
 
 logger = Logger(service="facegate")
 settings = get_settings()

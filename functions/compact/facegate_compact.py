@@ -21,11 +21,12 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from facegate.aws import aws_client
-from facegate.compact import GALLERY_PREFIX, GalleryStore, Tombstones
+from facegate.common import validate_id
 from facegate.errors import FaceGateError, ValidationError
 from facegate.settings import get_settings
-from facegate.stores import validate_id
+from facegate.storage.clients import aws_client
+from facegate.storage.galleries import GALLERY_PREFIX, GalleryStore
+from facegate.storage.tombstones import Tombstones
 
 logger = Logger(service="facegate")
 settings = get_settings()

@@ -12,11 +12,11 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from facegate.aws import aws_client
-from facegate.ingest import IngestLedger
-from facegate.ingest_job import EmbedJob, JobConfig
-from facegate.pipeline import FacePipeline
+from facegate.batch.ingest_job import EmbedJob, JobConfig
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import get_settings
+from facegate.storage.clients import aws_client
+from facegate.storage.ledger import IngestLedger
 
 logger = Logger(service="facegate")
 settings = get_settings()

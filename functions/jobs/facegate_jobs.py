@@ -11,13 +11,13 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from facegate.aws import aws_client
-from facegate.compact import Tombstones
-from facegate.job_worker import JobWorker, WorkerConfig
-from facegate.jobs import JobStore
-from facegate.pipeline import FacePipeline
+from facegate.batch.job_worker import JobWorker, WorkerConfig
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import get_settings
-from facegate.stores import SubjectStore
+from facegate.storage.clients import aws_client
+from facegate.storage.jobs import JobStore
+from facegate.storage.subjects import SubjectStore
+from facegate.storage.tombstones import Tombstones
 
 logger = Logger(service="facegate")
 settings = get_settings()

@@ -14,13 +14,13 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from facegate.apikeys import ApiKeyStore
-from facegate.aws import aws_client
+from facegate.common import validate_id
 from facegate.errors import FaceGateError, UnauthorizedError
 from facegate.http_errors import error_body, status_for
-from facegate.jobs import JobStore
 from facegate.settings import get_settings
-from facegate.stores import validate_id
+from facegate.storage.apikeys import ApiKeyStore
+from facegate.storage.clients import aws_client
+from facegate.storage.jobs import JobStore
 
 logger = Logger(service="facegate")
 settings = get_settings()

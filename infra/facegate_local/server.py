@@ -37,7 +37,7 @@ def serve(config: LocalConfig) -> None:
     import uvicorn
     from moto.server import ThreadedMotoServer
 
-    from facegate.apikeys import ApiKeyStore
+    from facegate.storage.apikeys import ApiKeyStore
 
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=config.moto_port, verbose=False)
     moto.start()

@@ -15,9 +15,9 @@ from PIL import Image
 
 from app.deps import get_pipeline
 from app.main import create_app
-from facegate.apikeys import ApiKeyStore
-from facegate.aws import aws_client
 from facegate.settings import get_settings
+from facegate.storage.apikeys import ApiKeyStore
+from facegate.storage.clients import aws_client
 
 
 def b64(data: bytes) -> str:
@@ -181,7 +181,7 @@ def test_failed_enrolment_leaves_no_photo_behind(client, photo, aws):
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "validation_error"
     assert not s3.list_object_versions(**prefix).get("Versions")
 
-    from facegate.stores import StoredFace, SubjectStore
+    from facegate.storage.subjects import StoredFace, SubjectStore
 
     other = np.zeros(256, np.float32)
     other[0] = 1.0
@@ -198,7 +198,7 @@ def test_failed_enrolment_leaves_no_photo_behind(client, photo, aws):
 
 
 def test_identify_in_a_named_gallery_and_s3_photos(client, photo, aws, pipeline):
-    from facegate.gallery import GalleryMeta, build_gallery_table, write_gallery
+    from facegate.gallery.format import GalleryMeta, build_gallery_table, write_gallery
 
     vector = pipeline.process(photo("impostor_1")).primary.vector
     meta = GalleryMeta(

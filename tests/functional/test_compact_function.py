@@ -20,10 +20,8 @@ from facegate_local.config import LocalConfig
 from facegate_local.stack import LambdaContext
 from tests_support import keys_of, repo_root, unit_rows
 
-from facegate.aws import aws_client
-from facegate.compact import TOMBSTONE_PK, GalleryStore, Tombstones
 from facegate.errors import NoFaceError, ValidationError
-from facegate.gallery import (
+from facegate.gallery.format import (
     GalleryMeta,
     build_gallery_table,
     gallery_embeddings,
@@ -32,6 +30,9 @@ from facegate.gallery import (
     write_gallery,
 )
 from facegate.settings import get_settings
+from facegate.storage.clients import aws_client
+from facegate.storage.galleries import GalleryStore
+from facegate.storage.tombstones import TOMBSTONE_PK, Tombstones
 
 REPO = repo_root()
 FUNCTION = "CompactFunction"

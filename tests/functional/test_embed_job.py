@@ -20,9 +20,9 @@ from facegate_local.resources import _notifications, create_queues
 from PIL import Image
 from tests_support import repo_root
 
-from facegate.aws import aws_client
-from facegate.ingest import IngestLedger
-from facegate.ingest_job import EmbedJob, JobConfig
+from facegate.batch.ingest_job import EmbedJob, JobConfig
+from facegate.storage.clients import aws_client
+from facegate.storage.ledger import IngestLedger
 
 REPO = repo_root()
 
@@ -193,10 +193,10 @@ def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_
 
     from app.deps import get_pipeline
     from app.main import create_app
-    from facegate.apikeys import ApiKeyStore
-    from facegate.compact import Tombstones
-    from facegate.gallery import read_gallery
+    from facegate.gallery.format import read_gallery
     from facegate.settings import get_settings
+    from facegate.storage.apikeys import ApiKeyStore
+    from facegate.storage.tombstones import Tombstones
 
     photo_set_face = (faces_dir / "person_b_1.jpg").read_bytes()
     s3 = aws_client("s3", aws)

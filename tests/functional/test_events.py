@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from app import deps
-from facegate.apikeys import ApiKeyStore
-from facegate.aws import aws_client
 from facegate.settings import get_settings
+from facegate.storage.apikeys import ApiKeyStore
+from facegate.storage.clients import aws_client
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 PLACEHOLDER = "LOCAL_API_KEY"

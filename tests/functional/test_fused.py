@@ -14,7 +14,7 @@ import pytest
 from facegate.errors import ModelNotFoundError
 from facegate.models.card import read_card, write_card
 from facegate.models.fused import DEFAULT_FUSED_ID, fused_parts, parts_digest
-from facegate.pipeline import FacePipeline
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import Settings, default_model_dir
 
 FACEGATE = Path(sys.executable).parent / "facegate"

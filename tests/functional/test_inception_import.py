@@ -14,7 +14,7 @@ import torch
 from facegate.errors import ModelNotFoundError
 from facegate.models.card import read_card, sha256_file
 from facegate.models.import_weights import import_inception
-from facegate.pipeline import FacePipeline
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import Settings
 
 

@@ -13,11 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from facegate.aws import aws_client
-from facegate.gallery import build_gallery_table, write_gallery
-from facegate.job_aggregate import run_aggregation
-from facegate.job_worker import JobWorker, WorkerConfig
-from facegate.jobs import AggregateRequest, JobStore, results_key, summary_key
+from facegate.batch.aggregate_job import run_aggregation
+from facegate.batch.job_messages import AggregateRequest
+from facegate.batch.job_worker import JobWorker, WorkerConfig
+from facegate.gallery.format import build_gallery_table, write_gallery
+from facegate.storage.clients import aws_client
+from facegate.storage.jobs import JobStore
+from facegate.storage.keys import results_key, summary_key
 
 MANIFEST = """probe,claimed_subject,gallery,mode
 person_a_2.jpg,person_a,demo,verify
@@ -40,7 +42,7 @@ def queues(aws):
 @pytest.fixture(scope="module")
 def gallery(aws, pipeline, faces_dir):
     """galleries/demo/gallery.parquet with person_a, person_b and impostor_1."""
-    from facegate.batch import gallery_meta
+    from facegate.batch.embedding import gallery_meta
 
     names = {"person_a": "person_a_1", "person_b": "person_b_1", "impostor_1": "impostor_1"}
     faces = [pipeline.process(faces_dir / f"{n}.jpg").primary for n in names.values()]

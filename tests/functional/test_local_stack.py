@@ -18,7 +18,7 @@ import pytest
 from facegate_local.config import LocalConfig
 from facegate_local.resources import create_resources, table_kwargs
 
-from facegate.stores import table_definition
+from facegate.storage.subjects import table_definition
 
 REPO = Path(__file__).resolve().parents[2]
 FACEGATE = Path(sys.executable).parent / "facegate"
@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 
 def test_every_template_table_and_bucket_is_created(aws):
-    from facegate.aws import aws_client
+    from facegate.storage.clients import aws_client
 
     config = LocalConfig.load(REPO)
     template = config.template()

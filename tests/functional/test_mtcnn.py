@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facegate.mtcnn import FastMTCNN
+from facegate.pipeline.mtcnn import FastMTCNN
 
 PX_TOL = 0.25  # pixels, boxes and landmarks
 PROB_TOL = 0.01
@@ -152,7 +152,7 @@ def test_nms_keeps_what_torchvision_keeps(threshold):
     from torchvision.ops import batched_nms as tv_batched_nms
     from torchvision.ops import nms as tv_nms
 
-    from facegate.mtcnn_nets import batched_nms, nms
+    from facegate.models.mtcnn_nets import batched_nms, nms
 
     generator = torch.Generator().manual_seed(int(threshold * 10))
     for _ in range(10):
@@ -169,7 +169,7 @@ def test_nms_keeps_what_torchvision_keeps(threshold):
 def test_loading_the_pipeline_does_not_import_torchvision():
     """torchvision's import costs 1.5-2 s of every cold start; detection must not need it."""
     code = (
-        "import sys; from facegate.pipeline import FacePipeline; FacePipeline().warm_up(); "
+        "import sys; from facegate.pipeline.face_pipeline import FacePipeline; FacePipeline().warm_up(); "
         "sys.exit(3 if 'torchvision' in sys.modules or 'facenet_pytorch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from facegate.errors import FaceTooSmallError, MultipleFacesError, NoFaceError
-from facegate.pipeline import FaceResult
+from facegate.types import FaceResult
 
 NAMES = ["person_a_1", "person_a_2", "person_b_1", "person_b_2", "impostor_1", "impostor_2"]
 
@@ -113,7 +113,7 @@ def test_large_photo_is_downscaled_and_mapped_back(pipeline, photos):
 def test_large_jpeg_decoded_at_reduced_scale_reports_its_own_pixels(pipeline, photos):
     """A 12 MP JPEG is decoded at half scale (DCT scaling) and still answers in its own
     pixels: the same boxes as a full decode, and practically the same embedding."""
-    from facegate.pipeline import FacePipeline
+    from facegate.pipeline.face_pipeline import FacePipeline
     from facegate.settings import Settings
 
     original = photos["person_b_2"]

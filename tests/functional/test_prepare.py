@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facegate.pipeline import FacePipeline
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import Settings
 from facegate.training.prepare import chip_path, prepare, split_identities
 

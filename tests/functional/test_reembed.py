@@ -9,20 +9,21 @@ import zipfile
 import numpy as np
 import pytest
 
-from facegate.aws import aws_client
-from facegate.batch import PhotoInput, embed_photos
-from facegate.compact import GalleryStore
+from facegate.batch.embedding import PhotoInput, embed_photos
+from facegate.batch.job_worker import JobWorker, WorkerConfig
+from facegate.batch.reembed import ReembedRequest, get_status, split_member
+from facegate.batch.reembed_job import run_reembed
 from facegate.errors import ModelMismatchError, UnknownGalleryError, ValidationError
-from facegate.gallery import gallery_embeddings, read_gallery_meta
-from facegate.job_worker import JobWorker, WorkerConfig
-from facegate.jobs import JobStore
+from facegate.gallery.format import gallery_embeddings, read_gallery_meta
 from facegate.models.fused import DEFAULT_FUSED_ID
-from facegate.pipeline import FacePipeline
-from facegate.reembed import ReembedRequest, get_status, split_member
-from facegate.reembed_job import run_reembed
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService
 from facegate.settings import Settings
-from facegate.stores import PhotoStore, SubjectStore
+from facegate.storage.clients import aws_client
+from facegate.storage.galleries import GalleryStore
+from facegate.storage.jobs import JobStore
+from facegate.storage.photos import PhotoStore
+from facegate.storage.subjects import SubjectStore
 
 SINGLES = {
     "uploads/g/person_a/person_a_1.jpg": "person_a_1.jpg",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from facegate.assets import SFACE_ONNX_SHA256
+from facegate.models.assets import SFACE_ONNX_SHA256
 from facegate.models.card import read_card, sha256_file
 from facegate.models.convert_sface import ConversionError, convert_sface
 from facegate.models.sface import SFace

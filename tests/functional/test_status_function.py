@@ -9,9 +9,9 @@ import pytest
 from facegate_local.stack import LambdaContext
 from tests_support import repo_root
 
-from facegate.apikeys import ApiKeyStore
-from facegate.aws import aws_client
-from facegate.jobs import JobStore
+from facegate.storage.apikeys import ApiKeyStore
+from facegate.storage.clients import aws_client
+from facegate.storage.jobs import JobStore
 
 
 @pytest.fixture(scope="module")

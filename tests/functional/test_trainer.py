@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facegate.pipeline import FacePipeline
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import Settings
 from facegate.training.prepare import prepare
 from facegate.training.trainer import TrainConfig, Trainer

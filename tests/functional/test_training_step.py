@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from facegate.models.card import ModelCard, sha256_file, write_card
 from facegate.models.registry import load_network
-from facegate.pipeline import FacePipeline
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import Settings
 from facegate.training.backbones import build_backbone
 from facegate.training.losses import ArcFaceLoss, DistillationLoss, HybridLoss, TripletLoss

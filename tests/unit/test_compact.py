@@ -10,14 +10,14 @@ import pyarrow as pa
 import pytest
 from tests_support import keys_of, unit_rows
 
-from facegate.compact import GalleryStore, Tombstones, compact_tables, summarise
 from facegate.errors import (
     ModelMismatchError,
     StorageError,
     UnknownGalleryError,
     ValidationError,
 )
-from facegate.gallery import (
+from facegate.gallery.compaction import compact_tables
+from facegate.gallery.format import (
     GalleryMeta,
     build_gallery_table,
     build_rejects_table,
@@ -25,7 +25,9 @@ from facegate.gallery import (
     read_gallery,
 )
 from facegate.settings import Settings
-from facegate.stores import SubjectStore
+from facegate.storage.galleries import GalleryStore, summarise
+from facegate.storage.subjects import SubjectStore
+from facegate.storage.tombstones import Tombstones
 
 REGION = "eu-west-1"
 BUCKET = "facegate-compact-test"

@@ -13,7 +13,7 @@ import pytest
 from tests_support import unit_rows
 
 from facegate.errors import ModelMismatchError, NoFaceError, StorageError, ValidationError
-from facegate.gallery import (
+from facegate.gallery.format import (
     DEFAULT_ROW_GROUP_SIZE,
     METADATA_KEY,
     SCHEMA_VERSION,

@@ -11,16 +11,19 @@ import pyarrow.parquet as pq
 import pytest
 from tests_support import run_without_torch, unit_rows
 
-import facegate.gallery_cache as gc
+import facegate.gallery.index as gindex
+import facegate.gallery.kernels as gk
 from facegate.errors import ModelMismatchError, StorageError, ValidationError
-from facegate.gallery import (
+from facegate.gallery.cache import GalleryCache
+from facegate.gallery.format import (
     GalleryMeta,
     build_gallery_table,
     gallery_embeddings,
     write_gallery,
 )
-from facegate.gallery_cache import GalleryCache, GalleryIndex, f16_to_scaled_f32
-from facegate.search import SearchResult, search_gallery
+from facegate.gallery.index import GalleryIndex
+from facegate.gallery.kernels import f16_to_scaled_f32
+from facegate.gallery.search import SearchResult, search_gallery
 
 DIM = 32
 SHA = "ef" * 32
@@ -74,9 +77,10 @@ def probes(emb: np.ndarray, seed: int, count: int = 12) -> list[np.ndarray]:
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Many float16 blocks and the thread pool even on small galleries."""
-    monkeypatch.setattr(gc, "BLOCK_BYTES", 64 * 4 * DIM)  # 64-row blocks
-    monkeypatch.setattr(gc, "PARALLEL_MIN_ROWS", 0)
-    monkeypatch.setattr(gc, "LOAD_BATCH_ROWS", 100)
+    monkeypatch.setattr(gk, "BLOCK_BYTES", 64 * 4 * DIM)  # 64-row blocks
+    monkeypatch.setattr(gindex, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(gk, "LOAD_BATCH_ROWS", 100)
+    monkeypatch.setattr(gindex, "LOAD_BATCH_ROWS", 100)
 
 
 # ---------------------------------------------------------------------------- float32
@@ -176,7 +180,7 @@ def test_a_subject_owning_the_top_rows_widens_like_search_gallery(monkeypatch) -
     assert expected.candidates[0].subject_id == "crowd"
     assert index.search(centre, k=5) == expected
     # The geometric path, taken when one subject has too many rows to jump directly.
-    monkeypatch.setattr(gc, "_DIRECT_WIDEN_ROWS", 8)
+    monkeypatch.setattr(gindex, "_DIRECT_WIDEN_ROWS", 8)
     assert index.search(centre, k=5) == expected
     assert index.search(centre, k=500) == search_gallery(centre, table, k=500)
 
@@ -310,9 +314,10 @@ def test_float16_results_do_not_depend_on_blocks_or_threads(monkeypatch) -> None
     table, emb, _ = make_gallery(n=1500, n_subjects=100, seed=14)
     reference = GalleryIndex.from_table(table, dtype="float16", threads=1)
     scores_before = reference.scores(emb[0])
-    monkeypatch.setattr(gc, "BLOCK_BYTES", 64 * 4 * DIM)
-    monkeypatch.setattr(gc, "PARALLEL_MIN_ROWS", 0)
-    monkeypatch.setattr(gc, "LOAD_BATCH_ROWS", 100)
+    monkeypatch.setattr(gk, "BLOCK_BYTES", 64 * 4 * DIM)
+    monkeypatch.setattr(gindex, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(gk, "LOAD_BATCH_ROWS", 100)
+    monkeypatch.setattr(gindex, "LOAD_BATCH_ROWS", 100)
     for threads in (1, 2, 3):
         index = GalleryIndex.from_table(table, dtype="float16", threads=threads)
         np.testing.assert_array_equal(index.embeddings, reference.embeddings)
@@ -348,16 +353,16 @@ def test_run_blocks_covers_every_block_once_without_waiting_for_idle_threads(
     expected = [(s, min(1000, s + 64)) for s in range(0, 1000, 64)]
     for workers in (1, 2, 5):
         seen.clear()
-        gc._run_blocks(1000, 64, work, workers)
+        gk._run_blocks(1000, 64, work, workers)
         assert sorted(seen) == expected
 
     class NeverScheduled:  # a pool whose threads never get the CPU
         def submit(self, fn):
             return None
 
-    monkeypatch.setattr(gc, "_pool", lambda workers: NeverScheduled())
+    monkeypatch.setattr(gk, "_pool", lambda workers: NeverScheduled())
     seen.clear()
-    gc._run_blocks(1000, 64, work, 4)  # the caller does it all, and does not hang
+    gk._run_blocks(1000, 64, work, 4)  # the caller does it all, and does not hang
     assert sorted(seen) == expected
 
 
@@ -367,7 +372,7 @@ def test_run_blocks_reraises_a_workers_error() -> None:
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        gc._run_blocks(1000, 64, work, 3)
+        gk._run_blocks(1000, 64, work, 3)
 
 
 def test_float16_scan_equals_a_plain_conversion(small_blocks) -> None:
@@ -617,7 +622,7 @@ def test_gallery_cache_imports_without_torch() -> None:
     """Beyond test_torch_free.py: a Lambda without torch can load and search."""
     code = (
         "import numpy as np\n"
-        "from facegate.gallery_cache import GalleryCache, GalleryIndex\n"
+        "from facegate.gallery.cache import GalleryCache\nfrom facegate.gallery.index import GalleryIndex\n"
         "index = GalleryIndex(np.eye(4, dtype=np.float32), list('abcd'), threshold=0.5)\n"
         "print(index.search(np.eye(4)[2], k=1).best.subject_id)\n"
     )

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile, features
 
 from facegate.errors import ImageTooLargeError, ImageTooSmallError, InvalidImageError
-from facegate.image import (
+from facegate.pipeline.image import (
     SUPPORTED_FORMATS,
     ImageLimits,
     decode_image,

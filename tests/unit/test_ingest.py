@@ -16,37 +16,40 @@ from urllib.parse import quote_plus
 import pytest
 from tests_support import run_without_torch
 
+from facegate.batch.archive_chunks import (
+    CHUNK_MESSAGE_TYPE,
+    MAX_CHUNK_MESSAGE_BYTES,
+    Chunk,
+    is_chunk_message,
+    plan_chunks,
+)
+from facegate.batch.archives import (
+    MAX_MEMBER_BYTES,
+    ArchivePlan,
+    open_archive,
+    parse_manifest,
+    read_archive,
+    read_member,
+)
+from facegate.batch.events import object_refs
 from facegate.errors import (
     ImageTooLargeError,
     InvalidImageError,
     StorageError,
     ValidationError,
 )
-from facegate.ingest import (
-    CHUNK_MESSAGE_TYPE,
-    MAX_CHUNK_MESSAGE_BYTES,
-    MAX_MEMBER_BYTES,
-    ArchivePlan,
+from facegate.settings import Settings
+from facegate.storage.keys import (
     ArchiveUpload,
-    Chunk,
     IgnoredKey,
-    IngestLedger,
     InvalidUpload,
     ManifestUpload,
-    ObjectRef,
     PhotoUpload,
     classify,
-    is_chunk_message,
-    object_refs,
-    open_archive,
-    parse_manifest,
-    plan_chunks,
-    read_archive,
-    read_member,
-    safe_part_name,
 )
-from facegate.settings import Settings
-from facegate.stores import SubjectStore
+from facegate.storage.ledger import IngestLedger, safe_part_name
+from facegate.storage.objects import ObjectRef
+from facegate.storage.subjects import SubjectStore
 
 REGION = "eu-west-1"
 TABLE = "facegate-test-ingest"
@@ -860,7 +863,9 @@ def test_aws_failures_are_storage_errors(ddb):
 def test_ingest_imports_without_torch():
     """Beyond test_torch_free.py: with torch refused, ``classify`` works and the heavy pipeline
     stays out (``run_without_torch`` exits 3 if torch or the pipeline got imported)."""
-    code = "import facegate.ingest as ingest\nprint(ingest.classify('uploads/g/alice/1.jpg'))"
+    code = "import facegate.storage.keys as keys\nprint(keys.classify('uploads/g/alice/1.jpg'))"
     done = run_without_torch(code)
-    assert done.returncode == 0, done.stderr or "facegate.ingest imported torch or the pipeline"
+    assert done.returncode == 0, (
+        done.stderr or "facegate.storage.keys imported torch or the pipeline"
+    )
     assert "PhotoUpload(gallery='g', subject_id='alice', filename='1.jpg')" in done.stdout

@@ -11,39 +11,48 @@ import pyarrow as pa
 import pytest
 from tests_support import run_without_torch
 
-from facegate.errors import FaceGateError, NoFaceError, UnknownSubjectError, ValidationError
-from facegate.jobs import (
-    MAX_MANIFEST_BYTES,
+from facegate.batch.aggregation import aggregate, summary_json
+from facegate.batch.job_messages import (
     AggregateRequest,
     JobChunk,
+    is_aggregate_message,
+    is_job_chunk_message,
+    plan_job_chunks,
+)
+from facegate.batch.manifest import (
+    MAX_MANIFEST_BYTES,
     JobRow,
-    JobStatus,
-    JobStore,
     RowFailure,
-    UnknownJobError,
-    aggregate,
+    parse_manifest,
+    resolve_probe,
+)
+from facegate.batch.results import (
     build_results_table,
-    chunk_result_key,
     failed_record,
     failure_records,
     identify_record,
-    is_aggregate_message,
-    is_job_chunk_message,
+    results_from_parquet,
+    results_schema,
+    results_to_parquet,
+    verify_record,
+)
+from facegate.errors import (
+    FaceGateError,
+    NoFaceError,
+    UnknownJobError,
+    UnknownSubjectError,
+    ValidationError,
+)
+from facegate.settings import Settings
+from facegate.storage.jobs import JobStatus, JobStore
+from facegate.storage.keys import (
+    chunk_result_key,
     job_id_from_manifest_key,
     manifest_failures_key,
     manifest_key,
-    parse_manifest,
-    plan_job_chunks,
-    resolve_probe,
-    results_from_parquet,
     results_key,
-    results_schema,
-    results_to_parquet,
-    summary_json,
     summary_key,
-    verify_record,
 )
-from facegate.settings import Settings
 
 JOB = "job-2024.05_01"
 REGION = "eu-west-1"
@@ -237,7 +246,7 @@ def test_unusable_manifests_are_refused_as_a_whole(text):
 def test_manifest_size_and_row_limits(monkeypatch):
     with pytest.raises(ValidationError, match="larger"):
         parse_manifest(JOB, b"x" * (MAX_MANIFEST_BYTES + 1))
-    monkeypatch.setattr("facegate.jobs.MAX_JOB_ROWS", 3)
+    monkeypatch.setattr("facegate.batch.manifest.MAX_JOB_ROWS", 3)
     rows = "".join(f"p{i}.jpg,g,identify\n" for i in range(4))
     with pytest.raises(ValidationError, match="more than 3 rows"):
         parse_manifest(JOB, "probe,gallery,mode\n" + rows)
@@ -288,13 +297,13 @@ def test_plan_job_chunks_refuses_bad_chunk_sizes(size):
 def test_plan_job_chunks_refuses_repeated_rows_and_too_many_chunks(monkeypatch):
     with pytest.raises(ValidationError, match="distinct"):
         plan_job_chunks(JOB, [row(0), row(0)], 5)
-    monkeypatch.setattr("facegate.jobs.MAX_JOB_CHUNKS", 2)
+    monkeypatch.setattr("facegate.batch.job_messages.MAX_JOB_CHUNKS", 2)
     with pytest.raises(ValidationError, match="raise chunk_size"):
         plan_job_chunks(JOB, [row(i) for i in range(3)], 1)
 
 
 def test_chunks_close_early_to_fit_a_queue_message(monkeypatch):
-    monkeypatch.setattr("facegate.jobs.MAX_CHUNK_MESSAGE_BYTES", 600)
+    monkeypatch.setattr("facegate.batch.job_messages.MAX_CHUNK_MESSAGE_BYTES", 600)
     rows = [
         JobRow(i, f"jobs/{JOB}/{'é' * 40}{i}.jpg", "alice", "staff", "verify") for i in range(12)
     ]
@@ -866,10 +875,12 @@ def test_jobs_module_imports_without_torch():
     """Beyond test_torch_free.py: with torch and the pipeline refused, as in a light zip Lambda,
     manifests still parse."""
     code = (
-        "import facegate.jobs as jobs\n"
+        "import facegate.batch.manifest as jobs\n"
         "rows, _ = jobs.parse_manifest('j', 'probe,gallery,mode\\na.jpg,g,identify\\n')\n"
         "print(rows[0].probe_key)\n"
     )
-    done = run_without_torch(code, block=("torch", "facegate.pipeline"))
-    assert done.returncode == 0, done.stderr or "facegate.jobs imported torch or the pipeline"
+    done = run_without_torch(code, block=("torch", "facegate.pipeline.face_pipeline"))
+    assert done.returncode == 0, (
+        done.stderr or "facegate.batch.manifest imported torch or the pipeline"
+    )
     assert done.stdout.strip() == "jobs/j/a.jpg"

@@ -8,8 +8,8 @@ import pytest
 from tests_support import unit_rows
 
 from facegate.errors import ModelMismatchError, ValidationError
-from facegate.gallery import GalleryMeta, build_gallery_table, write_gallery
-from facegate.search import (
+from facegate.gallery.format import GalleryMeta, build_gallery_table, write_gallery
+from facegate.gallery.search import (
     Match,
     SearchResult,
     check_k,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facegate.training.spiking_resformer import (
+from facegate.models.spiking_resformer import (
     MultiStepLIF,
     SpikingResformer,
     count_parameters,

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from tests_support import unit_rows
 
-from facegate.aws import aws_client
 from facegate.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -17,8 +16,9 @@ from facegate.errors import (
     ValidationError,
 )
 from facegate.settings import Settings
-from facegate.stores import (
-    PhotoStore,
+from facegate.storage.clients import aws_client
+from facegate.storage.photos import PhotoStore
+from facegate.storage.subjects import (
     StoredFace,
     SubjectStore,
     decode_cursor,

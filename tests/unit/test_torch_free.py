@@ -1,38 +1,42 @@
-"""Light functions must not pay for torch: these modules import without it."""
+"""Light functions must not pay for torch: the modules of the light layer import without it.
+
+The one list of torch-free modules is ``layers/light/modules.txt`` (tests/unit/test_layer.py
+checks that it is exactly what imports in the layer); this file checks the same modules in
+this environment, with torch installed but refused.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tests_support import run_without_torch
 
-TORCH_FREE = [
-    "facegate",
-    "facegate.errors",
-    "facegate.settings",
-    "facegate.types",
-    "facegate.image",
-    "facegate.align",
-    "facegate.verify",
-    "facegate.gallery",
-    "facegate.search",
-    "facegate.models.card",
-    "facegate.evaluation.metrics",
-    "facegate.evaluation.pairs",
-    "facegate.evaluation.plots",
-    "facegate.evaluation.report",
-    "facegate.aws",
-    "facegate.stores",
-    "facegate.apikeys",
-    "facegate.ingest",
-    "facegate.compact",
-    "facegate.gallery_cache",
-    "facegate.jobs",
-    "facegate.job_aggregate",
-    "facegate.uploads",
-]
+MODULES_TXT = Path(__file__).resolve().parents[2] / "layers" / "light" / "modules.txt"
+
+
+def light_modules() -> list[str]:
+    """The dotted names of ``modules.txt`` (blank lines and ``#`` comments ignored)."""
+    lines = (raw.split("#", 1)[0].strip() for raw in MODULES_TXT.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+TORCH_FREE = light_modules()
+
+
+def test_the_list_names_the_torch_free_core():
+    """The layers that must stay torch-free are in the list at all (not emptied by mistake)."""
+    for module in (
+        "facegate.gallery.format",
+        "facegate.storage.subjects",
+        "facegate.common",
+        "facegate.batch.manifest",
+        "facegate.pipeline.verify",
+        "facegate.errors",
+    ):
+        assert module in TORCH_FREE
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
@@ -47,7 +51,7 @@ def test_torch_free_even_when_torch_is_unavailable():
     or the pipeline got imported all the same)."""
     code = (
         f"import {', '.join(TORCH_FREE)}\n"
-        "import facegate.verify as v, numpy as np\n"
+        "import facegate.pipeline.verify as v, numpy as np\n"
         "print(round(v.cosine_similarity(np.ones(3), np.ones(3)), 6))\n"
     )
     done = run_without_torch(code)

@@ -23,7 +23,7 @@ import numpy as np
 from facegate.evaluation.metrics import threshold_at_far
 from facegate.evaluation.pairs import Pair
 from facegate.evaluation.run import embed_images, score_pairs
-from facegate.pipeline import FacePipeline
+from facegate.pipeline.face_pipeline import FacePipeline
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 TARGET_FARS = (1e-2, 1e-3)

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from facegate.errors import FaceError, FaceGateError
 from facegate.evaluation.pairs import Pair
-from facegate.pipeline import FacePipeline, FaceResult
-from facegate.types import Detection
+from facegate.pipeline.face_pipeline import FacePipeline
+from facegate.types import Detection, FaceResult
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facegate.align import ARCFACE_112, DLIB_150, scaled_template
+from facegate.pipeline.align import ARCFACE_112, DLIB_150, scaled_template
 from facegate.errors import ModelNotFoundError
 from facegate.models.card import ModelCard, model_path, read_card, sha256_file
 
@@ -72,7 +72,7 @@ def _build_resnet50(state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _build_spiking_resformer(state: dict[str, torch.Tensor]) -> nn.Module:
-    from facegate.training.spiking_resformer import SpikingResformer
+    from facegate.models.spiking_resformer import SpikingResformer
 
     model = SpikingResformer(embedding_dim=int(state["head.2.weight"].shape[0]))
     model.load_state_dict(state, strict=True)

@@ -38,7 +38,7 @@ def build_backbone(
         model.load_state_dict(load_state(model_path(directory, "sface") / card.weights_file))
         return model
     if name == "spiking_resformer":
-        from facegate.training.spiking_resformer import SpikingResformer
+        from facegate.models.spiking_resformer import SpikingResformer
 
         return SpikingResformer(embedding_dim=embedding_dim)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

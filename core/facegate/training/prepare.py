@@ -23,10 +23,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from facegate.align import ARCFACE_112, align_face
-from facegate.detect import select_faces
 from facegate.errors import FaceGateError
-from facegate.image import DecodedImage, ImageLimits, decode_image_reduced, read_image_bytes
+from facegate.pipeline.align import ARCFACE_112, align_face
+from facegate.pipeline.detect import select_faces
+from facegate.pipeline.image import (
+    DecodedImage,
+    ImageLimits,
+    decode_image_reduced,
+    read_image_bytes,
+)
 from facegate.settings import MultiFacePolicy, Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -96,7 +101,7 @@ class ChipMaker:
     """Decode, detect, choose and align photos into 112x112 ArcFace chips (no embedding)."""
 
     def __init__(self, settings: Settings, policy: MultiFacePolicy) -> None:
-        from facegate.pipeline import FacePipeline
+        from facegate.pipeline.face_pipeline import FacePipeline
 
         self.settings = settings
         self.policy = policy

@@ -13,15 +13,17 @@ from typing import Annotated
 from fastapi import Depends, Header
 
 from app.errors import UnauthorizedError
-from facegate.apikeys import ApiKeyStore
-from facegate.aws import aws_client
-from facegate.compact import GalleryStore, Tombstones
-from facegate.gallery_cache import GalleryCache
-from facegate.jobs import JobStore
-from facegate.pipeline import FacePipeline
+from facegate.gallery.cache import GalleryCache
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService
 from facegate.settings import Settings, get_settings
-from facegate.stores import PhotoStore, SubjectStore
+from facegate.storage.apikeys import ApiKeyStore
+from facegate.storage.clients import aws_client
+from facegate.storage.galleries import GalleryStore
+from facegate.storage.jobs import JobStore
+from facegate.storage.photos import PhotoStore
+from facegate.storage.subjects import SubjectStore
+from facegate.storage.tombstones import Tombstones
 
 
 @lru_cache(maxsize=1)

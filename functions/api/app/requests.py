@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 
 from app.photos import from_base64, from_upload
 from facegate.errors import ValidationError
-from facegate.stores import PhotoStore
+from facegate.storage.photos import PhotoStore
 
 
 @dataclass

@@ -7,11 +7,11 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from app.deps import SettingsDep, StoresDep, require_api_key
-from facegate.aws import aws_client
+from facegate.batch.reembed import ReembedRequest, get_status, put_status
+from facegate.common import validate_id
 from facegate.errors import StorageError, UnknownGalleryError, ValidationError
 from facegate.models.card import list_cards
-from facegate.reembed import ReembedRequest, get_status, put_status
-from facegate.stores import validate_id
+from facegate.storage.clients import aws_client
 
 router = APIRouter(tags=["galleries"], dependencies=[Depends(require_api_key)])
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["galleries"], dependencies=[Depends(require_api_key)])
 @router.get("/galleries/{gallery}")
 def show_gallery(gallery: str, stores: StoresDep) -> dict[str, object]:
     """Rows, subjects, parts, rejects by reason, model id, build time."""
-    from facegate.compact import summarise
+    from facegate.storage.galleries import summarise
 
     return summarise(stores.galleries, validate_id(gallery, "gallery"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.deps import SettingsDep, require_api_key
-from facegate.stores import validate_id
+from facegate.common import validate_id
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 

@@ -8,37 +8,27 @@ failures in ``process_many`` come back as typed errors in place, never dropped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from facegate.align import align_face
-from facegate.detect import FaceDetector, select_faces
-from facegate.embed import Embedder, FusedEmbedder
 from facegate.errors import FaceGateError
-from facegate.image import DecodedImage, ImageLimits, decode_image_reduced, read_image_bytes
 from facegate.models.card import ModelCard, resolve_threshold
+from facegate.pipeline.align import align_face
+from facegate.pipeline.detect import FaceDetector, select_faces
+from facegate.pipeline.embed import Embedder, FusedEmbedder
+from facegate.pipeline.image import (
+    DecodedImage,
+    ImageLimits,
+    decode_image_reduced,
+    read_image_bytes,
+)
+from facegate.pipeline.verify import VerificationResult, verify_embeddings
 from facegate.settings import MultiFacePolicy, Settings, get_settings
-from facegate.types import AlignedFace, Detection, FaceEmbedding
-from facegate.verify import VerificationResult, verify_embeddings
+from facegate.types import AlignedFace, Detection, FaceEmbedding, FaceResult
 
 ImageSource = bytes | str | Path | np.ndarray
-
-
-@dataclass(frozen=True)
-class FaceResult:
-    """One photo's outcome: every detected face, and embeddings of the faces the policy kept."""
-
-    detections: list[Detection]
-    embeddings: list[FaceEmbedding]
-    image_size: tuple[int, int]
-
-    @property
-    def primary(self) -> FaceEmbedding:
-        """The first kept face (the largest under ``largest`` and ``reject``)."""
-        return self.embeddings[0]
 
 
 class FacePipeline:

@@ -29,27 +29,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
-from facegate.batch import PhotoInput, embed_photos
+from facegate.batch.archive_chunks import Chunk, is_chunk_message, plan_chunks
+from facegate.batch.archives import open_archive, read_archive, read_member
+from facegate.batch.embedding import PhotoInput, embed_photos
+from facegate.batch.events import object_refs
 from facegate.errors import FaceGateError, ImageTooLargeError, InvalidImageError, StorageError
-from facegate.gallery import write_gallery
-from facegate.ingest import (
-    ArchiveUpload,
-    Chunk,
-    IngestLedger,
-    InvalidUpload,
-    ObjectRef,
-    PhotoUpload,
-    classify,
-    is_chunk_message,
-    object_refs,
-    open_archive,
-    plan_chunks,
-    read_archive,
-    read_member,
-    safe_part_name,
-)
-from facegate.pipeline import FacePipeline
+from facegate.gallery.format import write_gallery
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import MultiFacePolicy
+from facegate.storage.keys import ArchiveUpload, InvalidUpload, PhotoUpload, classify
+from facegate.storage.ledger import IngestLedger, safe_part_name
+from facegate.storage.objects import ObjectRef
 
 PARTS = "galleries/{gallery}/parts/{name}.parquet"
 REJECTS = "galleries/{gallery}/rejects/{name}.parquet"

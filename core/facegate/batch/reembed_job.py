@@ -14,11 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from facegate.batch import PhotoInput, embed_photos
-from facegate.compact import GalleryStore
-from facegate.errors import FaceGateError, ModelMismatchError, StorageError, ValidationError
-from facegate.pipeline import FacePipeline
-from facegate.reembed import (
+from facegate.batch.embedding import PhotoInput, embed_photos
+from facegate.batch.reembed import (
     PhotoFetcher,
     ReembedRequest,
     chunks,
@@ -26,7 +23,10 @@ from facegate.reembed import (
     put_status,
     subject_photos,
 )
-from facegate.stores import SubjectStore
+from facegate.errors import FaceGateError, ModelMismatchError, StorageError, ValidationError
+from facegate.pipeline.face_pipeline import FacePipeline
+from facegate.storage.galleries import GalleryStore
+from facegate.storage.subjects import SubjectStore
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from facegate.compact import GalleryStore
+from facegate.batch.archives import open_archive, read_member
+from facegate.common import validate_id
 from facegate.errors import InvalidImageError, UnknownGalleryError, ValidationError
-from facegate.ingest import UPLOADS_PREFIX, open_archive, read_member
-from facegate.stores import PhotoStore, SubjectStore, _aws_errors, validate_id
+from facegate.storage.aws_errors import aws_errors
+from facegate.storage.galleries import GalleryStore
+from facegate.storage.keys import UPLOADS_PREFIX
+from facegate.storage.photos import PhotoStore
+from facegate.storage.subjects import SubjectStore
 
 #: Where a re-embedding's state lives: ``queued`` (by the API), then its report or error.
 #: Outside ``galleries/``, which holds only Parquet tables.
@@ -146,7 +150,7 @@ def chunks(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str, 
 def put_status(s3: Any, bucket: str, target: str, doc: dict[str, Any]) -> None:
     """Record a re-embedding's state (``queued``, ``done`` + report, ``failed`` + error)."""
     key = STATUS_KEY.format(target=validate_id(target, "gallery"))
-    with _aws_errors(f"writing s3://{bucket}/{key}"):
+    with aws_errors(f"writing s3://{bucket}/{key}"):
         s3.put_object(
             Bucket=bucket,
             Key=key,

@@ -12,9 +12,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from facegate.common import validate_id
 from facegate.errors import ValidationError
-from facegate.ingest import UPLOADS_PREFIX
-from facegate.stores import validate_id
+from facegate.storage.keys import UPLOADS_PREFIX
 
 
 def zip_folder(folder: Path) -> bytes:

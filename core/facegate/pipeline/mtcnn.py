@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facegate.mtcnn_nets import batched_nms, load_nets
+from facegate.models.mtcnn_nets import batched_nms, load_nets
 
 _NORM_MEAN = 127.5
 _NORM_SCALE = 0.0078125

@@ -12,17 +12,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from facegate.batch.aggregation import aggregate, summary_json
+from facegate.batch.results import results_from_parquet, results_to_parquet
 from facegate.errors import FaceGateError, StorageError
-from facegate.jobs import (
-    JobStore,
-    aggregate,
-    results_from_parquet,
-    results_key,
-    results_prefix,
-    results_to_parquet,
-    summary_json,
-    summary_key,
-)
+from facegate.storage.jobs import JobStore
+from facegate.storage.keys import results_key, results_prefix, summary_key
 
 
 def run_aggregation(s3: Any, bucket: str, jobs: JobStore, job_id: str, model_id: str) -> dict:

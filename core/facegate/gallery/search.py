@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from facegate.errors import ModelMismatchError, StorageError, ValidationError
-from facegate.gallery import (
+from facegate.gallery.format import (
     DEFAULT_ROW_GROUP_SIZE,
     METADATA_KEY,
     Source,

@@ -14,11 +14,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from facegate.batch import PhotoInput, embed_photos
+from facegate.batch.embedding import PhotoInput, embed_photos
 from facegate.errors import FaceGateError, ValidationError
-from facegate.gallery import write_gallery
-from facegate.image import ImageLimits, read_image_bytes
-from facegate.pipeline import FacePipeline
+from facegate.gallery.format import write_gallery
+from facegate.pipeline.face_pipeline import FacePipeline
+from facegate.pipeline.image import ImageLimits, read_image_bytes
 from facegate.settings import MultiFacePolicy
 
 

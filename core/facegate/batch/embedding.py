@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from facegate.errors import FaceGateError
-from facegate.gallery import GalleryMeta, build_gallery_table, rejects_from_errors
-from facegate.pipeline import FacePipeline, FaceResult
+from facegate.gallery.format import GalleryMeta, build_gallery_table, rejects_from_errors
+from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import MultiFacePolicy
+from facegate.types import FaceResult
 
 
 @dataclass(frozen=True)

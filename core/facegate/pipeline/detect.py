@@ -37,7 +37,7 @@ class FaceDetector:
         batch_size: int = 16,
         device: str = "cpu",
     ) -> None:
-        from facegate.mtcnn import FastMTCNN
+        from facegate.pipeline.mtcnn import FastMTCNN
 
         self._mtcnn = FastMTCNN(min_face_size=min_face_size, device=device)
         self.threshold = threshold

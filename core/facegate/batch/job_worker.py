@@ -25,7 +25,24 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from facegate.compact import GalleryStore
+from facegate.batch.events import object_refs
+from facegate.batch.job_messages import (
+    AggregateRequest,
+    JobChunk,
+    is_job_chunk_message,
+    plan_job_chunks,
+)
+from facegate.batch.manifest import JobRow, parse_manifest
+from facegate.batch.reembed import ReembedRequest, put_status, reembed_doc
+from facegate.batch.reembed_job import run_reembed
+from facegate.batch.results import (
+    build_results_table,
+    failed_record,
+    failure_records,
+    identify_record,
+    results_to_parquet,
+    verify_record,
+)
 from facegate.errors import (
     FaceGateError,
     ImageTooLargeError,
@@ -34,31 +51,19 @@ from facegate.errors import (
     UnknownGalleryError,
     UnknownSubjectError,
 )
-from facegate.gallery_cache import GalleryCache, GalleryIndex
-from facegate.ingest import object_refs
-from facegate.jobs import (
-    AggregateRequest,
-    JobChunk,
-    JobRow,
-    JobStore,
-    build_results_table,
+from facegate.gallery.cache import GalleryCache
+from facegate.gallery.index import GalleryIndex
+from facegate.pipeline.face_pipeline import FacePipeline
+from facegate.storage.galleries import GalleryStore
+from facegate.storage.jobs import JobStore
+from facegate.storage.keys import (
     chunk_result_key,
-    failed_record,
-    failure_records,
-    identify_record,
-    is_job_chunk_message,
     job_id_from_manifest_key,
     manifest_failures_key,
     manifest_key,
-    parse_manifest,
-    plan_job_chunks,
-    results_to_parquet,
-    verify_record,
 )
-from facegate.pipeline import FacePipeline, FaceResult
-from facegate.reembed import ReembedRequest, put_status, reembed_doc
-from facegate.reembed_job import run_reembed
-from facegate.stores import SubjectStore
+from facegate.storage.subjects import SubjectStore
+from facegate.types import FaceResult
 
 
 @dataclass(frozen=True)

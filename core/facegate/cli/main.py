@@ -41,13 +41,13 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def _pipeline(args: argparse.Namespace) -> Any:
-    from facegate.pipeline import FacePipeline
+    from facegate.pipeline.face_pipeline import FacePipeline
 
     return FacePipeline(_settings(args))
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from facegate.assets import install_all, install_sface, install_test_photos
+    from facegate.models.assets import install_all, install_sface, install_test_photos
     from facegate.settings import default_model_dir
 
     model_dir = args.model_dir or default_model_dir()
@@ -92,7 +92,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for label, result in zip((args.a, args.b), results, strict=True):
         if isinstance(result, FaceGateError):
             raise type(result)(f"{label}: {result.message}")
-    from facegate.verify import verify_embeddings
+    from facegate.pipeline.verify import verify_embeddings
 
     first, second = results
     outcome = verify_embeddings(
@@ -170,7 +170,7 @@ def cmd_eval_pairs(args: argparse.Namespace) -> int:
 
 def cmd_plot_tsne(args: argparse.Namespace) -> int:
     from facegate.evaluation.plots import plot_tsne
-    from facegate.gallery import gallery_embeddings, read_gallery
+    from facegate.gallery.format import gallery_embeddings, read_gallery
 
     meta, table = read_gallery(args.gallery)
     labels = [str(s) for s in table.column("subject_id").to_pylist()]
@@ -203,7 +203,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from facegate.enrol import embed_directory
+    from facegate.batch.enrol import embed_directory
 
     pipeline = _pipeline(args)
     rejects_path = args.rejects or args.out.with_name(args.out.stem + ".rejects.parquet")
@@ -220,8 +220,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from facegate.gallery import read_gallery
-    from facegate.search import search_gallery
+    from facegate.gallery.format import read_gallery
+    from facegate.gallery.search import search_gallery
 
     pipeline = _pipeline(args)
     _, table = read_gallery(args.gallery, expected_model_id=pipeline.model_id)
@@ -259,8 +259,8 @@ def _aws_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from facegate.aws import aws_client
-    from facegate.uploads import upload
+    from facegate.batch.uploads import upload
+    from facegate.storage.clients import aws_client
 
     settings = _aws_settings(args)
     key, size = upload(
@@ -271,7 +271,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from facegate.compact import GalleryStore, Tombstones, summarise
+    from facegate.storage.galleries import GalleryStore, summarise
+    from facegate.storage.tombstones import Tombstones
 
     settings = _aws_settings(args)
     store = GalleryStore.from_settings(settings)
@@ -291,10 +292,10 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 def cmd_reembed(args: argparse.Namespace) -> int:
     """Re-embed a gallery's (or the enrolled subjects') photos with another model into a new
     gallery: here and now, or ``--submit`` it to the jobs worker."""
-    from facegate.aws import aws_client
-    from facegate.compact import Tombstones
-    from facegate.reembed import ReembedRequest, put_status
-    from facegate.stores import SubjectStore
+    from facegate.batch.reembed import ReembedRequest, put_status
+    from facegate.storage.clients import aws_client
+    from facegate.storage.subjects import SubjectStore
+    from facegate.storage.tombstones import Tombstones
 
     settings = _aws_settings(args)
     request = ReembedRequest(args.to, args.model_id, None if args.subjects else args.gallery)
@@ -314,8 +315,8 @@ def cmd_reembed(args: argparse.Namespace) -> int:
         sqs.send_message(QueueUrl=url, MessageBody=request.to_message())
         print(json.dumps({**status, "model_id": request.model_id}))
         return EXIT_OK
-    from facegate.pipeline import FacePipeline
-    from facegate.reembed_job import run_reembed
+    from facegate.batch.reembed_job import run_reembed
+    from facegate.pipeline.face_pipeline import FacePipeline
 
     pipeline = FacePipeline(settings.model_copy(update={"model_id": request.model_id}))
     report = run_reembed(
@@ -386,8 +387,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from facegate.aws import aws_client
-    from facegate.jobs import JobStore, UnknownJobError, job_prefix, manifest_key, parse_manifest
+    from facegate.batch.manifest import parse_manifest
+    from facegate.errors import UnknownJobError
+    from facegate.storage.clients import aws_client
+    from facegate.storage.jobs import JobStore
+    from facegate.storage.keys import job_prefix, manifest_key
 
     settings = _aws_settings(args)
     if args.action == "submit":
@@ -426,9 +430,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """API keys in the table the settings name (FACEGATE_TABLE, FACEGATE_AWS_REGION, ...)."""
-    from facegate.apikeys import ApiKeyStore
-    from facegate.aws import aws_client
     from facegate.settings import Settings
+    from facegate.storage.apikeys import ApiKeyStore
+    from facegate.storage.clients import aws_client
 
     settings = Settings()
     store = ApiKeyStore(aws_client("dynamodb", settings), settings.table)

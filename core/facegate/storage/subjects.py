@@ -1,20 +1,4 @@
-"""Storage for the online API: enrolled subjects on DynamoDB, their photos on S3. Torch-free.
-
-Two thin backends behind narrow interfaces, so that the service layer never sees boto3:
-
-* :class:`SubjectStore` keeps one DynamoDB item per subject (``pk=SUBJECT#<id>``,
-  ``sk=META``) and one per enrolled face (``sk=FACE#<face_id>``) in a single table, so that a
-  subject and all its faces come back in one query and are deleted together. Embeddings are
-  stored as float32 little-endian bytes: 512 bytes for a 128-d vector instead of 128
-  DynamoDB numbers, and bit-exact on the way back.
-* :class:`PhotoStore` keeps the enrolment photos under ``enrolments/<subject_id>/`` in the
-  bucket, encrypted, and reads caller-supplied ``s3://`` URIs from that bucket only.
-
-Every boto3 failure leaves as :class:`~facegate.errors.StorageError` (worth a retry);
-conditional-write refusals leave as the domain error they stand for.
-
-This module must never import torch, directly or indirectly: it runs in the light API function.
-"""
+"""Enrolled subjects and their face embeddings on DynamoDB. Torch-free."""
 
 from __future__ import annotations
 
@@ -23,32 +7,27 @@ import binascii
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import numpy as np
 from botocore.client import BaseClient
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from facegate.aws import aws_client
+from facegate.common import utc_now, validate_id
 from facegate.errors import (
-    ImageTooLargeError,
-    InvalidImageError,
     ModelMismatchError,
     StorageError,
     UnknownSubjectError,
     ValidationError,
 )
-from facegate.gallery import validate_embeddings
+from facegate.gallery.format import validate_embeddings
 from facegate.settings import Settings
+from facegate.storage.aws_errors import aws_errors, error_code
+from facegate.storage.clients import aws_client
+from facegate.storage.dynamo import dynamo_number
 
-#: Subject and face ids end up in DynamoDB keys and S3 keys: a small alphabet keeps both
-#: unambiguous (no ``#``, no ``/``) and URL-safe.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 #: The sparse index that lists subjects: only META items carry its partition key.
 SUBJECTS_INDEX = "subjects"
 #: A DynamoDB transaction holds at most 100 items; one of them is the subject's META item.
@@ -57,8 +36,6 @@ MAX_LIST_LIMIT = 1000
 #: Display metadata is for people, not a document store.
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_CHARS = 1024
-#: Private to the service: :meth:`PhotoStore.fetch` refuses caller URIs under it.
-ENROLMENT_PREFIX = "enrolments/"
 
 _SUBJECT_KIND = "SUBJECT"
 _META_SK = "META"
@@ -67,16 +44,6 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CURSOR_KEYS = frozenset({"pk", "sk", "kind", "subject_id"})
 _BATCH_WRITE_SIZE = 25
 _BATCH_WRITE_ATTEMPTS = 5
-_S3_DELETE_SIZE = 1000
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
-_EXTENSIONS = {
-    "image/jpeg": "jpg",
-    "image/png": "png",
-    "image/webp": "webp",
-    "image/bmp": "bmp",
-    "image/tiff": "tiff",
-    "image/gif": "gif",
-}
 
 
 # --------------------------------------------------------------------------------------
@@ -123,45 +90,6 @@ class StoredFace:
     model_id: str | None = None
     weights_sha256: str | None = None
     created_at: str | None = None
-
-
-# --------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------
-
-
-def validate_id(value: Any, what: str = "subject_id") -> str:
-    """Return ``value`` if it is 1-128 characters of ``[A-Za-z0-9_.@-]``, else raise."""
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
-        raise ValidationError(
-            f"{what} must be 1-128 characters of letters, digits and _.@-", detail=repr(value)
-        )
-    return value
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@contextmanager
-def _aws_errors(action: str) -> Iterator[None]:
-    """Turn boto3 failures into :class:`StorageError`; domain errors raised inside pass."""
-    try:
-        yield
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "Unknown")
-        raise StorageError(f"{action} failed: {code}", detail=str(exc)) from exc
-    except BotoCoreError as exc:
-        raise StorageError(f"{action} failed", detail=str(exc)) from exc
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _num(value: float | int) -> dict[str, str]:
-    """A DynamoDB number; via ``repr`` so that a float goes over the wire without rounding."""
-    return {"N": str(Decimal(repr(value)))}
 
 
 def _pk(subject_id: str) -> dict[str, str]:
@@ -211,7 +139,7 @@ def table_definition(name: str) -> dict[str, Any]:
 
 def create_table(client: BaseClient, name: str) -> None:
     """Create the subjects table and wait until it is active (tests and the local stack)."""
-    with _aws_errors(f"creating table {name}"):
+    with aws_errors(f"creating table {name}"):
         client.create_table(**table_definition(name))
         client.get_waiter("table_exists").wait(TableName=name)
 
@@ -229,16 +157,16 @@ def _face_item(
         "sk": {"S": _FACE_SK + face.face_id},
         "face_id": {"S": face.face_id},
         "embedding": {"B": embedding.astype("<f4").tobytes()},
-        "dim": _num(int(embedding.shape[0])),
+        "dim": dynamo_number(int(embedding.shape[0])),
         "model_id": {"S": str(face.model_id)},
         "weights_sha256": {"S": str(face.weights_sha256)},
         "image_key": {"S": face.image_key},
         "created_at": {"S": str(face.created_at)},
     }
     if face.bbox is not None:
-        item["bbox"] = {"L": [_num(float(v)) for v in face.bbox]}
+        item["bbox"] = {"L": [dynamo_number(float(v)) for v in face.bbox]}
     if face.det_score is not None:
-        item["det_score"] = _num(float(face.det_score))
+        item["det_score"] = dynamo_number(float(face.det_score))
     return item
 
 
@@ -370,7 +298,7 @@ class SubjectStore:
         if not isinstance(weights_sha256, str) or not _SHA256_RE.match(weights_sha256):
             raise ValidationError("weights_sha256 must be 64 lowercase hex characters")
         meta = None if metadata is None else validate_metadata(metadata)
-        now = _utc_now()
+        now = utc_now()
         stamped = _stamped_faces(faces, model_id, weights_sha256, now)
         embeddings = _face_embeddings(stamped)
         items = [self._meta_update(subject_id, model_id, len(stamped), now, meta)]
@@ -384,11 +312,11 @@ class SubjectStore:
             }
             for face, emb in zip(stamped, embeddings, strict=True)
         ]
-        with _aws_errors(f"enrolling subject {subject_id}"):
+        with aws_errors(f"enrolling subject {subject_id}"):
             try:
                 self._db.transact_write_items(TransactItems=items)
             except ClientError as exc:
-                if _error_code(exc) != "TransactionCanceledException":
+                if error_code(exc) != "TransactionCanceledException":
                     raise
                 self._raise_refusal(exc, subject_id, model_id, stamped)
         return self.get_subject(subject_id)
@@ -421,8 +349,8 @@ class SubjectStore:
             ":kind": {"S": _SUBJECT_KIND},
             ":model": {"S": model_id},
             ":now": {"S": now},
-            ":added": _num(added),
-            ":zero": _num(0),
+            ":added": dynamo_number(added),
+            ":zero": dynamo_number(0),
         }
         if metadata is not None:
             sets.append("#metadata = :metadata")
@@ -485,7 +413,7 @@ class SubjectStore:
                 return
             if attempt:
                 time.sleep(0.05 * 2**attempt)
-            with _aws_errors(f"deleting from {self.table}"):
+            with aws_errors(f"deleting from {self.table}"):
                 pending = self._db.batch_write_item(RequestItems=pending).get(
                     "UnprocessedItems", {}
                 )
@@ -497,7 +425,7 @@ class SubjectStore:
     def get_subject(self, subject_id: str) -> Subject:
         """The subject's META item; :class:`UnknownSubjectError` if it is not enrolled."""
         validate_id(subject_id)
-        with _aws_errors(f"reading subject {subject_id}"):
+        with aws_errors(f"reading subject {subject_id}"):
             item = self._db.get_item(
                 TableName=self.table,
                 Key={"pk": _pk(subject_id), "sk": {"S": _META_SK}},
@@ -527,7 +455,7 @@ class SubjectStore:
         if image_keys_only:
             kwargs["ProjectionExpression"] = "pk, sk, #image_key"
             kwargs["ExpressionAttributeNames"] = {"#image_key": "image_key"}
-        with _aws_errors(f"reading subject {subject_id}"):
+        with aws_errors(f"reading subject {subject_id}"):
             pages = self._db.get_paginator("query").paginate(**kwargs)
             items = [item for page in pages for item in page.get("Items", [])]
         if not any(i["sk"]["S"] == _META_SK for i in items):
@@ -559,7 +487,7 @@ class SubjectStore:
         }
         if cursor is not None:
             kwargs["ExclusiveStartKey"] = decode_cursor(cursor)
-        with _aws_errors("listing subjects"):
+        with aws_errors("listing subjects"):
             page = self._db.query(**kwargs)
         subjects = [_subject_from_item(i) for i in page.get("Items", [])]
         last = page.get("LastEvaluatedKey")
@@ -583,7 +511,7 @@ class SubjectStore:
             },
             "ExpressionAttributeValues": {":face": {"S": _FACE_SK}, ":model": {"S": model_id}},
         }
-        with _aws_errors("scanning embeddings"):
+        with aws_errors("scanning embeddings"):
             pages = self._db.get_paginator("scan").paginate(**kwargs)
             items = [item for page in pages for item in page.get("Items", [])]
         if not items:
@@ -621,153 +549,3 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     if not valid:
         raise ValidationError("invalid cursor")
     return key
-
-
-# --------------------------------------------------------------------------------------
-# S3: photos
-# --------------------------------------------------------------------------------------
-
-
-class PhotoStore:
-    """Enrolment photos in one bucket, and caller-supplied ``s3://`` images from that bucket.
-
-    ``client`` is an S3 client (see :func:`facegate.aws.aws_client`). Photos are written with
-    SSE-S3 (``AES256``) under :data:`ENROLMENT_PREFIX`; the bucket itself is private.
-    """
-
-    def __init__(self, client: BaseClient, bucket: str) -> None:
-        self._s3 = client
-        self.bucket = bucket
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PhotoStore:
-        return cls(aws_client("s3", settings), settings.bucket)
-
-    @staticmethod
-    def subject_prefix(subject_id: str) -> str:
-        """``enrolments/<subject_id>/``: the trailing slash keeps ``al`` from matching ``alice``."""
-        return f"{ENROLMENT_PREFIX}{validate_id(subject_id)}/"
-
-    def put(self, subject_id: str, face_id: str, data: bytes, content_type: str) -> str:
-        """Store one enrolment photo; return its key ``enrolments/<subject>/<face>.<ext>``."""
-        validate_id(face_id, "face_id")
-        mime = content_type.split(";", 1)[0].strip().lower() if content_type else ""
-        ext = _EXTENSIONS.get(mime)
-        if ext is None:
-            raise ValidationError(f"unsupported photo content type {content_type!r}")
-        if not isinstance(data, bytes) or not data:
-            raise ValidationError("photo data must be non-empty bytes")
-        key = f"{self.subject_prefix(subject_id)}{face_id}.{ext}"
-        with _aws_errors(f"storing {key}"):
-            self._s3.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType=mime,
-                ServerSideEncryption="AES256",
-            )
-        return key
-
-    def get(self, key: str) -> bytes:
-        """The object's bytes; a missing object is an :class:`InvalidImageError`."""
-        data = self.get_if_changed(key, None)[1]
-        assert data is not None
-        return data
-
-    def get_if_changed(self, key: str, etag: str | None) -> tuple[str, bytes | None]:
-        """``(etag, bytes)``, or ``(etag, None)`` when the object still has ``etag`` (a
-        conditional GET: a warm function re-downloads a cached gallery only when it changed)."""
-        extra = {"IfNoneMatch": etag} if etag else {}
-        with _aws_errors(f"reading {key}"):
-            try:
-                answer = self._s3.get_object(Bucket=self.bucket, Key=key, **extra)
-            except ClientError as exc:
-                if _error_code(exc) in ("304", "NotModified") and etag:
-                    return etag, None
-                if _error_code(exc) in _NOT_FOUND:
-                    raise InvalidImageError(f"no such object: s3://{self.bucket}/{key}") from exc
-                raise
-            return answer["ETag"], answer["Body"].read()
-
-    def delete_subject(self, subject_id: str) -> int:
-        """Delete every object under the subject's prefix, all versions and delete markers too.
-
-        A plain delete in a versioned bucket only hides the photo behind a delete marker;
-        erasing a person means removing every version. Returns the number of distinct keys
-        removed. Listing completes before deleting so that pagination never sees a moving list.
-        """
-        prefix = self.subject_prefix(subject_id)
-        with _aws_errors(f"listing {prefix}"):
-            pages = self._s3.get_paginator("list_object_versions").paginate(
-                Bucket=self.bucket, Prefix=prefix
-            )
-            targets = [
-                {"Key": v["Key"], "VersionId": v["VersionId"]}
-                for page in pages
-                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
-            ]
-        for start in range(0, len(targets), _S3_DELETE_SIZE):
-            self._delete_objects(targets[start : start + _S3_DELETE_SIZE])
-        return len({t["Key"] for t in targets})
-
-    def delete_keys(self, keys: Sequence[str]) -> None:
-        """Delete these objects, every version (undoing an enrolment that failed midway)."""
-        targets: list[dict[str, str]] = []
-        for key in keys:
-            with _aws_errors(f"listing versions of {key}"):
-                listed = self._s3.list_object_versions(Bucket=self.bucket, Prefix=key)
-            for entry in listed.get("Versions", []) + listed.get("DeleteMarkers", []):
-                if entry["Key"] == key:
-                    targets.append({"Key": key, "VersionId": entry["VersionId"]})
-        for start in range(0, len(targets), 1000):
-            self._delete_objects(targets[start : start + 1000])
-
-    def _delete_objects(self, targets: list[dict[str, str]]) -> None:
-        with _aws_errors(f"deleting from {self.bucket}"):
-            done = self._s3.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": targets, "Quiet": True}
-            )
-        errors = done.get("Errors", [])
-        if errors:
-            first = errors[0]
-            raise StorageError(
-                f"{len(errors)} objects not deleted from {self.bucket}",
-                detail=f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}",
-            )
-
-    def is_own_uri(self, uri: str) -> str | None:
-        """The key of ``s3://<bucket>/<key>`` if ``<bucket>`` is ours, else None."""
-        if not isinstance(uri, str) or not uri.startswith("s3://"):
-            return None
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        return key if bucket == self.bucket and key else None
-
-    def fetch(self, uri: str, max_bytes: int) -> bytes:
-        """Read a caller-supplied ``s3://`` image, within limits, before any byte is downloaded.
-
-        Only our bucket (:class:`ValidationError` otherwise: the function's role must not become
-        a way to read other buckets) and never the private enrolment photos. The size comes
-        from ``head_object`` (:class:`ImageTooLargeError`) and is enforced again on the read,
-        in case the object was replaced in between. A missing object is an
-        :class:`InvalidImageError`.
-        """
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-            raise ValidationError(f"max_bytes must be a positive int, got {max_bytes!r}")
-        key = self.is_own_uri(uri)
-        if key is None:
-            raise ValidationError(f"only s3://{self.bucket}/ URIs are accepted", detail=repr(uri))
-        if key.startswith(ENROLMENT_PREFIX):
-            raise ValidationError("enrolment photos cannot be used as input", detail=repr(uri))
-        with _aws_errors(f"reading {uri}"):
-            try:
-                size = self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
-                if size > max_bytes:
-                    raise ImageTooLargeError(f"{uri} has {size} bytes, the limit is {max_bytes}")
-                data = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read(max_bytes + 1)
-            except ClientError as exc:
-                if _error_code(exc) in _NOT_FOUND:
-                    raise InvalidImageError(f"no such image: {uri}") from exc
-                raise
-        if len(data) > max_bytes:
-            raise ImageTooLargeError(f"{uri} has more than {max_bytes} bytes")
-        return data

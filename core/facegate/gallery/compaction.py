@@ -1,0 +1,219 @@
+"""Gallery compaction of tables: many parts -> one gallery, latest rows, deletions applied. Torch-free."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from facegate.common import parse_instant, utc_now
+from facegate.errors import ModelMismatchError, ValidationError
+from facegate.gallery.format import (
+    GalleryMeta,
+    build_gallery_table,
+    gallery_embeddings,
+    validate_gallery_table,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+#: Helper columns added while compacting; never written.
+_ORDER = "__order"
+_PART_US = "__part_us"
+
+
+def _micros(instant: datetime) -> int:
+    """Exact integer microseconds since the epoch: comparable in NumPy without float rounding."""
+    return (instant - _EPOCH) // _MICROSECOND
+
+
+# --------------------------------------------------------------------------------------
+# Compaction of tables (pure)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Part:
+    table: pa.Table
+    meta: GalleryMeta
+    created_us: int
+    name: str
+
+
+@dataclass(frozen=True)
+class _Counts:
+    rows_in: int
+    duplicates_dropped: int
+    deleted_dropped: int
+
+
+def compact_tables(
+    parts: list[pa.Table],
+    *,
+    deleted: Mapping[str, str] | None = None,
+    expected_model_id: str | None = None,
+) -> pa.Table:
+    """Merge gallery parts into one gallery table with fresh metadata.
+
+    Every part must be a valid gallery of the same model, weights and dim (and of
+    ``expected_model_id`` when given): :class:`ModelMismatchError` otherwise, because
+    embeddings of different models must never share a gallery. Of the rows sharing an
+    ``(image_key, face_index)``, the one from the most recent part (metadata ``created_at``;
+    on a tie the later in ``parts``) is kept: a retry re-embeds the same photo. Rows of a
+    subject in ``deleted`` (``subject_id -> deletion time``, ISO-8601 UTC) are dropped from
+    parts created at or before that time. Rows come out sorted by ``subject_id``,
+    ``image_key``, ``face_index``; the threshold is the most recent part's (a recalibration
+    of the same weights applies to old rows too). :class:`ValidationError` for no parts.
+    """
+    return _compact(parts, None, deleted, expected_model_id)[0]
+
+
+def _compact(
+    tables: Sequence[pa.Table],
+    names: Sequence[str] | None,
+    deleted: Mapping[str, str] | None,
+    expected_model_id: str | None,
+) -> tuple[pa.Table, _Counts]:
+    if not tables:
+        raise ValidationError("no gallery parts to compact")
+    labels = list(names) if names is not None else [f"part {i}" for i in range(len(tables))]
+    parts = _checked_parts(tables, labels, expected_model_id)
+    stacked = _stack(parts)
+    latest = _latest_rows(stacked)
+    kept = _drop_deleted(latest, _deletion_micros(deleted or {}))
+    rows = kept.sort_by(
+        [("subject_id", "ascending"), ("image_key", "ascending"), ("face_index", "ascending")]
+    )
+    meta = replace(parts[-1].meta, created_at=utc_now())
+    counts = _Counts(
+        rows_in=stacked.num_rows,
+        duplicates_dropped=stacked.num_rows - latest.num_rows,
+        deleted_dropped=latest.num_rows - kept.num_rows,
+    )
+    return _build(rows, meta), counts
+
+
+def _checked_parts(
+    tables: Sequence[pa.Table], labels: Sequence[str], expected_model_id: str | None
+) -> list[_Part]:
+    """Validate each part and order them oldest first (stable: ties keep the given order)."""
+    parts = []
+    for table, label in zip(tables, labels, strict=True):
+        try:
+            meta = validate_gallery_table(
+                table, expected_model_id=expected_model_id, check_norms=False
+            )
+        except (ModelMismatchError, ValidationError) as exc:
+            raise type(exc)(f"{label}: {exc.message}", detail=exc.detail) from exc
+        created = _micros(parse_instant(meta.created_at, f"{label} created_at"))
+        parts.append(_Part(table, meta, created, label))
+    _check_same_model(parts)
+    return sorted(parts, key=lambda p: p.created_us)
+
+
+def _check_same_model(parts: Sequence[_Part]) -> None:
+    first = parts[0]
+    for part in parts[1:]:
+        for name in ("model_id", "weights_sha256", "dim"):
+            mine, theirs = getattr(part.meta, name), getattr(first.meta, name)
+            if mine != theirs:
+                raise ModelMismatchError(
+                    f"{part.name} has {name} {mine!r} but {first.name} has {theirs!r}: "
+                    "parts of different models cannot be compacted together"
+                )
+
+
+def _stack(parts: Sequence[_Part]) -> pa.Table:
+    """One table of all rows, oldest part first, with each row's recency and part time."""
+    tables = []
+    offset = 0
+    for part in parts:
+        n = part.table.num_rows
+        table = part.table.replace_schema_metadata(None)
+        table = table.append_column(_ORDER, pa.array(np.arange(offset, offset + n)))
+        table = table.append_column(_PART_US, pa.array(np.full(n, part.created_us)))
+        tables.append(table)
+        offset += n
+    return pa.concat_tables(tables)
+
+
+def _latest_rows(table: pa.Table) -> pa.Table:
+    """Keep, per ``(image_key, face_index)``, the row with the highest recency order."""
+    winners = table.group_by(["image_key", "face_index"], use_threads=False).aggregate(
+        [(_ORDER, "max")]
+    )
+    keep = pc.is_in(table[_ORDER], value_set=winners[f"{_ORDER}_max"].combine_chunks())
+    return table.filter(keep)
+
+
+def _deletion_micros(deleted: Mapping[str, str]) -> dict[str, int]:
+    return {
+        subject: _micros(parse_instant(when, f"deletion time of {subject!r}"))
+        for subject, when in deleted.items()
+    }
+
+
+def _drop_deleted(table: pa.Table, deleted: Mapping[str, int]) -> pa.Table:
+    """Drop rows whose part was created at or before their subject's deletion.
+
+    One dictionary lookup per distinct subject, then vectorised: tombstones accumulate
+    forever, so a loop over them per row would not scale.
+    """
+    if not deleted or table.num_rows == 0:
+        return table
+    encoded = pc.dictionary_encode(table["subject_id"].combine_chunks())
+    never = np.iinfo(np.int64).min
+    per_subject = np.array(
+        [deleted.get(s, never) for s in encoded.dictionary.to_pylist()], dtype=np.int64
+    )
+    deleted_at = per_subject[encoded.indices.to_numpy(zero_copy_only=False)]
+    part_at = table[_PART_US].to_numpy()
+    return table.filter(pa.array(part_at > deleted_at))
+
+
+def _build(rows: pa.Table, meta: GalleryMeta) -> pa.Table:
+    """Rebuild through :func:`build_gallery_table`, so a compacted gallery passes the same
+    checks as any other (unit norms included)."""
+    for name in ("face_index", "bbox", "det_score"):
+        if rows[name].null_count:
+            raise ValidationError(
+                f"gallery parts have null {name} values: a gallery built with "
+                "build_gallery_table cannot hold them"
+            )
+    n = rows.num_rows
+    return build_gallery_table(
+        subject_ids=rows["subject_id"].combine_chunks(),
+        image_keys=rows["image_key"].combine_chunks(),
+        face_indices=rows["face_index"].to_numpy(),
+        bboxes=rows["bbox"].combine_chunks().flatten().to_numpy().reshape(n, 4),
+        det_scores=rows["det_score"].to_numpy(),
+        embeddings=gallery_embeddings(rows),
+        meta=meta,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# S3
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """What one compaction did; ``rows_in - duplicates_dropped - deleted_dropped == rows_out``."""
+
+    gallery: str
+    key: str
+    parts_read: int
+    rows_in: int
+    rows_out: int
+    duplicates_dropped: int
+    deleted_dropped: int
+    subjects: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)

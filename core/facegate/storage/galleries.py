@@ -1,0 +1,241 @@
+"""Gallery parts, rejects and compacted galleries on S3, and their summaries. Torch-free."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from botocore.client import BaseClient
+from botocore.exceptions import ClientError
+
+from facegate.common import parse_instant, validate_id
+from facegate.errors import UnknownGalleryError, ValidationError
+from facegate.gallery.compaction import CompactionReport, _compact
+from facegate.gallery.format import (
+    METADATA_KEY,
+    GalleryMeta,
+    rejects_schema,
+    write_gallery,
+)
+from facegate.settings import Settings
+from facegate.storage.aws_errors import aws_errors
+from facegate.storage.clients import aws_client
+
+GALLERY_PREFIX = "galleries/"
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+_PARQUET_TYPE = "application/vnd.apache.parquet"
+
+
+class GalleryStore:
+    """Gallery parts, rejects and compacted galleries in one bucket.
+
+    Layout: ``galleries/<g>/parts/<part>.parquet``, ``galleries/<g>/rejects/<part>.parquet``
+    and ``galleries/<g>/gallery.parquet``. Objects are written with SSE-S3 because galleries
+    hold biometric templates; a ``put_object`` replaces ``gallery.parquet`` atomically, so a
+    reader sees the previous gallery or the new one, never half of one.
+    """
+
+    #: ``list_objects_v2`` page size; the paginator follows continuation tokens past it.
+    list_page_size: int = 1000
+
+    def __init__(self, s3: BaseClient, bucket: str) -> None:
+        self._s3 = s3
+        self.bucket = bucket
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GalleryStore:
+        return cls(aws_client("s3", settings), settings.bucket)
+
+    # -- keys --------------------------------------------------------------------------
+
+    @staticmethod
+    def gallery_prefix(gallery: str) -> str:
+        """``galleries/<g>/``: names are ids (no ``/``), so one gallery never lists another's."""
+        return f"{GALLERY_PREFIX}{validate_id(gallery, 'gallery')}/"
+
+    @classmethod
+    def part_key(cls, gallery: str, part: str) -> str:
+        return f"{cls.gallery_prefix(gallery)}parts/{validate_id(part, 'part')}.parquet"
+
+    @classmethod
+    def rejects_key(cls, gallery: str, part: str) -> str:
+        return f"{cls.gallery_prefix(gallery)}rejects/{validate_id(part, 'part')}.parquet"
+
+    @classmethod
+    def gallery_key(cls, gallery: str) -> str:
+        return f"{cls.gallery_prefix(gallery)}gallery.parquet"
+
+    # -- listing -----------------------------------------------------------------------
+
+    def list_parts(self, gallery: str) -> list[str]:
+        """Keys of the gallery's parts, sorted (part names are the batch job's to choose)."""
+        return self._list(f"{self.gallery_prefix(gallery)}parts/")
+
+    def list_rejects(self, gallery: str) -> list[str]:
+        return self._list(f"{self.gallery_prefix(gallery)}rejects/")
+
+    def _list(self, prefix: str) -> list[str]:
+        with aws_errors(f"listing s3://{self.bucket}/{prefix}"):
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket,
+                Prefix=prefix,
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
+            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        return sorted(k for k in keys if k.endswith(".parquet"))
+
+    def exists(self, key: str) -> bool:
+        with aws_errors(f"checking s3://{self.bucket}/{key}"):
+            try:
+                self._s3.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
+                    return False
+                raise
+        return True
+
+    # -- objects -----------------------------------------------------------------------
+
+    def read_table(self, key: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """The Parquet object at ``key`` (schema metadata kept); checking it is the caller's.
+
+        :class:`StorageError` when it cannot be fetched, :class:`ValidationError` when the
+        bytes are not Parquet.
+        """
+        with aws_errors(f"reading s3://{self.bucket}/{key}"):
+            data = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        try:
+            return pq.read_table(
+                pa.BufferReader(data), columns=list(columns) if columns is not None else None
+            )
+        except pa.ArrowException as exc:
+            raise ValidationError(f"not a Parquet file: s3://{self.bucket}/{key}") from exc
+
+    def write_table(self, key: str, table: pa.Table) -> None:
+        """Write a gallery table (validated by :func:`write_gallery`) or a rejects table.
+
+        Anything else is refused: only those two kinds of object live under ``galleries/``.
+        """
+        sink = pa.BufferOutputStream()
+        if METADATA_KEY in (table.schema.metadata or {}):
+            write_gallery(table, sink)
+        elif table.schema.remove_metadata().equals(rejects_schema()):
+            pq.write_table(table, sink, compression="zstd")
+        else:
+            raise ValidationError(f"{key}: not a gallery or rejects table")
+        with aws_errors(f"writing s3://{self.bucket}/{key}"):
+            self._s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=sink.getvalue().to_pybytes(),
+                ContentType=_PARQUET_TYPE,
+                ServerSideEncryption="AES256",
+            )
+
+    # -- compaction --------------------------------------------------------------------
+
+    def compact(
+        self,
+        gallery: str,
+        *,
+        deleted: Mapping[str, str] | None = None,
+        expected_model_id: str | None = None,
+    ) -> CompactionReport:
+        """Rebuild ``gallery.parquet`` from every part (see :func:`compact_tables`).
+
+        Parts are left as they are: they are the source of truth, and a later compaction
+        with more deletions must be able to start from them again.
+        """
+        started = time.perf_counter()
+        keys = self.list_parts(gallery)
+        if not keys:
+            raise UnknownGalleryError(f"gallery {gallery} has no parts")
+        tables = [self.read_table(k) for k in keys]
+        table, counts = _compact(tables, keys, deleted, expected_model_id)
+        key = self.gallery_key(gallery)
+        self.write_table(key, table)
+        return CompactionReport(
+            gallery=gallery,
+            key=key,
+            parts_read=len(keys),
+            rows_in=counts.rows_in,
+            rows_out=table.num_rows,
+            duplicates_dropped=counts.duplicates_dropped,
+            deleted_dropped=counts.deleted_dropped,
+            subjects=_distinct(table["subject_id"]),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+
+def _distinct(column: pa.ChunkedArray) -> int:
+    return len(pc.unique(column)) if len(column) else 0
+
+
+# --------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------
+
+
+def summarise(store: GalleryStore, gallery: str) -> dict[str, Any]:
+    """What ``facegate gallery show`` prints.
+
+    From ``gallery.parquet`` when it exists (``compacted: true``); otherwise from the raw
+    parts, so ``rows`` counts retried duplicates and deleted subjects until compaction.
+    Rejects are counted by reason over every rejects part. :class:`ValidationError` when the
+    gallery has no objects at all.
+    """
+    part_keys = store.list_parts(gallery)
+    reject_keys = store.list_rejects(gallery)
+    gallery_key = store.gallery_key(gallery)
+    compacted = store.exists(gallery_key)
+    if not (compacted or part_keys or reject_keys):
+        raise UnknownGalleryError(f"gallery {gallery} not found")
+    sources = [gallery_key] if compacted else part_keys
+    metas, subjects = _subjects_and_metas(store, sources)
+    newest = max(metas, key=lambda m: parse_instant(m.created_at, "created_at"), default=None)
+    return {
+        "gallery": gallery,
+        "rows": sum(m.row_count for m in metas),
+        "subjects": len(subjects),
+        "parts": len(part_keys),
+        "rejects": _rejects_by_reason(store, reject_keys),
+        "model_id": newest.model_id if newest else None,
+        "weights_sha256": newest.weights_sha256 if newest else None,
+        "dim": newest.dim if newest else None,
+        "threshold": newest.threshold if newest else None,
+        "built_at": newest.created_at if compacted and newest else None,
+        "compacted": compacted,
+    }
+
+
+def _subjects_and_metas(
+    store: GalleryStore, keys: Sequence[str]
+) -> tuple[list[GalleryMeta], set[str]]:
+    """Footer metadata and distinct subject ids, decoding only the ``subject_id`` column."""
+    metas: list[GalleryMeta] = []
+    subjects: set[str] = set()
+    for key in keys:
+        table = store.read_table(key, columns=["subject_id"])
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise ValidationError(f"not a FaceGate gallery: s3://{store.bucket}/{key}")
+        meta = GalleryMeta.from_json(raw)
+        if table.num_rows != meta.row_count:
+            raise ValidationError(
+                f"{key} has {table.num_rows} rows, its metadata says {meta.row_count}"
+            )
+        metas.append(meta)
+        subjects.update(pc.unique(table["subject_id"]).to_pylist())
+    return metas, subjects
+
+
+def _rejects_by_reason(store: GalleryStore, keys: Sequence[str]) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for key in keys:
+        counts.update(store.read_table(key, columns=["reason"])["reason"].to_pylist())
+    return dict(sorted(counts.items()))

@@ -1,0 +1,292 @@
+"""Verification job state on DynamoDB: one item per job, conditional updates per chunk. Torch-free."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from botocore.client import BaseClient
+from botocore.exceptions import ClientError
+
+from facegate.common import check_index, utc_now, validate_id
+from facegate.errors import UnknownJobError, ValidationError
+from facegate.settings import Settings
+from facegate.storage.aws_errors import aws_errors, error_code
+from facegate.storage.clients import aws_client
+from facegate.storage.dynamo import dynamo_number
+
+#: ``done_chunks`` is one DynamoDB string set in a 400 KB item: 10 000 indexes take ~60 KB.
+MAX_JOB_CHUNKS = 10_000
+MAX_REASON_CHARS = 1024
+
+#: Job states: ``running`` from creation until aggregation finishes or the job fails.
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED_STATUS = "failed"
+_JOB_PK = "JOB#"
+_META_SK = "META"
+
+
+# --------------------------------------------------------------------------------------
+# Status
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What ``GET /jobs/{job_id}`` and ``facegate jobs watch`` show.
+
+    ``status`` is ``running``, ``succeeded`` or ``failed`` (with ``reason``); ``rows``
+    counts every manifest row and ``failed_rows`` those refused before any work. The result
+    keys and ``counts`` (by decision) are set once the job succeeded.
+    """
+
+    job_id: str
+    status: str
+    rows: int
+    chunks: int
+    chunks_done: int
+    failed_rows: int
+    created_at: str
+    updated_at: str
+    results_key: str | None = None
+    summary_key: str | None = None
+    counts: dict[str, int] | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class JobStore:
+    """Job status in the single table: one item per job, ``pk=JOB#<job_id>``, ``sk=META``.
+
+    The items carry neither ``kind`` nor ``subject_id``, so they stay out of the ``subjects``
+    index and out of every subject query. Every write is one conditional ``UpdateItem`` or
+    ``PutItem``, so concurrent chunk workers never need a lock.
+    """
+
+    def __init__(self, client: BaseClient, table: str) -> None:
+        self._db = client
+        self.table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        return cls(aws_client("dynamodb", settings), settings.table)
+
+    @staticmethod
+    def _key(job_id: str) -> dict[str, dict[str, str]]:
+        return {"pk": {"S": _JOB_PK + validate_id(job_id, "job_id")}, "sk": {"S": _META_SK}}
+
+    def create(self, job_id: str, rows: int, chunks: int, failed_rows: int) -> bool:
+        """Register a running job; False if it already exists (a duplicate notification).
+
+        ``rows`` is every manifest row, ``failed_rows`` those refused by the manifest, and
+        ``chunks`` the chunk messages the valid rows went out in (0 only when none is valid).
+        """
+        _check_counts(rows, chunks, failed_rows)
+        now = utc_now()
+        item = {
+            **self._key(job_id),
+            "job_id": {"S": job_id},
+            "status": {"S": RUNNING},
+            "rows": dynamo_number(rows),
+            "chunks": dynamo_number(chunks),
+            "failed_rows": dynamo_number(failed_rows),
+            "created_at": {"S": now},
+            "updated_at": {"S": now},
+        }
+        with aws_errors(f"creating job {job_id}"):
+            try:
+                self._db.put_item(
+                    TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+                )
+            except ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                return False
+        return True
+
+    def chunk_done(self, job_id: str, index: int) -> tuple[int, int]:
+        """Record that chunk ``index`` finished; return ``(chunks done, chunks in all)``.
+
+        The index is added to a string set, so a retried chunk is counted once, and the
+        update is atomic, so of two chunks finishing together exactly one sees the last
+        count. A redelivered chunk after the last one sees ``done == total`` again: the
+        aggregation it then requests rewrites the same results, so it costs time, not
+        correctness. :class:`UnknownJobError`, or :class:`ValidationError` for an index
+        outside the job's chunks.
+        """
+        check_index(index, "chunk index")
+        with aws_errors(f"recording chunk {index} of job {job_id}"):
+            try:
+                done = self._db.update_item(
+                    TableName=self.table,
+                    Key=self._key(job_id),
+                    UpdateExpression="ADD #done :index SET #updated = :now",
+                    ConditionExpression="attribute_exists(pk) AND #chunks > :index_n",
+                    ExpressionAttributeNames={
+                        "#done": "done_chunks",
+                        "#updated": "updated_at",
+                        "#chunks": "chunks",
+                    },
+                    ExpressionAttributeValues={
+                        ":index": {"SS": [str(index)]},
+                        ":index_n": dynamo_number(index),
+                        ":now": {"S": utc_now()},
+                    },
+                    ReturnValues="ALL_NEW",
+                )["Attributes"]
+            except ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                total = self.get(job_id).chunks
+                raise ValidationError(
+                    f"chunk index {index} out of range: job {job_id!r} has {total} chunks"
+                ) from exc
+        return len(done["done_chunks"]["SS"]), int(done["chunks"]["N"])
+
+    def finish(
+        self, job_id: str, summary_key: str, results_key: str, counts: Mapping[str, int]
+    ) -> None:
+        """Mark the job succeeded with where its results are and its counts by decision.
+
+        Unconditional but for existence: a rerun of the aggregation wrote the same keys, and
+        a success after an earlier failed attempt is the job's real outcome (its reason goes).
+        """
+        for value, what in ((summary_key, "summary_key"), (results_key, "results_key")):
+            if not isinstance(value, str) or not value:
+                raise ValidationError(f"{what} must be a non-empty key")
+        self._update(
+            job_id,
+            "SET #status = :status, #summary = :summary, #results = :results, "
+            "#counts = :counts, #updated = :now REMOVE #reason",
+            {
+                "#summary": "summary_key",
+                "#results": "results_key",
+                "#counts": "counts",
+                "#reason": "reason",
+            },
+            {
+                ":status": {"S": SUCCEEDED},
+                ":summary": {"S": summary_key},
+                ":results": {"S": results_key},
+                ":counts": {"M": {k: dynamo_number(v) for k, v in _checked_counts(counts).items()}},
+            },
+        )
+
+    def fail(self, job_id: str, reason: str) -> bool:
+        """Mark the job failed; False, changing nothing, if it already succeeded.
+
+        A late, failing duplicate (a redelivered aggregation) must not erase a success.
+        ``reason`` is for people; it is cut to :data:`MAX_REASON_CHARS` characters.
+        """
+        if not isinstance(reason, str) or not reason:
+            raise ValidationError("reason must be a non-empty string")
+        try:
+            self._update(
+                job_id,
+                "SET #status = :status, #reason = :reason, #updated = :now",
+                {"#reason": "reason"},
+                {
+                    ":status": {"S": FAILED_STATUS},
+                    ":reason": {"S": reason[:MAX_REASON_CHARS]},
+                    ":succeeded": {"S": SUCCEEDED},
+                },
+                condition="#status <> :succeeded",
+            )
+        except _Refused:
+            self.get(job_id)
+            return False
+        return True
+
+    def _update(
+        self,
+        job_id: str,
+        expression: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+        condition: str | None = None,
+    ) -> None:
+        """One update of an existing job: :class:`UnknownJobError` if there is none,
+        :class:`_Refused` when the extra ``condition`` fails."""
+        exists = "attribute_exists(pk)"
+        with aws_errors(f"updating job {job_id}"):
+            try:
+                self._db.update_item(
+                    TableName=self.table,
+                    Key=self._key(job_id),
+                    UpdateExpression=expression,
+                    ConditionExpression=f"{exists} AND ({condition})" if condition else exists,
+                    ExpressionAttributeNames={
+                        **names,
+                        "#status": "status",
+                        "#updated": "updated_at",
+                    },
+                    ExpressionAttributeValues={**values, ":now": {"S": utc_now()}},
+                )
+            except ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                if condition is None:
+                    raise UnknownJobError(f"unknown job {job_id!r}") from exc
+                raise _Refused from exc
+
+    def get(self, job_id: str) -> JobStatus:
+        """The job's status, strongly consistent; :class:`UnknownJobError` if there is none."""
+        with aws_errors(f"reading job {job_id}"):
+            item = self._db.get_item(
+                TableName=self.table, Key=self._key(job_id), ConsistentRead=True
+            ).get("Item")
+        if item is None:
+            raise UnknownJobError(f"unknown job {job_id!r}")
+        return _status_from_item(item)
+
+
+class _Refused(Exception):
+    """A job update's own condition failed (as opposed to the job being unknown)."""
+
+
+def _check_counts(rows: int, chunks: int, failed_rows: int) -> None:
+    for value, what in ((rows, "rows"), (chunks, "chunks"), (failed_rows, "failed_rows")):
+        check_index(value, what)
+    valid = rows - failed_rows
+    if valid < 0:
+        raise ValidationError(f"failed_rows {failed_rows} exceeds rows {rows}")
+    if chunks > min(valid, MAX_JOB_CHUNKS) or (valid > 0) != (chunks > 0):
+        raise ValidationError(
+            f"{chunks} chunks cannot carry {valid} valid rows (1 to {MAX_JOB_CHUNKS} chunks "
+            "when there are valid rows, else 0)"
+        )
+
+
+def _checked_counts(counts: Any) -> dict[str, int]:
+    if not isinstance(counts, Mapping):
+        raise ValidationError("counts must map decisions to numbers")
+    for key, value in counts.items():
+        if not isinstance(key, str) or not key:
+            raise ValidationError("counts keys must be non-empty strings")
+        check_index(value, f"counts[{key!r}]")
+    return dict(counts)
+
+
+def _status_from_item(item: Mapping[str, Any]) -> JobStatus:
+    def text(name: str) -> str | None:
+        return item[name]["S"] if name in item else None
+
+    counts = item.get("counts")
+    return JobStatus(
+        job_id=item["job_id"]["S"],
+        status=item["status"]["S"],
+        rows=int(item["rows"]["N"]),
+        chunks=int(item["chunks"]["N"]),
+        chunks_done=len(item.get("done_chunks", {}).get("SS", [])),
+        failed_rows=int(item["failed_rows"]["N"]),
+        created_at=item["created_at"]["S"],
+        updated_at=item["updated_at"]["S"],
+        results_key=text("results_key"),
+        summary_key=text("summary_key"),
+        counts={k: int(v["N"]) for k, v in counts["M"].items()} if counts else None,
+        reason=text("reason"),
+    )

@@ -1,0 +1,196 @@
+"""Every S3 key layout FaceGate reads or writes, in one place. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from facegate.common import ID_PATTERN, check_index, validate_id
+from facegate.errors import (
+    FaceGateError,
+    ValidationError,
+)
+
+JOBS_PREFIX = "jobs/"
+RESULTS_PREFIX = "results/"
+MANIFEST_NAME = "manifest.csv"
+
+
+# --------------------------------------------------------------------------------------
+# Keys
+# --------------------------------------------------------------------------------------
+
+
+def job_prefix(job_id: str) -> str:
+    """``jobs/<job_id>/``: the job folder, which relative probe paths are resolved in."""
+    return f"{JOBS_PREFIX}{validate_id(job_id, 'job_id')}/"
+
+
+def manifest_key(job_id: str) -> str:
+    return job_prefix(job_id) + MANIFEST_NAME
+
+
+def job_id_from_manifest_key(key: Any) -> str | None:
+    """The job id of ``jobs/<job_id>/manifest.csv``; None for any other key.
+
+    Probe photos uploaded into the job folder notify too: they must be ignored, not start a
+    job, so anything but the manifest itself (with a valid id) is None rather than an error.
+    """
+    if not isinstance(key, str):
+        return None
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] + "/" != JOBS_PREFIX or parts[2] != MANIFEST_NAME:
+        return None
+    return parts[1] if ID_PATTERN.match(parts[1]) else None
+
+
+def results_prefix(job_id: str) -> str:
+    return f"{RESULTS_PREFIX}{validate_id(job_id, 'job_id')}/"
+
+
+def results_key(job_id: str) -> str:
+    return results_prefix(job_id) + "results.parquet"
+
+
+def summary_key(job_id: str) -> str:
+    return results_prefix(job_id) + "summary.json"
+
+
+def chunk_result_key(job_id: str, index: int) -> str:
+    """``results/<job_id>/chunks/<index:05d>.parquet``: fixed per chunk, so a retry overwrites."""
+    return f"{results_prefix(job_id)}chunks/{check_index(index, 'chunk index'):05d}.parquet"
+
+
+def manifest_failures_key(job_id: str) -> str:
+    """Where the planner writes the manifest's invalid rows for the aggregation to merge."""
+    return f"{results_prefix(job_id)}chunks/manifest-failures.parquet"
+
+
+#: Everything users upload lives under this prefix; anything else in the bucket (gallery
+#: parts, enrolment photos) is ignored, so that our own writes can never trigger ingestion.
+UPLOADS_PREFIX = "uploads/"
+_SYSTEM_FILES = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
+
+
+# --------------------------------------------------------------------------------------
+# Upload layout
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhotoUpload:
+    """``uploads/<gallery>/<subject_id>/<filename>``: one photo of one subject."""
+
+    gallery: str
+    subject_id: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class ArchiveUpload:
+    """``uploads/<gallery>/<name>.zip``: many photos, laid out as :func:`read_archive` says."""
+
+    gallery: str
+    name: str
+
+    @property
+    def manifest_key(self) -> str:
+        """Where a manifest beside the archive lives (upload it before the archive)."""
+        return f"{UPLOADS_PREFIX}{self.gallery}/{self.name}.csv"
+
+
+@dataclass(frozen=True)
+class ManifestUpload:
+    """``uploads/<gallery>/<name>.csv``: the manifest of ``<name>.zip``; it triggers nothing.
+
+    The archive's notification reads it, so it must be uploaded before the archive.
+    """
+
+    gallery: str
+    name: str
+
+
+@dataclass(frozen=True)
+class IgnoredKey:
+    """Not an upload at all (outside ``uploads/``, a folder marker, a system file): skip it."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class InvalidUpload:
+    """An upload that breaks the layout or names an invalid id: a reject, not an exception.
+
+    ``gallery`` is set when the gallery id itself was valid, so that the caller can record
+    the reject in that gallery's rejects table.
+    """
+
+    key: str
+    error: FaceGateError = field(compare=False)
+    gallery: str | None = None
+
+
+Upload = PhotoUpload | ArchiveUpload | ManifestUpload | IgnoredKey | InvalidUpload
+
+
+def _is_system_name(part: str) -> bool:
+    """Hidden files, macOS resource forks and Windows thumbnails are never photos."""
+    return part.startswith(".") or part in _SYSTEM_FILES
+
+
+def classify(key: str) -> Upload:
+    """What an object key means under the upload layout; never raises for a bad key.
+
+    Under ``uploads/<gallery>/`` a file is a photo in a ``<subject_id>/`` folder, a ``.zip``
+    archive or a ``.csv`` manifest (case-insensitive extensions). A file in the wrong place
+    under a valid gallery (loose beside the archives, or nested too deep) is an
+    :class:`InvalidUpload` rather than ignored: the user meant it as an upload, so it must
+    show up as a reject with its reason, not vanish.
+    """
+    if not key.startswith(UPLOADS_PREFIX):
+        return IgnoredKey(f"not under {UPLOADS_PREFIX}")
+    if key.endswith("/"):
+        return IgnoredKey("a folder marker, not a file")
+    parts = key[len(UPLOADS_PREFIX) :].split("/")
+    if any(_is_system_name(p) for p in parts):
+        return IgnoredKey("a hidden or system file")
+    if len(parts) < 2:
+        return IgnoredKey(f"directly under {UPLOADS_PREFIX}, outside any gallery folder")
+    gallery = parts[0]
+    try:
+        validate_id(gallery, "gallery")
+    except ValidationError as exc:
+        return InvalidUpload(key, exc)
+    if len(parts) == 2:
+        return _gallery_file(key, gallery, parts[1])
+    if len(parts) == 3:
+        try:
+            subject_id = validate_id(parts[1])
+        except ValidationError as exc:
+            return InvalidUpload(key, exc, gallery)
+        return PhotoUpload(gallery, subject_id, parts[2])
+    return InvalidUpload(
+        key,
+        ValidationError("nested too deep: photos go in uploads/<gallery>/<subject_id>/<photo>"),
+        gallery,
+    )
+
+
+def _gallery_file(key: str, gallery: str, filename: str) -> Upload:
+    stem, dot, extension = filename.rpartition(".")
+    if dot and stem and extension.lower() == "zip":
+        return ArchiveUpload(gallery, stem)
+    if dot and stem and extension.lower() == "csv":
+        return ManifestUpload(gallery, stem)
+    return InvalidUpload(
+        key,
+        ValidationError(
+            "not inside a <subject_id>/ folder: photos go in "
+            "uploads/<gallery>/<subject_id>/<photo>, archives in uploads/<gallery>/<name>.zip"
+        ),
+        gallery,
+    )
+
+
+#: Private to the service: :meth:`PhotoStore.fetch` refuses caller URIs under it.
+ENROLMENT_PREFIX = "enrolments/"
