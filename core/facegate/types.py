@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from facegate.errors import FaceGateError
+    from facegate.models.card import ModelCard
+    from facegate.settings import MultiFacePolicy
+
+#: A photo as the pipeline takes it: encoded bytes, a path, or an RGB ``uint8`` array.
+ImageSource = bytes | str | Path | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -88,3 +99,32 @@ class FaceResult:
     def primary(self) -> FaceEmbedding:
         """The first kept face (the largest under ``largest`` and ``reject``)."""
         return self.embeddings[0]
+
+
+class FaceProcessor(Protocol):
+    """What the batch jobs and the service need of a face pipeline.
+
+    :class:`facegate.pipeline.face_pipeline.FacePipeline` is the implementation (torch); light
+    modules depend on this protocol instead, so that importing them never imports torch.
+    """
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def card(self) -> ModelCard: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    def warm_up(self) -> None: ...
+
+    def process(self, source: ImageSource, policy: MultiFacePolicy | None = None) -> FaceResult:
+        """One photo: every detected face, and embeddings of those ``policy`` keeps."""
+        ...
+
+    def process_many(
+        self, sources: Sequence[ImageSource], policy: MultiFacePolicy | None = None
+    ) -> list[FaceResult | FaceGateError]:
+        """Many photos, batched; each photo's failure comes back in place as its error."""
+        ...

@@ -26,9 +26,7 @@ from facegate.pipeline.image import (
 )
 from facegate.pipeline.verify import VerificationResult, verify_embeddings
 from facegate.settings import MultiFacePolicy, Settings, get_settings
-from facegate.types import AlignedFace, Detection, FaceEmbedding, FaceResult
-
-ImageSource = bytes | str | Path | np.ndarray
+from facegate.types import AlignedFace, Detection, FaceEmbedding, FaceResult, ImageSource
 
 
 class FacePipeline:
