@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PHOTOS := .cache/testdata/faces
 
-.PHONY: setup demo test bench lint fmt clean openapi
+.PHONY: setup demo test bench lint fmt clean openapi readme-modules
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,15 +23,20 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check core functions infra tests bench
+	$(VENV)/bin/lint-imports --no-cache --no-logo
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 # Speed, memory and scale against baselines measured in the same run (under 10 minutes).
 bench: setup
 	$(PY) bench/suite.py
 
+# The architecture (import-linter contracts in pyproject.toml) and the types (mypy) too.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check core functions infra tests bench
 	$(VENV)/bin/ruff format --check core functions infra tests bench
+	$(VENV)/bin/lint-imports --no-cache --no-logo
+	$(VENV)/bin/mypy
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format core functions infra tests bench
@@ -43,3 +48,7 @@ clean:
 # The committed OpenAPI schema (a test checks it matches the app).
 openapi: $(STAMP)
 	PYTHONPATH=functions/api $(PY) -c "import json; from app.main import create_app; print(json.dumps(create_app().openapi(), indent=2, sort_keys=True))" > functions/api/openapi.json
+
+# The README's list of torch-free modules, from layers/light/modules.txt (a test checks it).
+readme-modules:
+	$(PYTHON) layers/light/readme_modules.py --write

@@ -102,6 +102,23 @@ class ValidationError(InputError):
     code = "validation_error"
 
 
+class ObjectNotFoundError(FaceGateError):
+    """No such S3 object, or no such version of it: permanent, a retry finds nothing either.
+
+    Raised by :class:`facegate.storage.objects.ObjectStore`; the stores above it turn it into
+    their own vocabulary (a missing photo is an :class:`InvalidImageError`, a gallery never
+    built an :class:`UnknownGalleryError`) where callers expect that.
+    """
+
+    code = "object_not_found"
+
+
+class ObjectTooLargeError(InputError):
+    """An S3 object over the caller's byte limit, refused before its body is downloaded."""
+
+    code = "object_too_large"
+
+
 class StorageError(FaceGateError):
     """S3/DynamoDB/filesystem failure: usually transient, worth a retry."""
 

@@ -13,11 +13,13 @@ from facegate import errors
 STATUS: list[tuple[type[errors.FaceGateError], int]] = [
     (errors.UnauthorizedError, 401),
     (errors.ImageTooLargeError, 413),
+    (errors.ObjectTooLargeError, 413),
     (errors.FaceError, 422),
     (errors.ModelMismatchError, 409),
     (errors.UnknownSubjectError, 404),
     (errors.UnknownGalleryError, 404),
     (errors.UnknownJobError, 404),
+    (errors.ObjectNotFoundError, 404),
     (errors.ModelNotFoundError, 503),
     (errors.StorageError, 503),
     (errors.InputError, 400),

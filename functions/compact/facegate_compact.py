@@ -2,13 +2,14 @@
 
 Invoked hourly by an EventBridge schedule (``CompactSchedule`` in template.yaml), it compacts
 every gallery that has parts; invoked by hand with ``{"gallery": "<name>"}``, only that one.
-Rows of deleted subjects are dropped using the tombstones of the subjects table, and every part
-must be of the deployment's model (``FACEGATE_MODEL_ID``): see :mod:`facegate.compact`.
+Rows of deleted subjects are dropped using the tombstones of the subjects table. A gallery of
+any model compacts (one being re-embedded for an upgrade, an old one still serving), but its
+parts must all be of one model: see :mod:`facegate.gallery.compaction`.
 
 A zip function on the light layer (layers/light): it imports nothing that needs torch, and
 tests/unit/test_layer.py imports it with only the layer and the Lambda runtime available.
 
-One gallery's failure (parts of another model, an unreadable part) does not stop the others:
+One gallery's failure (parts of mixed models, an unreadable part) does not stop the others:
 it is logged and returned under ``failed``, and the next scheduled run tries again. The
 tombstones are read once per invocation, before any gallery, and an invocation that cannot
 read them fails as a whole: compacting without them would bring deleted subjects back.
@@ -25,7 +26,8 @@ from facegate.common import validate_id
 from facegate.errors import FaceGateError, ValidationError
 from facegate.settings import get_settings
 from facegate.storage.clients import aws_client
-from facegate.storage.galleries import GALLERY_PREFIX, GalleryStore
+from facegate.storage.galleries import GalleryStore
+from facegate.storage.keys import GALLERY_PREFIX, parts_prefix
 from facegate.storage.tombstones import Tombstones
 
 logger = Logger(service="facegate")
@@ -38,23 +40,24 @@ tombstones = Tombstones.from_settings(settings)
 def galleries_with_parts() -> list[str]:
     """Names of the galleries under ``galleries/`` that have at least one part, sorted.
 
-    One delimited listing gives the gallery prefixes; a prefix that is not a valid gallery
-    name was not written by FaceGate and is skipped with a warning.
+    One listing of ``galleries/`` (the storage layer follows its pages) gives every gallery
+    and its parts at once, rather than one listing per gallery. A folder whose name is not a
+    valid gallery id was not written by FaceGate and is skipped with a warning.
     """
-    names = []
-    pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=store.bucket, Prefix=GALLERY_PREFIX, Delimiter="/"
-    )
-    for page in pages:
-        for common in page.get("CommonPrefixes", []):
-            name = common["Prefix"][len(GALLERY_PREFIX) :].rstrip("/")
-            try:
-                validate_id(name, "gallery")
-            except ValidationError:
-                logger.warning("skipping a prefix that is not a gallery", extra={"prefix": name})
-                continue
-            if store.list_parts(name):
-                names.append(name)
+    names: set[str] = set()
+    skipped: set[str] = set()
+    for key in store.objects.list_keys(GALLERY_PREFIX):
+        name = key[len(GALLERY_PREFIX) :].partition("/")[0]
+        if name in names or name in skipped:
+            continue
+        try:
+            validate_id(name, "gallery")
+        except ValidationError:
+            logger.warning("skipping a prefix that is not a gallery", extra={"prefix": name})
+            skipped.add(name)
+            continue
+        if key.startswith(parts_prefix(name)) and key.endswith(".parquet"):
+            names.add(name)
     return sorted(names)
 
 

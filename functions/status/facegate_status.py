@@ -1,17 +1,20 @@
 """``GET /jobs/{job_id}`` straight from API Gateway: a light zip function (no torch).
 
 Polling a job's progress is frequent and cheap; it should not wake the API's container image
-(and pay its cold start) to read one DynamoDB item. The HTTP API routes this one path here;
-auth and error answers are the same as the API's (x-api-key against stored hashes;
-``{"error": {code, message}}`` with the shared status mapping).
+(and pay its cold start) to read one DynamoDB item. The HTTP API routes this one path here,
+to Powertools' ``APIGatewayHttpResolver``; auth and error answers are the same as the API's
+(x-api-key against stored hashes; ``{"error": {code, message}}`` with the status mapping of
+``facegate.http_errors``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from facegate.common import validate_id
@@ -27,24 +30,39 @@ settings = get_settings()
 _dynamodb = aws_client("dynamodb", settings)
 jobs = JobStore(_dynamodb, settings.table)
 keys = ApiKeyStore(_dynamodb, settings.table)
+app = APIGatewayHttpResolver()
 
 
-def _answer(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "statusCode": status,
-        "headers": {"content-type": "application/json"},
-        "body": json.dumps(body),
-    }
+def _error(status: int, code: str, message: str) -> Response[dict[str, Any]]:
+    return Response(status, content_types.APPLICATION_JSON, error_body(code, message))
+
+
+def require_api_key(router: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response:
+    """The API's rule: with ``auth_mode=api_key`` every route needs a stored key."""
+    given = router.current_event.headers.get("x-api-key")
+    if settings.auth_mode == "api_key" and not keys.is_valid(given):
+        raise UnauthorizedError("missing or unknown x-api-key")
+    return next_middleware(router)
+
+
+app.use(middlewares=[require_api_key])
+
+
+@app.get("/jobs/<job_id>")
+def get_job(job_id: str) -> dict[str, Any]:
+    return jobs.get(validate_id(job_id, "job_id")).to_dict()
+
+
+@app.exception_handler(FaceGateError)
+def on_error(exc: FaceGateError) -> Response[dict[str, Any]]:
+    return _error(status_for(exc), exc.code, exc.message)
+
+
+@app.not_found
+def on_unknown_route(_: NotFoundError) -> Response[dict[str, Any]]:
+    return _error(404, "not_found", "Not Found")
 
 
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    try:
-        if settings.auth_mode == "api_key":
-            headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
-            if not keys.is_valid(headers.get("x-api-key")):
-                raise UnauthorizedError("missing or unknown x-api-key")
-        job_id = validate_id((event.get("pathParameters") or {}).get("job_id"), "job_id")
-        return _answer(200, jobs.get(job_id).to_dict())
-    except FaceGateError as exc:
-        return _answer(status_for(exc), error_body(exc.code, exc.message))
+    return app.resolve(event, context)

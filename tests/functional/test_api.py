@@ -90,6 +90,28 @@ def test_bad_decision_rules_are_validation_errors(client, photo, extra, message)
     assert error["code"] == "validation_error" and message in error["message"]
 
 
+def test_form_fields_are_parsed_like_json_ones(client, photo, pipeline):
+    """Multipart sends every field as text: the decision rule and the options still apply."""
+    files = {"image_a": ("a.jpg", photo("person_b_1")), "image_b": ("b.jpg", photo("person_b_2"))}
+    strict = client.post("/compare", files=files, data={"far": "0.001"})
+    assert strict.status_code == 200, strict.text
+    assert strict.json()["threshold"] == pytest.approx(
+        pipeline.card.far_thresholds["0.001"], abs=1e-6
+    )
+    probe = {"image": ("p.jpg", photo("person_b_1"))}
+    for data, message in (
+        ({"top_k": "0"}, "top_k must be between 1 and 100"),
+        ({"top_k": "many"}, "top_k must be an integer"),
+        ({"threshold": "nan"}, "threshold must be finite"),
+        ({"subjects": "no"}, "nothing to search"),
+    ):
+        refused = client.post("/identify", files=probe, data=data)
+        assert refused.status_code == 400, refused.text
+        assert message in refused.json()["error"]["message"]
+    odd = client.post("/embedding", files=probe, data={"multi_face": "biggest"})
+    assert odd.status_code == 400 and "multi_face must be one of" in odd.text
+
+
 def test_api_key_is_required(client, photo):
     body = {"image_a": b64(photo("person_a_1")), "image_b": b64(photo("person_a_2"))}
     for headers in ({"x-api-key": ""}, {"x-api-key": "fg_wrong"}):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -123,3 +124,105 @@ def test_models_list_names_sface():
     done = run("models", "list", "--json")
     assert done.returncode == 0
     assert "sface" in [c["model_id"] for c in json.loads(done.stdout)]
+
+
+def test_reembed_submit_is_the_api_s_submission(aws, monkeypatch, capsys):
+    """``reembed --submit`` goes through the same service call as ``POST /reembed``: the
+    same checks, the same ``queued`` document printed and stored, the same message."""
+    from facegate.cli import main
+    from facegate.storage.clients import aws_client
+
+    sqs = aws_client("sqs", aws)
+    url = sqs.create_queue(QueueName="cli-reembed-jobs")["QueueUrl"]
+    submit = ["reembed", "--subjects", "--to", "cli-fused", "--model", DEFAULT_MODEL, "--submit"]
+
+    monkeypatch.delenv("FACEGATE_JOBS_QUEUE_URL", raising=False)
+    assert main(submit) == 2
+    assert capsys.readouterr().err == (
+        "error: storage_error: no jobs queue configured (FACEGATE_JOBS_QUEUE_URL)\n"
+    )
+    monkeypatch.setenv("FACEGATE_JOBS_QUEUE_URL", url)
+    assert main([*submit[:-3], "--model", "no-such-model", "--submit"]) == 2
+    assert "is not installed here" in capsys.readouterr().err
+    assert not sqs.receive_message(QueueUrl=url).get("Messages")
+
+    assert main(submit) == 0
+    queued = {"status": "queued", "source": "subjects", "target": "cli-fused"}
+    queued["model_id"] = DEFAULT_MODEL
+    assert json.loads(capsys.readouterr().out) == queued
+    stored = aws_client("s3", aws).get_object(Bucket=aws.bucket, Key="reembed/cli-fused.json")
+    assert json.loads(stored["Body"].read()) == queued
+    sent = sqs.receive_message(QueueUrl=url)["Messages"]
+    assert [json.loads(m["Body"])["target"] for m in sent] == ["cli-fused"]
+
+
+def test_local_commands_and_option_come_from_the_entry_point(monkeypatch, tmp_path):
+    """``local`` and ``--local`` are registered by infra through the ``facegate.cli`` entry
+    point group; without it the core commands stand alone."""
+    from importlib.metadata import entry_points
+
+    import facegate.cli
+    from facegate.cli.extensions import CommandLine
+
+    (local,) = [e for e in entry_points(group="facegate.cli") if e.name == "local"]
+    assert local.value == "facegate_local.cli:register"
+    with_infra = facegate.cli.build_parser()
+    assert with_infra.parse_args(["gallery", "show", "g", "--local"]).target.name == "local"
+
+    monkeypatch.setattr(facegate.cli, "load_extensions", CommandLine)
+    core_only = facegate.cli.build_parser()
+    assert vars(core_only.parse_args(["gallery", "show", "g"])).get("target") is None
+    for argv in (["local", "status"], ["gallery", "show", "g", "--local"]):
+        with pytest.raises(SystemExit) as exit_info:
+            core_only.parse_args(argv)
+        assert exit_info.value.code == 2
+
+    env = {"FACEGATE_LOCAL_STATE_DIR": str(tmp_path / "no-stack")}
+    done = subprocess.run(
+        [str(FACEGATE), "gallery", "show", "g", "--local"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == "error: facegate_error: the local stack is not running: 'facegate local up'\n"
+    )
+
+
+def test_an_extension_that_is_missing_or_broken_does_not_break_the_command_line(
+    monkeypatch, capsys
+):
+    from importlib.metadata import EntryPoint
+
+    from facegate.cli import extensions
+
+    entries = [
+        EntryPoint("gone", "facegate_not_installed.cli:register", extensions.ENTRY_POINT_GROUP),
+        EntryPoint("broken", "facegate.cli.extensions:ENTRY_POINT_GROUP", "facegate.cli"),
+    ]
+    monkeypatch.setattr(extensions, "entry_points", lambda group: entries)
+    loaded = extensions.load_extensions()
+    assert loaded.targets == [] and loaded.groups == []
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: facegate extension 'broken'")
+
+
+def test_core_never_imports_the_local_stack():
+    import ast
+
+    import facegate
+
+    root = Path(facegate.__file__).resolve().parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("facegate_local")]
+    assert offenders == []

@@ -244,3 +244,30 @@ def test_manual_invoke_of_a_gallery_without_parts(aws, compact, clean):
     assert answer["failed"][0]["error"]["code"] == "unknown_gallery"
     with pytest.raises(ValidationError):
         invoke(compact, {"gallery": "../escape"})
+
+
+def test_a_folder_that_is_not_a_gallery_is_skipped(aws, compact, clean, caplog):
+    write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0)], T1, 1)
+    s3 = aws_client("s3", aws)
+    s3.put_object(Bucket=aws.bucket, Key="galleries/not a gallery!/parts/a.parquet", Body=b"x")
+    s3.put_object(Bucket=aws.bucket, Key="galleries/loose.parquet", Body=b"x")
+
+    answer = invoke(compact, SCHEDULE)
+
+    assert [r["gallery"] for r in answer["compacted"]] == ["g1"] and answer["failed"] == []
+    skipped = [r.prefix for r in caplog.records if r.getMessage().startswith("skipping a prefix")]
+    assert skipped == ["not a gallery!"]
+
+
+def test_every_page_of_the_listing_is_read(aws, compact, clean, monkeypatch):
+    """Galleries after the first page of ``galleries/`` (here: two keys a page) compact too."""
+    for gallery in ("g1", "g2", "g3"):
+        write_part(aws, gallery, "a", [("ann", "ann/1.jpg", 0)], T1, 1)
+        write_part(aws, gallery, "b", [("bob", "bob/1.jpg", 0)], T2, 2)
+    monkeypatch.setattr(compact.store, "list_page_size", 2)
+
+    answer = invoke(compact, SCHEDULE)
+
+    reports = {r["gallery"]: r for r in answer["compacted"]}
+    assert sorted(reports) == ["g1", "g2", "g3"] and answer["failed"] == []
+    assert {r["parts_read"] for r in reports.values()} == {2}

@@ -36,8 +36,9 @@ from facegate.models.dlib_format import (
     parse_dlib_net,
 )
 from facegate.models.dlib_resnet import DlibResNet
-from facegate.models.registry import load_network, template_for
-from facegate.pipeline.align import DLIB_150, align_face
+from facegate.models.registry import load_network
+from facegate.models.templates import DLIB_150, template_for
+from facegate.pipeline.align import align_face
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "downloads"

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from facegate.batch.aggregate_job import run_aggregation
-from facegate.batch.job_messages import AggregateRequest
 from facegate.batch.job_worker import JobWorker, WorkerConfig
+from facegate.batch.messages import AggregateRequest
 from facegate.gallery.format import build_gallery_table, write_gallery
 from facegate.storage.clients import aws_client
 from facegate.storage.jobs import JobStore

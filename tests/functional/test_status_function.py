@@ -1,7 +1,13 @@
-"""The light job-status function answers API Gateway like the API does (auth, errors)."""
+"""The light job-status function answers API Gateway like the API does (auth, errors).
+
+Requests are the sample event ``events/get-job-unknown.json`` (an HTTP API payload 2.0
+event, as ``sam local invoke`` sends it) with its path and key swapped, through the real
+handler module on moto.
+"""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -9,46 +15,77 @@ import pytest
 from facegate_local.stack import LambdaContext
 from tests_support import repo_root
 
+from facegate.settings import get_settings
 from facegate.storage.apikeys import ApiKeyStore
 from facegate.storage.clients import aws_client
 from facegate.storage.jobs import JobStore
 
+SAMPLE = json.loads((repo_root() / "events" / "get-job-unknown.json").read_text())
+
 
 @pytest.fixture(scope="module")
 def status_module(aws):
+    get_settings.cache_clear()
     path = repo_root() / "functions" / "status" / "facegate_status.py"
-    spec = importlib.util.spec_from_file_location("facegate_status", path)
+    spec = importlib.util.spec_from_file_location("facegate_status_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    yield module
+    get_settings.cache_clear()
 
 
-def _event(job_id: str, key: str | None) -> dict[str, object]:
-    headers = {"host": "api"} | ({"x-api-key": key} if key else {})
-    return {
-        "version": "2.0",
-        "routeKey": "GET /jobs/{job_id}",
-        "rawPath": f"/jobs/{job_id}",
-        "headers": headers,
-        "pathParameters": {"job_id": job_id},
-        "requestContext": {"http": {"method": "GET", "path": f"/jobs/{job_id}"}},
-    }
+def _event(path: str, key: str | None, method: str = "GET") -> dict[str, object]:
+    event = copy.deepcopy(SAMPLE)
+    event["rawPath"] = event["requestContext"]["http"]["path"] = path
+    event["requestContext"]["http"]["method"] = method
+    if key is None:
+        del event["headers"]["x-api-key"]
+    else:
+        event["headers"]["x-api-key"] = key
+    return event
 
 
-def test_status_auth_and_errors(aws, status_module):
+@pytest.fixture(scope="module")
+def call(aws, status_module):
     key = ApiKeyStore(aws_client("dynamodb", aws), aws.table).create("status")
-    JobStore(aws_client("dynamodb", aws), aws.table).create("poll", rows=4, chunks=2, failed_rows=0)
     context = LambdaContext("JobStatusFunction", "us-east-1")
 
-    def call(job_id, api_key=key):
-        answer = status_module.handler(_event(job_id, api_key), context)
+    def call(path: str, api_key: str | None = key, method: str = "GET"):
+        answer = status_module.handler(_event(path, api_key, method), context)
+        assert answer["headers"]["Content-Type"] == "application/json"
         return answer["statusCode"], json.loads(answer["body"])
 
-    status, body = call("poll")
+    return call
+
+
+def test_status_of_a_job(aws, call):
+    JobStore(aws_client("dynamodb", aws), aws.table).create("poll", rows=4, chunks=2, failed_rows=0)
+    status, body = call("/jobs/poll")
     assert status == 200 and body["status"] == "running" and body["chunks"] == 2
-    assert call("ghost")[0] == 404 and call("ghost")[1]["error"]["code"] == "unknown_job"
-    assert call("poll", None) == (
+    assert body["job_id"] == "poll" and body["chunks_done"] == 0
+
+
+def test_errors_have_the_api_body_and_status(call):
+    assert call("/jobs/nothing") == (
+        404,
+        {"error": {"code": "unknown_job", "message": "unknown job 'nothing'"}},
+    )
+    assert call("/jobs/poll", None) == (
         401,
         {"error": {"code": "unauthorized", "message": "missing or unknown x-api-key"}},
     )
-    assert call("bad id!")[1]["error"]["code"] == "validation_error"
+    assert call("/jobs/poll", "not-a-key")[0] == 401
+    status, body = call("/jobs/bad id!")
+    assert status == 400 and body["error"]["code"] == "validation_error"
+    status, body = call("/jobs", method="GET")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert call("/jobs/poll", method="DELETE")[1]["error"]["code"] == "not_found"
+
+
+def test_the_sample_event_as_sam_sends_it(aws, status_module):
+    """``events/get-job-unknown.json`` unchanged but for its key placeholder."""
+    event = copy.deepcopy(SAMPLE)
+    event["headers"]["x-api-key"] = ApiKeyStore(aws_client("dynamodb", aws), aws.table).create("s")
+    answer = status_module.handler(event, LambdaContext("JobStatusFunction", "us-east-1"))
+    assert answer["statusCode"] == 404
+    assert json.loads(answer["body"])["error"]["code"] == "unknown_job"

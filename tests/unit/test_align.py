@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facegate.pipeline.align import ARCFACE_112, align_face, estimate_similarity, scaled_template
+from facegate.models.templates import ARCFACE_112, scaled_template
+from facegate.pipeline.align import align_face, estimate_similarity
 
 
 def _similarity(scale: float, angle: float, tx: float, ty: float) -> np.ndarray:

@@ -320,8 +320,9 @@ def test_write_table_refuses_unknown_tables_and_read_refuses_non_parquet(s3, sto
     s3.put_object(Bucket=BUCKET, Key="galleries/staff/parts/bad.parquet", Body=b"not parquet")
     with pytest.raises(ValidationError, match="not a Parquet file"):
         store.read_table("galleries/staff/parts/bad.parquet")
-    with pytest.raises(StorageError, match="NoSuchKey"):
+    with pytest.raises(StorageError, match=r"no such object: .*missing\.parquet") as missing:
         store.read_table("galleries/staff/parts/missing.parquet")
+    assert missing.value.detail == "NoSuchKey"
 
 
 # --------------------------------------------------------------------------------------
@@ -329,7 +330,7 @@ def test_write_table_refuses_unknown_tables_and_read_refuses_non_parquet(s3, sto
 # --------------------------------------------------------------------------------------
 
 
-def test_summarise_before_and_after_compaction(store, rng):
+def test_summarise_before_and_after_compaction(s3, store, rng):
     store.write_table(store.part_key("staff", "p1"), part(rng, [("alice", "a/1.jpg", 0)], T1))
     store.write_table(
         store.part_key("staff", "p2"),
@@ -358,7 +359,7 @@ def test_summarise_before_and_after_compaction(store, rng):
 
     store.compact("staff", deleted={"bob": T3})
     done = summarise(store, "staff")
-    built = read_s3_gallery(store._s3, store.gallery_key("staff"))[0].created_at
+    built = read_s3_gallery(s3, store.gallery_key("staff"))[0].created_at
     assert done["compacted"] is True
     assert done["built_at"] == built
     assert (done["rows"], done["subjects"], done["parts"]) == (1, 1, 2)

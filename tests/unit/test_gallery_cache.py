@@ -311,6 +311,9 @@ def test_float16_index_within_tolerance_and_same_top1() -> None:
 
 
 def test_float16_results_do_not_depend_on_blocks_or_threads(monkeypatch) -> None:
+    """Search results are bit for bit the same (candidates are rescored with
+    ``row_similarities``); the BLAS scan scores only to float rounding, since a BLAS kernel's
+    summation order may depend on where a row falls in a block, on some CPUs."""
     table, emb, _ = make_gallery(n=1500, n_subjects=100, seed=14)
     reference = GalleryIndex.from_table(table, dtype="float16", threads=1)
     scores_before = reference.scores(emb[0])
@@ -321,7 +324,7 @@ def test_float16_results_do_not_depend_on_blocks_or_threads(monkeypatch) -> None
     for threads in (1, 2, 3):
         index = GalleryIndex.from_table(table, dtype="float16", threads=threads)
         np.testing.assert_array_equal(index.embeddings, reference.embeddings)
-        np.testing.assert_array_equal(index.scores(emb[0]), scores_before)
+        np.testing.assert_allclose(index.scores(emb[0]), scores_before, rtol=0, atol=1e-6)
         for query in probes(emb, seed=15, count=5):
             for per_subject in (True, False):
                 assert index.search(query, k=6, per_subject=per_subject) == reference.search(
@@ -622,7 +625,8 @@ def test_gallery_cache_imports_without_torch() -> None:
     """Beyond test_torch_free.py: a Lambda without torch can load and search."""
     code = (
         "import numpy as np\n"
-        "from facegate.gallery.cache import GalleryCache\nfrom facegate.gallery.index import GalleryIndex\n"
+        "from facegate.gallery.cache import GalleryCache\n"
+        "from facegate.gallery.index import GalleryIndex\n"
         "index = GalleryIndex(np.eye(4, dtype=np.float32), list('abcd'), threshold=0.5)\n"
         "print(index.search(np.eye(4)[2], k=1).best.subject_id)\n"
     )

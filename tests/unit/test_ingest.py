@@ -14,15 +14,9 @@ import zipfile
 from urllib.parse import quote_plus
 
 import pytest
+from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from tests_support import run_without_torch
 
-from facegate.batch.archive_chunks import (
-    CHUNK_MESSAGE_TYPE,
-    MAX_CHUNK_MESSAGE_BYTES,
-    Chunk,
-    is_chunk_message,
-    plan_chunks,
-)
 from facegate.batch.archives import (
     MAX_MEMBER_BYTES,
     ArchivePlan,
@@ -31,7 +25,23 @@ from facegate.batch.archives import (
     read_archive,
     read_member,
 )
-from facegate.batch.events import object_refs
+from facegate.batch.csv_manifest import read_manifest
+from facegate.batch.events import notification_refs
+from facegate.batch.messages import (
+    ARCHIVE_CHUNK,
+    MAX_MESSAGE_BYTES,
+    ArchiveChunk,
+    message_type,
+    parse_body,
+    plan_archive_chunks,
+)
+from facegate.batch.processing import (
+    CollectingBatchProcessor,
+    is_permanent,
+    is_retryable,
+    process_batch,
+)
+from facegate.batch.uploads import upload, zip_folder
 from facegate.errors import (
     ImageTooLargeError,
     InvalidImageError,
@@ -145,9 +155,18 @@ def test_encoded_key_is_what_s3_sends():
     assert quote_plus(UNICODE_KEY, safe="/") == ENCODED_UNICODE_KEY
 
 
+def sqs_refs(event: dict) -> list[ObjectRef]:
+    """What the queue handlers do with an SQS event of notifications, record by record."""
+    return [
+        ref
+        for record in SQSEvent(event).records
+        for ref in notification_refs(parse_body(record.body))
+    ]
+
+
 def test_s3_event_decodes_key_and_keeps_version():
     event = {"Records": [s3_record(ENCODED_UNICODE_KEY)]}
-    assert object_refs(event) == [
+    assert notification_refs(event) == [
         ObjectRef(
             bucket=BUCKET,
             key=UNICODE_KEY,
@@ -165,20 +184,21 @@ def test_s3_event_decodes_key_and_keeps_version():
         ("uploads/g/alice/a%2Bb.jpg", "uploads/g/alice/a+b.jpg"),
         ("uploads/g/alice/%E5%86%99%E7%9C%9F.jpg", "uploads/g/alice/写真.jpg"),
         ("uploads/g/alice/100%25.jpg", "uploads/g/alice/100%.jpg"),
+        ("uploads%2Fg%2Falice%2F1.jpg", "uploads/g/alice/1.jpg"),  # moto encodes "/" too
     ],
 )
 def test_keys_are_url_decoded(encoded, decoded):
-    (ref,) = object_refs({"Records": [s3_record(encoded)]})
+    (ref,) = notification_refs({"Records": [s3_record(encoded)]})
     assert ref.key == decoded
 
 
 def test_unversioned_bucket_and_quoted_etag():
     record = s3_record("uploads/g/a/p.jpg", version_id=None, etag='"abc-2"')
-    (ref,) = object_refs({"Records": [record]})
+    (ref,) = notification_refs({"Records": [record]})
     assert ref.version_id is None
     assert ref.etag == "abc-2"
     suspended = s3_record("uploads/g/a/p.jpg", version_id="null")
-    assert object_refs({"Records": [suspended]})[0].version_id is None
+    assert notification_refs({"Records": [suspended]})[0].version_id is None
 
 
 def test_multipart_and_copy_are_created_removals_are_not():
@@ -190,7 +210,7 @@ def test_multipart_and_copy_are_created_removals_are_not():
             s3_record("uploads/g/a/4.jpg", event_name="ObjectRestore:Completed"),
         ]
     }
-    assert [r.key for r in object_refs(event)] == ["uploads/g/a/1.jpg", "uploads/g/a/2.jpg"]
+    assert [r.key for r in notification_refs(event)] == ["uploads/g/a/1.jpg", "uploads/g/a/2.jpg"]
 
 
 def test_sqs_event_of_notifications():
@@ -198,16 +218,15 @@ def test_sqs_event_of_notifications():
     second = json.dumps(
         {"Records": [s3_record("uploads/g/bob/1.jpg"), s3_record(ENCODED_UNICODE_KEY)]}
     )
-    refs = object_refs(sqs_event(first, second))
+    refs = sqs_refs(sqs_event(first, second))
     assert [r.key for r in refs] == ["uploads/g/alice/1.jpg", "uploads/g/bob/1.jpg", UNICODE_KEY]
     assert all(r.bucket == BUCKET for r in refs)
 
 
 def test_test_events_are_ignored():
-    assert object_refs(S3_TEST_EVENT) == []
-    assert object_refs(sqs_event(json.dumps(S3_TEST_EVENT))) == []
+    assert notification_refs(S3_TEST_EVENT) == []
     real = json.dumps({"Records": [s3_record("uploads/g/alice/1.jpg")]})
-    refs = object_refs(sqs_event(json.dumps(S3_TEST_EVENT), real))
+    refs = sqs_refs(sqs_event(json.dumps(S3_TEST_EVENT), real))
     assert [r.key for r in refs] == ["uploads/g/alice/1.jpg"]
 
 
@@ -221,46 +240,80 @@ def test_sns_envelope_is_unwrapped():
         "Message": notification,
         "Timestamp": "2024-05-01T12:00:00.000Z",
     }
-    assert [r.key for r in object_refs(sqs_event(json.dumps(envelope)))] == [
-        "uploads/g/alice/1.jpg"
-    ]
+    assert [r.key for r in sqs_refs(sqs_event(json.dumps(envelope)))] == ["uploads/g/alice/1.jpg"]
 
 
-def test_chunk_messages_are_left_to_the_caller():
-    chunk = Chunk(BUCKET, "uploads/g/a.zip", "v1", "e", "g", (("alice/1.jpg", "alice"),), 0, 1)
-    body = chunk.to_message()
-    assert is_chunk_message(body)
-    assert object_refs(sqs_event(body)) == []
+def test_chunk_messages_are_typed_notifications_are_not():
+    chunk = ArchiveChunk(
+        BUCKET, "uploads/g/a.zip", "v1", "e", "g", (("alice/1.jpg", "alice"),), 0, 1
+    )
+    assert message_type(parse_body(chunk.to_message())) == ARCHIVE_CHUNK
+    assert message_type(parse_body(json.dumps({"Records": [s3_record("x/1.jpg")]}))) is None
+    assert message_type(S3_TEST_EVENT) is None
 
 
 @pytest.mark.parametrize(
-    "event",
+    "doc",
     [
         {},
         {"Records": "nope"},
         {"Records": [{"eventSource": "aws:kinesis", "kinesis": {}}]},
-        sqs_event("not json"),
-        sqs_event(json.dumps(["a", "list"])),
-        sqs_event(json.dumps({"no": "records"})),
-        sqs_event(json.dumps({"Records": [{"body": "nested"}]})),
+        {"no": "records"},
+        {"Records": [{"body": "nested"}]},
         {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": BUCKET}}}]},
+        {"Records": [s3_record("")]},
+        {"Type": "Notification", "Message": "not json"},
     ],
 )
-def test_malformed_events_are_validation_errors(event):
+def test_malformed_notifications_are_validation_errors(doc):
     with pytest.raises(ValidationError):
-        object_refs(event)
+        notification_refs(doc)
 
 
-def test_one_record_at_a_time_for_partial_batch_failures():
-    good = sqs_record(json.dumps({"Records": [s3_record("uploads/g/a/1.jpg")]}), "ok")
-    bad = sqs_record("{broken", "poison")
-    failed = []
-    for record in (good, bad):
-        try:
-            object_refs({"Records": [record]})
-        except ValidationError:
-            failed.append(record["messageId"])
-    assert failed == ["poison"]
+@pytest.mark.parametrize("body", ["not json", json.dumps(["a", "list"]), "", None])
+def test_bodies_that_are_not_json_objects_are_validation_errors(body):
+    with pytest.raises(ValidationError):
+        parse_body(body)
+
+
+# --------------------------------------------------------------------------------------
+# Batch processing
+# --------------------------------------------------------------------------------------
+
+
+def test_collecting_processor_fails_records_alone_and_by_their_write():
+    """Powertools' processor with a flush: a record that raises fails alone, a failed write
+    fails the records it held, and the flush sees only records that were collected."""
+    flushed = []
+
+    def collect(record):
+        if record.body == "retry me":
+            raise StorageError("throttled")
+        return record.body
+
+    def flush(collected):
+        flushed.extend(value for _, value in collected)
+        return {r.message_id: StorageError("write failed") for r, v in collected if v == "lost"}
+
+    event = sqs_event("fine", "retry me", "lost", "fine too")
+    answer = process_batch(event, collect, processor=CollectingBatchProcessor(flush))
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m-1"}, {"itemIdentifier": "m-2"}]}
+    assert flushed == ["fine", "lost", "fine too"]
+    everything = process_batch(
+        sqs_event("retry me"), collect, processor=CollectingBatchProcessor(flush)
+    )
+    assert everything == {"batchItemFailures": [{"itemIdentifier": "m-0"}]}  # not raised
+
+
+def test_only_storage_and_aws_errors_are_retried():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    throttled = ClientError({"Error": {"Code": "SlowDown", "Message": "slow"}}, "GetObject")
+    for exc in (StorageError("x"), throttled, EndpointConnectionError(endpoint_url="http://s3")):
+        assert is_retryable(exc) and not is_permanent(exc)
+    for exc in (ValidationError("x"), InvalidImageError("x"), ImageTooLargeError("x")):
+        assert is_permanent(exc) and not is_retryable(exc)
+    assert not is_permanent(KeyError("a bug")) and not is_retryable(KeyError("a bug"))
 
 
 # --------------------------------------------------------------------------------------
@@ -482,6 +535,37 @@ def test_parse_manifest_is_lenient_about_shape():
     assert parse_manifest(text) == [("a.jpg", "alice"), ("", "")]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_utf16_manifests_are_refused_by_name_beside_or_inside(encoding):
+    """Excel's "Unicode text" is UTF-16 with a BOM: say so instead of failing on mojibake."""
+    text = "path,subject_id\n1.jpg,alice\n"
+    raw = text.encode(encoding)
+    if encoding == "utf-16-be":
+        raw = b"\xfe\xff" + raw
+    name = "UTF-32" if encoding == "utf-32" else "UTF-16"
+    with pytest.raises(ValidationError, match=f"is {name} text: save it as CSV UTF-8"):
+        read_archive(make_zip({"1.jpg": PHOTO}), raw)
+    with pytest.raises(ValidationError, match=f"is {name} text"):
+        read_archive(make_zip({"1.jpg": PHOTO, "manifest.csv": raw}))
+
+
+def test_manifest_bytes_with_a_bom_are_read_like_text():
+    raw = "\ufeffpath,subject_id\r\n1.jpg,alice\r\n".encode()
+    plan = read_archive(make_zip({"1.jpg": PHOTO, "manifest.csv": raw}))
+    assert plan.members == [("1.jpg", "alice")]
+    assert parse_manifest(raw) == parse_manifest(raw.decode("utf-8-sig")) == [("1.jpg", "alice")]
+
+
+def test_both_manifest_kinds_share_one_reader():
+    """The archive manifest and the job manifest refuse the same files in the same words."""
+    with pytest.raises(ValidationError, match="the manifest's header repeats path"):
+        parse_manifest("path,subject_id,path\n1.jpg,alice,2.jpg\n")
+    with pytest.raises(ValidationError, match="larger than"):
+        read_manifest(b"x" * (16 * 1024 * 1024 + 1), required=("path",), max_rows=1)
+    with pytest.raises(ValidationError, match="more than 1 rows"):
+        read_manifest("path\na\nb\n", required=("path",), max_rows=1)
+
+
 def test_short_manifest_row_is_a_reject_with_its_line():
     plan = read_archive(make_zip({"1.jpg": PHOTO}), "path,subject_id\n1.jpg,alice\nshort\n")
     assert plan.members == [("1.jpg", "alice")]
@@ -591,7 +675,7 @@ def plan_of(n: int) -> ArchivePlan:
 
 def test_chunks_cover_every_member_once_in_order():
     plan = plan_of(10)
-    chunks = plan_chunks(ARCHIVE_REF, "staff", plan, chunk_size=3)
+    chunks = plan_archive_chunks(ARCHIVE_REF, "staff", plan, chunk_size=3)
     assert [len(c.members) for c in chunks] == [3, 3, 3, 1]
     assert [(c.index, c.count) for c in chunks] == [(0, 4), (1, 4), (2, 4), (3, 4)]
     assert [m for c in chunks for m in c.members] == plan.members
@@ -602,32 +686,31 @@ def test_chunks_cover_every_member_once_in_order():
 
 
 def test_one_chunk_when_the_archive_is_small_and_none_when_empty():
-    assert len(plan_chunks(ARCHIVE_REF, "staff", plan_of(3), chunk_size=500)) == 1
-    assert plan_chunks(ARCHIVE_REF, "staff", ArchivePlan(), chunk_size=500) == []
+    assert len(plan_archive_chunks(ARCHIVE_REF, "staff", plan_of(3), chunk_size=500)) == 1
+    assert plan_archive_chunks(ARCHIVE_REF, "staff", ArchivePlan(), chunk_size=500) == []
 
 
 def test_chunk_messages_round_trip():
     plan = ArchivePlan(members=[("José Ñúñez/ph+oto 1.jpg", "jose"), ("写真/1.jpg", "s2")])
-    for chunk in plan_chunks(ARCHIVE_REF, "staff", plan, chunk_size=1):
+    for chunk in plan_archive_chunks(ARCHIVE_REF, "staff", plan, chunk_size=1):
         body = chunk.to_message()
         assert body.isascii()
-        assert json.loads(body)["type"] == CHUNK_MESSAGE_TYPE
-        assert is_chunk_message(body)
-        again = Chunk.from_message(body)
+        assert message_type(parse_body(body)) == ARCHIVE_CHUNK
+        again = ArchiveChunk.from_message(body)
         assert again == chunk
         assert again.member_range == chunk.member_range
 
 
 def test_unversioned_chunk_round_trips_with_none():
     ref = ObjectRef(BUCKET, "uploads/staff/b.zip", None, "etag-2", 10)
-    (chunk,) = plan_chunks(ref, "staff", plan_of(2), chunk_size=5)
-    assert Chunk.from_message(chunk.to_message()).version_id is None
+    (chunk,) = plan_archive_chunks(ref, "staff", plan_of(2), chunk_size=5)
+    assert ArchiveChunk.from_message(chunk.to_message()).version_id is None
 
 
 def test_replanning_gives_the_same_chunks_and_another_size_other_ranges():
-    first = plan_chunks(ARCHIVE_REF, "staff", plan_of(10), chunk_size=3)
-    again = plan_chunks(ARCHIVE_REF, "staff", plan_of(10), chunk_size=3)
-    other = plan_chunks(ARCHIVE_REF, "staff", plan_of(10), chunk_size=4)
+    first = plan_archive_chunks(ARCHIVE_REF, "staff", plan_of(10), chunk_size=3)
+    again = plan_archive_chunks(ARCHIVE_REF, "staff", plan_of(10), chunk_size=3)
+    other = plan_archive_chunks(ARCHIVE_REF, "staff", plan_of(10), chunk_size=4)
     assert first == again
     assert {c.member_range for c in first}.isdisjoint({c.member_range for c in other})
 
@@ -635,25 +718,43 @@ def test_replanning_gives_the_same_chunks_and_another_size_other_ranges():
 def test_messages_stay_under_the_queue_limit():
     long_name = "x" * 900
     plan = ArchivePlan(members=[(f"s/{long_name}-{i}.jpg", "s") for i in range(1000)])
-    chunks = plan_chunks(ARCHIVE_REF, "staff", plan, chunk_size=100_000)
+    chunks = plan_archive_chunks(ARCHIVE_REF, "staff", plan, chunk_size=100_000)
     assert len(chunks) > 1
-    assert all(len(c.to_message().encode()) <= MAX_CHUNK_MESSAGE_BYTES for c in chunks)
+    assert all(len(c.to_message().encode()) <= MAX_MESSAGE_BYTES for c in chunks)
     assert [m for c in chunks for m in c.members] == plan.members
 
 
-@pytest.mark.parametrize("body", ["", "not json", "[]", json.dumps(S3_TEST_EVENT), '{"type": 1}'])
-def test_other_bodies_are_not_chunk_messages(body):
-    assert not is_chunk_message(body)
+#: A chunk message as version 1 put it on the queue: messages in flight during a deploy
+#: must still decode, and encoding must not change under them.
+V1_CHUNK = (
+    '{"type":"facegate.archive_chunk","version":1,"bucket":"facegate-uploads",'
+    '"key":"uploads/staff/batch-1.zip","version_id":"v-1","etag":"etag-1","size":123456,'
+    '"gallery":"staff","index":1,"count":2,"members":[["s0/000.jpg","s0"],'
+    '["Jos\\u00e9/1.jpg","jose"]]}'
+)
+
+
+def test_version_1_chunk_messages_decode_and_encode_the_same():
+    chunk = ArchiveChunk.from_message(V1_CHUNK)
+    assert chunk.ref == ARCHIVE_REF and (chunk.index, chunk.count) == (1, 2)
+    assert chunk.members == (("s0/000.jpg", "s0"), ("José/1.jpg", "jose"))
+    assert chunk.to_message() == V1_CHUNK
+
+
+@pytest.mark.parametrize("body", ["", "not json", "[]", '{"type": 1}'])
+def test_bodies_that_are_no_message_are_validation_errors(body):
+    with pytest.raises(ValidationError):
+        message_type(parse_body(body))
 
 
 def test_notification_mentioning_the_type_is_not_a_chunk():
-    body = json.dumps({"Records": [s3_record(f"uploads/g/a/{CHUNK_MESSAGE_TYPE}.jpg")]})
-    assert not is_chunk_message(body)
-    assert len(object_refs(sqs_event(body))) == 1
+    body = json.dumps({"Records": [s3_record(f"uploads/g/a/{ARCHIVE_CHUNK}.jpg")]})
+    assert message_type(parse_body(body)) is None
+    assert len(sqs_refs(sqs_event(body))) == 1
 
 
 def _message(**changes) -> str:
-    (chunk,) = plan_chunks(ARCHIVE_REF, "staff", plan_of(2), chunk_size=5)
+    (chunk,) = plan_archive_chunks(ARCHIVE_REF, "staff", plan_of(2), chunk_size=5)
     doc = json.loads(chunk.to_message())
     doc.update(changes)
     return json.dumps({k: v for k, v in doc.items() if v is not ...})
@@ -678,18 +779,18 @@ def _message(**changes) -> str:
 )
 def test_bad_chunk_messages_are_validation_errors(body):
     with pytest.raises(ValidationError):
-        Chunk.from_message(body)
+        ArchiveChunk.from_message(body)
 
 
 @pytest.mark.parametrize("size", [0, -1, 2.5, True])
 def test_chunk_size_must_be_positive(size):
     with pytest.raises(ValidationError):
-        plan_chunks(ARCHIVE_REF, "staff", plan_of(2), chunk_size=size)
+        plan_archive_chunks(ARCHIVE_REF, "staff", plan_of(2), chunk_size=size)
 
 
 def test_plan_chunks_checks_the_gallery():
     with pytest.raises(ValidationError, match="gallery"):
-        plan_chunks(ARCHIVE_REF, "no/such", plan_of(2), chunk_size=5)
+        plan_archive_chunks(ARCHIVE_REF, "no/such", plan_of(2), chunk_size=5)
 
 
 # --------------------------------------------------------------------------------------
@@ -814,7 +915,7 @@ def test_release_without_a_claim_is_false(ledger, ddb):
 
 
 def test_sources_are_independent(ledger, ddb):
-    chunks = plan_chunks(ARCHIVE_REF, "staff", plan_of(6), chunk_size=2)
+    chunks = plan_archive_chunks(ARCHIVE_REF, "staff", plan_of(6), chunk_size=2)
     ids = [IngestLedger.source_id(c.ref, c.member_range) for c in chunks]
     assert len(set(ids)) == 3
     assert all(ledger.claim(source, now=T0) for source in ids)
@@ -869,3 +970,67 @@ def test_ingest_imports_without_torch():
         done.stderr or "facegate.storage.keys imported torch or the pipeline"
     )
     assert "PhotoUpload(gallery='g', subject_id='alice', filename='1.jpg')" in done.stdout
+
+
+# --------------------------------------------------------------------------------------
+# facegate upload on moto
+# --------------------------------------------------------------------------------------
+
+
+def test_upload_puts_folders_zips_and_photos_where_classify_reads_them(
+    fresh_aws, faces_dir, tmp_path
+):
+    """Every upload is encrypted (photos of people) and typed, at the key the embedding job
+    reads back as the upload it is."""
+    s3, bucket = fresh_aws.s3, fresh_aws.settings.bucket
+    photo = (faces_dir / "person_a_1.jpg").read_bytes()
+    people = tmp_path / "people"
+    (people / "alice").mkdir(parents=True)
+    (people / "alice" / "1.jpg").write_bytes(photo)
+    (people / ".DS_Store").write_bytes(b"finder")
+    (tmp_path / "Set 2.ZIP").write_bytes(zip_folder(people))
+    (tmp_path / "face.jpg").write_bytes(photo)
+
+    uploaded = [
+        upload(s3, bucket, people, "staff"),
+        upload(s3, bucket, tmp_path / "Set 2.ZIP", "staff"),
+        upload(s3, bucket, tmp_path / "face.jpg", "staff", "alice"),
+    ]
+
+    keys = [key for key, _ in uploaded]
+    assert keys == [
+        "uploads/staff/people.zip",
+        "uploads/staff/Set 2.zip",
+        "uploads/staff/alice/face.jpg",
+    ]
+    assert [classify(k) for k in keys] == [
+        ArchiveUpload("staff", "people"),
+        ArchiveUpload("staff", "Set 2"),
+        PhotoUpload("staff", "alice", "face.jpg"),
+    ]
+    for (key, size), kind in zip(uploaded, ["application/zip"] * 2 + ["image/jpeg"], strict=True):
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head.get("ServerSideEncryption") == "AES256", key
+        assert (head["ContentType"], head["ContentLength"]) == (kind, size)
+    zipped = s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read()
+    assert zipfile.ZipFile(io.BytesIO(zipped)).namelist() == ["alice/1.jpg"]
+    assert s3.get_object(Bucket=bucket, Key=keys[2])["Body"].read() == photo
+
+
+@pytest.mark.parametrize(
+    ("name", "gallery", "subject", "words"),
+    [
+        ("face.jpg", "staff", None, "--subject"),
+        ("face.jpg", "staff", "al/ice", "subject_id"),
+        ("face.jpg", "../staff", "alice", "gallery"),
+        ("missing.zip", "staff", None, "does not exist"),
+    ],
+)
+def test_upload_refuses_what_the_layout_cannot_hold(
+    fresh_aws, tmp_path, name, gallery, subject, words
+):
+    (tmp_path / "face.jpg").write_bytes(PHOTO)
+    s3, bucket = fresh_aws.s3, fresh_aws.settings.bucket
+    with pytest.raises(ValidationError, match=words):
+        upload(s3, bucket, tmp_path / name, gallery, subject)
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)

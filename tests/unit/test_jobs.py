@@ -8,24 +8,29 @@ import math
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from tests_support import run_without_torch
 
+from facegate.batch.aggregate_job import run_aggregation
 from facegate.batch.aggregation import aggregate, summary_json
-from facegate.batch.job_messages import (
-    AggregateRequest,
-    JobChunk,
-    is_aggregate_message,
-    is_job_chunk_message,
-    plan_job_chunks,
-)
+from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.manifest import (
-    MAX_MANIFEST_BYTES,
     JobRow,
     RowFailure,
     parse_manifest,
     resolve_probe,
 )
+from facegate.batch.messages import (
+    JOB_AGGREGATE,
+    JOB_CHUNK,
+    AggregateRequest,
+    JobChunk,
+    message_type,
+    parse_body,
+    plan_job_chunks,
+)
+from facegate.batch.reembed import ReembedRequest, gallery_photos
 from facegate.batch.results import (
     build_results_table,
     failed_record,
@@ -44,12 +49,14 @@ from facegate.errors import (
     ValidationError,
 )
 from facegate.settings import Settings
+from facegate.storage.galleries import GalleryStore
 from facegate.storage.jobs import JobStatus, JobStore
 from facegate.storage.keys import (
     chunk_result_key,
     job_id_from_manifest_key,
     manifest_failures_key,
     manifest_key,
+    part_key,
     results_key,
     summary_key,
 )
@@ -243,6 +250,12 @@ def test_unusable_manifests_are_refused_as_a_whole(text):
         parse_manifest(JOB, text)
 
 
+def test_a_utf16_manifest_is_refused_by_name():
+    text = "probe,gallery,mode\na.jpg,g,identify\n"
+    with pytest.raises(ValidationError, match="is UTF-16 text: save it as CSV UTF-8"):
+        parse_manifest(JOB, text.encode("utf-16"))
+
+
 def test_manifest_size_and_row_limits(monkeypatch):
     with pytest.raises(ValidationError, match="larger"):
         parse_manifest(JOB, b"x" * (MAX_MANIFEST_BYTES + 1))
@@ -297,13 +310,13 @@ def test_plan_job_chunks_refuses_bad_chunk_sizes(size):
 def test_plan_job_chunks_refuses_repeated_rows_and_too_many_chunks(monkeypatch):
     with pytest.raises(ValidationError, match="distinct"):
         plan_job_chunks(JOB, [row(0), row(0)], 5)
-    monkeypatch.setattr("facegate.batch.job_messages.MAX_JOB_CHUNKS", 2)
+    monkeypatch.setattr("facegate.batch.messages.MAX_JOB_CHUNKS", 2)
     with pytest.raises(ValidationError, match="raise chunk_size"):
         plan_job_chunks(JOB, [row(i) for i in range(3)], 1)
 
 
 def test_chunks_close_early_to_fit_a_queue_message(monkeypatch):
-    monkeypatch.setattr("facegate.batch.job_messages.MAX_CHUNK_MESSAGE_BYTES", 600)
+    monkeypatch.setattr("facegate.batch.messages.MAX_MESSAGE_BYTES", 600)
     rows = [
         JobRow(i, f"jobs/{JOB}/{'é' * 40}{i}.jpg", "alice", "staff", "verify") for i in range(12)
     ]
@@ -320,16 +333,14 @@ def test_job_chunk_message_round_trip():
     assert body.isascii()
     doc = json.loads(body)
     assert (doc["type"], doc["version"], doc["job_id"]) == ("facegate.job_chunk", 1, JOB)
-    assert is_job_chunk_message(body)
-    assert not is_aggregate_message(body)
+    assert message_type(parse_body(body)) == JOB_CHUNK
     assert JobChunk.from_message(body) == chunk
 
 
 def test_aggregate_message_round_trip():
     body = AggregateRequest(JOB).to_message()
     assert json.loads(body) == {"type": "facegate.job_aggregate", "version": 1, "job_id": JOB}
-    assert is_aggregate_message(body)
-    assert not is_job_chunk_message(body)
+    assert message_type(parse_body(body)) == JOB_AGGREGATE
     assert AggregateRequest.from_message(body) == AggregateRequest(JOB)
     with pytest.raises(ValidationError):
         AggregateRequest("a/b")
@@ -347,8 +358,50 @@ def test_aggregate_message_round_trip():
     ],
 )
 def test_other_bodies_are_not_job_messages(body):
-    assert not is_job_chunk_message(body)
-    assert not is_aggregate_message(body)
+    try:
+        kind = message_type(parse_body(body))
+    except ValidationError:
+        kind = None
+    assert kind not in (JOB_CHUNK, JOB_AGGREGATE)
+    with pytest.raises(ValidationError):
+        JobChunk.from_message(body)
+    with pytest.raises(ValidationError):
+        AggregateRequest.from_message(body)
+
+
+#: Messages as version 1 put them on the queues: in flight during a deploy, they must
+#: still decode, and encoding must not change under them.
+V1_MESSAGES = [
+    (
+        JobChunk,
+        '{"type":"facegate.job_chunk","version":1,"job_id":"job-2024.05_01","index":0,'
+        '"count":1,"rows":[[3,"jobs/job-2024.05_01/a.jpg","staff","verify","alice"],'
+        '[4,"samples/b.jpg","staff","identify",null]]}',
+    ),
+    (AggregateRequest, '{"type":"facegate.job_aggregate","version":1,"job_id":"job-2024.05_01"}'),
+    (
+        ReembedRequest,
+        '{"type":"facegate.reembed","version":1,"target":"g-fused","model_id":"sface+dlib",'
+        '"source_gallery":"g"}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("cls", "body"), V1_MESSAGES)
+def test_version_1_messages_decode_and_encode_the_same(cls, body):
+    message = cls.from_message(body)
+    assert message.to_message() == body
+    assert cls.from_message(json.loads(body)) == message  # a parsed body decodes the same
+
+
+@pytest.mark.parametrize(("cls", "body"), V1_MESSAGES)
+def test_messages_of_an_unknown_version_or_another_type_are_refused(cls, body):
+    with pytest.raises(ValidationError, match="known version"):
+        cls.from_message(body.replace('"version":1', '"version":2'))
+    others = [other for other, _ in V1_MESSAGES if other is not cls]
+    for other in others:
+        with pytest.raises(ValidationError):
+            other.from_message(body)
 
 
 def _chunk_doc(**changes):
@@ -530,6 +583,16 @@ def bad(record_changes: dict, base: int = 0) -> dict:
             base=3,
         ),
         bad({"ranks": [{"subject_id": "", "similarity": 0.1}]}, base=3),
+        bad({"ranks": [{"subject_id": "a", "similarity": None}]}, base=3),
+        bad(
+            {
+                "ranks": [
+                    {"subject_id": "a", "similarity": 0.9},
+                    {"subject_id": "b", "similarity": None},
+                ]
+            },
+            base=3,
+        ),
         bad({"ranks": [("a", 0.1)]}, base=3),
         bad({"reason": None}, base=4),
         bad({"reason": ""}, base=4),
@@ -866,6 +929,58 @@ def test_a_whole_job_end_to_end(store):
     assert final.counts == summary["counts"]
 
 
+def test_a_finished_jobs_results_are_encrypted_and_typed(store, fresh_aws):
+    """``results.parquet`` and ``summary.json`` name people: written like every other object
+    (SSE-S3, a content type), whatever the bucket's default encryption."""
+    s3, bucket = fresh_aws.s3, fresh_aws.settings.bucket
+    store.create(JOB, rows=2, chunks=1, failed_rows=0)
+    records = [verify_record(row(0), 0.9, 0.25), verify_record(row(1), 0.1, 0.25)]
+    chunk = results_to_parquet(build_results_table(records))
+    s3.put_object(Bucket=bucket, Key=chunk_result_key(JOB, 0), Body=chunk)
+    store.chunk_done(JOB, 0)
+
+    summary = run_aggregation(s3, bucket, store, JOB, "sface")
+
+    assert store.get(JOB).status == "succeeded"
+    assert summary["counts"]["match"] == summary["counts"]["no_match"] == 1
+    written = {results_key(JOB): "application/vnd.apache.parquet"}
+    written[summary_key(JOB)] = "application/json"
+    for key, content_type in written.items():
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head.get("ServerSideEncryption") == "AES256", key
+        assert head["ContentType"] == content_type
+    results = s3.get_object(Bucket=bucket, Key=results_key(JOB))["Body"].read()
+    assert results_from_parquet(results).column("decision").to_pylist() == ["match", "no_match"]
+    assert json.loads(s3.get_object(Bucket=bucket, Key=summary_key(JOB))["Body"].read()) == summary
+
+
+def test_a_chunk_file_that_is_not_a_results_table_fails_its_job(store, fresh_aws):
+    """No retry makes such a file readable: the job is failed with the reason, not left
+    running for ever."""
+    s3, bucket = fresh_aws.s3, fresh_aws.settings.bucket
+    store.create(JOB, rows=1, chunks=1, failed_rows=0)
+    s3.put_object(Bucket=bucket, Key=chunk_result_key(JOB, 0), Body=b"not parquet")
+    with pytest.raises(ValidationError):
+        run_aggregation(s3, bucket, store, JOB, "sface")
+    status = store.get(JOB)
+    assert status.status == "failed"
+    assert status.reason.startswith("validation_error: ") and "not Parquet" in status.reason
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=results_key(JOB))
+
+
+def test_reembedding_refuses_a_part_with_null_photo_keys(fresh_aws):
+    """Parts are read without the gallery checks: a null key or subject is refused by name,
+    never re-embedded as the photo ``None``."""
+    s3, bucket = fresh_aws.s3, fresh_aws.settings.bucket
+    store = GalleryStore(s3, bucket)
+    part = pa.table({"image_key": ["uploads/g/ann/1.jpg", None], "subject_id": ["ann", "bob"]})
+    sink = pa.BufferOutputStream()
+    pq.write_table(part, sink)
+    s3.put_object(Bucket=bucket, Key=part_key("g", "p1"), Body=sink.getvalue().to_pybytes())
+    with pytest.raises(ValidationError, match="image_key"):
+        gallery_photos(store, "g")
+
+
 # --------------------------------------------------------------------------------------
 # Torch-free
 # --------------------------------------------------------------------------------------
@@ -884,3 +999,23 @@ def test_jobs_module_imports_without_torch():
         done.stderr or "facegate.batch.manifest imported torch or the pipeline"
     )
     assert done.stdout.strip() == "jobs/j/a.jpg"
+
+
+def test_workers_build_other_models_on_the_same_detector():
+    """``wiring.model_pipelines``: a re-embedding's model gets its own embedder, warm, and the
+    worker's detector (a fake pipeline class stands in for ``FacePipeline``)."""
+    from facegate.batch.wiring import model_pipelines, warm_pipeline
+
+    class FakePipeline:
+        def __init__(self, settings: Settings, *, detector: object = None) -> None:
+            self.settings, self.detector, self.warm = settings, detector or object(), False
+
+        def warm_up(self) -> None:
+            self.warm = True
+
+    settings = Settings(model_id="sface")
+    main = warm_pipeline(FakePipeline, settings)
+    other = model_pipelines(FakePipeline, settings, main)("sface+dlib")
+    assert main.warm and other.warm
+    assert other.detector is main.detector
+    assert (main.settings.model_id, other.settings.model_id) == ("sface", "sface+dlib")

@@ -18,13 +18,8 @@ from facegate.errors import (
 from facegate.settings import Settings
 from facegate.storage.clients import aws_client
 from facegate.storage.photos import PhotoStore
-from facegate.storage.subjects import (
-    StoredFace,
-    SubjectStore,
-    decode_cursor,
-    encode_cursor,
-    table_definition,
-)
+from facegate.storage.subject_items import decode_cursor, encode_cursor
+from facegate.storage.subjects import StoredFace, SubjectStore, table_definition
 
 REGION = "eu-west-1"
 BUCKET = "facegate-test"

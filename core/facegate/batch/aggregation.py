@@ -1,4 +1,4 @@
-"""Aggregation maths of a verification job: chunk tables -> one results table and a summary. Torch-free."""
+"""Aggregation maths of a verification job: chunk tables -> results and a summary. Torch-free."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def _check_complete(rows: np.ndarray, expected_rows: int) -> None:
 
 def _tallies(table: pa.Table) -> dict[str, Any]:
     decisions = Counter(table["decision"].to_pylist())
-    unknown = sorted(set(decisions) - set(DECISIONS))
+    unknown = sorted(map(str, set(decisions) - set(DECISIONS)))
     if unknown:
         raise ValidationError(f"results hold unknown decisions {unknown}")
     counts = {d: decisions.get(d, 0) for d in DECISIONS}

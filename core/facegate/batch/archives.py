@@ -1,8 +1,7 @@
-"""Zip archives of photos: which member is whose photo, and which are rejected with a reason. Torch-free."""
+"""Zip photo sets: which member is whose photo, and which are rejected with a reason. Torch-free."""
 
 from __future__ import annotations
 
-import csv
 import io
 import zipfile
 import zlib
@@ -10,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
+from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES, read_manifest
 from facegate.common import check_positive, validate_id
 from facegate.errors import (
     FaceGateError,
@@ -22,8 +22,6 @@ from facegate.storage.keys import _is_system_name
 #: Rekognition's S3 image limit, as the API's; a bigger member is refused before it is read.
 MAX_MEMBER_BYTES = 15 * 1024 * 1024
 MAX_ARCHIVE_MEMBERS = 100_000
-#: A manifest of 100 000 rows of long unicode paths stays well below this.
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 _MANIFEST_NAME = "manifest.csv"
 #: Deflate decompresses in bounded steps; bzip2 and LZMA decompress a whole read at once,
@@ -67,7 +65,7 @@ def open_archive(data: bytes | bytearray | memoryview | IO[bytes]) -> zipfile.Zi
 
 def read_archive(
     data: bytes | bytearray | memoryview | IO[bytes],
-    manifest_csv: str | None = None,
+    manifest_csv: str | bytes | None = None,
     *,
     max_member_bytes: int = MAX_MEMBER_BYTES,
     max_members: int = MAX_ARCHIVE_MEMBERS,
@@ -161,15 +159,12 @@ def _inner_manifest(entries: Sequence[zipfile.ZipInfo], top: str | None) -> zipf
     return next((e for e in entries if e.filename in wanted), None)
 
 
-def _manifest_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+def _manifest_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """The inner manifest's bytes; :func:`parse_manifest` decodes them like the one beside."""
     try:
-        raw = read_member(archive, info.filename, MAX_MANIFEST_BYTES)
+        return read_member(archive, info.filename, MAX_MANIFEST_BYTES)
     except FaceGateError as exc:
         raise ValidationError(f"the archive's manifest is unusable: {exc.message}") from exc
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValidationError("the archive's manifest is not UTF-8 text") from exc
 
 
 def _member_problem(info: zipfile.ZipInfo, max_bytes: int) -> FaceGateError | None:
@@ -218,28 +213,21 @@ def _folder_members(
     return members, rejects
 
 
-def parse_manifest(text: str, *, max_rows: int = MAX_ARCHIVE_MEMBERS) -> list[tuple[str, str]]:
-    """``(path, subject_id)`` rows of a CSV with a ``path,subject_id`` header (any column
-    order, extra columns ignored, blank lines skipped, an Excel BOM tolerated).
+def parse_manifest(
+    text: str | bytes, *, max_rows: int = MAX_ARCHIVE_MEMBERS
+) -> list[tuple[str, str]]:
+    """``(path, subject_id)`` rows of a CSV with a ``path,subject_id`` header, read by
+    :func:`facegate.batch.csv_manifest.read_manifest` (any column order, extra columns
+    ignored, blank lines skipped, an Excel BOM tolerated, UTF-16 refused by name).
 
-    A missing header or a malformed file is a :class:`ValidationError`: without its manifest
-    a flat archive has no subjects at all. Ids are checked later, per row.
+    A refused file is a :class:`ValidationError`: without its manifest a flat archive has no
+    subjects at all. Ids are checked later, per row; a row too short for both columns gives
+    ``("", "")``, a reject naming its line.
     """
-    if len(text) > MAX_MANIFEST_BYTES:
-        raise ValidationError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff")), strict=True))
-    except csv.Error as exc:
-        raise ValidationError(f"the manifest is not valid CSV: {exc}") from exc
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    header = [cell.strip().lower() for cell in rows[0]] if rows else []
-    if "path" not in header or "subject_id" not in header:
-        raise ValidationError("the manifest needs a header row with path and subject_id columns")
-    if len(rows) - 1 > max_rows:
-        raise ValidationError(f"the manifest has more than {max_rows} rows")
-    path_at, subject_at = header.index("path"), header.index("subject_id")
+    table = read_manifest(text, required=("path", "subject_id"), max_rows=max_rows)
+    path_at, subject_at = table.columns["path"], table.columns["subject_id"]
     width = max(path_at, subject_at) + 1
-    return [(_cell(row, path_at, width), _cell(row, subject_at, width)) for row in rows[1:]]
+    return [(_cell(row, path_at, width), _cell(row, subject_at, width)) for row in table.rows]
 
 
 def _cell(row: Sequence[str], index: int, width: int) -> str:
@@ -264,12 +252,12 @@ def _manifest_members(
     subjects: dict[str, set[str]] = {}
     rejects: list[tuple[str, FaceGateError]] = []
     for number, (path, subject) in enumerate(rows, start=2):
-        name = lookup.get(path.removeprefix("./"))
-        if name is None:
+        found = lookup.get(path.removeprefix("./"))
+        if found is None:
             label = path or f"<manifest line {number}>"
             rejects.append((label, ValidationError("listed in the manifest, not in the archive")))
         else:
-            subjects.setdefault(name, set()).add(subject)
+            subjects.setdefault(found, set()).add(subject)
     members: list[tuple[str, str]] = []
     for name in names:
         listed = sorted(subjects.get(name, ()))

@@ -16,9 +16,8 @@ import pyarrow as pa
 
 from facegate.errors import FaceGateError
 from facegate.gallery.format import GalleryMeta, build_gallery_table, rejects_from_errors
-from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.settings import MultiFacePolicy
-from facegate.types import FaceResult
+from facegate.types import FaceProcessor, FaceResult
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class PartResult:
         return self.gallery.num_rows
 
 
-def gallery_meta(pipeline: FacePipeline) -> GalleryMeta:
+def gallery_meta(pipeline: FaceProcessor) -> GalleryMeta:
     return GalleryMeta(
         model_id=pipeline.model_id,
         weights_sha256=pipeline.card.weights_sha256,
@@ -64,7 +63,7 @@ def gallery_meta(pipeline: FacePipeline) -> GalleryMeta:
 
 
 def embed_photos(
-    pipeline: FacePipeline,
+    pipeline: FaceProcessor,
     photos: Iterable[PhotoInput] | Sequence[PhotoInput],
     *,
     batch: int = 32,
@@ -101,7 +100,7 @@ def embed_photos(
 
 
 def _embed_batch(
-    pipeline: FacePipeline,
+    pipeline: FaceProcessor,
     photos: list[PhotoInput],
     policy: MultiFacePolicy | None,
     rows: _Rows,

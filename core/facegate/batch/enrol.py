@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -17,9 +18,16 @@ from tqdm import tqdm
 from facegate.batch.embedding import PhotoInput, embed_photos
 from facegate.errors import FaceGateError, ValidationError
 from facegate.gallery.format import write_gallery
-from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.pipeline.image import ImageLimits, read_image_bytes
 from facegate.settings import MultiFacePolicy
+from facegate.types import FaceProcessor
+
+
+class LimitedProcessor(FaceProcessor, Protocol):
+    """A face processor that also says which files it reads (``FacePipeline`` is one)."""
+
+    @property
+    def limits(self) -> ImageLimits: ...
 
 
 @dataclass
@@ -59,7 +67,7 @@ def _read(
 
 
 def embed_directory(
-    pipeline: FacePipeline,
+    pipeline: LimitedProcessor,
     directory: Path,
     out: Path,
     rejects_out: Path,

@@ -1,4 +1,11 @@
-"""S3 and SQS events -> the created objects they are about. Torch-free."""
+"""S3 notifications -> the created objects they name, via Powertools event classes. Torch-free.
+
+An SQS body that is not one of our typed messages (:mod:`facegate.batch.messages`) is an S3
+event notification, sent to the queue by S3 directly or through SNS. Reading goes through
+Powertools' data classes (:class:`S3Event`, :class:`SNSMessage`) rather than dict walking;
+only what they leave open is checked here: that the document is a notification at all, and
+that a record names a bucket and a key.
+"""
 
 from __future__ import annotations
 
@@ -6,93 +13,65 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
-from facegate.batch.archive_chunks import _json_object, is_chunk_message
-from facegate.errors import (
-    ValidationError,
-)
+from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
+from aws_lambda_powertools.utilities.data_classes.sns_event import SNSMessage
+
+from facegate.batch.messages import parse_body
+from facegate.errors import ValidationError
 from facegate.storage.objects import ObjectRef
 
 
-def object_refs(event: Mapping[str, Any]) -> list[ObjectRef]:
-    """The created objects an S3 event, or an SQS event of S3 notifications, is about.
+def notification_refs(doc: Mapping[str, Any]) -> list[ObjectRef]:
+    """The created objects an S3 notification (a parsed SQS body, or S3's direct Lambda
+    event) is about.
 
-    Accepted: S3's direct Lambda event; an SQS event whose bodies are S3 notifications, also
-    when they went through SNS first. Skipped: S3's ``s3:TestEvent`` (sent once when the
-    notification is configured), records other than ``ObjectCreated:*`` (a delete must
-    never trigger embedding), and our own chunk messages (:func:`is_chunk_message`: the
-    caller dispatches those to :meth:`Chunk.from_message`). Anything else is a
-    :class:`ValidationError`: a poison message that no retry will fix. To fail single
-    messages of an SQS batch instead of the whole batch, call it per record:
-    ``object_refs({"Records": [record]})``.
+    Unwrapped first: an SNS envelope (``"Type": "Notification"``). Skipped: S3's
+    ``s3:TestEvent`` (sent once when the notification is configured) and records other than
+    ``ObjectCreated:*`` (a delete must never trigger embedding). Anything else is a
+    :class:`ValidationError`: a poison message that no retry will fix.
     """
-    if not isinstance(event, Mapping):
-        raise ValidationError("an event must be a JSON object")
-    if _is_test_event(event):
+    if doc.get("Type") == "Notification":
+        doc = parse_body(SNSMessage(dict(doc)).message, "SNS message")
+    if doc.get("Event") == "s3:TestEvent":
         return []
-    refs: list[ObjectRef] = []
-    for record in _records(event):
-        if "s3" in record:
-            refs.extend(_s3_record_refs(record))
-        elif "body" in record:
-            refs.extend(_message_refs(record["body"]))
-        else:
-            raise ValidationError("record is neither an S3 notification nor an SQS message")
-    return refs
-
-
-def _is_test_event(doc: Mapping[str, Any]) -> bool:
-    return doc.get("Event") == "s3:TestEvent"
-
-
-def _records(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     records = doc.get("Records")
     if not isinstance(records, list) or not all(isinstance(r, Mapping) for r in records):
-        raise ValidationError("not an S3 or SQS event: no list of Records")
-    return records
-
-
-def _message_refs(body: Any) -> list[ObjectRef]:
-    """An SQS body: an S3 notification, an SNS envelope around one, or our chunk message."""
-    if not isinstance(body, str):
-        raise ValidationError("SQS message body must be a string")
-    if is_chunk_message(body):
-        return []
-    doc = _json_object(body, "SQS message body")
-    if doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
-        doc = _json_object(doc["Message"], "SNS message")
-    if _is_test_event(doc):
-        return []
+        raise ValidationError("not an S3 notification: no list of Records")
     refs: list[ObjectRef] = []
-    for record in _records(doc):
+    for record in S3Event(dict(doc)).records:
         if "s3" not in record:
-            raise ValidationError("SQS message carries a record that is not an S3 notification")
-        refs.extend(_s3_record_refs(record))
+            raise ValidationError("a notification record that is not from S3")
+        if str(record.get("eventName", "")).startswith("ObjectCreated:"):
+            refs.append(_object_ref(record))
     return refs
 
 
-def _s3_record_refs(record: Mapping[str, Any]) -> list[ObjectRef]:
-    if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
-        return []
+def _object_ref(record: S3EventRecord) -> ObjectRef:
+    """``S3Object.key`` is as S3 sent it, form-encoded: decoded here, as ``S3Event.object_key``
+    does for a first record."""
     try:
-        s3 = record["s3"]
-        obj = s3["object"]
-        bucket = s3["bucket"]["name"]
-        key = unquote_plus(obj["key"])
-        size = int(obj.get("size", 0))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValidationError("malformed S3 notification record", detail=repr(record)) from exc
+        bucket = record.s3.bucket.name
+        obj = record.s3.get_object
+        key = unquote_plus(obj.key)
+        size = obj.size if "size" in obj else 0
+        version = _text(obj.version_id)
+        etag = _text(obj.etag)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValidationError(
+            "malformed S3 notification record", detail=repr(record.raw_event)
+        ) from exc
     if not isinstance(bucket, str) or not bucket or not key:
-        raise ValidationError("S3 notification without bucket or key", detail=repr(record))
-    version = _text(obj.get("versionId"))
-    return [
-        ObjectRef(
-            bucket=bucket,
-            key=key,
-            version_id=None if version == "null" else version,
-            etag=_text(obj.get("eTag")),
-            size=size,
+        raise ValidationError(
+            "S3 notification without bucket or key", detail=repr(record.raw_event)
         )
-    ]
+    return ObjectRef(
+        bucket=bucket,
+        key=key,
+        version_id=None if version == "null" else version,
+        etag=etag,
+        size=size,
+    )
 
 
 def _text(value: Any) -> str | None:

@@ -10,39 +10,70 @@ One invocation handles one SQS batch (the event source's ``BatchSize``):
 3. All photos of the batch are embedded together, and each gallery touched gets ONE part
    file and one rejects file, named after the claims, so a retry overwrites its own part.
 
-Failures are sorted by kind. Permanent ones (corrupt photo, no face, bad zip, invalid id)
-become reject rows and the message succeeds: retrying cannot help. Retryable ones (S3 or
-DynamoDB errors) make that record a batch item failure, with its claims released, while the
-rest of the batch goes on; SQS retries it and, after ``maxReceiveCount``, parks it in the DLQ.
+Records go through Powertools' batch utility (:mod:`facegate.batch.processing`): step 1 runs
+per record, step 3 once for the batch. Failures are sorted by kind. Permanent ones (corrupt
+photo, no face, bad zip, an unreadable or UTF-16 manifest, invalid id, an archive version
+deleted before its chunk ran) become reject rows and the message succeeds: retrying cannot
+help. A message that names no gallery at all (not JSON, an unknown message type) is logged
+by id and reason and dropped. Retryable ones (S3, DynamoDB or SQS errors) make that record a
+batch item failure, with its claims released, while the rest of the batch goes on; a part that
+cannot be written fails exactly the records whose photos it held. SQS retries them and, after
+``maxReceiveCount``, parks them in the DLQ.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
+import zipfile
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import BotoCoreError, ClientError
 
-from facegate.batch.archive_chunks import Chunk, is_chunk_message, plan_chunks
 from facegate.batch.archives import open_archive, read_archive, read_member
+from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.embedding import PhotoInput, embed_photos
-from facegate.batch.events import object_refs
-from facegate.errors import FaceGateError, ImageTooLargeError, InvalidImageError, StorageError
-from facegate.gallery.format import write_gallery
-from facegate.pipeline.face_pipeline import FacePipeline
+from facegate.batch.events import notification_refs
+from facegate.batch.messages import (
+    ARCHIVE_CHUNK,
+    ArchiveChunk,
+    message_type,
+    parse_body,
+    plan_archive_chunks,
+)
+from facegate.batch.processing import (
+    CollectingBatchProcessor,
+    discard,
+    is_retryable,
+    process_batch,
+)
+from facegate.errors import (
+    FaceGateError,
+    InvalidImageError,
+    ObjectNotFoundError,
+    StorageError,
+    ValidationError,
+)
 from facegate.settings import MultiFacePolicy
-from facegate.storage.keys import ArchiveUpload, InvalidUpload, PhotoUpload, classify
+from facegate.storage.galleries import GalleryStore
+from facegate.storage.keys import (
+    ArchiveUpload,
+    InvalidUpload,
+    PhotoUpload,
+    classify,
+    part_key,
+    rejects_key,
+)
 from facegate.storage.ledger import IngestLedger, safe_part_name
 from facegate.storage.objects import ObjectRef
-
-PARTS = "galleries/{gallery}/parts/{name}.parquet"
-REJECTS = "galleries/{gallery}/rejects/{name}.parquet"
+from facegate.storage.photos import PhotoStore
+from facegate.types import FaceProcessor
 
 
 class RetryableError(StorageError):
@@ -74,7 +105,7 @@ class EmbedJob:
     """Everything the embedding function does, with its clients injected."""
 
     def __init__(
-        self, pipeline: FacePipeline, s3: Any, sqs: Any, ledger: IngestLedger, config: JobConfig
+        self, pipeline: FaceProcessor, s3: Any, sqs: Any, ledger: IngestLedger, config: JobConfig
     ) -> None:
         self.pipeline, self.s3, self.sqs, self.ledger, self.config = (
             pipeline,
@@ -84,36 +115,55 @@ class EmbedJob:
             config,
         )
 
-    def handle(self, event: dict[str, Any]) -> dict[str, Any]:
-        """An SQS event -> ``{"batchItemFailures": [...]}`` (partial batch response)."""
-        failures: list[str] = []
-        works: list[_Work] = []
-        for record in event.get("Records", []):
-            work = _Work(record["messageId"])
-            try:
-                self._collect(record, work)
-            except (RetryableError, StorageError):
-                self._release(work)
-                failures.append(work.message_id)
-                continue
-            works.append(work)
-        failures += self._write(works)
-        return {"batchItemFailures": [{"itemIdentifier": m} for m in failures]}
+    def handle(self, event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
+        """An SQS event -> the partial batch response: only records a retry may fix are listed."""
+        return process_batch(event, self.collect, context, CollectingBatchProcessor(self._write))
 
-    def _collect(self, record: dict[str, Any], work: _Work) -> None:
-        body = record.get("body", "")
-        if is_chunk_message(body):
-            chunk = Chunk.from_message(body)
-            self._take_chunk(chunk, work)
+    def collect(self, record: SQSRecord) -> _Work:
+        """What one record contributes; raises only what a retry may fix (claims released)."""
+        work = _Work(record.message_id)
+        try:
+            self._collect(record, work)
+        except FaceGateError as exc:
+            self._release(work)
+            if is_retryable(exc):
+                raise
+            discard(record, exc, "ingest")
+            return _Work(record.message_id)
+        except BaseException:
+            self._release(work)
+            raise
+        return work
+
+    def _collect(self, record: SQSRecord, work: _Work) -> None:
+        doc = parse_body(record.body, "SQS message body")
+        kind = message_type(doc)
+        if kind == ARCHIVE_CHUNK:
+            self._take_chunk(ArchiveChunk.from_message(doc), work)
+        elif kind is not None:
+            raise ValidationError(f"unexpected message type {kind!r} on the ingest queue")
+        else:
+            for ref in notification_refs(doc):
+                self._take_ref(ref, work)
+
+    def _take_ref(self, ref: ObjectRef, work: _Work) -> None:
+        """One uploaded object; a permanent problem with it is a reject row of its gallery."""
+        upload = classify(ref.key)
+        if isinstance(upload, InvalidUpload):
+            if upload.gallery:
+                work.rejects[upload.gallery].append((ref.key, upload.error))
             return
-        for ref in object_refs({"Records": [record]}):
-            upload = classify(ref.key)
+        if not isinstance(upload, PhotoUpload | ArchiveUpload):
+            return
+        try:
             if isinstance(upload, PhotoUpload):
                 self._take_photo(ref, upload, work)
-            elif isinstance(upload, ArchiveUpload):
+            else:
                 self._take_archive(ref, upload, work)
-            elif isinstance(upload, InvalidUpload) and upload.gallery:
-                work.rejects[upload.gallery].append((ref.key, upload.error))
+        except FaceGateError as exc:
+            if is_retryable(exc):
+                raise
+            work.rejects[upload.gallery].append((ref.key, exc))
 
     def _claim(self, ref: ObjectRef, member_range: str, work: _Work) -> bool:
         source = self.ledger.source_id(ref, member_range)
@@ -128,37 +178,41 @@ class EmbedJob:
         try:
             data = self._get(ref.key, ref.version_id, self.config.max_photo_bytes)
             work.photos[upload.gallery].append(PhotoInput(ref.key, upload.subject_id, data=data))
-        except (InvalidImageError, ImageTooLargeError) as exc:
+        except FaceGateError as exc:
+            if is_retryable(exc):
+                raise
             work.photos[upload.gallery].append(PhotoInput(ref.key, upload.subject_id, error=exc))
 
     def _take_archive(self, ref: ObjectRef, upload: ArchiveUpload, work: _Work) -> None:
         if not self._claim(ref, "plan", work):
             return
-        try:
-            data = self._get(ref.key, ref.version_id, None)
-            plan = read_archive(data, self._manifest(upload))
-        except FaceGateError as exc:
-            if isinstance(exc, StorageError):
-                raise
-            work.rejects[upload.gallery].append((ref.key, exc))
-            return
+        data = self._get(ref.key, ref.version_id, None)
+        plan = read_archive(data, self._manifest(upload))
+        chunks = plan_archive_chunks(ref, upload.gallery, plan, self.config.chunk_size)
         for member, error in plan.rejects:
             work.rejects[upload.gallery].append((f"{ref.key}/{member}", error))
-        chunks = plan_chunks(ref, upload.gallery, plan, self.config.chunk_size)
         if len(chunks) <= 1:
             for chunk in chunks:
-                self._read_members(chunk, data, work)
+                self._read_members(chunk, open_archive(data), work)
             return
         self._fan_out(chunks)
 
-    def _take_chunk(self, chunk: Chunk, work: _Work) -> None:
+    def _take_chunk(self, chunk: ArchiveChunk, work: _Work) -> None:
+        """A chunk's members; if its archive version is gone or unreadable, every member is a
+        reject with that reason (the chunk can never be read, so it must not be retried)."""
         if not self._claim(chunk.ref, chunk.member_range, work):
             return
-        data = self._get(chunk.key, chunk.version_id, None)
-        self._read_members(chunk, data, work)
+        try:
+            archive = open_archive(self._get(chunk.key, chunk.version_id, None))
+        except FaceGateError as exc:
+            if is_retryable(exc):
+                raise
+            for member, _ in chunk.members:
+                work.rejects[chunk.gallery].append((f"{chunk.key}/{member}", exc))
+            return
+        self._read_members(chunk, archive, work)
 
-    def _read_members(self, chunk: Chunk, data: bytes, work: _Work) -> None:
-        archive = open_archive(data)
+    def _read_members(self, chunk: ArchiveChunk, archive: zipfile.ZipFile, work: _Work) -> None:
         for member, subject in chunk.members:
             key = f"{chunk.key}/{member}"
             try:
@@ -167,7 +221,7 @@ class EmbedJob:
                 photo = PhotoInput(key, subject, error=exc)
             work.photos[chunk.gallery].append(photo)
 
-    def _fan_out(self, chunks: list[Chunk]) -> None:
+    def _fan_out(self, chunks: list[ArchiveChunk]) -> None:
         if not self.config.queue_url:
             raise RetryableError("archive needs fan-out but FACEGATE_INGEST_QUEUE_URL is unset")
         for start in range(0, len(chunks), 10):
@@ -180,69 +234,74 @@ class EmbedJob:
             if sent.get("Failed"):
                 raise RetryableError(f"{len(sent['Failed'])} chunk messages were not queued")
 
-    def _manifest(self, upload: ArchiveUpload) -> str | None:
+    def _manifest(self, upload: ArchiveUpload) -> bytes | None:
+        """The manifest uploaded beside the archive, if any (decoded by ``read_archive``)."""
         try:
-            return self._get(upload.manifest_key, None, 16 * 1024 * 1024).decode("utf-8-sig")
-        except InvalidImageError:
+            return self._get(upload.manifest_key, None, MAX_MANIFEST_BYTES)
+        except (ObjectNotFoundError, InvalidImageError):
             return None
 
     def _get(self, key: str, version_id: str | None, max_bytes: int | None) -> bytes:
-        """Object bytes; a missing object is permanent, anything else from S3 retryable."""
-        args = {"Bucket": self.config.bucket, "Key": key}
-        if version_id:
-            args["VersionId"] = version_id
+        """Object bytes; a missing object (or version) is permanent
+        (:class:`InvalidImageError`), so is one over ``max_bytes`` (:class:`ImageTooLargeError`,
+        refused before the download); anything else from S3 is retryable."""
         try:
-            answer = self.s3.get_object(**args)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchVersion", "404"):
-                raise InvalidImageError(f"{key} no longer exists") from exc
-            raise RetryableError(f"cannot read s3://{self.config.bucket}/{key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise RetryableError(f"cannot read s3://{self.config.bucket}/{key}: {exc}") from exc
-        if max_bytes is not None and answer.get("ContentLength", 0) > max_bytes:
-            raise ImageTooLargeError(f"{key} is over the {max_bytes} byte limit")
-        return answer["Body"].read()
+            return PhotoStore(self.s3, self.config.bucket).get(
+                key, version_id=version_id, max_bytes=max_bytes
+            )
+        except StorageError as exc:
+            raise RetryableError(exc.message, detail=exc.detail) from exc
 
-    def _write(self, works: list[_Work]) -> list[str]:
-        """Embed per gallery and write one part + rejects each; failed records' ids."""
-        galleries = sorted({g for w in works for g in (*w.photos, *w.rejects)})
-        failed: set[str] = set()
-        for gallery in galleries:
+    def _write(self, collected: Sequence[tuple[SQSRecord, _Work]]) -> dict[str, BaseException]:
+        """Embed per gallery and write one part + rejects each, then complete the claims of
+        the records whose every gallery was written; the others fail (claims released)."""
+        works = [work for _, work in collected]
+        failed: dict[str, BaseException] = {}
+        written: dict[str, list[str]] = {}
+        for gallery in sorted({g for w in works for g in (*w.photos, *w.rejects)}):
             members = [w for w in works if gallery in w.photos or gallery in w.rejects]
-            name = safe_part_name(
-                hashlib.sha256(
-                    "\n".join(sorted(c for w in members for c in w.claims)).encode()
-                ).hexdigest()
-            )
-            part = embed_photos(
-                self.pipeline,
-                [p for w in members for p in w.photos.get(gallery, [])],
-                rejected=[r for w in members for r in w.rejects.get(gallery, [])],
-                policy=self.config.policy,
-            )
             try:
-                keys = self._put_part(gallery, name, part.gallery, part.rejects)
-            except RetryableError:
-                failed.update(w.message_id for w in members)
-                continue
-            for work in members:
-                for claim in work.claims:
-                    self.ledger.complete(claim, keys)
+                written[gallery] = self._write_gallery(gallery, members)
+            except Exception as exc:  # any failure of the write fails its records, no more
+                for work in members:
+                    failed.setdefault(work.message_id, exc)
         for work in works:
+            if work.message_id not in failed:
+                keys = [k for g in sorted({*work.photos, *work.rejects}) for k in written[g]]
+                try:
+                    for claim in work.claims:
+                        self.ledger.complete(claim, keys)
+                except StorageError as exc:
+                    failed[work.message_id] = exc
             if work.message_id in failed:
                 self._release(work)
-        return sorted(failed)
+        return failed
+
+    def _write_gallery(self, gallery: str, members: Sequence[_Work]) -> list[str]:
+        """One part and one rejects table of ``gallery``, named after the members' claims."""
+        name = safe_part_name(
+            hashlib.sha256(
+                "\n".join(sorted(c for w in members for c in w.claims)).encode()
+            ).hexdigest()
+        )
+        part = embed_photos(
+            self.pipeline,
+            [p for w in members for p in w.photos.get(gallery, [])],
+            rejected=[r for w in members for r in w.rejects.get(gallery, [])],
+            policy=self.config.policy,
+        )
+        return self._put_part(gallery, name, part.gallery, part.rejects)
 
     def _put_part(self, gallery: str, name: str, table: pa.Table, rejects: pa.Table) -> list[str]:
+        """The part and its rejects, through :class:`GalleryStore` (validated, encrypted and
+        typed as Parquet like every gallery object); a storage failure is retryable."""
+        store = GalleryStore(self.s3, self.config.bucket)
         written = []
-        for key, body in (
-            (PARTS.format(gallery=gallery, name=name), _gallery_bytes(table)),
-            (REJECTS.format(gallery=gallery, name=name), _table_bytes(rejects)),
-        ):
+        for key, part in ((part_key(gallery, name), table), (rejects_key(gallery, name), rejects)):
             try:
-                self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body)
-            except (ClientError, BotoCoreError) as exc:
-                raise RetryableError(f"cannot write {key}: {exc}") from exc
+                store.write_table(key, part)
+            except StorageError as exc:
+                raise RetryableError(exc.message, detail=exc.detail) from exc
             written.append(key)
         return written
 
@@ -251,15 +310,3 @@ class EmbedJob:
         for claim in work.claims:
             with contextlib.suppress(StorageError):
                 self.ledger.release(claim)
-
-
-def _gallery_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    write_gallery(table, sink)
-    return sink.getvalue()
-
-
-def _table_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()

@@ -15,25 +15,41 @@ Messages it handles, all from the jobs queue:
 
 Galleries are loaded through a per-process cache keyed by object ETag, so a warm worker
 reuses them across chunks and reloads a gallery that was recompacted.
+
+Records go through Powertools' batch utility (:mod:`facegate.batch.processing`), each on its
+own. A job always ends with a status: a manifest that cannot be read (deleted, over 16 MB,
+UTF-16, no valid header) creates the job ``failed`` with the reason, so ``GET /jobs/<id>``
+shows it; a probe that cannot be used (missing, over the byte limit, not a photo) is a
+``failed`` result row with its reason code; a chunk message that cannot be run fails its job.
+Only storage errors are retried, for the one record that met them.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import BotoCoreError, ClientError
 
-from facegate.batch.events import object_refs
-from facegate.batch.job_messages import (
+from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
+from facegate.batch.events import notification_refs
+from facegate.batch.manifest import JobRow, parse_manifest
+from facegate.batch.messages import (
+    JOB_CHUNK,
+    REEMBED,
     AggregateRequest,
     JobChunk,
-    is_job_chunk_message,
+    message_type,
+    parse_body,
     plan_job_chunks,
 )
-from facegate.batch.manifest import JobRow, parse_manifest
-from facegate.batch.reembed import ReembedRequest, put_status, reembed_doc
+from facegate.batch.processing import discard, is_retryable, process_batch
+from facegate.batch.reembed import ReembedRequest, put_status
 from facegate.batch.reembed_job import run_reembed
 from facegate.batch.results import (
     build_results_table,
@@ -46,24 +62,33 @@ from facegate.batch.results import (
 from facegate.errors import (
     FaceGateError,
     ImageTooLargeError,
-    InvalidImageError,
+    ModelMismatchError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
     StorageError,
     UnknownGalleryError,
+    UnknownJobError,
     UnknownSubjectError,
+    ValidationError,
 )
 from facegate.gallery.cache import GalleryCache
 from facegate.gallery.index import GalleryIndex
-from facegate.pipeline.face_pipeline import FacePipeline
-from facegate.storage.galleries import GalleryStore
+from facegate.settings import MultiFacePolicy
 from facegate.storage.jobs import JobStore
 from facegate.storage.keys import (
     chunk_result_key,
+    gallery_key,
     job_id_from_manifest_key,
     manifest_failures_key,
     manifest_key,
 )
+from facegate.storage.objects import PARQUET_TYPE, ObjectStore
+from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import SubjectStore
-from facegate.types import FaceResult
+from facegate.types import FaceProcessor, FaceResult
+
+#: Builds, warm, the pipeline of another installed model (a re-embedding's target model).
+PipelineFactory = Callable[[str], FaceProcessor]
 
 
 @dataclass(frozen=True)
@@ -74,12 +99,16 @@ class WorkerConfig:
     chunk_size: int = 100
     top_k: int = 5
     max_photo_bytes: int = 15 * 1024 * 1024
+    #: Multi-face policy of the galleries a re-embedding writes (``gallery_multi_face``).
+    gallery_policy: MultiFacePolicy = "reject"
 
 
 class JobWorker:
+    """Everything the jobs function does, with its clients and pipelines injected."""
+
     def __init__(
         self,
-        pipeline: FacePipeline,
+        pipeline: FaceProcessor,
         s3: Any,
         sqs: Any,
         jobs: JobStore,
@@ -87,46 +116,65 @@ class JobWorker:
         cache: GalleryCache | None = None,
         subjects: SubjectStore | None = None,
         tombstones: Any | None = None,
+        *,
+        pipeline_factory: PipelineFactory | None = None,
     ) -> None:
         self.pipeline, self.s3, self.sqs, self.jobs, self.config = pipeline, s3, sqs, jobs, config
         self.cache = cache or GalleryCache(expected_model_id=pipeline.model_id)
         self.subjects, self.tombstones = subjects, tombstones
-        self._pipelines: dict[str, FacePipeline] = {pipeline.model_id: pipeline}
+        self.pipeline_factory = pipeline_factory
+        self._pipelines: dict[str, FaceProcessor] = {pipeline.model_id: pipeline}
 
-    def handle(self, event: dict[str, Any]) -> dict[str, Any]:
-        """SQS event -> partial batch response; storage errors fail only their record."""
-        failures = []
-        for record in event.get("Records", []):
-            try:
-                self._handle_record(record)
-            except StorageError:
-                failures.append({"itemIdentifier": record["messageId"]})
-        return {"batchItemFailures": failures}
+    def handle(self, event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
+        """SQS event -> partial batch response; only storage errors fail (their record)."""
+        return process_batch(event, self.handle_record, context)
 
-    def _handle_record(self, record: dict[str, Any]) -> None:
-        body = record.get("body", "")
-        if is_job_chunk_message(body):
-            self.run_chunk(JobChunk.from_message(body))
-            return
-        if reembed_doc(body) is not None:
-            self.reembed(ReembedRequest.from_message(body))
-            return
-        for ref in object_refs({"Records": [record]}):
-            job_id = job_id_from_manifest_key(ref.key)
-            if job_id is not None:
-                self.start(job_id)
+    def handle_record(self, record: SQSRecord) -> None:
+        """One message of the jobs queue; a permanent problem is recorded, not raised."""
+        try:
+            doc = parse_body(record.body, "SQS message body")
+            kind = message_type(doc)
+            if kind == JOB_CHUNK:
+                self._chunk_message(doc)
+            elif kind == REEMBED:
+                self.reembed(ReembedRequest.from_message(doc))
+            elif kind is not None:
+                raise ValidationError(f"unexpected message type {kind!r} on the jobs queue")
+            else:
+                for ref in notification_refs(doc):
+                    job_id = job_id_from_manifest_key(ref.key)
+                    if job_id is not None:
+                        self.start(job_id)
+        except FaceGateError as exc:
+            if is_retryable(exc):
+                raise
+            discard(record, exc, "jobs")
+
+    def _chunk_message(self, doc: Mapping[str, Any]) -> None:
+        """Run a chunk; one that cannot be decoded or run fails its job (if it names one),
+        since the job could never count that chunk done."""
+        try:
+            self.run_chunk(JobChunk.from_message(doc))
+        except FaceGateError as exc:
+            if not is_retryable(exc):
+                self._fail_job(doc.get("job_id"), exc)
+            raise
+
+    def _fail_job(self, job_id: Any, exc: FaceGateError) -> None:
+        with contextlib.suppress(UnknownJobError, ValidationError):
+            self.jobs.fail(job_id, f"{exc.code}: {exc.message}")
 
     def start(self, job_id: str) -> None:
-        text = self._get(manifest_key(job_id), 16 * 1024 * 1024)
+        """Create the job and fan its rows out; an unusable manifest creates it ``failed``."""
         try:
+            text = self._manifest(job_id)
             rows, refused = parse_manifest(job_id, text, bucket=self.config.bucket)
+            chunks = plan_job_chunks(job_id, rows, self.config.chunk_size)
         except FaceGateError as exc:
-            if isinstance(exc, StorageError):
+            if is_retryable(exc):
                 raise
-            if self.jobs.create(job_id, rows=0, chunks=0, failed_rows=0):
-                self.jobs.fail(job_id, f"{exc.code}: {exc.message}")
+            self._refuse(job_id, exc)
             return
-        chunks = plan_job_chunks(job_id, rows, self.config.chunk_size)
         if not self.jobs.create(job_id, len(rows) + len(refused), len(chunks), len(refused)):
             return
         if refused:
@@ -137,12 +185,42 @@ class JobWorker:
         else:
             self._send(self.config.aggregate_queue_url, [AggregateRequest(job_id).to_message()])
 
+    def _refuse(self, job_id: str, exc: FaceGateError) -> None:
+        """Record a job whose manifest is unusable: created with no rows, then failed.
+
+        A retry after the first write (the second failed) finds the job and finishes it; a
+        duplicate notification of a job that did start (it has rows) changes nothing.
+        """
+        if not self.jobs.create(job_id, rows=0, chunks=0, failed_rows=0):
+            status = self.jobs.get(job_id)
+            if status.rows or status.status != "running":
+                return
+        self.jobs.fail(job_id, f"{exc.code}: {exc.message}")
+
+    def _manifest(self, job_id: str) -> bytes:
+        """The job's manifest; deleted or over the limit is a :class:`ValidationError`."""
+        limit = MAX_MANIFEST_BYTES
+        try:
+            return self._get(manifest_key(job_id), limit)
+        except FaceGateError as exc:
+            if is_retryable(exc):
+                raise
+            if isinstance(exc, ImageTooLargeError | ObjectTooLargeError):
+                message = f"the manifest is larger than the limit of {limit} bytes"
+            else:
+                message = f"the manifest cannot be read ({exc.code}): was it deleted?"
+            raise ValidationError(message) from exc
+
     def run_chunk(self, chunk: JobChunk) -> None:
+        """Decide every row of the chunk and write its results; a probe that cannot be used
+        (missing, over the byte limit, not a photo) is a failed row with its reason code."""
         probes: list[bytes | FaceGateError] = []
         for row in chunk.rows:
             try:
                 probes.append(self._get(row.probe_key, self.config.max_photo_bytes))
-            except InvalidImageError as exc:
+            except FaceGateError as exc:
+                if is_retryable(exc):
+                    raise
                 probes.append(exc)
         readable = [p for p in probes if isinstance(p, bytes)]
         outcomes = iter(self.pipeline.process_many(readable, policy="largest"))
@@ -165,7 +243,7 @@ class JobWorker:
         try:
             gallery = self._gallery(row.gallery)
         except FaceGateError as exc:
-            if isinstance(exc, StorageError):
+            if is_retryable(exc):
                 raise
             return failed_record(row, exc)
         threshold = self.pipeline.threshold
@@ -182,22 +260,14 @@ class JobWorker:
 
     def _gallery(self, name: str) -> GalleryIndex:
         """The gallery's index from the cache: one conditional GET per use when warm."""
-        key = GalleryStore.gallery_key(name)
+        key = gallery_key(name)
+        objects = ObjectStore(self.s3, self.config.bucket)
 
         def load(if_none_match: str | None) -> tuple[str, bytes | None]:
-            extra = {"IfNoneMatch": if_none_match} if if_none_match else {}
             try:
-                answer = self.s3.get_object(Bucket=self.config.bucket, Key=key, **extra)
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code in ("304", "NotModified"):
-                    return if_none_match or "", None
-                if code in ("NoSuchKey", "404"):
-                    raise UnknownGalleryError(f"gallery {name!r} has not been built") from exc
-                raise StorageError(f"cannot read {key}: {exc}") from exc
-            except BotoCoreError as exc:
-                raise StorageError(f"cannot read {key}: {exc}") from exc
-            return answer["ETag"], answer["Body"].read()
+                return objects.get_if_changed(key, if_none_match)
+            except ObjectNotFoundError as exc:
+                raise UnknownGalleryError(f"gallery {name!r} has not been built") from exc
 
         return self.cache.get(self.config.bucket, key, load)
 
@@ -212,9 +282,10 @@ class JobWorker:
                 subjects=self.subjects,
                 deleted=self.tombstones.all() if self.tombstones is not None else None,
                 max_photo_bytes=self.config.max_photo_bytes,
+                policy=self.config.gallery_policy,
             )
         except FaceGateError as exc:
-            if isinstance(exc, StorageError):
+            if is_retryable(exc):
                 raise
             failure = {
                 "status": "failed",
@@ -225,36 +296,27 @@ class JobWorker:
             }
             put_status(self.s3, self.config.bucket, request.target, failure)
 
-    def pipeline_for(self, model_id: str) -> FacePipeline:
-        """The worker's pipeline, or one for another installed model sharing its detector."""
+    def pipeline_for(self, model_id: str) -> FaceProcessor:
+        """The worker's pipeline, or one for another installed model from the injected
+        factory (:func:`facegate.batch.wiring.model_pipelines` shares the detector), built
+        once per process; without a factory, another model is a :class:`ModelMismatchError`."""
         if model_id not in self._pipelines:
-            settings = self.pipeline.settings.model_copy(update={"model_id": model_id})
-            pipeline = FacePipeline(settings, detector=self.pipeline.detector)
-            pipeline.warm_up()
-            self._pipelines[model_id] = pipeline
+            if self.pipeline_factory is None:
+                raise ModelMismatchError(
+                    f"this worker serves {self.pipeline.model_id!r} only, not {model_id!r}"
+                )
+            self._pipelines[model_id] = self.pipeline_factory(model_id)
         return self._pipelines[model_id]
 
-    def _get_object(self, key: str) -> dict[str, Any]:
-        try:
-            return self.s3.get_object(Bucket=self.config.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise InvalidImageError(f"{key} does not exist") from exc
-            raise StorageError(f"cannot read {key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"cannot read {key}: {exc}") from exc
-
     def _get(self, key: str, max_bytes: int) -> bytes:
-        answer = self._get_object(key)
-        if answer.get("ContentLength", 0) > max_bytes:
-            raise ImageTooLargeError(f"{key} is over the {max_bytes} byte limit")
-        return answer["Body"].read()
+        """A manifest or probe: missing is an :class:`InvalidImageError`, over ``max_bytes``
+        an :class:`ImageTooLargeError` (refused before the download), S3 failures a
+        :class:`StorageError`."""
+        return PhotoStore(self.s3, self.config.bucket).get(key, max_bytes=max_bytes)
 
     def _put(self, key: str, body: bytes) -> None:
-        try:
-            self.s3.put_object(Bucket=self.config.bucket, Key=key, Body=body)
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot write {key}: {exc}") from exc
+        """A results Parquet file, encrypted like every object (it names subjects)."""
+        ObjectStore(self.s3, self.config.bucket).put(key, body, content_type=PARQUET_TYPE)
 
     def _send(self, queue_url: str | None, bodies: list[str]) -> None:
         if not queue_url:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+from facegate.batch.csv_manifest import read_manifest
 from facegate.common import check_index, validate_id
 from facegate.errors import ValidationError
 from facegate.storage.keys import ENROLMENT_PREFIX, job_prefix
 
-#: Like the ingest manifests: 100 000 rows of long unicode paths stay well below this.
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_JOB_ROWS = 100_000
 #: S3's own limit on key length.
 MAX_PROBE_KEY_BYTES = 1024
@@ -99,8 +96,9 @@ def parse_manifest(
     problem found, for: an empty probe (``missing_probe``), an unsafe or foreign probe
     (``invalid_probe``), a mode other than verify/identify (``invalid_mode``), an invalid
     gallery or subject id (``invalid_id``), a verify row without a subject
-    (``missing_claimed_subject``). The file as a whole is a :class:`ValidationError` when it
-    is not UTF-8 CSV, lacks a required column, has no data rows or too many.
+    (``missing_claimed_subject``). The file as a whole is a :class:`ValidationError` when
+    :func:`facegate.batch.csv_manifest.read_manifest` refuses it (not UTF-8 CSV, a required
+    column missing, more than :data:`MAX_JOB_ROWS` rows) or it has no data rows.
     """
     validate_id(job_id, "job_id")
     rows: list[JobRow] = []
@@ -156,55 +154,17 @@ def _key_problem(key: Any) -> str | None:
     return None
 
 
-def _manifest_text(text: str | bytes) -> str:
-    if isinstance(text, bytes | bytearray):
-        if len(text) > MAX_MANIFEST_BYTES:
-            raise ValidationError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
-        try:
-            return bytes(text).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise ValidationError("the manifest is not UTF-8 text") from exc
-    if not isinstance(text, str):
-        raise ValidationError("the manifest must be text")
-    if len(text) > MAX_MANIFEST_BYTES:
-        raise ValidationError(f"the manifest is larger than {MAX_MANIFEST_BYTES} bytes")
-    return text.removeprefix("\ufeff")
-
-
 def _manifest_cells(text: str | bytes) -> list[dict[str, str]]:
     """The data rows as ``{column: stripped cell}`` for the columns we read."""
-    try:
-        lines = list(csv.reader(io.StringIO(_manifest_text(text)), strict=True))
-    except csv.Error as exc:
-        raise ValidationError(f"the manifest is not valid CSV: {exc}") from exc
-    lines = [line for line in lines if any(cell.strip() for cell in line)]
-    if not lines:
-        raise ValidationError("the manifest is empty")
-    columns = _header_columns(lines[0])
-    data = lines[1:]
-    if not data:
+    table = read_manifest(
+        text, required=_REQUIRED_COLUMNS, optional=_OPTIONAL_COLUMNS, max_rows=MAX_JOB_ROWS
+    )
+    if not table.rows:
         raise ValidationError("the manifest has a header but no rows")
-    if len(data) > MAX_JOB_ROWS:
-        raise ValidationError(f"the manifest has more than {MAX_JOB_ROWS} rows")
     return [
-        {name: line[at].strip() if at < len(line) else "" for name, at in columns.items()}
-        for line in data
+        {name: line[at].strip() if at < len(line) else "" for name, at in table.columns.items()}
+        for line in table.rows
     ]
-
-
-def _header_columns(header: Sequence[str]) -> dict[str, int]:
-    names = [cell.strip().lower() for cell in header]
-    missing = [c for c in _REQUIRED_COLUMNS if c not in names]
-    if missing:
-        raise ValidationError(
-            f"the manifest's header lacks {', '.join(missing)}: it needs probe, gallery and "
-            "mode columns (claimed_subject optional)"
-        )
-    wanted = (*_REQUIRED_COLUMNS, *_OPTIONAL_COLUMNS)
-    repeated = sorted(c for c in wanted if names.count(c) > 1)
-    if repeated:
-        raise ValidationError(f"the manifest's header repeats {', '.join(repeated)}")
-    return {c: names.index(c) for c in wanted if c in names}
 
 
 def _parse_row(

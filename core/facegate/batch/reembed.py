@@ -13,31 +13,31 @@ old gallery keeps serving until the new one is checked and switched to.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
+
+import pyarrow as pa
 
 from facegate.batch.archives import open_archive, read_member
+from facegate.batch.messages import REEMBED, Message
 from facegate.common import validate_id
-from facegate.errors import InvalidImageError, UnknownGalleryError, ValidationError
-from facegate.storage.aws_errors import aws_errors
+from facegate.errors import ObjectNotFoundError, UnknownGalleryError, ValidationError
 from facegate.storage.galleries import GalleryStore
-from facegate.storage.keys import UPLOADS_PREFIX
+from facegate.storage.keys import UPLOADS_PREFIX, reembed_status_key
+from facegate.storage.objects import JSON_TYPE, ObjectStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import SubjectStore
 
-#: Where a re-embedding's state lives: ``queued`` (by the API), then its report or error.
-#: Outside ``galleries/``, which holds only Parquet tables.
-STATUS_KEY = "reembed/{target}.json"
-MESSAGE_TYPE = "facegate.reembed"
-MESSAGE_VERSION = 1
 SUBJECTS = "subjects"
 
 
 @dataclass(frozen=True)
-class ReembedRequest:
+class ReembedRequest(Message):
     """Re-embed ``source`` (a gallery name, or None for the enrolled subjects) into
-    ``target`` with ``model_id``."""
+    ``target`` with ``model_id``; a :data:`~facegate.batch.messages.REEMBED` message."""
+
+    MESSAGE_TYPE: ClassVar[str] = REEMBED
 
     target: str
     model_id: str
@@ -56,29 +56,12 @@ class ReembedRequest:
     def source(self) -> str:
         return self.source_gallery if self.source_gallery is not None else SUBJECTS
 
-    def to_message(self) -> str:
-        doc = {"type": MESSAGE_TYPE, "version": MESSAGE_VERSION, **asdict(self)}
-        return json.dumps(doc, separators=(",", ":"))
+    def fields(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def from_message(cls, body: str) -> ReembedRequest:
-        doc = reembed_doc(body)
-        if doc is None:
-            raise ValidationError(f"not a {MESSAGE_TYPE} message of version {MESSAGE_VERSION}")
+    def from_fields(cls, doc: Mapping[str, Any]) -> Self:
         return cls(doc.get("target", ""), doc.get("model_id", ""), doc.get("source_gallery"))
-
-
-def reembed_doc(body: Any) -> dict[str, Any] | None:
-    """The message as a dict if ``body`` is one of ours, else None (cheap for other bodies)."""
-    if not isinstance(body, str) or MESSAGE_TYPE not in body:
-        return None
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or doc.get("type") != MESSAGE_TYPE:
-        return None
-    return doc if doc.get("version") == MESSAGE_VERSION else None
 
 
 def gallery_photos(store: GalleryStore, gallery: str) -> list[tuple[str, str]]:
@@ -91,12 +74,20 @@ def gallery_photos(store: GalleryStore, gallery: str) -> list[tuple[str, str]]:
     for key in keys:
         table = store.read_table(key, columns=["image_key", "subject_id"])
         for image_key, subject in zip(
-            table.column("image_key").to_pylist(),
-            table.column("subject_id").to_pylist(),
-            strict=True,
+            _strings(table, "image_key", key), _strings(table, "subject_id", key), strict=True
         ):
             seen.setdefault(image_key, subject)
     return sorted(seen.items())
+
+
+def _strings(table: pa.Table, column: str, key: str) -> list[str]:
+    """A column the gallery schema declares non-null text; a part breaking that is refused
+    by name rather than re-embedding a photo under a null key or subject."""
+    values = table.column(column).to_pylist()
+    strings = [v for v in values if isinstance(v, str)]
+    if len(strings) != len(values):
+        raise ValidationError(f"{key}: {column} holds values that are not strings")
+    return strings
 
 
 def subject_photos(subjects: SubjectStore) -> list[tuple[str, str]]:
@@ -115,7 +106,11 @@ def subject_photos(subjects: SubjectStore) -> list[tuple[str, str]]:
 
 class PhotoFetcher:
     """Photo bytes by image key: plain objects, or members of an uploaded zip (the archive
-    is read once and kept while consecutive keys come from it: keys are sorted)."""
+    is read once and kept while consecutive keys come from it: keys are sorted).
+
+    A photo (plain or member) over ``max_bytes`` is an :class:`ImageTooLargeError` and a
+    missing one an :class:`InvalidImageError`: reject rows, as in the upload job.
+    """
 
     def __init__(self, s3: Any, bucket: str, max_bytes: int) -> None:
         self.photos = PhotoStore(s3, bucket)
@@ -125,13 +120,10 @@ class PhotoFetcher:
     def __call__(self, image_key: str) -> bytes:
         archive_key, member = split_member(image_key)
         if member is None:
-            return self._get(image_key)
+            return self.photos.get(image_key, max_bytes=self.max_bytes)
         if self._archive is None or self._archive[0] != archive_key:
-            self._archive = (archive_key, open_archive(self._get(archive_key)))
+            self._archive = (archive_key, open_archive(self.photos.get(archive_key)))
         return read_member(self._archive[1], member, self.max_bytes)
-
-    def _get(self, key: str) -> bytes:
-        return self.photos.get(key)
 
 
 def split_member(image_key: str) -> tuple[str, str | None]:
@@ -149,21 +141,15 @@ def chunks(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str, 
 
 def put_status(s3: Any, bucket: str, target: str, doc: dict[str, Any]) -> None:
     """Record a re-embedding's state (``queued``, ``done`` + report, ``failed`` + error)."""
-    key = STATUS_KEY.format(target=validate_id(target, "gallery"))
-    with aws_errors(f"writing s3://{bucket}/{key}"):
-        s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=json.dumps(doc).encode(),
-            ContentType="application/json",
-            ServerSideEncryption="AES256",
-        )
+    body = json.dumps(doc).encode()
+    ObjectStore(s3, bucket).put(reembed_status_key(target), body, content_type=JSON_TYPE)
 
 
 def get_status(s3: Any, bucket: str, target: str) -> dict[str, Any]:
     """The recorded state; :class:`UnknownGalleryError` when nothing was requested."""
-    key = STATUS_KEY.format(target=validate_id(target, "gallery"))
     try:
-        return json.loads(PhotoStore(s3, bucket).get(key))
-    except InvalidImageError as exc:
+        found = ObjectStore(s3, bucket).get(reembed_status_key(target))
+    except ObjectNotFoundError as exc:
         raise UnknownGalleryError(f"no re-embedding into {target!r} was requested") from exc
+    doc: dict[str, Any] = json.loads(found.body)
+    return doc

@@ -24,9 +24,10 @@ from facegate.batch.reembed import (
     subject_photos,
 )
 from facegate.errors import FaceGateError, ModelMismatchError, StorageError, ValidationError
-from facegate.pipeline.face_pipeline import FacePipeline
+from facegate.settings import MultiFacePolicy
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.subjects import SubjectStore
+from facegate.types import FaceProcessor
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ReembedReport:
 
 
 def run_reembed(
-    pipeline: FacePipeline,
+    pipeline: FaceProcessor,
     s3: Any,
     bucket: str,
     request: ReembedRequest,
@@ -55,8 +56,13 @@ def run_reembed(
     deleted: Mapping[str, str] | None = None,
     chunk_size: int = 200,
     max_photo_bytes: int = 15 * 1024 * 1024,
+    policy: MultiFacePolicy = "reject",
 ) -> ReembedReport:
-    """Re-embed the request's source photos with ``pipeline`` into the target gallery."""
+    """Re-embed the request's source photos with ``pipeline`` into the target gallery.
+
+    ``policy`` is the galleries' multi-face policy (settings ``gallery_multi_face``), as the
+    upload job applies it.
+    """
     started = time.perf_counter()
     if pipeline.model_id != request.model_id:
         raise ModelMismatchError(
@@ -84,7 +90,7 @@ def run_reembed(
                 if isinstance(exc, StorageError):
                     raise
                 inputs.append(PhotoInput(key, subject, error=exc))
-        part = embed_photos(pipeline, inputs, policy=pipeline.settings.gallery_multi_face)
+        part = embed_photos(pipeline, inputs, policy=policy)
         name = f"reembed-{tag}-{request.source}-{index:05d}"
         store.write_table(store.part_key(request.target, name), part.gallery)
         store.write_table(store.rejects_key(request.target, name), part.rejects)

@@ -52,22 +52,21 @@ def results_schema() -> pa.Schema:
     child is named ``element`` because Parquet's list convention renames it so: the schema
     read back equals this one.
     """
-    return pa.schema(
-        [
-            pa.field("row", pa.int32(), nullable=False),
-            pa.field("probe", pa.string(), nullable=False),
-            pa.field("mode", pa.string(), nullable=False),
-            pa.field("gallery", pa.string(), nullable=False),
-            pa.field("claimed_subject", pa.string()),
-            pa.field("decision", pa.string(), nullable=False),
-            pa.field("similarity", pa.float32()),
-            pa.field("threshold", pa.float32()),
-            pa.field("best_subject", pa.string()),
-            pa.field("ranks", pa.list_(pa.field("element", _RANK, nullable=False))),
-            pa.field("reason", pa.string()),
-            pa.field("detail", pa.string()),
-        ]
-    )
+    fields: list[pa.Field[Any]] = [
+        pa.field("row", pa.int32(), nullable=False),
+        pa.field("probe", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("gallery", pa.string(), nullable=False),
+        pa.field("claimed_subject", pa.string()),
+        pa.field("decision", pa.string(), nullable=False),
+        pa.field("similarity", pa.float32()),
+        pa.field("threshold", pa.float32()),
+        pa.field("best_subject", pa.string()),
+        pa.field("ranks", pa.list_(pa.field("element", _RANK, nullable=False))),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+    ]
+    return pa.schema(fields)
 
 
 RESULT_COLUMNS: tuple[str, ...] = tuple(results_schema().names)
@@ -114,16 +113,15 @@ def identify_record(
     """
     if row.mode != IDENTIFY:
         raise ValidationError(f"row {row.row} is a {row.mode} row, not an identify row")
-    ranked = [{"subject_id": subject, "similarity": sim} for subject, sim in ranks]
-    top = ranked[0] if ranked else None
-    identified = top is not None and top["similarity"] >= threshold
+    top = ranks[0] if ranks else None
+    identified = top is not None and top[1] >= threshold
     return {
         **_row_fields(row),
         "decision": "identified" if identified else "not_identified",
-        "similarity": top["similarity"] if top else None,
+        "similarity": top[1] if top else None,
         "threshold": threshold,
-        "best_subject": top["subject_id"] if identified and top else None,
-        "ranks": ranked,
+        "best_subject": top[0] if identified and top else None,
+        "ranks": [{"subject_id": subject, "similarity": sim} for subject, sim in ranks],
     }
 
 
@@ -216,7 +214,8 @@ def _cosine(value: Any, what: str, slack: float) -> float | None:
 def _checked_ranks(ranks: Any) -> list[dict[str, Any]]:
     if isinstance(ranks, str | bytes | Mapping) or not isinstance(ranks, Sequence):
         raise ValidationError("ranks must be a list of {subject_id, similarity}")
-    checked = []
+    checked: list[dict[str, Any]] = []
+    sims: list[float] = []
     for entry in ranks:
         if not isinstance(entry, Mapping) or set(entry) != {"subject_id", "similarity"}:
             raise ValidationError("each rank must be {subject_id, similarity}")
@@ -224,8 +223,10 @@ def _checked_ranks(ranks: Any) -> list[dict[str, Any]]:
         if not isinstance(subject, str) or not subject:
             raise ValidationError("a rank's subject_id must be a non-empty string")
         similarity = _cosine(entry["similarity"], "a rank's similarity", _COSINE_SLACK)
+        if similarity is None:
+            raise ValidationError("a rank's similarity must be a number, not null")
         checked.append({"subject_id": subject, "similarity": similarity})
-    sims = [c["similarity"] for c in checked]
+        sims.append(similarity)
     if any(a < b for a, b in pairwise(sims)):
         raise ValidationError("ranks must be ordered by similarity, highest first")
     return checked

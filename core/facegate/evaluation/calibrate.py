@@ -22,7 +22,8 @@ import numpy as np
 
 from facegate.evaluation.metrics import threshold_at_far
 from facegate.evaluation.pairs import Pair
-from facegate.evaluation.run import embed_images, score_pairs
+from facegate.evaluation.records import score_pairs
+from facegate.evaluation.run import embed_images
 from facegate.pipeline.face_pipeline import FacePipeline
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}

@@ -41,8 +41,8 @@ def plot_roc(
     ax.set_ylim(
         bottom=max(0.0, min(float(np.min(t[f > 0])) for _, f, t in curves) - 0.02), top=1.001
     )
-    for far in (1e-3, 1e-2):
-        ax.axvline(far, color="grey", linestyle=":", linewidth=0.8)
+    for marked in (1e-3, 1e-2):
+        ax.axvline(marked, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xlabel("false accept rate")
     ax.set_ylabel("true accept rate")
     ax.set_title(title)

@@ -19,7 +19,7 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +31,7 @@ from facegate.evaluation.metrics import (
     roc_curve,
     tar_at_far,
 )
-
-if TYPE_CHECKING:
-    from facegate.evaluation.run import Evaluation
+from facegate.evaluation.records import Evaluation
 
 TARGET_FARS = (1e-2, 1e-3)
 NO_FACE_FALLBACK = (

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,10 @@ from tqdm import tqdm
 
 from facegate.errors import FaceError, FaceGateError
 from facegate.evaluation.pairs import Pair
+from facegate.evaluation.records import EmbeddedImages, Evaluation, score_pairs
+from facegate.evaluation.report import kfold_report
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.types import Detection, FaceResult
-
-
-@dataclass
-class EmbeddedImages:
-    """Embeddings by path; which images needed the fallback; which could not be read."""
-
-    vectors: dict[Path, np.ndarray] = field(default_factory=dict)
-    no_face: list[Path] = field(default_factory=list)
-    failed: dict[Path, str] = field(default_factory=dict)
 
 
 def embed_images(
@@ -93,37 +85,6 @@ def _embed_fallback(
             out.no_face.append(path)
 
 
-def score_pairs(pairs: Sequence[Pair], embedded: EmbeddedImages) -> np.ndarray:
-    """Cosine per pair; -1 where an image could not be read at all."""
-    scores = np.full(len(pairs), -1.0, dtype=np.float64)
-    for n, pair in enumerate(pairs):
-        a, b = embedded.vectors.get(pair.path_a), embedded.vectors.get(pair.path_b)
-        if a is not None and b is not None:
-            scores[n] = float(np.dot(a, b))
-    return scores
-
-
-@dataclass
-class Evaluation:
-    """One model's scores on one pair list, with everything a report needs to explain them."""
-
-    model_id: str
-    pairs: list[Pair]
-    scores: np.ndarray
-    embedded: EmbeddedImages
-    seconds: float
-    flip_tta: bool
-    card_threshold: float
-
-    @property
-    def same(self) -> np.ndarray:
-        return np.array([p.same for p in self.pairs], dtype=bool)
-
-    @property
-    def folds(self) -> np.ndarray:
-        return np.array([p.fold for p in self.pairs])
-
-
 def run_evaluation(
     pipeline: FacePipeline, pairs: Sequence[Pair], *, progress: bool = True
 ) -> Evaluation:
@@ -146,6 +107,4 @@ def evaluate_pairs(
     pipeline: FacePipeline, pairs: Sequence[Pair], *, progress: bool = True
 ) -> dict[str, Any]:
     """The LFW protocol on ``pairs``: the k-fold report (see ``facegate.evaluation.report``)."""
-    from facegate.evaluation.report import kfold_report
-
     return kfold_report(run_evaluation(pipeline, pairs, progress=progress))

@@ -37,7 +37,7 @@ Payload = (
     | pa.RecordBatch
     | GalleryIndex
     | str
-    | os.PathLike
+    | os.PathLike[str]
     | None
 )
 #: ``loader(if_none_match) -> (etag, payload)``; ``if_none_match`` is the cached etag or
@@ -251,7 +251,7 @@ class GalleryCache:
         if isinstance(payload, (bytes, bytearray, memoryview, pa.Buffer)):
             return GalleryIndex.from_bytes(payload, **options)
         if isinstance(payload, (str, os.PathLike)):
-            return GalleryIndex.from_parquet(payload, **options)
+            return GalleryIndex.from_parquet(os.fspath(payload), **options)
         raise FaceGateError(f"loader for {name} returned an unusable payload: {type(payload)}")
 
     # ------------------------------------------------------------------ management

@@ -1,10 +1,14 @@
-"""Gallery compaction of tables: many parts -> one gallery, latest rows, deletions applied. Torch-free."""
+"""Gallery compaction: many part tables -> one gallery, latest rows, deletions applied.
+
+Torch-free: pure table work, no storage (``facegate.storage.galleries`` reads and writes).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -12,12 +16,8 @@ import pyarrow.compute as pc
 
 from facegate.common import parse_instant, utc_now
 from facegate.errors import ModelMismatchError, ValidationError
-from facegate.gallery.format import (
-    GalleryMeta,
-    build_gallery_table,
-    gallery_embeddings,
-    validate_gallery_table,
-)
+from facegate.gallery.meta import GalleryMeta
+from facegate.gallery.table import build_gallery_table, gallery_embeddings, validate_gallery_table
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -165,11 +165,12 @@ def _drop_deleted(table: pa.Table, deleted: Mapping[str, int]) -> pa.Table:
     """
     if not deleted or table.num_rows == 0:
         return table
-    encoded = pc.dictionary_encode(table["subject_id"].combine_chunks())
-    never = np.iinfo(np.int64).min
-    per_subject = np.array(
-        [deleted.get(s, never) for s in encoded.dictionary.to_pylist()], dtype=np.int64
+    encoded = cast(
+        "pa.DictionaryArray[Any, Any]", pc.dictionary_encode(table["subject_id"].combine_chunks())
     )
+    never = np.iinfo(np.int64).min
+    subjects = cast(list[str], encoded.dictionary.to_pylist())  # ids are never null
+    per_subject = np.array([deleted.get(s, never) for s in subjects], dtype=np.int64)
     deleted_at = per_subject[encoded.indices.to_numpy(zero_copy_only=False)]
     part_at = table[_PART_US].to_numpy()
     return table.filter(pa.array(part_at > deleted_at))
@@ -185,11 +186,12 @@ def _build(rows: pa.Table, meta: GalleryMeta) -> pa.Table:
                 "build_gallery_table cannot hold them"
             )
     n = rows.num_rows
+    bbox = cast("pa.FixedSizeListArray[Any]", rows["bbox"].combine_chunks())
     return build_gallery_table(
         subject_ids=rows["subject_id"].combine_chunks(),
         image_keys=rows["image_key"].combine_chunks(),
         face_indices=rows["face_index"].to_numpy(),
-        bboxes=rows["bbox"].combine_chunks().flatten().to_numpy().reshape(n, 4),
+        bboxes=bbox.flatten().to_numpy().reshape(n, 4),
         det_scores=rows["det_score"].to_numpy(),
         embeddings=gallery_embeddings(rows),
         meta=meta,

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 
 from facegate.errors import ModelMismatchError, StorageError, ValidationError
-from facegate.gallery.format import (
-    METADATA_KEY,
-    GalleryMeta,
-    Source,
-    gallery_embeddings,
-    gallery_meta_from_schema,
-    open_gallery,
-)
+from facegate.gallery.format import Source, open_gallery
 from facegate.gallery.kernels import (
     _F16_SCALE,
     LOAD_BATCH_ROWS,
@@ -31,6 +24,7 @@ from facegate.gallery.kernels import (
     _table_embedding_blocks,
     f16_to_scaled_f32,
 )
+from facegate.gallery.meta import METADATA_KEY, GalleryMeta
 from facegate.gallery.search import (
     DEFAULT_K,
     Match,
@@ -40,6 +34,7 @@ from facegate.gallery.search import (
     check_threshold,
     row_similarities,
 )
+from facegate.gallery.table import gallery_embeddings, gallery_meta_from_schema
 
 #: Below this many rows a thread pool costs more than it saves.
 PARALLEL_MIN_ROWS = 1 << 15
@@ -79,8 +74,8 @@ class GalleryIndex:
     def __init__(
         self,
         embeddings: Any,
-        subject_ids: Sequence[str] | np.ndarray | pa.Array | pa.ChunkedArray,
-        image_keys: Sequence[str] | np.ndarray | pa.Array | pa.ChunkedArray | None = None,
+        subject_ids: Sequence[str] | np.ndarray | pa.Array[Any] | pa.ChunkedArray[Any],
+        image_keys: Sequence[str] | np.ndarray | pa.Array[Any] | pa.ChunkedArray[Any] | None = None,
         *,
         threshold: float | None = None,
         meta: GalleryMeta | None = None,
@@ -137,8 +132,8 @@ class GalleryIndex:
         self,
         matrix: np.ndarray,
         max_norm: float,
-        subjects: pa.Array,
-        keys: pa.Array | None,
+        subjects: pa.Array[Any],
+        keys: pa.Array[Any] | None,
         meta: GalleryMeta | None,
         threshold: float | None,
         threads: int | None,
@@ -154,7 +149,7 @@ class GalleryIndex:
         codes = encoded.indices.to_numpy(zero_copy_only=False)
         self._codes = np.ascontiguousarray(codes, dtype=np.int32)
         self._codes.flags.writeable = False
-        self._subject_names: pa.Array = encoded.dictionary
+        self._subject_names: pa.Array[Any] = encoded.dictionary
         self._max_rows_per_subject = int(np.bincount(self._codes).max()) if self._codes.size else 0
         self._image_keys = keys
 
@@ -229,8 +224,8 @@ class GalleryIndex:
                 f"gallery has {pf.metadata.num_rows} rows but its metadata says {meta.row_count}"
             )
         builder = _MatrixBuilder(meta.row_count, meta.dim, dt)
-        subjects: list[pa.Array] = []
-        keys: list[pa.Array] = []
+        subjects: list[pa.Array[Any]] = []
+        keys: list[pa.Array[Any]] = []
         try:
             for batch in pf.iter_batches(
                 batch_size=LOAD_BATCH_ROWS, columns=["subject_id", "image_key", "embedding"]
@@ -279,15 +274,15 @@ class GalleryIndex:
     # ------------------------------------------------------------------ properties
 
     def __len__(self) -> int:
-        return self._matrix.shape[0]
+        return int(self._matrix.shape[0])
 
     @property
     def n_rows(self) -> int:
-        return self._matrix.shape[0]
+        return int(self._matrix.shape[0])
 
     @property
     def dim(self) -> int:
-        return self._matrix.shape[1]
+        return int(self._matrix.shape[1])
 
     @property
     def dtype(self) -> np.dtype:
@@ -316,11 +311,11 @@ class GalleryIndex:
         return self._codes
 
     @property
-    def subject_names(self) -> pa.Array:
+    def subject_names(self) -> pa.Array[Any]:
         return self._subject_names
 
     @property
-    def image_keys(self) -> pa.Array | None:
+    def image_keys(self) -> pa.Array[Any] | None:
         return self._image_keys
 
     @property
@@ -460,7 +455,8 @@ class GalleryIndex:
         if rows.size == 0:
             return SearchResult(candidates=(), threshold=threshold)
         codes = pa.array(self._codes[rows], type=pa.int32())
-        subjects = self._subject_names.take(codes).to_pylist()
+        # Subject names are never null (checked when the index was built).
+        subjects = cast(list[str], self._subject_names.take(codes).to_pylist())
         if self._image_keys is not None:
             keys = self._image_keys.take(pa.array(rows, type=pa.int64())).to_pylist()
         else:

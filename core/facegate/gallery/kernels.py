@@ -1,4 +1,7 @@
-"""Blocked matrix kernels for gallery search: float16 widening, thread pools, scratch. Torch-free."""
+"""Blocked matrix kernels for gallery search: float16 widening, thread pools, scratch.
+
+Torch-free.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from facegate.errors import ValidationError
-from facegate.gallery.format import (
-    gallery_embeddings,
-)
+from facegate.gallery.table import gallery_embeddings
 
 #: Rows per batch when loading a Parquet gallery: memory beyond the matrix is one batch.
 LOAD_BATCH_ROWS = 65536
@@ -38,9 +39,9 @@ _F32_SAFE_NORM = 1e18
 # --------------------------------------------------------------------------------------
 
 
-def _check_dtype(dtype: Any) -> np.dtype:
+def _check_dtype(dtype: Any) -> np.dtype[Any]:
     try:
-        dt = np.dtype(dtype)
+        dt: np.dtype[Any] = np.dtype(dtype)
     except TypeError as exc:
         raise ValidationError(f"dtype must be float32 or float16, got {dtype!r}") from exc
     if dt not in _DTYPES:
@@ -147,7 +148,7 @@ def _run_blocks(n: int, block: int, work: Callable[[int, int], None], workers: i
         raise errors[0]
 
 
-def _string_array(values: Any, name: str, n: int) -> pa.Array:
+def _string_array(values: Any, name: str, n: int) -> pa.Array[Any]:
     """Strings (a sequence, NumPy array or Arrow array/chunked array) as one Arrow array."""
     if isinstance(values, pa.ChunkedArray):
         arr = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())

@@ -28,15 +28,9 @@ import numpy as np
 import pyarrow as pa
 
 from facegate.errors import ModelMismatchError, StorageError, ValidationError
-from facegate.gallery.format import (
-    DEFAULT_ROW_GROUP_SIZE,
-    METADATA_KEY,
-    Source,
-    gallery_embeddings,
-    gallery_meta_from_schema,
-    open_gallery,
-    validate_embeddings,
-)
+from facegate.gallery.format import DEFAULT_ROW_GROUP_SIZE, Source, open_gallery
+from facegate.gallery.meta import METADATA_KEY
+from facegate.gallery.table import gallery_embeddings, gallery_meta_from_schema, validate_embeddings
 
 DEFAULT_K = 5
 #: One row group per batch by default: the unit Parquet decompresses anyway.
@@ -131,7 +125,7 @@ def _as_gallery(gallery: Any, dim: int) -> np.ndarray:
 
 def _similarities(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     """``(Q, D) @ (N, D).T -> (Q, N) float32``; non-finite scores mean a corrupt gallery."""
-    scores = queries @ gallery.T
+    scores: np.ndarray = queries @ gallery.T
     if not np.isfinite(scores).all():
         raise ValidationError("gallery embeddings contain non-finite values")
     return scores
@@ -150,7 +144,7 @@ def row_similarities(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
     candidates with it to return the same similarities and order as :func:`search_gallery`.
     Both arguments must be float32 for that guarantee.
     """
-    scores = np.einsum("ij,j->i", gallery, query)
+    scores: np.ndarray = np.einsum("ij,j->i", gallery, query)
     if not np.isfinite(scores).all():
         raise ValidationError("gallery embeddings contain non-finite values")
     return scores
@@ -219,10 +213,10 @@ class _Candidate(NamedTuple):
     image_key: str | None
 
 
-Lookup = Callable[[np.ndarray], list]
+Lookup = Callable[[np.ndarray], list[Any]]
 
 
-def _column_lookup(column: pa.Array | pa.ChunkedArray) -> Lookup:
+def _column_lookup(column: pa.Array[Any] | pa.ChunkedArray[Any]) -> Lookup:
     return lambda idx: column.take(pa.array(idx, type=pa.int64())).to_pylist()
 
 
@@ -328,7 +322,8 @@ def check_query(query: Any, dim: int | None = None) -> np.ndarray:
     A dim other than ``dim`` is a :class:`ModelMismatchError`; several queries, a
     non-finite or non-normalised vector a :class:`ValidationError`.
     """
-    return _single_query(query, dim)[0]
+    query_row: np.ndarray = _single_query(query, dim)[0]
+    return query_row
 
 
 # The former private names, for callers that used them.

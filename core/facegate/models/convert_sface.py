@@ -27,7 +27,9 @@ def _expect(condition: bool, message: str) -> None:
 
 
 def _bn(prefix: str, node: ChainNode, eps: float) -> dict[str, np.ndarray]:
-    _expect(node.op == "BatchNormalization", f"{prefix}: expected BatchNormalization, got {node.op}")
+    _expect(
+        node.op == "BatchNormalization", f"{prefix}: expected BatchNormalization, got {node.op}"
+    )
     _expect(
         abs(node.attrs.get("epsilon", 1e-5) - eps) < eps * 1e-3,
         f"{prefix}: epsilon {node.attrs.get('epsilon')} != {eps}",
@@ -75,7 +77,9 @@ def chain_to_state_dict(chain: list[ChainNode]) -> dict[str, torch.Tensor]:
     _expect(gemm.attrs.get("transB", 0) == 1, "Gemm must have transB=1")
     state["pre_fc1.weight"], state["pre_fc1.bias"] = gemm.constants[0], gemm.constants[1]
     state.update(_bn("fc1", rest[3], 2e-5))
-    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()
+    }
 
 
 def convert_sface(onnx_path: str | Path) -> tuple[dict[str, torch.Tensor], onnx.ModelProto]:

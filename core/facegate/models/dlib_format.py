@@ -94,17 +94,17 @@ class _Reader:
         self.data = memoryview(data)
         self.pos = 0
 
-    def int(self, max_bytes: int = 8) -> int:
+    def read_int(self, max_bytes: int = 8) -> int:
         value, self.pos = decode_int(self.data, self.pos, max_bytes)
         return value
 
     def count(self) -> int:
-        value = self.int()
+        value = self.read_int()
         if value < 0:
             raise ValueError(f"negative size {value} before byte {self.pos}")
         return value
 
-    def float(self) -> float:
+    def read_float(self) -> float:
         value, self.pos = decode_float(self.data, self.pos)
         return value
 
@@ -118,14 +118,14 @@ class _Reader:
     def string(self) -> str:
         return bytes(self.raw(self.count())).decode("latin-1")
 
-    def bool(self) -> bool:
+    def read_bool(self) -> bool:
         byte = bytes(self.raw(1))
         if byte not in (b"0", b"1"):
             raise ValueError(f"not a dlib bool at byte {self.pos - 1}: {byte!r}")
         return byte == b"1"
 
     def tensor(self) -> np.ndarray:
-        version = self.int()
+        version = self.read_int()
         if version != 2:
             raise ValueError(f"unknown dlib tensor version {version} before byte {self.pos}")
         shape = tuple(self.count() for _ in range(4))
@@ -133,7 +133,7 @@ class _Reader:
         return np.frombuffer(self.raw(4 * size), dtype="<f4").reshape(shape).astype(np.float32)
 
     def alias_shape(self) -> tuple[int, int, int, int]:
-        version = self.int()
+        version = self.read_int()
         if version != 1:
             raise ValueError(f"unknown dlib alias_tensor version {version} before byte {self.pos}")
         n, k, nr, nc = (self.count() for _ in range(4))
@@ -159,29 +159,29 @@ def _split(params: np.ndarray, *shapes: tuple[int, ...]) -> list[np.ndarray]:
 
 def _con(r: _Reader) -> dict[str, Any]:
     params = r.tensor()
-    hyper = {"num_filters": r.int()}
+    hyper = {"num_filters": r.read_int()}
     for name in ("nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x"):
-        hyper[name] = r.int()
+        hyper[name] = r.read_int()
     filters_shape, biases_shape = r.alias_shape(), r.alias_shape()
     filters, biases = _split(params, filters_shape, biases_shape)
     for _ in range(4):  # learning-rate and weight-decay multipliers: training only
-        r.float()
+        r.read_float()
     return {**hyper, "filters": filters, "biases": biases.reshape(-1)}
 
 
 def _affine(r: _Reader) -> dict[str, Any]:
     params = r.tensor()
     gamma, beta = _split(params, r.alias_shape(), r.alias_shape())
-    return {"gamma": gamma, "beta": beta, "mode": r.int()}
+    return {"gamma": gamma, "beta": beta, "mode": r.read_int()}
 
 
 def _fc(r: _Reader) -> dict[str, Any]:
     num_outputs, num_inputs = r.count(), r.count()
     params = r.tensor()
     weights_shape, _ = r.alias_shape(), r.alias_shape()
-    bias_mode = r.int()
+    bias_mode = r.read_int()
     for _ in range(4):
-        r.float()
+        r.read_float()
     has_bias = params.size == num_inputs * num_outputs + num_outputs
     shapes = [(num_inputs, num_outputs)] + ([(num_outputs,)] if has_bias else [])
     if math.prod(weights_shape) != num_inputs * num_outputs:
@@ -200,7 +200,7 @@ def _fc(r: _Reader) -> dict[str, Any]:
 
 def _pool(r: _Reader) -> dict[str, Any]:
     names = ("nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x")
-    return {name: r.int() for name in names}
+    return {name: r.read_int() for name in names}
 
 
 #: version string -> (kind, reader of what follows the string).
@@ -229,7 +229,7 @@ def _input(r: _Reader) -> DlibLayer:
     version = r.string()
     if version not in ("input_rgb_image", "input_rgb_image_sized"):
         raise ValueError(f"unknown dlib input layer {version!r} at byte {start}")
-    mean = np.array([r.float() for _ in range(3)], dtype=np.float64)
+    mean = np.array([r.read_float() for _ in range(3)], dtype=np.float64)
     params: dict[str, Any] = {"mean": mean, "scale": 1.0 / INPUT_SCALE}
     if version == "input_rgb_image_sized":
         params["nr"], params["nc"] = r.count(), r.count()
@@ -241,17 +241,19 @@ def _loss(r: _Reader) -> DlibLayer:
     version = r.string()
     if version != "loss_metric_2":
         raise ValueError(f"unknown dlib loss layer {version!r} at byte {start}")
-    return DlibLayer("loss_metric", version, {"margin": r.float(), "distance_threshold": r.float()})
+    return DlibLayer(
+        "loss_metric", version, {"margin": r.read_float(), "distance_threshold": r.read_float()}
+    )
 
 
 def _trailer(r: _Reader, version: int) -> None:
     """What ``add_layer`` writes after its layer: training state, read and dropped."""
     for _ in range(3):  # setup called, gradient stale, output disabled
-        r.bool()
+        r.read_bool()
     for _ in range(3):  # x_grad, cached_output, params_grad (or grad_final)
         r.tensor()
     if version == 3:
-        r.int()  # sample expansion factor
+        r.read_int()  # sample expansion factor
 
 
 # ----------------------------------------------------------------------------- the network
@@ -264,12 +266,12 @@ def parse_dlib_net(data: bytes) -> list[DlibLayer]:
     ``num_layers`` counts them. The whole buffer must be consumed.
     """
     r = _Reader(data)
-    if r.int() != 1:
+    if r.read_int() != 1:
         raise ValueError("not a dlib add_loss_layer (version 1 expected at byte 0)")
     loss = _loss(r)
     headers: list[int] = []
     while True:
-        version = r.int()
+        version = r.read_int()
         if version == 3:  # add_layer directly over the input layer
             break
         if version not in (1, 2):

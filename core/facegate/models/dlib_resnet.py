@@ -89,6 +89,8 @@ class DlibResNet(nn.Module):
     """``(N, 3, 150, 150)`` RGB 0..255 -> ``(N, 128)``, unnormalised (dlib compares
     euclidean distances at 0.6)."""
 
+    mean: torch.Tensor  # a buffer (register_buffer), declared so that it types as a tensor
+
     def __init__(self) -> None:
         super().__init__()
         mean = torch.tensor(INPUT_MEAN, dtype=torch.float32).view(1, 3, 1, 1)

@@ -13,10 +13,9 @@ import tempfile
 from pathlib import Path
 
 from facegate.errors import ModelNotFoundError, StorageError
-from facegate.models.card import ModelCard, sha256_file, write_card
+from facegate.models.card import ModelCard, write_card
 
 INCEPTION_DIM = 512
-INCEPTION_SIZE = 160
 
 
 def fetch_weights(uri: str, dest: Path) -> Path:
@@ -60,17 +59,12 @@ def import_inception(
     except (RuntimeError, KeyError, ValueError) as exc:
         weights.unlink()
         raise ModelNotFoundError(f"{uri} is not an InceptionResnetV1 state dict: {exc}") from exc
-    card = ModelCard(
+    card = ModelCard.for_weights(
+        weights,
         model_id=model_id,
         version=version,
         architecture="inception_resnet_v1",
         embedding_dim=INCEPTION_DIM,
-        input_size=INCEPTION_SIZE,
-        template="arcface_160",
-        pixel_format="RGB uint8 0..255",
-        pixel_normalisation="(x - 127.5) / 128, applied by the registry wrapper",
-        weights_file=weights.name,
-        weights_sha256=sha256_file(weights),
         threshold=threshold,
         source={"uri": uri},
         calibration={"status": "user-supplied threshold; run 'facegate calibrate' to measure"},

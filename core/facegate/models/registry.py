@@ -1,4 +1,4 @@
-"""Model registry: ``model_id`` -> a ready ``Embedder``, built once per process.
+"""Model registry: a model card -> its network, built from local weights (sha256-checked).
 
 The card names the architecture; this module knows how to build each one from local files.
 Nothing here downloads: weights are put in place by ``facegate setup`` (SFace; dlib's ResNet
@@ -11,20 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from facegate.pipeline.align import ARCFACE_112, DLIB_150, scaled_template
 from facegate.errors import ModelNotFoundError
 from facegate.models.card import ModelCard, model_path, read_card, sha256_file
-
-#: Face templates by name, as recorded in model cards.
-TEMPLATES: dict[str, tuple[np.ndarray, int]] = {
-    "arcface_112": (ARCFACE_112, 112),
-    "arcface_160": (scaled_template(ARCFACE_112, 112, 160), 160),
-    "dlib_150": (DLIB_150, 150),
-}
 
 
 def _build_sface(state: dict[str, torch.Tensor]) -> nn.Module:
@@ -133,10 +124,3 @@ def load_network(
     if builder is None:
         raise ModelNotFoundError(f"unknown architecture {card.architecture!r} in {model_id!r}")
     return builder(load_state(weights)), card
-
-
-def template_for(card: ModelCard) -> tuple[np.ndarray, int]:
-    """The 5-point template and chip size the model was trained on."""
-    if card.template not in TEMPLATES:
-        raise ModelNotFoundError(f"unknown face template {card.template!r} in {card.model_id!r}")
-    return TEMPLATES[card.template]

@@ -10,6 +10,8 @@ converter and this module agree by name, and fine-tuning sees ordinary BatchNorm
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -128,15 +130,17 @@ def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _fold_conv(conv: nn.Conv2d, affine: tuple[torch.Tensor, torch.Tensor]) -> nn.Conv2d:
     scale, shift = affine
+    # nn.Conv2d's attributes type as tuples of any length; a Conv2d's are pairs.
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
+        cast(tuple[int, int], conv.kernel_size),
+        stride=cast(tuple[int, int], conv.stride),
+        padding=cast("str | tuple[int, int]", conv.padding),
         groups=conv.groups,
         bias=True,
     )
+    assert fused.bias is not None
     fused.weight.copy_(conv.weight * scale[:, None, None, None])
     fused.bias.copy_(shift if conv.bias is None else conv.bias * scale + shift)
     return fused

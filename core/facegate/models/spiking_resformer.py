@@ -72,13 +72,13 @@ class _SigmoidSpike(torch.autograd.Function):
     """Heaviside step forward, sigmoid-derivative surrogate gradient backward."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, alpha: float) -> Tensor:
         ctx.save_for_backward(x)
         ctx.alpha = alpha
         return (x >= 0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         sg = torch.sigmoid(ctx.alpha * x)
         return grad_out * ctx.alpha * sg * (1.0 - sg), None
@@ -151,6 +151,11 @@ class DSSA(nn.Module):
     size (``M = HW / p^2`` tokens); attention ``A = LIF(Y1^T X * c1)`` of shape ``(M, HW)`` per
     head; output ``LIF(Y2 A * c2)`` -> conv1x1 + BN, added to the input.
     """
+
+    # Buffers (``register_buffer``), declared so that they type as tensors, not modules.
+    rate_x: Tensor
+    rate_attn: Tensor
+    rates_initialised: Tensor
 
     def __init__(
         self, dim: int, num_heads: int, patch_size: int, num_patches: int, momentum: float = 0.999
@@ -334,8 +339,10 @@ def estimate_ops(model: SpikingResformer, input_size: int = 112) -> dict[str, fl
         (x,) = inputs
         if isinstance(m, nn.Conv2d):
             per_out = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        else:
+        elif isinstance(m, nn.Linear):
             per_out = m.in_features
+        else:  # registered on convolutions and linear layers only
+            return
         record(float(out.numel() * per_out), x.shape[0], _spike_rate(x))
 
     def matmul_hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
@@ -359,7 +366,9 @@ def estimate_ops(model: SpikingResformer, input_size: int = 112) -> dict[str, fl
         model.train(was_training)
 
     lifs = [m for m in model.modules() if isinstance(m, MultiStepLIF) and m.last_numel]
-    n_spikes = sum(float(m.last_firing_rate) * m.last_numel for m in lifs)
+    n_spikes = sum(
+        float(m.last_firing_rate) * m.last_numel for m in lifs if m.last_firing_rate is not None
+    )
     n_total = sum(m.last_numel for m in lifs)
     energy_ann = totals["ann_macs"] * E_MAC_PJ * 1e-9
     energy_snn = (totals["snn_macs"] * E_MAC_PJ + totals["sops"] * E_AC_PJ) * 1e-9

@@ -1,1 +1,1 @@
-"""pipeline."""
+"""The face pipeline: decode, detect, align, embed, verify; ``FacePipeline`` runs them."""

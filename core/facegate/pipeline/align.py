@@ -1,45 +1,14 @@
 """Alignment: 5-point similarity transform onto a model's face template.
 
 A least-squares similarity (Umeyama) maps MTCNN's landmarks onto the template the embedding
-network was trained with; the warp itself is Pillow's affine transform, so this module needs
-no torch and no OpenCV.
+network was trained with (the templates are the models', in ``facegate.models.templates``);
+the warp itself is Pillow's affine transform, so this module needs no torch and no OpenCV.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-
-#: The ArcFace / InsightFace 5-point template for 112x112 chips (SFace was trained on it).
-ARCFACE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float64,
-)
-
-#: The 5-point layout of the 150x150 chips dlib's face-recognition ResNet takes (dlib cuts
-#: them with ``get_face_chip``), in MTCNN's order: left eye, right eye, nose, left then right
-#: mouth corner.
-DLIB_150 = np.array(
-    [
-        [48.567, 46.685],
-        [102.462, 46.666],
-        [75.309, 78.887],
-        [51.759, 105.621],
-        [98.948, 105.678],
-    ],
-    dtype=np.float64,
-)
-
-
-def scaled_template(template: np.ndarray, from_size: int, to_size: int) -> np.ndarray:
-    """The same face layout on a larger or smaller square chip."""
-    return template * (to_size / from_size)
 
 
 def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

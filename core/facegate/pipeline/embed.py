@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from facegate.models.card import ModelCard
+from facegate.models.templates import template_for
 from facegate.types import AlignedFace
 
 
@@ -51,8 +52,6 @@ class Embedder:
     @property
     def inputs(self) -> list[tuple[np.ndarray, int]]:
         """The (template, chip size) each face must be aligned to, one per network."""
-        from facegate.models.registry import template_for
-
         return [template_for(self.card)]
 
     def embed_faces(self, faces: Sequence[AlignedFace]) -> np.ndarray:
@@ -120,5 +119,5 @@ class FusedEmbedder:
             part.embed(np.stack([f.all_chips[i] for f in faces]))
             for i, part in enumerate(self.parts)
         ]
-        fused = np.concatenate(vectors, axis=1) / np.sqrt(len(self.parts))
+        fused: np.ndarray = np.concatenate(vectors, axis=1) / np.sqrt(len(self.parts))
         return fused.astype(np.float32, copy=False)

@@ -82,7 +82,7 @@ class FastMTCNN:
         # PNet's two 1x1 heads as one convolution: one pass over conv3's output instead of two.
         pnet = self.pnet
         self._pnet_head_weight = torch.cat([pnet.conv4_1.weight, pnet.conv4_2.weight])
-        self._pnet_head_bias = torch.cat([pnet.conv4_1.bias, pnet.conv4_2.bias])
+        self._pnet_head_bias = torch.cat([_bias(pnet.conv4_1), _bias(pnet.conv4_2)])
 
     def scales(self, height: int, width: int) -> list[float]:
         """Pyramid scales for an image, computed exactly as facenet-pytorch does."""
@@ -321,9 +321,17 @@ def _prelu_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.prelu(rows, weight.repeat(w)).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
+def _bias(conv: torch.nn.Conv2d) -> torch.Tensor:
+    """A convolution's bias; every MTCNN convolution has one."""
+    if conv.bias is None:
+        raise ValueError("MTCNN convolution without a bias")
+    return conv.bias
+
+
 def _run_chunked(net: torch.nn.Module, im_data: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if len(im_data) <= _CHUNK:
-        return net(im_data)
+        out: tuple[torch.Tensor, ...] = net(im_data)
+        return out
     outs = [net(im_data[i : i + _CHUNK]) for i in range(0, len(im_data), _CHUNK)]
     return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
 

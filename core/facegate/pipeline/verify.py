@@ -20,7 +20,8 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Row-wise unit length; all-zero rows stay zero instead of becoming NaN."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    unit: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return unit
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -36,7 +37,8 @@ def pairwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
     if a.shape != b.shape:
         raise ModelMismatchError(f"embedding shapes differ: {a.shape} vs {b.shape}")
-    return np.einsum("nd,nd->n", l2_normalise(a), l2_normalise(b))
+    cosines: np.ndarray = np.einsum("nd,nd->n", l2_normalise(a), l2_normalise(b))
+    return cosines
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from facegate.errors import StorageError
+from facegate.common import utc_now
+from facegate.storage.aws_errors import aws_errors
+from facegate.storage.dynamo import to_attributes
 
 KEY_PREFIX = "fg_"
 
@@ -23,12 +22,16 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _item_key(digest: str) -> dict[str, dict[str, str]]:
-    return {"pk": {"S": f"APIKEY#{digest}"}, "sk": {"S": "META"}}
+def _item_key(digest: str) -> dict[str, Any]:
+    return to_attributes({"pk": f"APIKEY#{digest}", "sk": "META"})
 
 
 class ApiKeyStore:
-    """Create, check and revoke API keys in a DynamoDB table (pk/sk string keys)."""
+    """Create, check and revoke API keys in a DynamoDB table (pk/sk string keys).
+
+    Every DynamoDB failure is a :class:`~facegate.errors.StorageError`: an outage must never
+    read as "no such key".
+    """
 
     def __init__(self, dynamodb: Any, table: str) -> None:
         self._db = dynamodb
@@ -39,30 +42,23 @@ class ApiKeyStore:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         item = {
             **_item_key(hash_key(key)),
-            "name": {"S": name},
-            "created_at": {"S": datetime.now(UTC).isoformat(timespec="seconds")},
+            **to_attributes({"name": name, "created_at": utc_now()}),
         }
-        try:
+        with aws_errors("storing an API key"):
             self._db.put_item(
                 TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot store API key: {exc}") from exc
         return key
 
     def is_valid(self, key: str | None) -> bool:
         if not key:
             return False
-        try:
+        with aws_errors("checking an API key"):
             found = self._db.get_item(
                 TableName=self._table, Key=_item_key(hash_key(key)), ConsistentRead=True
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot check API key: {exc}") from exc
         return "Item" in found
 
     def revoke(self, key: str) -> None:
-        try:
+        with aws_errors("revoking an API key"):
             self._db.delete_item(TableName=self._table, Key=_item_key(hash_key(key)))
-        except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"cannot revoke API key: {exc}") from exc

@@ -5,10 +5,13 @@ the local moto stack is one setting (``FACEGATE_AWS_ENDPOINT_URL``) and the regi
 the template set. Credentials are left to boto3's standard chain (the Lambda role on AWS,
 environment variables locally) and are never read here.
 
-Torch-free.
+Torch-free. The typed client classes (``mypy_boto3_*``) are stubs, for the type checker only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
 from botocore.client import BaseClient
@@ -16,20 +19,37 @@ from botocore.config import Config
 
 from facegate.settings import Settings
 
-#: "standard" retries back off on throttling and transient 5xx errors with the same policy
-#: across services, unlike the legacy default; three attempts keep a Lambda's worst case short.
-_RETRIES = {"mode": "standard", "max_attempts": 3}
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 
-def aws_client(service: str, settings: Settings) -> BaseClient:
+@overload
+def aws_client(service: Literal["s3"], settings: Settings) -> S3Client: ...
+@overload
+def aws_client(service: Literal["dynamodb"], settings: Settings) -> DynamoDBClient: ...
+@overload
+def aws_client(service: Literal["sqs"], settings: Settings) -> SQSClient: ...
+@overload
+def aws_client(service: str, settings: Settings) -> BaseClient: ...
+
+
+def aws_client(service: str, settings: Settings) -> Any:
     """A boto3 client for ``service`` in ``settings.aws_region``.
 
     A fresh session per call rather than boto3's module-level default one: sessions are not
     thread-safe and the default one would share state between callers with different
     settings (tests, the local stack). With ``settings.aws_endpoint_url`` set (moto, LocalStack)
     S3 uses path-style addressing, because ``<bucket>.localhost`` does not resolve everywhere.
+    "standard" retries back off on throttling and transient 5xx errors with the same policy
+    across services, unlike the legacy default; three attempts keep a Lambda's worst case short.
     """
     local = settings.aws_endpoint_url is not None
-    config = Config(retries=_RETRIES, s3={"addressing_style": "path"} if local else None)
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 3},
+        s3={"addressing_style": "path"} if local else None,
+    )
     session = boto3.session.Session(region_name=settings.aws_region)
-    return session.client(service, endpoint_url=settings.aws_endpoint_url, config=config)
+    make: Callable[..., Any] = session.client  # one overload per service name in the stubs
+    return make(service, endpoint_url=settings.aws_endpoint_url, config=config)

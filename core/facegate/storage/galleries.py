@@ -5,16 +5,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from botocore.client import BaseClient
-from botocore.exceptions import ClientError
 
-from facegate.common import parse_instant, validate_id
-from facegate.errors import UnknownGalleryError, ValidationError
+from facegate.common import parse_instant
+from facegate.errors import ObjectNotFoundError, StorageError, UnknownGalleryError, ValidationError
 from facegate.gallery.compaction import CompactionReport, _compact
 from facegate.gallery.format import (
     METADATA_KEY,
@@ -23,92 +21,82 @@ from facegate.gallery.format import (
     write_gallery,
 )
 from facegate.settings import Settings
-from facegate.storage.aws_errors import aws_errors
+from facegate.storage import keys as layout
 from facegate.storage.clients import aws_client
+from facegate.storage.keys import GALLERY_PREFIX
+from facegate.storage.objects import PARQUET_TYPE, ObjectStore
 
-GALLERY_PREFIX = "galleries/"
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
-_PARQUET_TYPE = "application/vnd.apache.parquet"
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+#: ``GALLERY_PREFIX`` is defined with the other layouts in :mod:`facegate.storage.keys`.
+__all__ = ["GALLERY_PREFIX", "GalleryStore", "summarise"]
 
 
 class GalleryStore:
     """Gallery parts, rejects and compacted galleries in one bucket.
 
-    Layout: ``galleries/<g>/parts/<part>.parquet``, ``galleries/<g>/rejects/<part>.parquet``
-    and ``galleries/<g>/gallery.parquet``. Objects are written with SSE-S3 because galleries
-    hold biometric templates; a ``put_object`` replaces ``gallery.parquet`` atomically, so a
+    Layout (:mod:`facegate.storage.keys`): ``galleries/<g>/parts/<part>.parquet``,
+    ``galleries/<g>/rejects/<part>.parquet`` and ``galleries/<g>/gallery.parquet``. Objects
+    go through :class:`ObjectStore`, so they are written encrypted (galleries hold biometric
+    templates) and typed as Parquet; a put replaces ``gallery.parquet`` atomically, so a
     reader sees the previous gallery or the new one, never half of one.
     """
 
-    #: ``list_objects_v2`` page size; the paginator follows continuation tokens past it.
-    list_page_size: int = 1000
-
-    def __init__(self, s3: BaseClient, bucket: str) -> None:
-        self._s3 = s3
+    def __init__(self, s3: S3Client, bucket: str) -> None:
+        self.objects = ObjectStore(s3, bucket)
         self.bucket = bucket
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GalleryStore:
         return cls(aws_client("s3", settings), settings.bucket)
 
-    # -- keys --------------------------------------------------------------------------
+    @property
+    def list_page_size(self) -> int:
+        """``list_objects_v2`` page size; the paginator follows continuation tokens past it."""
+        return self.objects.list_page_size
 
-    @staticmethod
-    def gallery_prefix(gallery: str) -> str:
-        """``galleries/<g>/``: names are ids (no ``/``), so one gallery never lists another's."""
-        return f"{GALLERY_PREFIX}{validate_id(gallery, 'gallery')}/"
+    @list_page_size.setter
+    def list_page_size(self, size: int) -> None:
+        self.objects.list_page_size = size
 
-    @classmethod
-    def part_key(cls, gallery: str, part: str) -> str:
-        return f"{cls.gallery_prefix(gallery)}parts/{validate_id(part, 'part')}.parquet"
+    # -- keys: the layouts of facegate.storage.keys, kept as methods for their callers ---
 
-    @classmethod
-    def rejects_key(cls, gallery: str, part: str) -> str:
-        return f"{cls.gallery_prefix(gallery)}rejects/{validate_id(part, 'part')}.parquet"
-
-    @classmethod
-    def gallery_key(cls, gallery: str) -> str:
-        return f"{cls.gallery_prefix(gallery)}gallery.parquet"
+    gallery_prefix = staticmethod(layout.gallery_prefix)
+    part_key = staticmethod(layout.part_key)
+    rejects_key = staticmethod(layout.rejects_key)
+    gallery_key = staticmethod(layout.gallery_key)
 
     # -- listing -----------------------------------------------------------------------
 
     def list_parts(self, gallery: str) -> list[str]:
         """Keys of the gallery's parts, sorted (part names are the batch job's to choose)."""
-        return self._list(f"{self.gallery_prefix(gallery)}parts/")
+        return self._parquet(layout.parts_prefix(gallery))
 
     def list_rejects(self, gallery: str) -> list[str]:
-        return self._list(f"{self.gallery_prefix(gallery)}rejects/")
+        return self._parquet(layout.rejects_prefix(gallery))
 
-    def _list(self, prefix: str) -> list[str]:
-        with aws_errors(f"listing s3://{self.bucket}/{prefix}"):
-            pages = self._s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket,
-                Prefix=prefix,
-                PaginationConfig={"PageSize": self.list_page_size},
-            )
-            keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-        return sorted(k for k in keys if k.endswith(".parquet"))
+    def _parquet(self, prefix: str) -> list[str]:
+        return [k for k in self.objects.list_keys(prefix) if k.endswith(".parquet")]
 
     def exists(self, key: str) -> bool:
-        with aws_errors(f"checking s3://{self.bucket}/{key}"):
-            try:
-                self._s3.head_object(Bucket=self.bucket, Key=key)
-            except ClientError as exc:
-                if str(exc.response.get("Error", {}).get("Code", "")) in _NOT_FOUND:
-                    return False
-                raise
-        return True
+        return self.objects.exists(key)
 
     # -- objects -----------------------------------------------------------------------
 
     def read_table(self, key: str, columns: Sequence[str] | None = None) -> pa.Table:
         """The Parquet object at ``key`` (schema metadata kept); checking it is the caller's.
 
-        :class:`StorageError` when it cannot be fetched, :class:`ValidationError` when the
-        bytes are not Parquet.
+        :class:`StorageError` when it cannot be fetched, also when it is missing: the keys
+        read here come from a listing, so a missing one was deleted in between and a retry
+        lists again. :class:`ValidationError` when the bytes are not Parquet.
         """
-        with aws_errors(f"reading s3://{self.bucket}/{key}"):
-            data = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        try:
+            data = self.objects.get(key).body
+        except ObjectNotFoundError as exc:
+            raise StorageError(
+                f"{exc.message}: it was listed a moment ago", detail=exc.detail
+            ) from exc
         try:
             return pq.read_table(
                 pa.BufferReader(data), columns=list(columns) if columns is not None else None
@@ -128,14 +116,7 @@ class GalleryStore:
             pq.write_table(table, sink, compression="zstd")
         else:
             raise ValidationError(f"{key}: not a gallery or rejects table")
-        with aws_errors(f"writing s3://{self.bucket}/{key}"):
-            self._s3.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=sink.getvalue().to_pybytes(),
-                ContentType=_PARQUET_TYPE,
-                ServerSideEncryption="AES256",
-            )
+        self.objects.put(key, sink.getvalue().to_pybytes(), content_type=PARQUET_TYPE)
 
     # -- compaction --------------------------------------------------------------------
 
@@ -157,7 +138,7 @@ class GalleryStore:
             raise UnknownGalleryError(f"gallery {gallery} has no parts")
         tables = [self.read_table(k) for k in keys]
         table, counts = _compact(tables, keys, deleted, expected_model_id)
-        key = self.gallery_key(gallery)
+        key = layout.gallery_key(gallery)
         self.write_table(key, table)
         return CompactionReport(
             gallery=gallery,
@@ -172,7 +153,7 @@ class GalleryStore:
         )
 
 
-def _distinct(column: pa.ChunkedArray) -> int:
+def _distinct(column: pa.ChunkedArray[Any]) -> int:
     return len(pc.unique(column)) if len(column) else 0
 
 
@@ -191,7 +172,7 @@ def summarise(store: GalleryStore, gallery: str) -> dict[str, Any]:
     """
     part_keys = store.list_parts(gallery)
     reject_keys = store.list_rejects(gallery)
-    gallery_key = store.gallery_key(gallery)
+    gallery_key = layout.gallery_key(gallery)
     compacted = store.exists(gallery_key)
     if not (compacted or part_keys or reject_keys):
         raise UnknownGalleryError(f"gallery {gallery} not found")
@@ -230,12 +211,14 @@ def _subjects_and_metas(
                 f"{key} has {table.num_rows} rows, its metadata says {meta.row_count}"
             )
         metas.append(meta)
-        subjects.update(pc.unique(table["subject_id"]).to_pylist())
+        subjects.update(str(s) for s in pc.unique(table["subject_id"]).to_pylist())
     return metas, subjects
 
 
 def _rejects_by_reason(store: GalleryStore, keys: Sequence[str]) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for key in keys:
-        counts.update(store.read_table(key, columns=["reason"])["reason"].to_pylist())
+        counts.update(
+            str(r) for r in store.read_table(key, columns=["reason"])["reason"].to_pylist()
+        )
     return dict(sorted(counts.items()))

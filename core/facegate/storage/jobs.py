@@ -1,12 +1,11 @@
-"""Verification job state on DynamoDB: one item per job, conditional updates per chunk. Torch-free."""
+"""Verification job state on DynamoDB: one item per job, updated per chunk. Torch-free."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from facegate.common import check_index, utc_now, validate_id
@@ -14,7 +13,10 @@ from facegate.errors import UnknownJobError, ValidationError
 from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
-from facegate.storage.dynamo import dynamo_number
+from facegate.storage.dynamo import from_attributes, to_attributes
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 #: ``done_chunks`` is one DynamoDB string set in a 400 KB item: 10 000 indexes take ~60 KB.
 MAX_JOB_CHUNKS = 10_000
@@ -67,7 +69,7 @@ class JobStore:
     ``PutItem``, so concurrent chunk workers never need a lock.
     """
 
-    def __init__(self, client: BaseClient, table: str) -> None:
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
         self._db = client
         self.table = table
 
@@ -76,8 +78,8 @@ class JobStore:
         return cls(aws_client("dynamodb", settings), settings.table)
 
     @staticmethod
-    def _key(job_id: str) -> dict[str, dict[str, str]]:
-        return {"pk": {"S": _JOB_PK + validate_id(job_id, "job_id")}, "sk": {"S": _META_SK}}
+    def _key(job_id: str) -> dict[str, Any]:
+        return to_attributes({"pk": _JOB_PK + validate_id(job_id, "job_id"), "sk": _META_SK})
 
     def create(self, job_id: str, rows: int, chunks: int, failed_rows: int) -> bool:
         """Register a running job; False if it already exists (a duplicate notification).
@@ -89,13 +91,17 @@ class JobStore:
         now = utc_now()
         item = {
             **self._key(job_id),
-            "job_id": {"S": job_id},
-            "status": {"S": RUNNING},
-            "rows": dynamo_number(rows),
-            "chunks": dynamo_number(chunks),
-            "failed_rows": dynamo_number(failed_rows),
-            "created_at": {"S": now},
-            "updated_at": {"S": now},
+            **to_attributes(
+                {
+                    "job_id": job_id,
+                    "status": RUNNING,
+                    "rows": rows,
+                    "chunks": chunks,
+                    "failed_rows": failed_rows,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            ),
         }
         with aws_errors(f"creating job {job_id}"):
             try:
@@ -131,11 +137,9 @@ class JobStore:
                         "#updated": "updated_at",
                         "#chunks": "chunks",
                     },
-                    ExpressionAttributeValues={
-                        ":index": {"SS": [str(index)]},
-                        ":index_n": dynamo_number(index),
-                        ":now": {"S": utc_now()},
-                    },
+                    ExpressionAttributeValues=to_attributes(
+                        {":index": {str(index)}, ":index_n": index, ":now": utc_now()}
+                    ),
                     ReturnValues="ALL_NEW",
                 )["Attributes"]
             except ClientError as exc:
@@ -145,7 +149,8 @@ class JobStore:
                 raise ValidationError(
                     f"chunk index {index} out of range: job {job_id!r} has {total} chunks"
                 ) from exc
-        return len(done["done_chunks"]["SS"]), int(done["chunks"]["N"])
+        attributes = from_attributes(done)
+        return len(attributes["done_chunks"]), int(attributes["chunks"])
 
     def finish(
         self, job_id: str, summary_key: str, results_key: str, counts: Mapping[str, int]
@@ -169,10 +174,10 @@ class JobStore:
                 "#reason": "reason",
             },
             {
-                ":status": {"S": SUCCEEDED},
-                ":summary": {"S": summary_key},
-                ":results": {"S": results_key},
-                ":counts": {"M": {k: dynamo_number(v) for k, v in _checked_counts(counts).items()}},
+                ":status": SUCCEEDED,
+                ":summary": summary_key,
+                ":results": results_key,
+                ":counts": _checked_counts(counts),
             },
         )
 
@@ -190,9 +195,9 @@ class JobStore:
                 "SET #status = :status, #reason = :reason, #updated = :now",
                 {"#reason": "reason"},
                 {
-                    ":status": {"S": FAILED_STATUS},
-                    ":reason": {"S": reason[:MAX_REASON_CHARS]},
-                    ":succeeded": {"S": SUCCEEDED},
+                    ":status": FAILED_STATUS,
+                    ":reason": reason[:MAX_REASON_CHARS],
+                    ":succeeded": SUCCEEDED,
                 },
                 condition="#status <> :succeeded",
             )
@@ -209,8 +214,9 @@ class JobStore:
         values: dict[str, Any],
         condition: str | None = None,
     ) -> None:
-        """One update of an existing job: :class:`UnknownJobError` if there is none,
-        :class:`_Refused` when the extra ``condition`` fails."""
+        """One update of an existing job (``values`` plain, encoded here):
+        :class:`UnknownJobError` if there is none, :class:`_Refused` when the extra
+        ``condition`` fails."""
         exists = "attribute_exists(pk)"
         with aws_errors(f"updating job {job_id}"):
             try:
@@ -224,7 +230,7 @@ class JobStore:
                         "#status": "status",
                         "#updated": "updated_at",
                     },
-                    ExpressionAttributeValues={**values, ":now": {"S": utc_now()}},
+                    ExpressionAttributeValues=to_attributes({**values, ":now": utc_now()}),
                 )
             except ClientError as exc:
                 if error_code(exc) != "ConditionalCheckFailedException":
@@ -241,7 +247,7 @@ class JobStore:
             ).get("Item")
         if item is None:
             raise UnknownJobError(f"unknown job {job_id!r}")
-        return _status_from_item(item)
+        return _status_from_item(from_attributes(item))
 
 
 class _Refused(Exception):
@@ -272,21 +278,19 @@ def _checked_counts(counts: Any) -> dict[str, int]:
 
 
 def _status_from_item(item: Mapping[str, Any]) -> JobStatus:
-    def text(name: str) -> str | None:
-        return item[name]["S"] if name in item else None
-
+    """A decoded (:func:`~facegate.storage.dynamo.from_attributes`) job item."""
     counts = item.get("counts")
     return JobStatus(
-        job_id=item["job_id"]["S"],
-        status=item["status"]["S"],
-        rows=int(item["rows"]["N"]),
-        chunks=int(item["chunks"]["N"]),
-        chunks_done=len(item.get("done_chunks", {}).get("SS", [])),
-        failed_rows=int(item["failed_rows"]["N"]),
-        created_at=item["created_at"]["S"],
-        updated_at=item["updated_at"]["S"],
-        results_key=text("results_key"),
-        summary_key=text("summary_key"),
-        counts={k: int(v["N"]) for k, v in counts["M"].items()} if counts else None,
-        reason=text("reason"),
+        job_id=item["job_id"],
+        status=item["status"],
+        rows=int(item["rows"]),
+        chunks=int(item["chunks"]),
+        chunks_done=len(item.get("done_chunks", ())),
+        failed_rows=int(item["failed_rows"]),
+        created_at=item["created_at"],
+        updated_at=item["updated_at"],
+        results_key=item.get("results_key"),
+        summary_key=item.get("summary_key"),
+        counts={k: int(v) for k, v in counts.items()} if counts is not None else None,
+        reason=item.get("reason"),
     )

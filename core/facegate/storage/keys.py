@@ -1,7 +1,26 @@
-"""Every S3 key layout FaceGate reads or writes, in one place. Torch-free."""
+"""Every S3 key layout FaceGate reads or writes, in one place. Torch-free.
+
+The bucket, top-level prefix by prefix::
+
+    uploads/<gallery>/<subject_id>/<photo>     a photo upload (notifies the embedding job)
+    uploads/<gallery>/<name>.zip               a photo set upload (idem)
+    uploads/<gallery>/<name>.csv               the photo set's manifest (read, never notifies)
+    galleries/<gallery>/parts/<part>.parquet   gallery rows: one part per ingest batch or
+                                               re-embedding chunk; the source of truth
+    galleries/<gallery>/rejects/<part>.parquet the photos that part could not use
+    galleries/<gallery>/gallery.parquet        the compacted gallery that searches read
+    enrolments/<subject_id>/<face_id>.<ext>    enrolment photos (private to the service)
+    jobs/<job_id>/manifest.csv                 a verification job (probe photos beside it)
+    results/<job_id>/...                       its chunk results, results and summary
+    reembed/<target>.json                      the state of a re-embedding into ``target``
+
+Every id in a key is checked by :func:`~facegate.common.validate_id` (no ``/``, no ``..``),
+so one gallery, subject or job never lists or overwrites another's objects.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +33,82 @@ from facegate.errors import (
 JOBS_PREFIX = "jobs/"
 RESULTS_PREFIX = "results/"
 MANIFEST_NAME = "manifest.csv"
+GALLERY_PREFIX = "galleries/"
+#: Private to the service: :meth:`PhotoStore.fetch` refuses caller URIs under it.
+ENROLMENT_PREFIX = "enrolments/"
+#: Outside ``galleries/``, which holds only Parquet tables.
+REEMBED_PREFIX = "reembed/"
+_SOURCE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+# --------------------------------------------------------------------------------------
+# Galleries
+# --------------------------------------------------------------------------------------
+
+
+def gallery_prefix(gallery: str) -> str:
+    """``galleries/<g>/``: names are ids (no ``/``), so one gallery never lists another's."""
+    return f"{GALLERY_PREFIX}{validate_id(gallery, 'gallery')}/"
+
+
+def parts_prefix(gallery: str) -> str:
+    return f"{gallery_prefix(gallery)}parts/"
+
+
+def rejects_prefix(gallery: str) -> str:
+    return f"{gallery_prefix(gallery)}rejects/"
+
+
+def part_key(gallery: str, part: str) -> str:
+    """``galleries/<g>/parts/<part>.parquet``; ``part`` is the writer's deterministic name."""
+    return f"{parts_prefix(gallery)}{validate_id(part, 'part')}.parquet"
+
+
+def rejects_key(gallery: str, part: str) -> str:
+    """``galleries/<g>/rejects/<part>.parquet``: the rejects of the part of the same name."""
+    return f"{rejects_prefix(gallery)}{validate_id(part, 'part')}.parquet"
+
+
+def gallery_key(gallery: str) -> str:
+    """``galleries/<g>/gallery.parquet``: the compacted gallery."""
+    return f"{gallery_prefix(gallery)}gallery.parquet"
+
+
+def check_source_id(source_id: Any) -> str:
+    """An ingest source id (see :meth:`IngestLedger.source_id`): 64 lowercase hex digits."""
+    if not isinstance(source_id, str) or not _SOURCE_ID_RE.match(source_id):
+        raise ValidationError("a source id is 64 lowercase hex characters", detail=repr(source_id))
+    return source_id
+
+
+def safe_part_name(source_id: str) -> str:
+    """The deterministic part name of an ingest source: a retried invocation overwrites its
+    own part instead of adding a second copy of the same rows.
+
+    Only the stem (``part-<source_id>``): :func:`part_key` and :func:`rejects_key` add the
+    extension, so that a gallery part and its rejects file share it.
+    """
+    return f"part-{check_source_id(source_id)}"
+
+
+# --------------------------------------------------------------------------------------
+# Enrolment photos and re-embedding state
+# --------------------------------------------------------------------------------------
+
+
+def subject_prefix(subject_id: str) -> str:
+    """``enrolments/<subject_id>/``: the trailing slash keeps ``al`` from matching ``alice``."""
+    return f"{ENROLMENT_PREFIX}{validate_id(subject_id)}/"
+
+
+def enrolment_photo_key(subject_id: str, face_id: str, extension: str) -> str:
+    """``enrolments/<subject_id>/<face_id>.<extension>``."""
+    return f"{subject_prefix(subject_id)}{validate_id(face_id, 'face_id')}.{extension}"
+
+
+def reembed_status_key(target: str) -> str:
+    """``reembed/<target>.json``: ``queued`` (by the API), then the job's report or error."""
+    return f"{REEMBED_PREFIX}{validate_id(target, 'gallery')}.json"
 
 
 # --------------------------------------------------------------------------------------
@@ -96,7 +191,7 @@ class ArchiveUpload:
     @property
     def manifest_key(self) -> str:
         """Where a manifest beside the archive lives (upload it before the archive)."""
-        return f"{UPLOADS_PREFIX}{self.gallery}/{self.name}.csv"
+        return manifest_upload_key(self.gallery, self.name)
 
 
 @dataclass(frozen=True)
@@ -131,6 +226,21 @@ class InvalidUpload:
 
 
 Upload = PhotoUpload | ArchiveUpload | ManifestUpload | IgnoredKey | InvalidUpload
+
+
+def photo_upload_key(gallery: str, subject_id: str, filename: str) -> str:
+    """``uploads/<gallery>/<subject_id>/<filename>``: one photo of one subject."""
+    return f"{UPLOADS_PREFIX}{validate_id(gallery, 'gallery')}/{validate_id(subject_id)}/{filename}"
+
+
+def archive_upload_key(gallery: str, name: str) -> str:
+    """``uploads/<gallery>/<name>.zip``: a photo set."""
+    return f"{UPLOADS_PREFIX}{validate_id(gallery, 'gallery')}/{name}.zip"
+
+
+def manifest_upload_key(gallery: str, name: str) -> str:
+    """``uploads/<gallery>/<name>.csv``: the manifest of ``<name>.zip``."""
+    return f"{UPLOADS_PREFIX}{validate_id(gallery, 'gallery')}/{name}.csv"
 
 
 def _is_system_name(part: str) -> bool:
@@ -190,7 +300,3 @@ def _gallery_file(key: str, gallery: str, filename: str) -> Upload:
         ),
         gallery,
     )
-
-
-#: Private to the service: :meth:`PhotoStore.fetch` refuses caller URIs under it.
-ENROLMENT_PREFIX = "enrolments/"

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from facegate.common import check_positive, compact_json, iso_seconds
@@ -19,12 +17,20 @@ from facegate.errors import (
 from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
+from facegate.storage.dynamo import from_attributes, to_attributes
+from facegate.storage.keys import check_source_id, safe_part_name
 from facegate.storage.objects import ObjectRef
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+#: ``safe_part_name`` lives with the other key layouts in :mod:`facegate.storage.keys`; it is
+#: re-exported here for the callers that import it beside the ledger.
+__all__ = ["DEFAULT_LEASE_SECONDS", "IngestLedger", "LedgerEntry", "safe_part_name"]
 
 DEFAULT_LEASE_SECONDS = 900
 _INGEST_PK = "INGEST#"
 _META_SK = "META"
-_SOURCE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _IN_PROGRESS = "in_progress"
 _COMPLETED = "completed"
 
@@ -45,22 +51,6 @@ class LedgerEntry:
     outputs: tuple[str, ...]
 
 
-def safe_part_name(source_id: str) -> str:
-    """The deterministic stem of a source's output files: a retried invocation overwrites its
-    own part instead of adding a second copy of the same rows.
-
-    Only the stem (``part-<source_id>``): the caller adds the extension, so that a gallery
-    part and its rejects file can share it.
-    """
-    return f"part-{_check_source_id(source_id)}"
-
-
-def _check_source_id(source_id: Any) -> str:
-    if not isinstance(source_id, str) or not _SOURCE_ID_RE.match(source_id):
-        raise ValidationError("a source id is 64 lowercase hex characters", detail=repr(source_id))
-    return source_id
-
-
 class IngestLedger:
     """Who is processing which source, and what it wrote: one item per source
     (``pk=INGEST#<source_id>``, ``sk=META``) in the subjects table.
@@ -71,7 +61,7 @@ class IngestLedger:
     lease must exceed the function's timeout.
     """
 
-    def __init__(self, client: BaseClient, table: str) -> None:
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
         self._db = client
         self.table = table
 
@@ -97,8 +87,8 @@ class IngestLedger:
         text = compact_json([ref.bucket, ref.key, version, member_range])
         return hashlib.sha256(text.encode("ascii")).hexdigest()
 
-    def _key(self, source_id: str) -> dict[str, dict[str, str]]:
-        return {"pk": {"S": _INGEST_PK + _check_source_id(source_id)}, "sk": {"S": _META_SK}}
+    def _key(self, source_id: str) -> dict[str, Any]:
+        return to_attributes({"pk": _INGEST_PK + check_source_id(source_id), "sk": _META_SK})
 
     def claim(
         self,
@@ -134,14 +124,16 @@ class IngestLedger:
                         "#lease": "lease_until",
                         "#attempts": "attempts",
                     },
-                    ExpressionAttributeValues={
-                        ":source": {"S": source_id},
-                        ":in_progress": {"S": _IN_PROGRESS},
-                        ":claimed": {"S": iso_seconds(now)},
-                        ":lease": {"N": repr(now + lease_seconds)},
-                        ":now": {"N": repr(now)},
-                        ":one": {"N": "1"},
-                    },
+                    ExpressionAttributeValues=to_attributes(
+                        {
+                            ":source": source_id,
+                            ":in_progress": _IN_PROGRESS,
+                            ":claimed": iso_seconds(now),
+                            ":lease": now + lease_seconds,
+                            ":now": now,
+                            ":one": 1,
+                        }
+                    ),
                 )
             except ClientError as exc:
                 if error_code(exc) != "ConditionalCheckFailedException":
@@ -173,12 +165,14 @@ class IngestLedger:
                     "#completed": "completed_at",
                     "#lease": "lease_until",
                 },
-                ExpressionAttributeValues={
-                    ":source": {"S": source_id},
-                    ":completed": {"S": _COMPLETED},
-                    ":outputs": {"L": [{"S": o} for o in outputs]},
-                    ":completed_at": {"S": iso_seconds(now)},
-                },
+                ExpressionAttributeValues=to_attributes(
+                    {
+                        ":source": source_id,
+                        ":completed": _COMPLETED,
+                        ":outputs": list(outputs),
+                        ":completed_at": iso_seconds(now),
+                    }
+                ),
             )
 
     def release(self, source_id: str) -> bool:
@@ -194,7 +188,7 @@ class IngestLedger:
                     Key=self._key(source_id),
                     ConditionExpression="#status = :in_progress",
                     ExpressionAttributeNames={"#status": "status"},
-                    ExpressionAttributeValues={":in_progress": {"S": _IN_PROGRESS}},
+                    ExpressionAttributeValues=to_attributes({":in_progress": _IN_PROGRESS}),
                 )
             except ClientError as exc:
                 if error_code(exc) != "ConditionalCheckFailedException":
@@ -210,11 +204,12 @@ class IngestLedger:
             ).get("Item")
         if item is None:
             return None
-        lease = item.get("lease_until")
+        entry = from_attributes(item)
+        lease = entry.get("lease_until")
         return LedgerEntry(
             source_id=source_id,
-            status=item["status"]["S"],
-            attempts=int(item.get("attempts", {}).get("N", "0")),
-            lease_until=float(lease["N"]) if lease else None,
-            outputs=tuple(o["S"] for o in item.get("outputs", {}).get("L", [])),
+            status=entry["status"],
+            attempts=int(entry.get("attempts", 0)),
+            lease_until=float(lease) if lease is not None else None,
+            outputs=tuple(entry.get("outputs", ())),
         )

@@ -1,18 +1,18 @@
-"""Enrolled subjects and their face embeddings on DynamoDB. Torch-free."""
+"""Enrolled subjects and their face embeddings on DynamoDB: the subject store. Torch-free.
+
+Records, item layout and cursors are in :mod:`facegate.storage.subject_items`; this module
+holds the table definition and the reads and writes.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from facegate.common import utc_now, validate_id
@@ -26,74 +26,49 @@ from facegate.gallery.format import validate_embeddings
 from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
-from facegate.storage.dynamo import dynamo_number
+from facegate.storage.dynamo import from_attributes, to_attributes
+from facegate.storage.subject_items import (
+    FACE_SK,
+    META_SK,
+    SUBJECT_KIND,
+    SUBJECT_PK,
+    StoredFace,
+    Subject,
+    decode_cursor,
+    decode_embedding,
+    encode_cursor,
+    face_from_item,
+    face_item,
+    subject_from_item,
+    subject_key,
+    validate_metadata,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
+
+__all__ = [
+    "MAX_FACES_PER_PUT",
+    "MAX_LIST_LIMIT",
+    "SUBJECTS_INDEX",
+    "StoredFace",
+    "Subject",
+    "SubjectStore",
+    "create_table",
+    "table_definition",
+    "validate_metadata",
+]
 
 #: The sparse index that lists subjects: only META items carry its partition key.
 SUBJECTS_INDEX = "subjects"
 #: A DynamoDB transaction holds at most 100 items; one of them is the subject's META item.
 MAX_FACES_PER_PUT = 99
 MAX_LIST_LIMIT = 1000
-#: Display metadata is for people, not a document store.
-MAX_METADATA_ENTRIES = 32
-MAX_METADATA_CHARS = 1024
 
-_SUBJECT_KIND = "SUBJECT"
-_META_SK = "META"
-_FACE_SK = "FACE#"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_CURSOR_KEYS = frozenset({"pk", "sk", "kind", "subject_id"})
 _BATCH_WRITE_SIZE = 25
 _BATCH_WRITE_ATTEMPTS = 5
-
-
-# --------------------------------------------------------------------------------------
-# Types
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Subject:
-    """An enrolled person. Timestamps are ISO-8601 UTC (``...Z``); ``metadata`` is for display."""
-
-    subject_id: str
-    model_id: str
-    face_count: int
-    created_at: str
-    updated_at: str
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "subject_id": self.subject_id,
-            "model_id": self.model_id,
-            "face_count": self.face_count,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "metadata": dict(self.metadata),
-        }
-
-
-@dataclass(frozen=True)
-class StoredFace:
-    """One enrolled face: ``embedding`` is ``(D,) float32``, L2-normalised.
-
-    ``bbox`` is ``(x1, y1, x2, y2)`` in the stored photo's pixels; ``image_key`` is that photo's
-    S3 key. ``model_id``, ``weights_sha256`` and ``created_at`` are stamped by
-    :meth:`SubjectStore.put_faces` and always set on faces read back.
-    """
-
-    face_id: str
-    embedding: np.ndarray = field(repr=False, compare=False)
-    image_key: str
-    bbox: tuple[float, float, float, float] | None = None
-    det_score: float | None = None
-    model_id: str | None = None
-    weights_sha256: str | None = None
-    created_at: str | None = None
-
-
-def _pk(subject_id: str) -> dict[str, str]:
-    return {"S": f"SUBJECT#{subject_id}"}
 
 
 # --------------------------------------------------------------------------------------
@@ -137,7 +112,7 @@ def table_definition(name: str) -> dict[str, Any]:
     }
 
 
-def create_table(client: BaseClient, name: str) -> None:
+def create_table(client: DynamoDBClient, name: str) -> None:
     """Create the subjects table and wait until it is active (tests and the local stack)."""
     with aws_errors(f"creating table {name}"):
         client.create_table(**table_definition(name))
@@ -145,77 +120,8 @@ def create_table(client: BaseClient, name: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# DynamoDB: items
+# Checks
 # --------------------------------------------------------------------------------------
-
-
-def _face_item(
-    subject_id: str, face: StoredFace, embedding: np.ndarray
-) -> dict[str, dict[str, Any]]:
-    item: dict[str, dict[str, Any]] = {
-        "pk": _pk(subject_id),
-        "sk": {"S": _FACE_SK + face.face_id},
-        "face_id": {"S": face.face_id},
-        "embedding": {"B": embedding.astype("<f4").tobytes()},
-        "dim": dynamo_number(int(embedding.shape[0])),
-        "model_id": {"S": str(face.model_id)},
-        "weights_sha256": {"S": str(face.weights_sha256)},
-        "image_key": {"S": face.image_key},
-        "created_at": {"S": str(face.created_at)},
-    }
-    if face.bbox is not None:
-        item["bbox"] = {"L": [dynamo_number(float(v)) for v in face.bbox]}
-    if face.det_score is not None:
-        item["det_score"] = dynamo_number(float(face.det_score))
-    return item
-
-
-def _decode_embedding(item: Mapping[str, Any]) -> np.ndarray:
-    dim = int(item["dim"]["N"])
-    raw = bytes(item["embedding"]["B"])
-    if len(raw) != 4 * dim:
-        raise StorageError(f"stored embedding has {len(raw)} bytes, expected {4 * dim}")
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
-
-
-def _face_from_item(item: Mapping[str, Any]) -> StoredFace:
-    bbox = item.get("bbox")
-    score = item.get("det_score")
-    return StoredFace(
-        face_id=item["face_id"]["S"],
-        embedding=_decode_embedding(item),
-        image_key=item["image_key"]["S"],
-        bbox=tuple(float(v["N"]) for v in bbox["L"]) if bbox else None,
-        det_score=float(score["N"]) if score else None,
-        model_id=item["model_id"]["S"],
-        weights_sha256=item["weights_sha256"]["S"],
-        created_at=item["created_at"]["S"],
-    )
-
-
-def _subject_from_item(item: Mapping[str, Any]) -> Subject:
-    metadata = item.get("metadata", {}).get("M", {})
-    return Subject(
-        subject_id=item["subject_id"]["S"],
-        model_id=item["model_id"]["S"],
-        face_count=int(item["face_count"]["N"]),
-        created_at=item["created_at"]["S"],
-        updated_at=item["updated_at"]["S"],
-        metadata={k: v["S"] for k, v in metadata.items()},
-    )
-
-
-def validate_metadata(metadata: Any) -> dict[str, str]:
-    if not isinstance(metadata, Mapping):
-        raise ValidationError("metadata must be a mapping of strings to strings")
-    if len(metadata) > MAX_METADATA_ENTRIES:
-        raise ValidationError(f"metadata has more than {MAX_METADATA_ENTRIES} entries")
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str) or not key:
-            raise ValidationError("metadata must map non-empty strings to strings")
-        if len(key) + len(value) > MAX_METADATA_CHARS:
-            raise ValidationError(f"metadata entry {key[:40]!r} is too long")
-    return dict(metadata)
 
 
 def _stamped_faces(
@@ -260,12 +166,14 @@ def _face_embeddings(faces: Sequence[StoredFace]) -> np.ndarray:
 class SubjectStore:
     """Enrolled subjects and their face embeddings in one DynamoDB table.
 
-    ``client`` is a low-level DynamoDB client (see :func:`facegate.aws.aws_client`); items are
-    written in DynamoDB's wire format so that binary embeddings and numbers round-trip exactly.
+    ``client`` is a low-level DynamoDB client (see :func:`~facegate.storage.clients.aws_client`),
+    not the resource API, so that binary embeddings stay ``bytes`` and numbers round-trip
+    exactly (:mod:`facegate.storage.dynamo` encodes them; the layout is in
+    :mod:`facegate.storage.subject_items`).
     Reads of one subject are strongly consistent: a verify right after an enrol sees the faces.
     """
 
-    def __init__(self, client: BaseClient, table: str) -> None:
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
         self._db = client
         self.table = table
 
@@ -301,12 +209,14 @@ class SubjectStore:
         now = utc_now()
         stamped = _stamped_faces(faces, model_id, weights_sha256, now)
         embeddings = _face_embeddings(stamped)
-        items = [self._meta_update(subject_id, model_id, len(stamped), now, meta)]
+        items: list[TransactWriteItemTypeDef] = [
+            self._meta_update(subject_id, model_id, len(stamped), now, meta)
+        ]
         items += [
             {
                 "Put": {
                     "TableName": self.table,
-                    "Item": _face_item(subject_id, face, emb),
+                    "Item": face_item(subject_id, face, emb),
                     "ConditionExpression": "attribute_not_exists(pk)",
                 }
             }
@@ -328,7 +238,7 @@ class SubjectStore:
         added: int,
         now: str,
         metadata: dict[str, str] | None,
-    ) -> dict[str, Any]:
+    ) -> TransactWriteItemTypeDef:
         sets = [
             "#subject = :subject",
             "#kind = :kind",
@@ -345,27 +255,27 @@ class SubjectStore:
             "#count": "face_count",
         }
         values: dict[str, Any] = {
-            ":subject": {"S": subject_id},
-            ":kind": {"S": _SUBJECT_KIND},
-            ":model": {"S": model_id},
-            ":now": {"S": now},
-            ":added": dynamo_number(added),
-            ":zero": dynamo_number(0),
+            ":subject": subject_id,
+            ":kind": SUBJECT_KIND,
+            ":model": model_id,
+            ":now": now,
+            ":added": added,
+            ":zero": 0,
         }
         if metadata is not None:
             sets.append("#metadata = :metadata")
             names["#metadata"] = "metadata"
-            values[":metadata"] = {"M": {k: {"S": v} for k, v in metadata.items()}}
+            values[":metadata"] = metadata
         return {
             "Update": {
                 "TableName": self.table,
-                "Key": {"pk": _pk(subject_id), "sk": {"S": _META_SK}},
+                "Key": subject_key(subject_id),
                 "UpdateExpression": f"SET {', '.join(sets)} ADD #count :added",
                 "ConditionExpression": (
                     "attribute_not_exists(pk) OR #model = :model OR #count = :zero"
                 ),
                 "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
+                "ExpressionAttributeValues": to_attributes(values),
                 "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
@@ -378,7 +288,7 @@ class SubjectStore:
         reasons = exc.response.get("CancellationReasons", [])
         failed = [r.get("Code") == "ConditionalCheckFailed" for r in reasons]
         if failed and failed[0]:
-            stored = reasons[0].get("Item", {}).get("model_id", {}).get("S", "another model")
+            stored = from_attributes(reasons[0].get("Item", {})).get("model_id", "another model")
             raise ModelMismatchError(
                 f"subject {subject_id!r} is enrolled with {stored!r}, not {model_id!r}"
             ) from exc
@@ -397,13 +307,11 @@ class SubjectStore:
         that still exists and can be deleted again, never orphaned faces.
         """
         items = self._subject_items(subject_id, image_keys_only=True)
-        keys = [{"pk": i["pk"], "sk": i["sk"]} for i in items]
-        faces = [k for k in keys if k["sk"]["S"] != _META_SK]
-        meta = [k for k in keys if k["sk"]["S"] == _META_SK]
+        faces = [subject_key(subject_id, i["sk"]) for i in items if i["sk"] != META_SK]
         for start in range(0, len(faces), _BATCH_WRITE_SIZE):
             self._batch_delete(faces[start : start + _BATCH_WRITE_SIZE])
-        self._batch_delete(meta)
-        return [i["image_key"]["S"] for i in items if "image_key" in i]
+        self._batch_delete([subject_key(subject_id)])
+        return [i["image_key"] for i in items if "image_key" in i]
 
     def _batch_delete(self, keys: list[dict[str, Any]]) -> None:
         """BatchWriteItem may leave items unprocessed under throttling: retry those, backing off."""
@@ -428,28 +336,31 @@ class SubjectStore:
         with aws_errors(f"reading subject {subject_id}"):
             item = self._db.get_item(
                 TableName=self.table,
-                Key={"pk": _pk(subject_id), "sk": {"S": _META_SK}},
+                Key=subject_key(subject_id),
                 ConsistentRead=True,
             ).get("Item")
         if item is None:
             raise UnknownSubjectError(f"unknown subject {subject_id!r}")
-        return _subject_from_item(item)
+        return subject_from_item(from_attributes(item))
 
     def get_embeddings(self, subject_id: str) -> tuple[np.ndarray, list[StoredFace]]:
         """All faces of a subject, ordered by face id, and their ``(N, D) float32`` embeddings."""
         items = self._subject_items(subject_id)
-        faces = [_face_from_item(i) for i in items if i["sk"]["S"].startswith(_FACE_SK)]
+        faces = [face_from_item(i) for i in items if i["sk"].startswith(FACE_SK)]
         if not faces:
             return np.empty((0, 0), dtype=np.float32), []
         return np.stack([f.embedding for f in faces]), faces
 
-    def _subject_items(self, subject_id: str, *, image_keys_only: bool = False) -> list[dict]:
-        """Every item under the subject's partition key; :class:`UnknownSubjectError` if no META."""
+    def _subject_items(
+        self, subject_id: str, *, image_keys_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every item under the subject's partition key, decoded; :class:`UnknownSubjectError`
+        if there is no META item."""
         validate_id(subject_id)
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": _pk(subject_id)},
+            "ExpressionAttributeValues": to_attributes({":pk": SUBJECT_PK + subject_id}),
             "ConsistentRead": True,
         }
         if image_keys_only:
@@ -457,8 +368,8 @@ class SubjectStore:
             kwargs["ExpressionAttributeNames"] = {"#image_key": "image_key"}
         with aws_errors(f"reading subject {subject_id}"):
             pages = self._db.get_paginator("query").paginate(**kwargs)
-            items = [item for page in pages for item in page.get("Items", [])]
-        if not any(i["sk"]["S"] == _META_SK for i in items):
+            items = [from_attributes(i) for page in pages for i in page.get("Items", [])]
+        if not any(i["sk"] == META_SK for i in items):
             raise UnknownSubjectError(f"unknown subject {subject_id!r}")
         return items
 
@@ -482,14 +393,14 @@ class SubjectStore:
             "IndexName": SUBJECTS_INDEX,
             "KeyConditionExpression": "#kind = :kind",
             "ExpressionAttributeNames": {"#kind": "kind"},
-            "ExpressionAttributeValues": {":kind": {"S": _SUBJECT_KIND}},
+            "ExpressionAttributeValues": to_attributes({":kind": SUBJECT_KIND}),
             "Limit": limit,
         }
         if cursor is not None:
             kwargs["ExclusiveStartKey"] = decode_cursor(cursor)
         with aws_errors("listing subjects"):
             page = self._db.query(**kwargs)
-        subjects = [_subject_from_item(i) for i in page.get("Items", [])]
+        subjects = [subject_from_item(from_attributes(i)) for i in page.get("Items", [])]
         last = page.get("LastEvaluatedKey")
         return subjects, encode_cursor(last) if last else None
 
@@ -509,43 +420,15 @@ class SubjectStore:
                 "#embedding": "embedding",
                 "#dim": "dim",
             },
-            "ExpressionAttributeValues": {":face": {"S": _FACE_SK}, ":model": {"S": model_id}},
+            "ExpressionAttributeValues": to_attributes({":face": FACE_SK, ":model": model_id}),
         }
         with aws_errors("scanning embeddings"):
             pages = self._db.get_paginator("scan").paginate(**kwargs)
-            items = [item for page in pages for item in page.get("Items", [])]
+            items = [from_attributes(i) for page in pages for i in page.get("Items", [])]
         if not items:
             return [], np.empty((0, 0), dtype=np.float32)
-        vectors = [_decode_embedding(i) for i in items]
+        vectors = [decode_embedding(i) for i in items]
         if len({v.shape[0] for v in vectors}) != 1:
             raise ModelMismatchError(f"faces of {model_id!r} have different embedding dims")
-        subject_ids = [i["pk"]["S"].removeprefix("SUBJECT#") for i in items]
+        subject_ids = [i["pk"].removeprefix(SUBJECT_PK) for i in items]
         return subject_ids, np.stack(vectors)
-
-
-def encode_cursor(key: Mapping[str, Any]) -> str:
-    """DynamoDB's LastEvaluatedKey as an opaque, URL-safe string."""
-    raw = json.dumps(key, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str) -> dict[str, Any]:
-    """Inverse of :func:`encode_cursor`, refusing anything that is not a key of the index.
-
-    The cursor comes from a caller: checking its shape keeps a forged one from reaching
-    DynamoDB as anything but a start key of the ``subjects`` index.
-    """
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        key = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (AttributeError, TypeError, ValueError, binascii.Error) as exc:
-        raise ValidationError("invalid cursor") from exc
-    valid = (
-        isinstance(key, dict)
-        and set(key) == _CURSOR_KEYS
-        and all(isinstance(v, dict) and list(v) == ["S"] for v in key.values())
-        and all(isinstance(v["S"], str) for v in key.values())
-    )
-    if not valid:
-        raise ValidationError("invalid cursor")
-    return key

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from facegate.common import iso_micros, parse_instant, validate_id
 from facegate.settings import Settings
-from facegate.storage.aws_errors import aws_errors
+from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
+from facegate.storage.dynamo import from_attributes, to_attributes
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 TOMBSTONE_PK = "TOMBSTONE"
 _TOMBSTONE_SK = "SUBJECT#"
@@ -31,7 +34,7 @@ class Tombstones:
     ``record`` with an older time must not resurrect rows deleted by a newer one.
     """
 
-    def __init__(self, dynamodb: BaseClient, table: str) -> None:
+    def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
         self._db = dynamodb
         self.table = table
 
@@ -46,7 +49,7 @@ class Tombstones:
         """
         validate_id(subject_id)
         stamp = iso_micros(parse_instant(when, "when") if when is not None else datetime.now(UTC))
-        key = {"pk": {"S": TOMBSTONE_PK}, "sk": {"S": _TOMBSTONE_SK + subject_id}}
+        key = to_attributes({"pk": TOMBSTONE_PK, "sk": _TOMBSTONE_SK + subject_id})
         with aws_errors(f"recording deletion of {subject_id}"):
             try:
                 self._db.update_item(
@@ -54,16 +57,15 @@ class Tombstones:
                     Key=key,
                     UpdateExpression="SET deleted_at = :when, subject_id = :subject",
                     ConditionExpression="attribute_not_exists(deleted_at) OR deleted_at < :when",
-                    ExpressionAttributeValues={
-                        ":when": {"S": stamp},
-                        ":subject": {"S": subject_id},
-                    },
+                    ExpressionAttributeValues=to_attributes(
+                        {":when": stamp, ":subject": subject_id}
+                    ),
                 )
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                if error_code(exc) != "ConditionalCheckFailedException":
                     raise
                 item = self._db.get_item(TableName=self.table, Key=key, ConsistentRead=True)
-                return item["Item"]["deleted_at"]["S"]
+                return str(from_attributes(item["Item"])["deleted_at"])
         return stamp
 
     def all(self, page_size: int | None = None) -> dict[str, str]:
@@ -72,7 +74,7 @@ class Tombstones:
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": TOMBSTONE_PK}},
+            "ExpressionAttributeValues": to_attributes({":pk": TOMBSTONE_PK}),
             "ProjectionExpression": "sk, deleted_at",
             "ConsistentRead": True,
         }
@@ -80,5 +82,5 @@ class Tombstones:
             kwargs["PaginationConfig"] = {"PageSize": page_size}
         with aws_errors("reading tombstones"):
             pages = self._db.get_paginator("query").paginate(**kwargs)
-            items = [item for page in pages for item in page.get("Items", [])]
-        return {i["sk"]["S"].removeprefix(_TOMBSTONE_SK): i["deleted_at"]["S"] for i in items}
+            items = [from_attributes(i) for page in pages for i in page.get("Items", [])]
+        return {i["sk"].removeprefix(_TOMBSTONE_SK): i["deleted_at"] for i in items}

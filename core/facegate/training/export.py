@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from facegate.models.card import ModelCard, sha256_file, write_card
+from facegate.models.card import ModelCard, write_card
 from facegate.models.registry import save_weights
 
 ARCHITECTURES = {
@@ -46,17 +46,12 @@ def export_checkpoint(
     if threshold is None:
         raise ValueError("no validation threshold in the run: pass --threshold")
     weights = save_weights(model_dir, model_id, state["model"], architecture)
-    card = ModelCard(
+    card = ModelCard.for_weights(
+        weights,
         model_id=model_id,
         version=f"epoch{state['epoch']}-step{state['step']}",
         architecture=architecture,
         embedding_dim=int(config["embedding_dim"]),
-        input_size=112,
-        template="arcface_112",
-        pixel_format="RGB uint8 0..255",
-        pixel_normalisation="(x - 127.5) / 128, inside the network",
-        weights_file=weights.name,
-        weights_sha256=sha256_file(weights),
         threshold=float(threshold),
         source={"checkpoint": str(checkpoint), "training": config},
         calibration={"provisional": "threshold from training validation; run facegate calibrate"},

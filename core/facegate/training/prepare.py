@@ -24,7 +24,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from facegate.errors import FaceGateError
-from facegate.pipeline.align import ARCFACE_112, align_face
+from facegate.models.templates import ARCFACE_112
+from facegate.pipeline.align import align_face
 from facegate.pipeline.detect import select_faces
 from facegate.pipeline.image import (
     DecodedImage,

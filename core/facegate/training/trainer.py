@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,11 @@ class Trainer:
         batches = iter(self.sampler)
         for _ in tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}", unit="step"):
             losses.append(self.train_step(next(batches)))
-        record = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses))}
+        record: dict[str, Any] = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "loss": float(np.mean(losses)),
+        }
         record["seconds"] = round(time.perf_counter() - started, 2)
         record["lr"] = self.scheduler.get_last_lr()[0]
         if self.config.val_chips and self.config.val_pairs:
@@ -314,7 +319,7 @@ class _Batches:
     def __len__(self) -> int:
         return max(1, self.n // self.batch)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[list[int]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
         for i in range(len(self)):
             yield order[i * self.batch : (i + 1) * self.batch].tolist()

@@ -1,4 +1,4 @@
-"""Dependencies: settings, pipeline, stores and the service, built once per process.
+"""Dependencies: settings, pipeline, stores and the services, built once per process.
 
 Tests override ``get_settings``/``get_pipeline``/``get_service`` through FastAPI's
 ``dependency_overrides`` instead of touching the environment.
@@ -15,7 +15,7 @@ from fastapi import Depends, Header
 from app.errors import UnauthorizedError
 from facegate.gallery.cache import GalleryCache
 from facegate.pipeline.face_pipeline import FacePipeline
-from facegate.service import FaceService
+from facegate.service import FaceService, GalleryService
 from facegate.settings import Settings, get_settings
 from facegate.storage.apikeys import ApiKeyStore
 from facegate.storage.clients import aws_client
@@ -76,12 +76,25 @@ def get_service(settings: SettingsDep, pipeline: PipelineDep) -> FaceService:
 
 
 @lru_cache(maxsize=4)
+def _gallery_service(settings: Settings) -> GalleryService:
+    stores = _stores(settings)
+    return GalleryService(
+        stores.galleries,
+        stores.tombstones,
+        s3=aws_client("s3", settings),
+        sqs=aws_client("sqs", settings),
+        jobs_queue_url=settings.jobs_queue_url,
+        model_dir=settings.model_dir,
+    )
+
+
+def get_gallery_service(settings: SettingsDep) -> GalleryService:
+    return _gallery_service(settings)
+
+
+@lru_cache(maxsize=4)
 def job_store(settings: Settings) -> JobStore:
     return JobStore(aws_client("dynamodb", settings), settings.table)
-
-
-def get_stores(settings: SettingsDep) -> Stores:
-    return _stores(settings)
 
 
 def get_photo_store(settings: SettingsDep) -> PhotoStore:
@@ -101,5 +114,5 @@ def require_api_key(
 
 
 ServiceDep = Annotated[FaceService, Depends(get_service)]
+GalleryServiceDep = Annotated[GalleryService, Depends(get_gallery_service)]
 PhotoStoreDep = Annotated[PhotoStore, Depends(get_photo_store)]
-StoresDep = Annotated[Stores, Depends(get_stores)]

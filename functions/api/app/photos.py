@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from fastapi import UploadFile
+from starlette.datastructures import UploadFile
 
 from facegate.errors import ImageTooLargeError, ValidationError
 

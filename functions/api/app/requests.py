@@ -7,6 +7,7 @@ Base64 and uploads are limited to 5 MB, S3 objects to 15 MB (Rekognition's limit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,39 @@ class Body:
 
     def all_photos(self) -> list[bytes]:
         return [p for name in sorted(self.photos) for p in self.photos[name]]
+
+    def text(self, name: str) -> str | None:
+        """A field as text; None when absent."""
+        value = self.fields.get(name)
+        return None if value is None else str(value)
+
+    def number(self, name: str) -> float | None:
+        """A finite number (a JSON number, or its text in a form); None when absent."""
+        if name not in self.fields:
+            return None
+        try:
+            number = float(str(self.fields[name]))
+        except ValueError as exc:
+            raise ValidationError(f"{name} must be a number") from exc
+        if not math.isfinite(number):
+            raise ValidationError(f"{name} must be finite")
+        return number
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        """An integer in ``[low, high]``; ``default`` when absent."""
+        try:
+            number = int(str(self.fields.get(name, default)))
+        except ValueError as exc:
+            raise ValidationError(f"{name} must be an integer") from exc
+        if not low <= number <= high:
+            raise ValidationError(f"{name} must be between {low} and {high}")
+        return number
+
+    def flag(self, name: str, default: bool) -> bool:
+        """A boolean: JSON ``false`` or the texts ``false``, ``0``, ``no`` are false."""
+        if name not in self.fields:
+            return default
+        return str(self.fields[name]).lower() not in ("false", "0", "no")
 
 
 async def read_body(request: Request, store: PhotoStore, s3_limit: int) -> Body:

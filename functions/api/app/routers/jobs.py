@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.deps import SettingsDep, require_api_key
+from app.deps import SettingsDep, job_store, require_api_key
 from facegate.common import validate_id
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
@@ -13,6 +13,4 @@ router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 @router.get("/jobs/{job_id}")
 def get_job(job_id: str, settings: SettingsDep) -> dict[str, object]:
     """Status (running, succeeded, failed), rows, chunks done, counts, result keys."""
-    from app.deps import job_store
-
     return job_store(settings).get(validate_id(job_id, "job_id")).to_dict()

@@ -8,17 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from app.deps import PhotoStoreDep, ServiceDep, SettingsDep, require_api_key
 from app.openapi import photo_body
-from app.requests import Body, read_body
+from app.requests import read_body
 from facegate.errors import ValidationError
 
 router = APIRouter(tags=["subjects"], dependencies=[Depends(require_api_key)])
-
-
-def _metadata(body: Body) -> dict[str, str] | None:
-    metadata = body.fields.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise ValidationError("metadata must be an object of strings")
-    return metadata
 
 
 ENROL_BODY = photo_body(
@@ -43,7 +36,7 @@ async def enrol(
     """One or more photos (``image``, ``images``, or several ``image...`` fields); each gets
     its own verdict, and rejected photos do not stop the accepted ones."""
     body = await read_body(request, store, settings.s3_max_image_bytes)
-    return service.enrol(subject_id, body.all_photos(), _metadata(body))
+    return service.enrol(subject_id, body.all_photos(), body.fields.get("metadata"))
 
 
 @router.post("/enroll", status_code=201, openapi_extra=ALIAS_BODY)
@@ -56,7 +49,7 @@ async def enrol_alias(
     subject_id = body.fields.get("subject_id")
     if not isinstance(subject_id, str):
         raise ValidationError("subject_id is required")
-    return service.enrol(subject_id, body.all_photos(), _metadata(body))
+    return service.enrol(subject_id, body.all_photos(), body.fields.get("metadata"))
 
 
 @router.get("/subjects")
@@ -65,8 +58,7 @@ def list_subjects(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> dict[str, object]:
-    subjects, next_cursor = service.subjects.list_subjects(limit, cursor)
-    return {"subjects": [s.to_dict() for s in subjects], "next_cursor": next_cursor}
+    return service.list_subjects(limit, cursor)
 
 
 @router.get("/subjects/{subject_id}")

@@ -1,11 +1,13 @@
-"""The service layer: enrolment, verification and identification over stores and models.
+"""Subjects and probe photos over the stores: enrol, verify (1:1), identify (1:N), embed.
 
-It receives the pipeline and the stores by injection, so the API, the local stack and tests
-wire it the same way. Routes and handlers stay one call deep; the rules live here:
+It receives the face processor and the stores by injection, so the API, the local stack and
+tests wire it the same way. Routes stay one call deep; the rules live here:
 
 - Enrolment keeps one face per photo (the multi-face policy of the settings) and stores the
   embedding (DynamoDB) and the photo itself (S3, private prefix) so a later model can
   re-embed it. Each photo gets its own verdict; a bad photo never fails the others.
+- Every decision is taken at :func:`~facegate.service.probes.decision_threshold`: the
+  request's ``threshold`` or ``far``, else the deployment's.
 - Verifying a photo against a subject compares it with every enrolled embedding of that
   subject and decides on the best (maximum) similarity: one good enrolment photo is enough,
   as a person expects, and poor ones cannot veto it.
@@ -32,16 +34,20 @@ from facegate.errors import (
 )
 from facegate.gallery.cache import GalleryCache
 from facegate.gallery.search import SearchResult, search_gallery
-from facegate.models.card import resolve_threshold
-from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.pipeline.image import content_type
 from facegate.pipeline.verify import verify_embeddings
+from facegate.service.probes import (
+    check_policy,
+    compare_photos,
+    decision_threshold,
+    embedding_response,
+    reference_embedding,
+)
+from facegate.storage.galleries import GalleryStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import StoredFace, SubjectStore, validate_metadata
 from facegate.storage.tombstones import Tombstones
-from facegate.types import FaceResult
-
-GALLERY_KEY = "galleries/{name}/gallery.parquet"
+from facegate.types import FaceProcessor, FaceResult
 
 
 @dataclass(frozen=True)
@@ -67,11 +73,11 @@ class PhotoOutcome:
 
 
 class FaceService:
-    """Everything the API does, without HTTP."""
+    """Everything the API does with faces and subjects, without HTTP."""
 
     def __init__(
         self,
-        pipeline: FacePipeline,
+        pipeline: FaceProcessor,
         subjects: SubjectStore,
         photos: PhotoStore,
         tombstones: Tombstones | None = None,
@@ -83,11 +89,15 @@ class FaceService:
         self.tombstones = tombstones
         self.galleries = galleries or GalleryCache(expected_model_id=pipeline.model_id)
 
+    # -- enrolment -----------------------------------------------------------------------
+
     def enrol(
-        self, subject_id: str, photos: Sequence[bytes], metadata: dict[str, str] | None = None
+        self, subject_id: str, photos: Sequence[bytes], metadata: object = None
     ) -> dict[str, Any]:
+        """Each photo's verdict, and the subject's face count once the accepted ones are
+        stored. ``metadata`` (string to string) replaces the subject's when given."""
         validate_id(subject_id)
-        metadata = None if metadata is None else validate_metadata(metadata)
+        checked = None if metadata is None else validate_metadata(metadata)
         if not photos:
             raise ValidationError("no photos to enrol")
         results = self.pipeline.process_many(list(photos))
@@ -100,12 +110,13 @@ class FaceService:
             face = result.primary
             face_id = uuid.uuid4().hex
             key = self.photos.put(subject_id, face_id, data, content_type(data))
+            x1, y1, x2, y2 = (float(v) for v in face.detection.box)
             faces.append(
                 StoredFace(
                     face_id=face_id,
                     embedding=face.vector,
                     image_key=key,
-                    bbox=tuple(float(v) for v in face.detection.box),
+                    bbox=(x1, y1, x2, y2),
                     det_score=float(face.detection.score),
                 )
             )
@@ -118,7 +129,7 @@ class FaceService:
                     faces,
                     self.pipeline.model_id,
                     weights_sha256=self.pipeline.card.weights_sha256,
-                    metadata=metadata,
+                    metadata=checked,
                 )
             except FaceGateError:
                 # No record points at these photos: remove them, or they would be
@@ -134,44 +145,56 @@ class FaceService:
             "photos": [o.to_dict() for o in outcomes],
         }
 
+    # -- 1:1 -----------------------------------------------------------------------------
+
     def decision_threshold(self, threshold: float | None = None, far: float | None = None) -> float:
         """A request's own threshold or target FAR, else the deployment's."""
-        if threshold is None and far is None:
-            return self.pipeline.threshold
-        return resolve_threshold(self.pipeline.card, threshold, far)
+        return decision_threshold(self.pipeline, threshold, far)
 
     def compare_photos(
-        self, first: bytes, second: bytes, *, threshold: float | None = None
+        self,
+        first: bytes,
+        second: bytes,
+        *,
+        threshold: float | None = None,
+        far: float | None = None,
     ) -> dict[str, Any]:
-        """Both photos in one batch (same-size photos share one detection pass)."""
-        results = self.pipeline.process_many([first, second], policy="largest")
-        for result in results:
-            if not isinstance(result, FaceResult):
-                raise result
-        a, b = (r.primary for r in results)  # type: ignore[union-attr]
-        return verify_embeddings(
-            a.vector,
-            b.vector,
-            threshold=threshold if threshold is not None else self.pipeline.threshold,
-            model_id=self.pipeline.model_id,
-            faces=(a.detection, b.detection),
-        ).to_dict()
+        """The largest face of each photo, compared."""
+        decided = self.decision_threshold(threshold, far)
+        return compare_photos(self.pipeline, first, second, threshold=decided).to_dict()
 
     def compare_embedding(
-        self, photo: bytes, reference: np.ndarray, *, threshold: float | None = None
+        self,
+        photo: bytes,
+        reference: object,
+        *,
+        model_id: str | None = None,
+        threshold: float | None = None,
+        far: float | None = None,
     ) -> dict[str, Any]:
+        """The photo's largest face against a caller's ``reference`` embedding of
+        ``model_id`` (checked before the photo is decoded)."""
+        decided = self.decision_threshold(threshold, far)
+        vector = reference_embedding(self.pipeline, reference, model_id)
         face = self.pipeline.process(photo, policy="largest").primary
         return verify_embeddings(
             face.vector,
-            reference,
-            threshold=threshold if threshold is not None else self.pipeline.threshold,
+            vector,
+            threshold=decided,
             model_id=self.pipeline.model_id,
             faces=(face.detection, None),
         ).to_dict()
 
     def compare_subject(
-        self, photo: bytes, subject_id: str, *, threshold: float | None = None
+        self,
+        photo: bytes,
+        subject_id: str,
+        *,
+        threshold: float | None = None,
+        far: float | None = None,
     ) -> dict[str, Any]:
+        """The photo's largest face against the best of the subject's enrolled faces."""
+        decided = self.decision_threshold(threshold, far)
         subject = self.subjects.get_subject(subject_id)
         if subject.model_id != self.pipeline.model_id:
             raise ModelMismatchError(
@@ -185,7 +208,7 @@ class FaceService:
         result = verify_embeddings(
             face.vector,
             enrolled[best],
-            threshold=threshold if threshold is not None else self.pipeline.threshold,
+            threshold=decided,
             model_id=self.pipeline.model_id,
             faces=(face.detection, None),
         ).to_dict()
@@ -197,6 +220,8 @@ class FaceService:
         }
         return result
 
+    # -- 1:N and embeddings --------------------------------------------------------------
+
     def identify(
         self,
         photo: bytes,
@@ -205,25 +230,27 @@ class FaceService:
         gallery: str | None = None,
         subjects: bool = True,
         threshold: float | None = None,
+        far: float | None = None,
     ) -> dict[str, Any]:
+        """Top-k subjects by best similarity among the enrolled subjects and/or ``gallery``."""
         if not subjects and gallery is None:
             raise ValidationError("nothing to search: name a gallery or include subjects")
-        threshold = threshold if threshold is not None else self.pipeline.threshold
+        decided = self.decision_threshold(threshold, far)
         face = self.pipeline.process(photo, policy="largest").primary
         found: list[SearchResult] = []
         if subjects:
             ids, matrix = self.subjects.all_embeddings(self.pipeline.model_id)
             if ids:
-                found.append(search_gallery(face.vector, matrix, top_k, threshold, subject_ids=ids))
+                found.append(search_gallery(face.vector, matrix, top_k, decided, subject_ids=ids))
         if gallery is not None:
-            found.append(self._search_named_gallery(face.vector, gallery, top_k, threshold))
+            found.append(self._search_named_gallery(face.vector, gallery, top_k, decided))
         ranked = sorted(
             (c for result in found for c in result.candidates),
             key=lambda c: c.similarity,
             reverse=True,
         )
         seen: set[str] = set()
-        candidates = []
+        candidates: list[dict[str, Any]] = []
         for c in ranked:
             if c.subject_id not in seen:
                 seen.add(c.subject_id)
@@ -231,12 +258,12 @@ class FaceService:
                     {"subject_id": c.subject_id, "similarity": round(c.similarity, 6)}
                 )
         candidates = candidates[:top_k]
-        best = candidates[0] if candidates and candidates[0]["similarity"] >= threshold else None
+        best = candidates[0] if candidates and candidates[0]["similarity"] >= decided else None
         return {
             "match": best is not None,
             "best": best,
             "candidates": candidates,
-            "threshold": threshold,
+            "threshold": decided,
             "model_id": self.pipeline.model_id,
             "face": face.detection.to_dict(),
         }
@@ -246,7 +273,7 @@ class FaceService:
     ) -> SearchResult:
         """Through the process's gallery cache: a warm function keeps the index in memory
         and only asks S3 whether the gallery changed."""
-        key = GALLERY_KEY.format(name=validate_id(name, "gallery"))
+        key = GalleryStore.gallery_key(name)
         try:
             index = self.galleries.get(
                 self.photos.bucket, key, lambda etag: self.photos.get_if_changed(key, etag)
@@ -254,6 +281,18 @@ class FaceService:
         except InvalidImageError as exc:
             raise UnknownGalleryError(f"gallery {name!r} has not been built") from exc
         return index.search(vector, top_k, threshold)
+
+    def embed(self, photo: bytes, *, multi_face: object = "all") -> dict[str, Any]:
+        """Every face ``multi_face`` keeps (all, largest, center or reject), embedded."""
+        result = self.pipeline.process(photo, policy=check_policy(multi_face))
+        return embedding_response(self.pipeline, result)
+
+    # -- subjects ------------------------------------------------------------------------
+
+    def list_subjects(self, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """One page of subjects and the cursor of the next (None on the last page)."""
+        subjects, next_cursor = self.subjects.list_subjects(limit, cursor)
+        return {"subjects": [s.to_dict() for s in subjects], "next_cursor": next_cursor}
 
     def describe_subject(self, subject_id: str) -> dict[str, Any]:
         subject = self.subjects.get_subject(subject_id)

@@ -1,0 +1,213 @@
+"""``facegate upload | gallery | reembed | jobs | keys``: a deployed (or the local) stack.
+
+They talk to the AWS the ``FACEGATE_*`` settings name, or to a target an extension offers
+(``--local``: the running local stack). Decisions go through the service layer
+(:class:`facegate.service.GalleryService`), as ``POST /reembed`` and the gallery routes do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from facegate.cli.extensions import Subcommands, Target
+from facegate.cli.options import EXIT_ERROR, EXIT_OK, add_target_options, aws_settings
+from facegate.errors import FaceGateError
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from facegate.batch.uploads import upload
+    from facegate.storage.clients import aws_client
+
+    settings = aws_settings(args)
+    key, size = upload(
+        aws_client("s3", settings), settings.bucket, args.path, args.gallery, args.subject
+    )
+    print(f"uploaded {size} bytes to s3://{settings.bucket}/{key}")
+    return EXIT_OK
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from facegate.service import GalleryService
+
+    service = GalleryService.from_settings(aws_settings(args))
+    if args.action == "show":
+        summary = service.summary(args.name)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            for key, value in summary.items():
+                print(f"{key:<16} {value}")
+        return EXIT_OK
+    print(json.dumps(service.compact(args.name)))
+    return EXIT_OK
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    """Re-embed a gallery's (or the enrolled subjects') photos with another model into a new
+    gallery: here and now, or ``--submit`` it to the jobs worker (as ``POST /reembed``)."""
+    settings = aws_settings(args)
+    source = None if args.subjects else args.gallery
+    if args.submit:
+        from facegate.service import GalleryService
+
+        status = GalleryService.from_settings(settings).submit_reembed(
+            args.to, args.model_id, source
+        )
+        print(json.dumps(status))
+        return EXIT_OK
+    from facegate.batch.reembed import ReembedRequest
+    from facegate.batch.reembed_job import run_reembed
+    from facegate.pipeline.face_pipeline import FacePipeline
+    from facegate.storage.clients import aws_client
+    from facegate.storage.subjects import SubjectStore
+    from facegate.storage.tombstones import Tombstones
+
+    request = ReembedRequest(args.to, args.model_id, source)
+    pipeline = FacePipeline(settings.model_copy(update={"model_id": request.model_id}))
+    report = run_reembed(
+        pipeline,
+        aws_client("s3", settings),
+        settings.bucket,
+        request,
+        subjects=SubjectStore.from_settings(settings),
+        deleted=Tombstones.from_settings(settings).all(),
+        policy=settings.gallery_multi_face,
+    )
+    print(json.dumps(report.to_dict()))
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """Submit a manifest (and the probe photos beside it), or watch a job to its end."""
+    if args.action == "submit":
+        return _submit_job(args)
+    return _watch_job(args)
+
+
+def _submit_job(args: argparse.Namespace) -> int:
+    import uuid
+
+    from facegate.batch.manifest import parse_manifest
+    from facegate.pipeline.image import content_type
+    from facegate.storage.clients import aws_client
+    from facegate.storage.keys import job_prefix, manifest_key
+    from facegate.storage.objects import ObjectStore
+
+    settings = aws_settings(args)
+    job_id = args.job_id or uuid.uuid4().hex[:12]
+    store = ObjectStore(aws_client("s3", settings), settings.bucket)
+    text = args.manifest.read_text()
+    rows, _ = parse_manifest(job_id, text, bucket=settings.bucket)
+    for row in rows:  # relative probes that exist beside the manifest travel with it
+        relative = row.probe_key.removeprefix(job_prefix(job_id))
+        local = args.manifest.parent / relative
+        if row.probe_key.startswith(job_prefix(job_id)) and local.is_file():
+            data = local.read_bytes()
+            store.put(row.probe_key, data, content_type=content_type(data))
+    # Last: the manifest's notification starts the job, so its probes must already be there.
+    store.put(manifest_key(job_id), text.encode(), content_type="text/csv")
+    print(job_id)
+    return EXIT_OK
+
+
+def _watch_job(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from facegate.errors import UnknownJobError
+    from facegate.storage.clients import aws_client
+    from facegate.storage.jobs import JobStore
+
+    settings = aws_settings(args)
+    jobs = JobStore(aws_client("dynamodb", settings), settings.table)
+    deadline = time.monotonic() + args.timeout
+    bar = None
+    while time.monotonic() < deadline:
+        try:
+            status = jobs.get(args.job_id)
+        except UnknownJobError:
+            time.sleep(1)  # the manifest notification may not have been handled yet
+            continue
+        if bar is None:
+            bar = tqdm(total=status.chunks, desc=f"job {args.job_id}", unit="chunk")
+        bar.n = status.chunks_done
+        bar.refresh()
+        if status.status != "running":
+            bar.close()
+            print(json.dumps(status.to_dict()))
+            return EXIT_OK if status.status == "succeeded" else EXIT_ERROR
+        time.sleep(1)
+    raise FaceGateError(f"job {args.job_id} did not finish within {args.timeout} s")
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys in the table the settings name (FACEGATE_TABLE, FACEGATE_AWS_REGION, ...)."""
+    from facegate.settings import Settings
+    from facegate.storage.apikeys import ApiKeyStore
+    from facegate.storage.clients import aws_client
+
+    settings = Settings()
+    store = ApiKeyStore(aws_client("dynamodb", settings), settings.table)
+    if args.action == "create":
+        print(store.create(args.name))
+    else:
+        store.revoke(args.key)
+        print("revoked")
+    return EXIT_OK
+
+
+def register(sub: Subcommands, targets: Sequence[Target]) -> None:
+    p = sub.add_parser("upload", help="upload a photo set (folder or zip) or a photo to a gallery")
+    p.add_argument("path", type=Path)
+    p.add_argument("--gallery", required=True)
+    p.add_argument("--subject", help="subject id, for a single photo")
+    add_target_options(p, targets, "to")
+    p.set_defaults(func=cmd_upload)
+
+    gallery = sub.add_parser("gallery", help="Parquet galleries built by the batch job")
+    gallery_actions = gallery.add_subparsers(dest="action", required=True)
+    for name, text in [("show", "rows, subjects, rejects by reason"), ("compact", "rebuild it")]:
+        p = gallery_actions.add_parser(name, help=text)
+        p.add_argument("name")
+        add_target_options(p, targets, "on")
+        if name == "show":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser(
+        "reembed", help="re-embed a gallery's or the subjects' photos with another model"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gallery", help="source gallery name")
+    source.add_argument("--subjects", action="store_true", help="the enrolled subjects' photos")
+    p.add_argument("--to", required=True, help="new gallery to write")
+    p.add_argument("--model", dest="model_id", required=True, help="model id to embed with")
+    p.add_argument("--submit", action="store_true", help="queue it for the jobs worker")
+    add_target_options(p, targets, "on")
+    p.set_defaults(func=cmd_reembed)
+
+    jobs = sub.add_parser("jobs", help="batch verification jobs")
+    job_actions = jobs.add_subparsers(dest="action", required=True)
+    p = job_actions.add_parser("submit", help="upload a manifest.csv (+ probes beside it)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--job-id", help="default: a new random id (printed)")
+    add_target_options(p, targets, "to")
+    p.set_defaults(func=cmd_jobs)
+    p = job_actions.add_parser("watch", help="progress bar until the job ends")
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, default=3600)
+    add_target_options(p, targets, "on")
+    p.set_defaults(func=cmd_jobs)
+
+    keys = sub.add_parser("keys", help="API keys of a deployed stack (FACEGATE_TABLE)")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    p = key_actions.add_parser("create", help="create a key; printed once, only its hash is kept")
+    p.add_argument("--name", required=True, help="who or what the key is for")
+    p.set_defaults(func=cmd_keys)
+    p = key_actions.add_parser("revoke", help="revoke a key")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_keys)
