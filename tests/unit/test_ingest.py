@@ -21,7 +21,7 @@ from facegate.batch.archives import (
     MAX_MEMBER_BYTES,
     ArchivePlan,
     open_archive,
-    parse_manifest,
+    parse_archive_manifest,
     read_archive,
     read_member,
 )
@@ -532,7 +532,7 @@ def test_manifest_without_usable_header_refuses_the_archive(manifest):
 
 def test_parse_manifest_is_lenient_about_shape():
     text = "Path , Subject_ID\n a.jpg , alice \nshort\n\n"
-    assert parse_manifest(text) == [("a.jpg", "alice"), ("", "")]
+    assert parse_archive_manifest(text) == [("a.jpg", "alice"), ("", "")]
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
@@ -553,13 +553,14 @@ def test_manifest_bytes_with_a_bom_are_read_like_text():
     raw = "\ufeffpath,subject_id\r\n1.jpg,alice\r\n".encode()
     plan = read_archive(make_zip({"1.jpg": PHOTO, "manifest.csv": raw}))
     assert plan.members == [("1.jpg", "alice")]
-    assert parse_manifest(raw) == parse_manifest(raw.decode("utf-8-sig")) == [("1.jpg", "alice")]
+    from_bytes = parse_archive_manifest(raw)
+    assert from_bytes == parse_archive_manifest(raw.decode("utf-8-sig")) == [("1.jpg", "alice")]
 
 
 def test_both_manifest_kinds_share_one_reader():
     """The archive manifest and the job manifest refuse the same files in the same words."""
     with pytest.raises(ValidationError, match="the manifest's header repeats path"):
-        parse_manifest("path,subject_id,path\n1.jpg,alice,2.jpg\n")
+        parse_archive_manifest("path,subject_id,path\n1.jpg,alice,2.jpg\n")
     with pytest.raises(ValidationError, match="larger than"):
         read_manifest(b"x" * (16 * 1024 * 1024 + 1), required=("path",), max_rows=1)
     with pytest.raises(ValidationError, match="more than 1 rows"):

@@ -18,7 +18,7 @@ from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.manifest import (
     JobRow,
     RowFailure,
-    parse_manifest,
+    parse_job_manifest,
     resolve_probe,
 )
 from facegate.batch.messages import (
@@ -130,7 +130,7 @@ def test_parse_manifest_resolves_relative_and_absolute_probes():
         "/samples/person_a_1.jpg,,staff,identify\n"
         f"s3://{BUCKET}/samples/person_b_1.jpg,carol,staff,identify\n"
     )
-    rows, failures = parse_manifest(JOB, text, bucket=BUCKET)
+    rows, failures = parse_job_manifest(JOB, text, bucket=BUCKET)
     assert failures == []
     assert rows == [
         JobRow(0, f"jobs/{JOB}/alice.jpg", "alice", "staff", "verify"),
@@ -142,7 +142,7 @@ def test_parse_manifest_resolves_relative_and_absolute_probes():
 
 def test_parse_manifest_header_is_flexible_and_extra_columns_are_ignored():
     text = "\ufeff Mode ,note,GALLERY,Probe\r\nVERIFY,hello,g1,a.jpg\r\n Identify ,,g2,b.jpg\r\n"
-    rows, failures = parse_manifest(JOB, text)
+    rows, failures = parse_job_manifest(JOB, text)
     # No claimed_subject column at all: identify rows are fine, verify rows are refused.
     assert rows == [JobRow(1, f"jobs/{JOB}/b.jpg", None, "g2", "identify")]
     assert [(f.row, f.reason_code) for f in failures] == [(0, "missing_claimed_subject")]
@@ -150,7 +150,7 @@ def test_parse_manifest_header_is_flexible_and_extra_columns_are_ignored():
 
 def test_parse_manifest_accepts_bytes_with_a_bom_and_skips_blank_lines():
     text = "probe,gallery,mode,claimed_subject\n\na.jpg,g,verify,alice\n,,,\n\nb.jpg,g,identify,\n"
-    rows, failures = parse_manifest(JOB, ("\ufeff" + text).encode("utf-8"))
+    rows, failures = parse_job_manifest(JOB, ("\ufeff" + text).encode("utf-8"))
     assert failures == []
     assert [(r.row, r.probe_key) for r in rows] == [
         (0, f"jobs/{JOB}/a.jpg"),
@@ -180,7 +180,7 @@ def test_parse_manifest_records_every_invalid_row_kind():
             "a\x00.jpg,alice,staff,verify",  # 15 control character
         ]
     )
-    rows, failures = parse_manifest(JOB, text, bucket=BUCKET)
+    rows, failures = parse_job_manifest(JOB, text, bucket=BUCKET)
     assert [r.row for r in rows] == [0]
     assert [(f.row, f.reason_code) for f in failures] == [
         (1, "missing_probe"),
@@ -214,7 +214,7 @@ def test_parse_manifest_records_every_invalid_row_kind():
 
 
 def test_s3_uris_need_the_jobs_bucket():
-    _, failures = parse_manifest(JOB, f"probe,gallery,mode\ns3://{BUCKET}/a.jpg,g,identify\n")
+    _, failures = parse_job_manifest(JOB, f"probe,gallery,mode\ns3://{BUCKET}/a.jpg,g,identify\n")
     assert [f.reason_code for f in failures] == ["invalid_probe"]
     assert resolve_probe(JOB, f"s3://{BUCKET}/a.jpg", BUCKET) == "a.jpg"
     with pytest.raises(ValidationError):
@@ -224,7 +224,7 @@ def test_s3_uris_need_the_jobs_bucket():
 def test_every_row_is_accounted_for():
     lines = ["probe,gallery,mode,claimed_subject"]
     lines += [f"p{i}.jpg,g,{'verify' if i % 3 else 'nope'},s{i}" for i in range(50)]
-    rows, failures = parse_manifest(JOB, "\n".join(lines))
+    rows, failures = parse_job_manifest(JOB, "\n".join(lines))
     numbers = sorted([r.row for r in rows] + [f.row for f in failures])
     assert numbers == list(range(50))
     assert len(failures) == 17
@@ -247,27 +247,27 @@ def test_every_row_is_accounted_for():
 )
 def test_unusable_manifests_are_refused_as_a_whole(text):
     with pytest.raises(ValidationError):
-        parse_manifest(JOB, text)
+        parse_job_manifest(JOB, text)
 
 
 def test_a_utf16_manifest_is_refused_by_name():
     text = "probe,gallery,mode\na.jpg,g,identify\n"
     with pytest.raises(ValidationError, match="is UTF-16 text: save it as CSV UTF-8"):
-        parse_manifest(JOB, text.encode("utf-16"))
+        parse_job_manifest(JOB, text.encode("utf-16"))
 
 
 def test_manifest_size_and_row_limits(monkeypatch):
     with pytest.raises(ValidationError, match="larger"):
-        parse_manifest(JOB, b"x" * (MAX_MANIFEST_BYTES + 1))
+        parse_job_manifest(JOB, b"x" * (MAX_MANIFEST_BYTES + 1))
     monkeypatch.setattr("facegate.batch.manifest.MAX_JOB_ROWS", 3)
     rows = "".join(f"p{i}.jpg,g,identify\n" for i in range(4))
     with pytest.raises(ValidationError, match="more than 3 rows"):
-        parse_manifest(JOB, "probe,gallery,mode\n" + rows)
+        parse_job_manifest(JOB, "probe,gallery,mode\n" + rows)
 
 
 def test_parse_manifest_refuses_an_invalid_job_id():
     with pytest.raises(ValidationError):
-        parse_manifest("../x", "probe,gallery,mode\na.jpg,g,identify\n")
+        parse_job_manifest("../x", "probe,gallery,mode\na.jpg,g,identify\n")
 
 
 def test_job_row_validates_itself():
@@ -894,7 +894,7 @@ def test_a_whole_job_end_to_end(store):
     manifest = "probe,claimed_subject,gallery,mode\n" + "".join(
         f"p{i}.jpg,s{i},staff,{'verify' if i % 4 else 'oops'}\n" for i in range(10)
     )
-    rows, failures = parse_manifest(JOB, manifest)
+    rows, failures = parse_job_manifest(JOB, manifest)
     chunks = plan_job_chunks(JOB, rows, 3)
     assert store.create(JOB, rows=10, chunks=len(chunks), failed_rows=len(failures))
     assert not store.create(JOB, rows=10, chunks=len(chunks), failed_rows=len(failures))
@@ -991,7 +991,7 @@ def test_jobs_module_imports_without_torch():
     manifests still parse."""
     code = (
         "import facegate.batch.manifest as jobs\n"
-        "rows, _ = jobs.parse_manifest('j', 'probe,gallery,mode\\na.jpg,g,identify\\n')\n"
+        "rows, _ = jobs.parse_job_manifest('j', 'probe,gallery,mode\\na.jpg,g,identify\\n')\n"
         "print(rows[0].probe_key)\n"
     )
     done = run_without_torch(code, block=("torch", "facegate.pipeline.face_pipeline"))

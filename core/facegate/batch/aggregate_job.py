@@ -27,7 +27,7 @@ from facegate.batch.processing import discard, is_retryable, logger, process_bat
 from facegate.batch.results import results_from_parquet, results_to_parquet
 from facegate.errors import FaceGateError, ObjectNotFoundError, StorageError
 from facegate.storage.jobs import JobStore
-from facegate.storage.keys import results_key, results_prefix, summary_key
+from facegate.storage.keys import chunks_prefix, results_key, summary_key
 from facegate.storage.objects import JSON_TYPE, PARQUET_TYPE, ObjectStore
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def run_aggregation(
     """Aggregate ``job_id`` and mark it succeeded (or failed, with the reason)."""
     status = jobs.get(job_id)
     objects = ObjectStore(s3, bucket)
-    keys = objects.list_keys(results_prefix(job_id) + "chunks/")
+    keys = objects.list_keys(chunks_prefix(job_id))
     chunks = {key: _read_listed(objects, key) for key in keys}
     try:
         tables = [results_from_parquet(data, key) for key, data in chunks.items()]

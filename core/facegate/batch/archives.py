@@ -112,7 +112,7 @@ def read_archive(
         members, more = _folder_members(names, top)
         layout: Literal["folders", "manifest"] = "folders"
     else:
-        rows = parse_manifest(manifest_csv, max_rows=max_members)
+        rows = parse_archive_manifest(manifest_csv, max_rows=max_members)
         members, more = _manifest_members(names, rows, top, [path for path, _ in rejects])
         layout = "manifest"
     rejects.extend(more)
@@ -160,7 +160,7 @@ def _inner_manifest(entries: Sequence[zipfile.ZipInfo], top: str | None) -> zipf
 
 
 def _manifest_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """The inner manifest's bytes; :func:`parse_manifest` decodes them like the one beside."""
+    """The inner manifest's bytes; :func:`parse_archive_manifest` decodes them as any."""
     try:
         return read_member(archive, info.filename, MAX_MANIFEST_BYTES)
     except FaceGateError as exc:
@@ -213,7 +213,7 @@ def _folder_members(
     return members, rejects
 
 
-def parse_manifest(
+def parse_archive_manifest(
     text: str | bytes, *, max_rows: int = MAX_ARCHIVE_MEMBERS
 ) -> list[tuple[str, str]]:
     """``(path, subject_id)`` rows of a CSV with a ``path,subject_id`` header, read by

@@ -38,7 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.events import notification_refs
-from facegate.batch.manifest import JobRow, parse_manifest
+from facegate.batch.manifest import JobRow, parse_job_manifest
 from facegate.batch.messages import (
     JOB_CHUNK,
     REEMBED,
@@ -168,7 +168,7 @@ class JobWorker:
         """Create the job and fan its rows out; an unusable manifest creates it ``failed``."""
         try:
             text = self._manifest(job_id)
-            rows, refused = parse_manifest(job_id, text, bucket=self.config.bucket)
+            rows, refused = parse_job_manifest(job_id, text, bucket=self.config.bucket)
             chunks = plan_job_chunks(job_id, rows, self.config.chunk_size)
         except FaceGateError as exc:
             if is_retryable(exc):

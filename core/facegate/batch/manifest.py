@@ -85,7 +85,7 @@ class RowFailure:
     claimed_subject: str | None = None
 
 
-def parse_manifest(
+def parse_job_manifest(
     job_id: str, text: str | bytes, *, bucket: str | None = None
 ) -> tuple[list[JobRow], list[RowFailure]]:
     """The manifest's valid rows and its refused rows; together they account for every row.

@@ -90,7 +90,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def _submit_job(args: argparse.Namespace) -> int:
     import uuid
 
-    from facegate.batch.manifest import parse_manifest
+    from facegate.batch.manifest import parse_job_manifest
     from facegate.pipeline.image import content_type
     from facegate.storage.clients import aws_client
     from facegate.storage.keys import job_prefix, manifest_key
@@ -100,7 +100,7 @@ def _submit_job(args: argparse.Namespace) -> int:
     job_id = args.job_id or uuid.uuid4().hex[:12]
     store = ObjectStore(aws_client("s3", settings), settings.bucket)
     text = args.manifest.read_text()
-    rows, _ = parse_manifest(job_id, text, bucket=settings.bucket)
+    rows, _ = parse_job_manifest(job_id, text, bucket=settings.bucket)
     for row in rows:  # relative probes that exist beside the manifest travel with it
         relative = row.probe_key.removeprefix(job_prefix(job_id))
         local = args.manifest.parent / relative

@@ -151,14 +151,19 @@ def summary_key(job_id: str) -> str:
     return results_prefix(job_id) + "summary.json"
 
 
+def chunks_prefix(job_id: str) -> str:
+    """``results/<job_id>/chunks/``: the chunk tables (and manifest failures) aggregation reads."""
+    return f"{results_prefix(job_id)}chunks/"
+
+
 def chunk_result_key(job_id: str, index: int) -> str:
     """``results/<job_id>/chunks/<index:05d>.parquet``: fixed per chunk, so a retry overwrites."""
-    return f"{results_prefix(job_id)}chunks/{check_index(index, 'chunk index'):05d}.parquet"
+    return f"{chunks_prefix(job_id)}{check_index(index, 'chunk index'):05d}.parquet"
 
 
 def manifest_failures_key(job_id: str) -> str:
     """Where the planner writes the manifest's invalid rows for the aggregation to merge."""
-    return f"{results_prefix(job_id)}chunks/manifest-failures.parquet"
+    return f"{chunks_prefix(job_id)}manifest-failures.parquet"
 
 
 #: Everything users upload lives under this prefix; anything else in the bucket (gallery

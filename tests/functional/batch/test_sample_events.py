@@ -23,7 +23,7 @@ from facegate_local.config import LocalConfig
 from tests_support import repo_root
 
 from facegate.batch.events import notification_refs
-from facegate.batch.manifest import JobRow, parse_manifest
+from facegate.batch.manifest import JobRow, parse_job_manifest
 from facegate.batch.messages import (
     JOB_AGGREGATE,
     JOB_CHUNK,
@@ -76,7 +76,7 @@ def _md5(data: bytes) -> str:
 
 def _planned_chunk() -> JobChunk:
     """The chunk the worker plans from the sample manifest, with the default chunk size."""
-    rows, failures = parse_manifest(JOB, MANIFEST.read_text())
+    rows, failures = parse_job_manifest(JOB, MANIFEST.read_text())
     assert failures == []
     (chunk,) = plan_job_chunks(JOB, rows, Settings().job_chunk_size)
     return chunk
