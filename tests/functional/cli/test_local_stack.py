@@ -20,7 +20,7 @@ from facegate_local.resources import create_resources, table_kwargs
 
 from facegate.storage.subjects import table_definition
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FACEGATE = Path(sys.executable).parent / "facegate"
 
 

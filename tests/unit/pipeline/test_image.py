@@ -23,7 +23,7 @@ from facegate.pipeline.image import (
     read_image_bytes,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 #: The team's shared photos beside the checkout, else the copies ``make setup`` fetches.
 FACES = next(
     (

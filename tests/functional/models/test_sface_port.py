@@ -18,7 +18,7 @@ from facegate.models.card import read_card, sha256_file
 from facegate.models.convert_sface import ConversionError, convert_sface
 from facegate.models.sface import SFace
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ONNX = REPO / ".cache" / "downloads" / "face_recognition_sface_2021dec_int8bq.onnx"
 
 

@@ -40,7 +40,7 @@ from facegate.models.registry import load_network
 from facegate.models.templates import DLIB_150, template_for
 from facegate.pipeline.align import align_face
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CACHE = REPO / ".cache" / "downloads"
 NAMES = ("person_a_1", "person_a_2", "person_b_1", "person_b_2", "impostor_1", "impostor_2")
 

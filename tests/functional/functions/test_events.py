@@ -21,7 +21,7 @@ from facegate.settings import get_settings
 from facegate.storage.apikeys import ApiKeyStore
 from facegate.storage.clients import aws_client
 
-EVENTS = Path(__file__).resolve().parents[2] / "events"
+EVENTS = Path(__file__).resolve().parents[3] / "events"
 PLACEHOLDER = "LOCAL_API_KEY"
 SAMPLES = ("person_a_1", "person_a_2", "person_b_1", "person_b_2", "impostor_1", "impostor_2")
 MISSING = object()
