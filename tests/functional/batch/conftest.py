@@ -9,15 +9,18 @@ is imported, so the module's init does not load the models a second time).
 from __future__ import annotations
 
 import importlib.util
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 from facegate_local.stack import LambdaContext
 from tests_support import repo_root
 
+from facegate.gallery.format import build_gallery_table, write_gallery
 from facegate.settings import get_settings
 from facegate.storage.clients import aws_client
 
@@ -128,3 +131,27 @@ def make_queue(aws) -> Callable[[str], Queue]:
         return Queue(aws, url, attributes["Attributes"]["QueueArn"])
 
     return make
+
+
+@pytest.fixture(scope="module")
+def gallery(aws, pipeline, faces_dir):
+    """galleries/demo/gallery.parquet with person_a, person_b and impostor_1 (the test module's
+    ``aws`` stack and the session's pipeline)."""
+    from facegate.batch.embedding import gallery_meta
+
+    names = {"person_a": "person_a_1", "person_b": "person_b_1", "impostor_1": "impostor_1"}
+    faces = [pipeline.process(faces_dir / f"{n}.jpg").primary for n in names.values()]
+    table = build_gallery_table(
+        subject_ids=list(names),
+        image_keys=[f"{n}.jpg" for n in names.values()],
+        face_indices=np.zeros(3, np.int32),
+        bboxes=np.array([f.detection.box for f in faces], np.float32),
+        det_scores=np.array([f.detection.score for f in faces], np.float32),
+        embeddings=np.stack([f.vector for f in faces]),
+        meta=gallery_meta(pipeline),
+    )
+    sink = io.BytesIO()
+    write_gallery(table, sink)
+    aws_client("s3", aws).put_object(
+        Bucket=aws.bucket, Key="galleries/demo/gallery.parquet", Body=sink.getvalue()
+    )

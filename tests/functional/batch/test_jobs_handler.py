@@ -14,13 +14,11 @@ import io
 import json
 import logging
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from facegate.gallery.format import build_gallery_table, write_gallery
 from facegate.storage.clients import aws_client
 from facegate.storage.jobs import JobStore
 from facegate.storage.keys import results_key
@@ -42,29 +40,6 @@ def handlers(load_handler, queues):
     jobs, aggregate = queues
     urls = {"jobs_queue_url": jobs.url, "aggregate_queue_url": aggregate.url}
     return load_handler("jobs", job_chunk_size=2, **urls), load_handler("aggregate", **urls)
-
-
-@pytest.fixture(scope="module")
-def gallery(aws, pipeline, faces_dir):
-    """galleries/demo/gallery.parquet with person_a, person_b and impostor_1."""
-    from facegate.batch.embedding import gallery_meta
-
-    names = {"person_a": "person_a_1", "person_b": "person_b_1", "impostor_1": "impostor_1"}
-    faces = [pipeline.process(faces_dir / f"{n}.jpg").primary for n in names.values()]
-    table = build_gallery_table(
-        subject_ids=list(names),
-        image_keys=[f"{n}.jpg" for n in names.values()],
-        face_indices=np.zeros(3, np.int32),
-        bboxes=np.array([f.detection.box for f in faces], np.float32),
-        det_scores=np.array([f.detection.score for f in faces], np.float32),
-        embeddings=np.stack([f.vector for f in faces]),
-        meta=gallery_meta(pipeline),
-    )
-    sink = io.BytesIO()
-    write_gallery(table, sink)
-    aws_client("s3", aws).put_object(
-        Bucket=aws.bucket, Key="galleries/demo/gallery.parquet", Body=sink.getvalue()
-    )
 
 
 def _pixel_bomb() -> bytes:
