@@ -2,7 +2,8 @@
 
 A small evaluator resolves the intrinsics the template uses in function environments
 (Ref, Fn::If, Fn::Equals, Fn::Not, Fn::And, Fn::Or, Fn::Sub) against parameter defaults and
-local physical names, so the local functions see the variables CloudFormation would set.
+local physical names, so the local functions see the variables CloudFormation would set (and
+the tests the role policies the SAM transform expands, with the same names).
 """
 
 from __future__ import annotations
@@ -118,11 +119,27 @@ class Template:
             return any(self.resolve(arg))
         if key == "Fn::GetAtt":
             return self.attribute(*arg)
-        if key == "Fn::Sub" and isinstance(arg, str):
-            return re.sub(r"\$\{([^}]+)\}", lambda m: str(self._ref(m.group(1))), arg)
+        if key == "Fn::Sub":
+            return self._sub(arg)
         if key.startswith("Condition"):
             return self.condition(arg)
         raise ValueError(f"the local stack cannot evaluate {key} in {value}")
+
+    def _sub(self, arg: str | list[Any]) -> str:
+        """``Fn::Sub`` in both forms: a string, or ``[string, {name: value}]`` (as the SAM
+        transform writes policy templates); ``${Resource.Attr}`` is a ``Fn::GetAtt``."""
+        text, names = (arg, {}) if isinstance(arg, str) else arg
+        values = {name: self.resolve(value) for name, value in names.items()}
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in values:
+                return str(values[name])
+            if "." in name and name.split(".", 1)[0] in self.resources:
+                return self.attribute(*name.split(".", 1))
+            return str(self._ref(name))
+
+        return re.sub(r"\$\{([^}]+)\}", lookup, text)
 
     def _ref(self, name: str) -> Any:
         pseudo = {

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+from facegate_local.template import Template
+from tests_support import sam_transform
 
 from facegate.settings import Settings
 
@@ -218,6 +220,26 @@ def test_literal_facegate_values_are_valid_settings() -> None:
                         pytest.fail(f"{function}: {name}={literal!r} is refused: {exc}")
 
 
+def test_traced_functions_never_record_responses_or_errors() -> None:
+    """Responses carry embeddings, subject ids and scores, and error messages can name
+    subjects: with tracing active, Powertools' Tracer would put both in X-Ray metadata unless
+    the function's environment turns that off (as resolved for the local stack too)."""
+    template = load_template()
+    tracing = template.get("Globals", {}).get("Function", {}).get("Tracing")
+    local = Template(TEMPLATE, {}, "facegate-test", "us-east-1")
+    traced = [
+        name
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+        and resource["Properties"].get("Tracing", tracing) == "Active"
+    ]
+    assert traced, "no function has tracing active"
+    for name in traced:
+        env = local.environment(name)
+        for variable in ("POWERTOOLS_TRACER_CAPTURE_RESPONSE", "POWERTOOLS_TRACER_CAPTURE_ERROR"):
+            assert env.get(variable) == "false", f"{name}: {variable}={env.get(variable)!r}"
+
+
 def test_model_dir_is_where_the_image_bakes_the_weights() -> None:
     for variables in function_environment(load_template()).values():
         assert variables["FACEGATE_MODEL_DIR"] == "/opt/facegate/models"
@@ -313,32 +335,15 @@ def test_samconfig_environments_deploy_this_template() -> None:
 )
 def test_sam_transform_accepts_the_template(monkeypatch, overrides: dict[str, str]) -> None:
     """cfn-lint checks SAM resources against a schema; the transform itself is stricter."""
-    transform_module = pytest.importorskip(
+    pytest.importorskip(
         "samtranslator.translator.transform",
         reason="aws-sam-translator is not installed (cfn-lint above still checks the template)",
     )
     from samtranslator.public.exceptions import InvalidDocumentException
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    template = load_template()
-    for resource in image_functions(template).values():  # what `sam build` fills in
-        uri = "123456789012.dkr.ecr.us-east-1.amazonaws.com/facegate:latest"
-        resource["Properties"].setdefault("ImageUri", uri)
-    code_uri = {
-        "AWS::Serverless::Function": "CodeUri",
-        "AWS::Serverless::LayerVersion": "ContentUri",
-    }
-    for name, resource in template["Resources"].items():  # zip code: what `sam package` sets
-        uri_property = code_uri.get(resource["Type"])
-        if uri_property and resource["Properties"].get("PackageType", "Zip") == "Zip":
-            resource["Properties"][uri_property] = f"s3://facegate-artifacts/{name}.zip"
-
-    class NoManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
     try:
-        output = transform_module.transform(template, overrides, NoManagedPolicies())
+        output = sam_transform(load_template(), overrides)
     except InvalidDocumentException as exc:
         pytest.fail("SAM transform: " + "; ".join(c.message for c in exc.causes))
     assert output["Resources"]["ApiFunction"]["Type"] == "AWS::Lambda::Function"
