@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pytest
+
+T = TypeVar("T")
 
 #: Fake credentials for moto: set before any client exists, so nothing can reach a real account.
 FAKE_CREDENTIALS = {
@@ -121,3 +125,15 @@ def sam_transform(template: dict[str, Any], parameters: dict[str, str]) -> dict[
             return {}
 
     return transform(template, parameters, NoManagedPolicies())
+
+
+def run_on_private_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end on a loop of its own, closed after, leaving the thread's
+    current event loop as it was. ``asyncio.run`` would reset the current loop to None, and
+    the loop Mangum created and keeps for the thread would then be collected unclosed (a
+    ResourceWarning, an error under this suite's ``filterwarnings``)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()

@@ -15,15 +15,62 @@ from typing import Any
 from facegate.errors import ValidationError
 
 #: Subject, gallery, part and job ids: safe as one S3 key segment and in a DynamoDB key.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+#: Anchored with ``\Z``, not ``$`` (which also matches before a final newline), so that
+#: ``ID_PATTERN.match`` is as strict as :func:`validate_id`.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}\Z")
+#: Caller JSON nests no deeper than this; FaceGate's own bodies and cursors nest two levels.
+MAX_JSON_DEPTH = 32
 
 
 def validate_id(value: Any, what: str = "subject_id") -> str:
-    """``value`` when it is a valid id (``ID_PATTERN``), else :class:`ValidationError`."""
+    """``value`` when it is a valid id (``ID_PATTERN``), else :class:`ValidationError`.
+
+    The rule: 1-128 ASCII letters, digits and ``_ . @ -``, the first a letter, a digit or
+    ``_``. Ids become S3 key segments and path segments, so ``.`` and ``..`` (and every id
+    starting with a dot) are refused, and so are ids a CLI would read as an option
+    (``-rf``) or a resolver as a handle (``@home``); e-mail-like ids (``alice@example.com``)
+    stay valid. The whole string must match: ``"alice\\n"`` is refused.
+    """
     if not isinstance(value, str) or not ID_PATTERN.match(value):
         raise ValidationError(
-            f"{what} must be 1-128 characters of letters, digits and _.@-", detail=repr(value)
+            f"{what} must be 1-128 characters of letters, digits and _.@-, "
+            "starting with a letter, a digit or _",
+            detail=repr(value),
         )
+    return value
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(text: str | bytes, what: str) -> Any:
+    """Caller JSON (a request body, a listing cursor), refused as :class:`ValidationError`
+    unless it is strict JSON nesting at most :data:`MAX_JSON_DEPTH` levels.
+
+    Python's parser recurses per level: nesting past the interpreter's recursion limit
+    raises ``RecursionError``, which no caller expects, and nesting under it would reach
+    code that recurses again. ``NaN`` and ``Infinity`` are refused too: they are not JSON
+    (RFC 8259), though Python reads them.
+    """
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise ValidationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from exc
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, NaN/Infinity
+        raise ValidationError(f"{what} is not valid JSON") from exc
+    level: list[Any] = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [
+            child
+            for node in level
+            if isinstance(node, (dict, list))
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return value
+    if any(isinstance(node, (dict, list)) for node in level):
+        raise ValidationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 

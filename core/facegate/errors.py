@@ -68,6 +68,14 @@ class UnknownSubjectError(FaceGateError):
     code = "unknown_subject"
 
 
+class NoEnrolledFacesError(FaceGateError):
+    """The subject exists but has no faces to verify against (a DELETE that stopped after
+    removing its faces: retrying the DELETE finishes it). A conflict with the subject's
+    state, like :class:`ModelMismatchError`, not an unknown subject."""
+
+    code = "no_enrolled_faces"
+
+
 class UnknownJobError(FaceGateError):
     """No batch verification job with that id."""
 
@@ -100,6 +108,12 @@ class ModelNotFoundError(FaceGateError):
 
 class ValidationError(InputError):
     code = "validation_error"
+
+
+class UnsupportedMediaTypeError(InputError):
+    """A request body in a media type the route does not read (JSON sent as ``text/plain``)."""
+
+    code = "unsupported_media_type"
 
 
 class ObjectNotFoundError(FaceGateError):

@@ -2,7 +2,8 @@
 
 CloudFormation property names differ from the API's in a few places (``SSEEnabled`` vs
 ``Enabled``, bucket encryption rules); this module translates the ones the template uses, so
-the local table has the same keys, indexes and billing as the deployed one.
+the local table has the same keys, indexes and billing as the deployed one, and the bucket the
+encryption the template's conditions choose.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def create_resources(
         created.update({k: template.physical[k] for k in template.of_type("AWS::SQS::Queue")})
     for logical, resource in template.of_type("AWS::DynamoDB::Table").items():
         name = template.physical[logical]
-        props = resource.get("Properties", {})
+        props = template.resolve(resource.get("Properties", {}))
         dynamodb.create_table(**table_kwargs(name, props))
         dynamodb.get_waiter("table_exists").wait(TableName=name)
         pitr = props.get("PointInTimeRecoverySpecification", {})
@@ -95,7 +96,8 @@ def create_resources(
         created[logical] = name
     for logical, resource in template.of_type("AWS::S3::Bucket").items():
         name = template.physical[logical]
-        props = resource.get("Properties", {})
+        # Conditions decide the encryption (SSE-S3, or SSE-KMS with the deployment's key).
+        props = template.resolve(resource.get("Properties", {}))
         s3.create_bucket(Bucket=name)
         if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
             s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})

@@ -2,7 +2,8 @@
 
 Started by ``facegate local up`` in its own session (so ``down`` can stop it and everything
 it started with one signal). It writes the state file only once the API answers, so a state
-file always describes a stack that is up.
+file always describes a stack that is up. The API is served behind the request limits of API
+Gateway and Lambda (``gateway``), as on AWS.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from facegate_local.config import LocalConfig, StackState, function_environment
+from facegate_local.gateway import ApiGatewayLimits
 from facegate_local.poller import QueuePoller
 from facegate_local.resources import create_resources
 from facegate_local.template import Template
@@ -63,8 +65,11 @@ def serve(config: LocalConfig) -> None:
     for poller in pollers:
         poller.start()
     module = _load(template, API_FUNCTION)
+    # What API Gateway and Lambda refuse (body over 10 MiB, event over 6 MiB) never reaches
+    # the app, as on AWS.
+    app = ApiGatewayLimits(module.app)
     server = uvicorn.Server(
-        uvicorn.Config(module.app, host="127.0.0.1", port=config.api_port, log_level="warning")
+        uvicorn.Config(app, host="127.0.0.1", port=config.api_port, log_level="warning")
     )
     state = StackState(
         pid=os.getpid(),

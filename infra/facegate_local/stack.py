@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from facegate_local.config import LocalConfig, StackState, function_environment
+from facegate_local.gateway import LAMBDA_EVENT_LIMIT
 
 API_KEY_PLACEHOLDER = "LOCAL_API_KEY"
 
@@ -132,13 +133,21 @@ class LambdaContext:
 
 
 def invoke(config: LocalConfig, logical_id: str, event_path: Path) -> dict[str, Any]:
-    """Run ``logical_id``'s handler on the event, in this process, against the stack."""
+    """Run ``logical_id``'s handler on the event, in this process, against the stack.
+
+    An event over Lambda's synchronous payload limit is refused, as ``aws lambda invoke``
+    would be."""
+    payload = event_path.read_text()
+    if len(payload.encode()) > LAMBDA_EVENT_LIMIT:
+        raise StackError(
+            f"{event_path} is over Lambda's {LAMBDA_EVENT_LIMIT} byte invocation payload limit"
+        )
     state = status(config)
     if state is None:
         raise StackError("the local stack is not running: start it with 'facegate local up'")
     spec = config.template().function(logical_id)
     os.environ.update(function_environment(config, logical_id, state.endpoint_url))
-    event = json.loads(event_path.read_text().replace(API_KEY_PLACEHOLDER, state.api_key))
+    event = json.loads(payload.replace(API_KEY_PLACEHOLDER, state.api_key))
     sys.path.insert(0, str(spec.code_dir))
     handler = getattr(importlib.import_module(spec.module), spec.attribute)
     return handler(event, LambdaContext(logical_id, config.region))

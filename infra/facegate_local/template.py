@@ -1,9 +1,11 @@
 """Reading template.yaml the way the local stack needs: resources, environment, handlers.
 
-A small evaluator resolves the intrinsics the template uses in function environments
-(Ref, Fn::If, Fn::Equals, Fn::Not, Fn::And, Fn::Or, Fn::Sub) against parameter defaults and
-local physical names, so the local functions see the variables CloudFormation would set (and
-the tests the role policies the SAM transform expands, with the same names).
+A small evaluator resolves the intrinsics the template uses (Ref, Fn::If, Fn::Equals,
+Fn::Not, Fn::And, Fn::Or, Condition, Fn::Sub, Fn::GetAtt), anywhere in a property tree,
+against parameter overrides or defaults and local physical names: the local functions see
+the variables CloudFormation would set, the local bucket gets the encryption the conditions
+choose, and the tests read the SAM-transformed template (role policies, event source
+mappings, alarms) with the values a deployment would get.
 """
 
 from __future__ import annotations
@@ -56,8 +58,20 @@ class FunctionSpec:
     environment: dict[str, str]
 
 
+#: Properties that fix a resource's physical name in CloudFormation.
+_NAME_PROPERTIES = {
+    "AWS::S3::Bucket": "BucketName",
+    "AWS::SQS::Queue": "QueueName",
+    "AWS::DynamoDB::Table": "TableName",
+}
+
+
 class Template:
-    """A loaded template with local physical names for its resources."""
+    """A loaded template with local physical names for its resources.
+
+    ``body`` is the template already loaded (the SAM transform's output, say) instead of
+    ``path``'s; ``path`` still locates the code the functions run.
+    """
 
     def __init__(
         self,
@@ -67,18 +81,27 @@ class Template:
         region: str,
         endpoint_url: str = "",
         parameters: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
     ):
         self.path = path
         self.endpoint_url = endpoint_url
         self.overrides = dict(parameters or {})
         self.root = path.parent
-        self.body = load_template(path)
+        self.body = body if body is not None else load_template(path)
         self.stack = stack
         self.region = region
-        self.physical = {
-            logical: physical_names.get(logical, f"{stack}-{logical}".lower())
-            for logical in self.resources
-        }
+        self.physical: dict[str, str] = {}
+        for logical, resource in self.resources.items():
+            name = physical_names.get(logical) or self._own_name(resource)
+            self.physical[logical] = name or f"{stack}-{logical}".lower()
+
+    def _own_name(self, resource: dict[str, Any]) -> str:
+        """The name the template gives the resource (``BucketName``, ...), else ``""``: the
+        local stack then names it ``<stack>-<logical id>``, as CloudFormation would (less
+        the random suffix)."""
+        prop = _NAME_PROPERTIES.get(resource.get("Type", ""))
+        value = resource.get("Properties", {}).get(prop) if prop else None
+        return "" if value is None else str(self.resolve(value))
 
     @property
     def resources(self) -> dict[str, dict[str, Any]]:
@@ -97,11 +120,16 @@ class Template:
         return bool(self.resolve(self.body.get("Conditions", {})[name]))
 
     def resolve(self, value: Any) -> Any:
-        """Evaluate the intrinsics a function environment uses; ``NO_VALUE`` drops a key."""
+        """``value`` with every intrinsic in it evaluated. ``AWS::NoValue`` (as a branch of an
+        ``Fn::If``) drops the key or list item holding it; only a bare one is ``NO_VALUE``."""
         if isinstance(value, list):
-            return [self.resolve(v) for v in value]
-        if not isinstance(value, dict) or len(value) != 1:
+            items = [self.resolve(v) for v in value]
+            return [v for v in items if v is not NO_VALUE]
+        if not isinstance(value, dict):
             return value
+        if not _is_intrinsic(value):
+            entries = {k: self.resolve(v) for k, v in value.items()}
+            return {k: v for k, v in entries.items() if v is not NO_VALUE}
         ((key, arg),) = value.items()
         if key == "Ref":
             return self._ref(arg)
@@ -121,7 +149,7 @@ class Template:
             return self.attribute(*arg)
         if key == "Fn::Sub":
             return self._sub(arg)
-        if key.startswith("Condition"):
+        if key == "Condition":
             return self.condition(arg)
         raise ValueError(f"the local stack cannot evaluate {key} in {value}")
 
@@ -175,6 +203,10 @@ class Template:
             }
         elif kind == "AWS::S3::Bucket":
             values = {"Arn": f"arn:aws:s3:::{physical}"}
+        elif kind == "AWS::Events::Rule":
+            values = {"Arn": f"arn:aws:events:{self.region}:{ACCOUNT}:rule/{physical}"}
+        elif kind == "AWS::IAM::Role":
+            values = {"Arn": f"arn:aws:iam::{ACCOUNT}:role/{physical}"}
         else:
             values = {"Arn": f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{physical}"}
         if name not in values:
@@ -218,6 +250,15 @@ class Template:
         merged.update(own.get("Variables", {}))
         resolved = {k: self.resolve(v) for k, v in merged.items()}
         return {k: str(v) for k, v in resolved.items() if v is not NO_VALUE}
+
+
+def _is_intrinsic(value: dict[str, Any]) -> bool:
+    """``{"Ref": ...}``, ``{"Fn::...": ...}`` or ``{"Condition": "<name>"}`` (inside a
+    condition), not a plain property map (a policy statement's ``Condition`` is a map)."""
+    if len(value) != 1:
+        return False
+    ((key, arg),) = value.items()
+    return key == "Ref" or key.startswith("Fn::") or (key == "Condition" and isinstance(arg, str))
 
 
 def _copied_from(dockerfile: Path, module: str, context: Path) -> Path:

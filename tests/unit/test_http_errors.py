@@ -35,7 +35,9 @@ DOCUMENTED = {
     errors.UnknownJobError: 404,
     errors.UnknownGalleryError: 404,
     errors.ModelMismatchError: 409,
+    errors.NoEnrolledFacesError: 409,
     errors.ImageTooLargeError: 413,
+    errors.UnsupportedMediaTypeError: 415,
     errors.FaceError: 422,
     errors.NoFaceError: 422,
     errors.MultipleFacesError: 422,
@@ -46,7 +48,7 @@ DOCUMENTED = {
 
 #: The statuses an error may answer: client mistakes, and 503 for "try again later".
 #: 403 is free for a future "authenticated but not allowed"; 500 means a bug.
-FAMILIES = {400, 401, 403, 404, 409, 413, 422, 503}
+FAMILIES = {400, 401, 403, 404, 409, 413, 415, 422, 503}
 
 
 def test_the_module_is_enumerated():

@@ -23,6 +23,7 @@ from facegate.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
+REGION = "us-east-1"
 SAMCONFIG = REPO / "samconfig.toml"
 LOCK = REPO / "requirements.lock"
 
@@ -176,7 +177,9 @@ def test_template_has_the_api_resources_and_outputs() -> None:
 
 
 def test_photo_bucket_is_private_encrypted_and_versioned() -> None:
-    bucket = load_template()["Resources"]["PhotoBucket"]["Properties"]
+    bucket = Template(TEMPLATE, {}, "facegate-test", REGION).resolve(
+        load_template()["Resources"]["PhotoBucket"]["Properties"]
+    )
     block = bucket["PublicAccessBlockConfiguration"]
     assert block == dict.fromkeys(
         ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"),
@@ -347,3 +350,254 @@ def test_sam_transform_accepts_the_template(monkeypatch, overrides: dict[str, st
     except InvalidDocumentException as exc:
         pytest.fail("SAM transform: " + "; ".join(c.message for c in exc.causes))
     assert output["Resources"]["ApiFunction"]["Type"] == "AWS::Lambda::Function"
+
+
+# ----------------------------------------------------------------------------- hardening
+# Read on the SAM-transformed template with the values a deployment would get: what
+# CloudFormation creates, not what the SAM resources say.
+
+
+def deployed(monkeypatch: pytest.MonkeyPatch, region: str = REGION, **parameters: str) -> Template:
+    """The SAM transform's output, its intrinsics resolved with ``parameters`` (the others at
+    their defaults), ``region`` and the stack ``facegate-test``."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+    output = sam_transform(load_template(), parameters)
+    return Template(TEMPLATE, {}, "facegate-test", region, parameters=parameters, body=output)
+
+
+def properties(template: Template, logical: str) -> dict[str, Any]:
+    return template.resolve(template.resources[logical].get("Properties", {}))
+
+
+def default(name: str) -> str:
+    return str(load_template()["Parameters"][name]["Default"])
+
+
+def test_api_function_keeps_reserved_concurrency(monkeypatch) -> None:
+    """A fan-out of hundreds of chunk messages must not take every execution of the account
+    from the API: the API has its own reservation, 0 leaving it unreserved."""
+
+    def reserved(**parameters: str) -> int | None:
+        api = properties(deployed(monkeypatch, **parameters), "ApiFunction")
+        value = api.get("ReservedConcurrentExecutions")
+        return None if value is None else int(value)
+
+    assert reserved() == int(default("ApiReservedConcurrency")) > 0
+    assert reserved(ApiReservedConcurrency="25") == 25
+    assert reserved(ApiReservedConcurrency="0") is None
+
+
+def test_queue_driven_functions_cap_their_concurrency(monkeypatch) -> None:
+    template = deployed(monkeypatch, BatchMaxConcurrency="7")
+    capped = {}
+    for logical, mapping in template.of_type("AWS::Lambda::EventSourceMapping").items():
+        function = mapping["Properties"]["FunctionName"]["Ref"]
+        props = properties(template, logical)
+        assert ":sqs:" in props["EventSourceArn"], logical
+        capped[function] = int(props.get("ScalingConfig", {}).get("MaximumConcurrency", 0))
+    assert capped == {"EmbedFunction": 7, "JobFunction": 7, "AggregateFunction": 7}
+    # At the defaults, the batch functions and the API's reservation fit in the default
+    # account quota (1,000, of which Lambda keeps 100 unreserved).
+    batch = int(default("BatchMaxConcurrency")) * len(capped)
+    assert batch + int(default("ApiReservedConcurrency")) <= 900
+
+
+def test_http_api_stage_is_throttled(monkeypatch) -> None:
+    """In API-key mode the route itself is open: a flood of keyless requests must meet API
+    Gateway's limits before each starts a 3 GB function."""
+    stage = properties(
+        deployed(monkeypatch, ApiThrottleRate="20", ApiThrottleBurst="40"), "HttpApiStage"
+    )
+    route = stage["DefaultRouteSettings"]
+    assert float(route["ThrottlingRateLimit"]) == 20 and int(route["ThrottlingBurstLimit"]) == 40
+    route = properties(deployed(monkeypatch), "HttpApiStage")["DefaultRouteSettings"]
+    assert float(route["ThrottlingRateLimit"]) == float(default("ApiThrottleRate")) > 0
+    assert int(route["ThrottlingBurstLimit"]) == int(default("ApiThrottleBurst")) > 0
+
+
+KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    found = document.get("Statement", [])
+    return found if isinstance(found, list) else [found]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def key_grants(template: Template, key: str) -> dict[str, set[str]]:
+    """``{role: actions allowed on key}`` from the roles' inline policies and from every IAM
+    policy resource whose condition holds and that names the role."""
+    grants: dict[str, set[str]] = {role: set() for role in template.of_type("AWS::IAM::Role")}
+
+    def add(role: str, document: dict[str, Any]) -> None:
+        for statement in _statements(document):
+            if statement["Effect"] == "Allow" and key in _as_list(statement["Resource"]):
+                grants[role] |= set(_as_list(statement["Action"]))
+
+    for role in grants:
+        for policy in properties(template, role).get("Policies", []):
+            add(role, policy["PolicyDocument"])
+    for kind in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
+        for logical, resource in template.of_type(kind).items():
+            if "Condition" in resource and not template.condition(resource["Condition"]):
+                continue
+            for ref in resource["Properties"].get("Roles", []):
+                add(ref["Ref"], properties(template, logical)["PolicyDocument"])
+    return grants
+
+
+def photo_roles(template: Template) -> set[str]:
+    """Roles whose inline policies reach the photo bucket's objects."""
+    objects = template.attribute("PhotoBucket", "Arn") + "/*"
+    return {
+        role
+        for role in template.of_type("AWS::IAM::Role")
+        if objects in json.dumps(properties(template, role).get("Policies", []))
+    }
+
+
+def test_photos_can_be_encrypted_with_a_customer_managed_key(monkeypatch) -> None:
+    plain = deployed(monkeypatch)
+    rule = properties(plain, "PhotoBucket")["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule == [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+    assert not any(key_grants(plain, KEY).values())
+
+    keyed = deployed(monkeypatch, PhotoKmsKeyArn=KEY)
+    (rule,) = properties(keyed, "PhotoBucket")["BucketEncryption"][
+        "ServerSideEncryptionConfiguration"
+    ]
+    assert rule["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": KEY,
+    }
+    assert rule["BucketKeyEnabled"] is True
+    roles = photo_roles(keyed)
+    assert {"ApiFunctionRole", "EmbedFunctionRole", "CompactFunctionRole"} <= roles
+    grants = key_grants(keyed, KEY)
+    for role in roles:
+        assert {"kms:Decrypt", "kms:GenerateDataKey"} <= grants[role], role
+    for role in set(grants) - roles:
+        assert not grants[role], f"{role} never touches photos but may use the key"
+
+
+def test_bucket_notifications_are_admitted_from_the_photo_bucket_only(monkeypatch) -> None:
+    """A name pattern (``*photobucket*``) would let any bucket of the account send."""
+    template = deployed(monkeypatch, Stage="qa")
+    bucket_arn = template.attribute("PhotoBucket", "Arn")
+    assert "*" not in bucket_arn and "?" not in bucket_arn
+    bucket = properties(template, "PhotoBucket")
+    notified = {c["Queue"] for c in bucket["NotificationConfiguration"]["QueueConfigurations"]}
+    from_s3 = [
+        statement
+        for logical in template.of_type("AWS::SQS::QueuePolicy")
+        for statement in _statements(properties(template, logical)["PolicyDocument"])
+        if statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    ]
+    assert from_s3
+    for statement in from_s3:
+        assert set(_as_list(statement["Resource"])) <= notified
+        assert statement["Condition"] == {
+            "ArnEquals": {"aws:SourceArn": bucket_arn},
+            "StringEquals": {"aws:SourceAccount": "123456789012"},
+        }
+    assert notified <= {r for s in from_s3 for r in _as_list(s["Resource"])}
+    # the name stays a valid bucket name for the longest stage, in a long region name
+    name = deployed(monkeypatch, "ap-southeast-2", Stage="abcdefghijklmnop").physical["PhotoBucket"]
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", name), name
+
+
+def _queue_policy_statements(template: Template, queue: str) -> list[dict[str, Any]]:
+    url = template.queue_url(queue)
+    return [
+        statement
+        for logical in template.of_type("AWS::SQS::QueuePolicy")
+        if url in properties(template, logical)["Queues"]
+        for statement in _statements(properties(template, logical)["PolicyDocument"])
+    ]
+
+
+def test_compaction_failures_land_in_a_dead_letter_queue(monkeypatch) -> None:
+    """A schedule EventBridge cannot deliver, and a run that failed Lambda's retries, both
+    leave a message instead of vanishing."""
+    template = deployed(monkeypatch)
+    (rule,) = [
+        logical
+        for logical, resource in template.of_type("AWS::Events::Rule").items()
+        if any(
+            t["Arn"] == {"Fn::GetAtt": ["CompactFunction", "Arn"]}
+            for t in resource["Properties"]["Targets"]
+        )
+    ]
+    (target,) = template.resources[rule]["Properties"]["Targets"]
+    queue = target.get("DeadLetterConfig", {}).get("Arn", {}).get("Fn::GetAtt", ["?"])[0]
+    assert template.resources.get(queue, {}).get("Type") == "AWS::SQS::Queue", target
+    queue_arn = template.attribute(queue, "Arn")
+    admitted = [
+        s
+        for s in _queue_policy_statements(template, queue)
+        if s["Effect"] == "Allow" and s["Principal"] == {"Service": "events.amazonaws.com"}
+    ]
+    assert admitted, f"EventBridge may not send to {queue}"
+    for statement in admitted:
+        assert statement["Action"] == "sqs:SendMessage" and statement["Resource"] == queue_arn
+        assert statement["Condition"] == {
+            "ArnEquals": {"aws:SourceArn": template.attribute(rule, "Arn")}
+        }
+    function = properties(template, "CompactFunction")
+    assert function["DeadLetterConfig"] == {"TargetArn": queue_arn}
+
+
+def dead_letter_queues(template: Template) -> set[str]:
+    """Queues that are some queue's redrive target or some rule's or function's DLQ."""
+    found = set()
+    for resource in template.resources.values():
+        text = json.dumps(
+            {
+                k: v
+                for k, v in resource.get("Properties", {}).items()
+                if k in ("RedrivePolicy", "DeadLetterConfig", "Targets")
+            }
+        )
+        found |= set(re.findall(r'"Fn::GetAtt": \["(\w+)", "Arn"\]', text))
+    return {q for q in found if template.resources.get(q, {}).get("Type") == "AWS::SQS::Queue"}
+
+
+def _fires(alarm: dict[str, Any], value: float) -> bool:
+    threshold = float(alarm["Threshold"])
+    return {
+        "GreaterThanOrEqualToThreshold": value >= threshold,
+        "GreaterThanThreshold": value > threshold,
+    }.get(alarm["ComparisonOperator"], False)
+
+
+def test_alarms_watch_compaction_errors_and_every_dead_letter_queue(monkeypatch) -> None:
+    topic = "arn:aws:sns:us-east-1:123456789012:facegate-alarms"
+    template = deployed(monkeypatch, AlarmTopicArn=topic)
+    alarms = [properties(template, a) for a in template.of_type("AWS::CloudWatch::Alarm")]
+
+    def watching(namespace: str, metric: str, dimension: str, value: str) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in alarms
+            if (a.get("Namespace"), a.get("MetricName")) == (namespace, metric)
+            and {"Name": dimension, "Value": value} in a.get("Dimensions", [])
+        ]
+
+    compact = watching("AWS/Lambda", "Errors", "FunctionName", template.physical["CompactFunction"])
+    assert compact and all(_fires(a, 1) and not _fires(a, 0) for a in compact)
+    dlqs = dead_letter_queues(template)
+    assert {"IngestDLQ", "JobsDLQ"} < dlqs
+    for queue in dlqs:
+        watched = watching(
+            "AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", template.physical[queue]
+        )
+        assert watched, f"no alarm on {queue}"
+        assert all(_fires(a, 1) and not _fires(a, 0) for a in watched), queue
+    assert all(a["AlarmActions"] == [topic] for a in alarms)
+    silent = deployed(monkeypatch)
+    assert not any(
+        "AlarmActions" in properties(silent, a) for a in silent.of_type("AWS::CloudWatch::Alarm")
+    )

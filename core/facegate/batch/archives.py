@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
@@ -15,6 +16,7 @@ from facegate.errors import (
     FaceGateError,
     ImageTooLargeError,
     InvalidImageError,
+    StorageError,
     ValidationError,
 )
 from facegate.storage.keys import _is_system_name
@@ -22,6 +24,12 @@ from facegate.storage.keys import _is_system_name
 #: Rekognition's S3 image limit, as the API's; a bigger member is refused before it is read.
 MAX_MEMBER_BYTES = 15 * 1024 * 1024
 MAX_ARCHIVE_MEMBERS = 100_000
+#: The most one read of an archive may take: its central directory (100,000 entries with long
+#: names) or one member's data. An archive read from S3 never needs more in memory at once.
+MAX_ARCHIVE_READ = 64 * 1024 * 1024
+
+#: What an archive is read from: its bytes, or a seekable binary file (an ObjectReader).
+ArchiveSource = bytes | bytearray | memoryview | IO[bytes] | io.RawIOBase
 
 _MANIFEST_NAME = "manifest.csv"
 #: Deflate decompresses in bounded steps; bzip2 and LZMA decompress a whole read at once,
@@ -47,11 +55,14 @@ class ArchivePlan:
     layout: Literal["folders", "manifest"] = "folders"
 
 
-def open_archive(data: bytes | bytearray | memoryview | IO[bytes]) -> zipfile.ZipFile:
+def open_archive(data: ArchiveSource) -> zipfile.ZipFile:
     """A zip reader over bytes or a seekable binary file; :class:`ValidationError` if corrupt.
 
-    A file-like object that fetches byte ranges on demand (e.g. over S3 ``GetObject`` with
-    ``Range``) lets a chunk read its own members without downloading the whole archive.
+    Over a file that fetches byte ranges on demand
+    (:class:`~facegate.storage.objects.ObjectReader`) opening reads the archive's end and its
+    central directory, and each member read its local header and data: a chunk reads its own
+    members without downloading the archive. A fetch that fails raises its own error
+    (a :class:`StorageError` stays one, worth a retry).
     """
     source = io.BytesIO(bytes(data)) if isinstance(data, bytes | bytearray | memoryview) else data
     try:
@@ -64,7 +75,7 @@ def open_archive(data: bytes | bytearray | memoryview | IO[bytes]) -> zipfile.Zi
 
 
 def read_archive(
-    data: bytes | bytearray | memoryview | IO[bytes],
+    data: ArchiveSource | zipfile.ZipFile,
     manifest_csv: str | bytes | None = None,
     *,
     max_member_bytes: int = MAX_MEMBER_BYTES,
@@ -80,15 +91,17 @@ def read_archive(
     is a row naming no member. Manifest paths may omit the single top folder.
 
     Folders and system files (hidden, ``__MACOSX``) are skipped. Refused as rejects:
-    members over ``max_member_bytes`` (:class:`ImageTooLargeError`, from the declared size,
-    which :func:`read_member` enforces again), encrypted members, compression other than
-    stored/deflate, unsafe paths, duplicate names (the last copy is the one a reader gets,
-    earlier ones are rejects). Refused as a whole (:class:`ValidationError`): a corrupt
-    archive, more than ``max_members`` entries, an unreadable manifest.
+    members over ``max_member_bytes`` (:class:`ImageTooLargeError`, from the declared sizes,
+    never fetched; :func:`read_member` enforces the limit again), encrypted members,
+    compression other than stored/deflate, unsafe paths, duplicate names (the last copy is
+    the one a reader gets, earlier ones are rejects). Refused as a whole
+    (:class:`ValidationError`): a corrupt archive, more than ``max_members`` entries, an
+    unreadable manifest. An open :class:`zipfile.ZipFile` is read and left open, so its
+    caller can read members next.
     """
     check_positive(max_member_bytes, "max_member_bytes")
     check_positive(max_members, "max_members")
-    with open_archive(data) as archive:
+    with _opened(data) as archive:
         infos = archive.infolist()
         if len(infos) > max_members:
             raise ValidationError(
@@ -121,6 +134,17 @@ def read_archive(
         rejects=sorted(rejects, key=lambda r: r[0]),
         layout=layout,
     )
+
+
+@contextlib.contextmanager
+def _opened(
+    data: ArchiveSource | zipfile.ZipFile,
+) -> Iterator[zipfile.ZipFile]:
+    if isinstance(data, zipfile.ZipFile):
+        yield data
+    else:
+        with open_archive(data) as archive:
+            yield archive
 
 
 def _files(
@@ -163,14 +187,24 @@ def _manifest_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     """The inner manifest's bytes; :func:`parse_archive_manifest` decodes them as any."""
     try:
         return read_member(archive, info.filename, MAX_MANIFEST_BYTES)
+    except StorageError:
+        raise
     except FaceGateError as exc:
         raise ValidationError(f"the archive's manifest is unusable: {exc.message}") from exc
 
 
 def _member_problem(info: zipfile.ZipInfo, max_bytes: int) -> FaceGateError | None:
-    """Why a member cannot be read safely, judged from its directory entry alone."""
+    """Why a member cannot be read safely, judged from its directory entry alone.
+
+    The compressed size is bounded too: it is what reading the member fetches, and no
+    member of ``max_bytes`` needs more than :func:`_compressed_bound` of it.
+    """
     if info.file_size > max_bytes:
         return ImageTooLargeError(f"{info.file_size} bytes uncompressed, the limit is {max_bytes}")
+    if info.compress_size > _compressed_bound(max_bytes):
+        return ImageTooLargeError(
+            f"{info.compress_size} bytes compressed, more than a member of {max_bytes} needs"
+        )
     if info.flag_bits & 0x1:
         return InvalidImageError("encrypted archive member")
     if info.compress_type not in _SAFE_COMPRESSION:
@@ -178,6 +212,13 @@ def _member_problem(info: zipfile.ZipInfo, max_bytes: int) -> FaceGateError | No
             f"unsupported zip compression method {info.compress_type} (use stored or deflate)"
         )
     return None
+
+
+def _compressed_bound(size: int) -> int:
+    """The most bytes deflate needs for ``size`` bytes: incompressible data goes in stored
+    blocks of 5 header bytes each (zlib's ``deflateBound`` allows 0.03 %; a generous 1.6 %
+    here admits encoders with small blocks)."""
+    return size + size // 64 + 1024
 
 
 def _subject_reject(name: str, subject: str) -> tuple[str, FaceGateError] | None:
@@ -275,10 +316,10 @@ def _manifest_members(
 def read_member(archive: zipfile.ZipFile, name: str, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
     """One member's bytes, never more than ``max_bytes`` in memory whatever its header says.
 
-    The declared size is checked first; the read is bounded again, since a crafted entry can
-    declare less than it holds. A missing, encrypted or damaged member (bad CRC, bad deflate
-    stream) is an :class:`InvalidImageError`, a big one an :class:`ImageTooLargeError`:
-    per-photo rejects, like a photo uploaded alone.
+    The declared sizes are checked first (so a member over the limit is never fetched); the
+    read is bounded again, since a crafted entry can declare less than it holds. A missing,
+    encrypted or damaged member (bad CRC, bad deflate stream) is an :class:`InvalidImageError`,
+    a big one an :class:`ImageTooLargeError`: per-photo rejects, like a photo uploaded alone.
     """
     try:
         info = archive.getinfo(name)

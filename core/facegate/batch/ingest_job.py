@@ -4,7 +4,9 @@ One invocation handles one SQS batch (the event source's ``BatchSize``):
 
 1. Each record is turned into work: a single photo (``uploads/<g>/<subject>/<file>``), a
    zip photo set (``uploads/<g>/<name>.zip``; small ones inline, large ones fanned out as
-   chunk messages on the same queue so they run in parallel), or one such chunk.
+   chunk messages on the same queue so they run in parallel), or one such chunk. An archive
+   is read by ranged GETs of its exact version: planning fetches its end (the central
+   directory), a chunk its own members, so no invocation holds the whole zip.
 2. Each unit of work is claimed in the ingest ledger first (keyed on bucket, key, object
    version and member range), so a notification delivered twice never yields two rows.
 3. All photos of the batch are embedded together, and each gallery touched gets ONE part
@@ -27,7 +29,7 @@ import contextlib
 import hashlib
 import zipfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +38,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import BotoCoreError, ClientError
 
-from facegate.batch.archives import open_archive, read_archive, read_member
+from facegate.batch.archives import MAX_ARCHIVE_READ, open_archive, read_archive, read_member
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.embedding import PhotoInput, embed_photos
 from facegate.batch.events import notification_refs
@@ -71,7 +73,7 @@ from facegate.storage.keys import (
     rejects_key,
 )
 from facegate.storage.ledger import IngestLedger, safe_part_name
-from facegate.storage.objects import ObjectRef
+from facegate.storage.objects import ObjectRef, ObjectStore
 from facegate.storage.photos import PhotoStore
 from facegate.types import FaceProcessor
 
@@ -186,15 +188,15 @@ class EmbedJob:
     def _take_archive(self, ref: ObjectRef, upload: ArchiveUpload, work: _Work) -> None:
         if not self._claim(ref, "plan", work):
             return
-        data = self._get(ref.key, ref.version_id, None)
-        plan = read_archive(data, self._manifest(upload))
-        chunks = plan_archive_chunks(ref, upload.gallery, plan, self.config.chunk_size)
-        for member, error in plan.rejects:
-            work.rejects[upload.gallery].append((f"{ref.key}/{member}", error))
-        if len(chunks) <= 1:
-            for chunk in chunks:
-                self._read_members(chunk, open_archive(data), work)
-            return
+        with self._archive(ref.key, ref.version_id, ref.etag) as archive:
+            plan = read_archive(archive, self._manifest(upload))
+            chunks = plan_archive_chunks(ref, upload.gallery, plan, self.config.chunk_size)
+            for member, error in plan.rejects:
+                work.rejects[upload.gallery].append((f"{ref.key}/{member}", error))
+            if len(chunks) <= 1:
+                for chunk in chunks:
+                    self._read_members(chunk, archive, work)
+                return
         self._fan_out(chunks)
 
     def _take_chunk(self, chunk: ArchiveChunk, work: _Work) -> None:
@@ -203,23 +205,45 @@ class EmbedJob:
         if not self._claim(chunk.ref, chunk.member_range, work):
             return
         try:
-            archive = open_archive(self._get(chunk.key, chunk.version_id, None))
+            with self._archive(chunk.key, chunk.version_id, chunk.etag) as archive:
+                self._read_members(chunk, archive, work)
         except FaceGateError as exc:
             if is_retryable(exc):
                 raise
             for member, _ in chunk.members:
                 work.rejects[chunk.gallery].append((f"{chunk.key}/{member}", exc))
-            return
-        self._read_members(chunk, archive, work)
+
+    @contextlib.contextmanager
+    def _archive(
+        self, key: str, version_id: str | None, etag: str | None
+    ) -> Iterator[zipfile.ZipFile]:
+        """The archive version over ranged GETs (:meth:`ObjectStore.open`), open while the
+        block reads it. Its version gone (deleted, or replaced in an unversioned bucket) is
+        permanent (:class:`InvalidImageError`); an S3 failure stays a retryable
+        :class:`StorageError`."""
+        try:
+            reader = ObjectStore(self.s3, self.config.bucket).open(
+                key, version_id=version_id, etag=etag, max_read=MAX_ARCHIVE_READ
+            )
+            with reader, open_archive(reader) as archive:
+                yield archive
+        except ObjectNotFoundError as exc:
+            raise InvalidImageError(exc.message, detail=exc.detail) from exc
 
     def _read_members(self, chunk: ArchiveChunk, archive: zipfile.ZipFile, work: _Work) -> None:
+        """Each member's bytes, or its reject; the version vanishing midway fails them all
+        (the caller's reject rows), an S3 failure the record (retryable)."""
+        photos = []
         for member, subject in chunk.members:
             key = f"{chunk.key}/{member}"
             try:
                 photo = PhotoInput(key, subject, data=read_member(archive, member))
+            except (ObjectNotFoundError, StorageError):
+                raise
             except FaceGateError as exc:
                 photo = PhotoInput(key, subject, error=exc)
-            work.photos[chunk.gallery].append(photo)
+            photos.append(photo)
+        work.photos[chunk.gallery].extend(photos)
 
     def _fan_out(self, chunks: list[ArchiveChunk]) -> None:
         if not self.config.queue_url:

@@ -19,10 +19,15 @@ from typing import Any, ClassVar, Self
 
 import pyarrow as pa
 
-from facegate.batch.archives import open_archive, read_member
+from facegate.batch.archives import MAX_ARCHIVE_READ, open_archive, read_member
 from facegate.batch.messages import REEMBED, Message
 from facegate.common import validate_id
-from facegate.errors import ObjectNotFoundError, UnknownGalleryError, ValidationError
+from facegate.errors import (
+    InvalidImageError,
+    ObjectNotFoundError,
+    UnknownGalleryError,
+    ValidationError,
+)
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.keys import UPLOADS_PREFIX, reembed_status_key
 from facegate.storage.objects import JSON_TYPE, ObjectStore
@@ -109,11 +114,14 @@ class PhotoFetcher:
     is read once and kept while consecutive keys come from it: keys are sorted).
 
     A photo (plain or member) over ``max_bytes`` is an :class:`ImageTooLargeError` and a
-    missing one an :class:`InvalidImageError`: reject rows, as in the upload job.
+    missing one an :class:`InvalidImageError`: reject rows, as in the upload job. Archives are
+    read as the upload job reads them, over ranged GETs (:meth:`ObjectStore.open`): the central
+    directory and the members asked for, never the whole zip.
     """
 
     def __init__(self, s3: Any, bucket: str, max_bytes: int) -> None:
         self.photos = PhotoStore(s3, bucket)
+        self.objects = ObjectStore(s3, bucket)
         self.max_bytes = max_bytes
         self._archive: tuple[str, Any] | None = None
 
@@ -121,9 +129,13 @@ class PhotoFetcher:
         archive_key, member = split_member(image_key)
         if member is None:
             return self.photos.get(image_key, max_bytes=self.max_bytes)
-        if self._archive is None or self._archive[0] != archive_key:
-            self._archive = (archive_key, open_archive(self.photos.get(archive_key)))
-        return read_member(self._archive[1], member, self.max_bytes)
+        try:
+            if self._archive is None or self._archive[0] != archive_key:
+                reader = self.objects.open(archive_key, max_read=MAX_ARCHIVE_READ)
+                self._archive = (archive_key, open_archive(reader))
+            return read_member(self._archive[1], member, self.max_bytes)
+        except ObjectNotFoundError as exc:
+            raise InvalidImageError(exc.message, detail=exc.detail) from exc
 
 
 def split_member(image_key: str) -> tuple[str, str | None]:

@@ -29,6 +29,7 @@ from facegate.errors import (
     FaceGateError,
     InvalidImageError,
     ModelMismatchError,
+    NoEnrolledFacesError,
     UnknownGalleryError,
     ValidationError,
 )
@@ -193,7 +194,9 @@ class FaceService:
         threshold: float | None = None,
         far: float | None = None,
     ) -> dict[str, Any]:
-        """The photo's largest face against the best of the subject's enrolled faces."""
+        """The photo's largest face against the best of the subject's enrolled faces;
+        :class:`NoEnrolledFacesError` (409) for a subject left with none, before the photo
+        is decoded."""
         decided = self.decision_threshold(threshold, far)
         subject = self.subjects.get_subject(subject_id)
         if subject.model_id != self.pipeline.model_id:
@@ -202,6 +205,8 @@ class FaceService:
                 f"this API serves {self.pipeline.model_id!r}"
             )
         enrolled, faces = self.subjects.get_embeddings(subject_id)
+        if not faces:
+            raise NoEnrolledFacesError(f"subject {subject_id!r} has no enrolled faces")
         face = self.pipeline.process(photo, policy="largest").primary
         similarities = enrolled @ face.vector
         best = int(np.argmax(similarities))

@@ -20,6 +20,10 @@ from facegate.types import FaceEmbedding, FaceProcessor, FaceResult, ImageSource
 
 #: What ``multi_face`` may ask of an embedding request, in the order errors list them.
 POLICIES: tuple[MultiFacePolicy, ...] = get_args(MultiFacePolicy)
+#: How far a reference embedding's L2 norm may be from 1. The API's embeddings are float32
+#: unit vectors, off by ~1e-7 once sent as JSON; 1e-3 also admits float16 storage
+#: (~5e-4) and refuses anything that would need normalising.
+NORM_TOLERANCE = 1e-3
 
 
 def decision_threshold(
@@ -45,22 +49,33 @@ def reference_embedding(
 ) -> np.ndarray:
     """A caller's reference embedding as ``(D,) float32``, checked against the served model.
 
-    ``model_id`` is the model the caller says made it (default: the served one). A vector of
-    another model, or of the wrong size, is refused with :class:`ModelMismatchError`: its
-    similarity would be judged at a threshold calibrated for a different embedding space.
+    ``model_id`` is the model the caller says made it (default: the served one); a vector of
+    another model is refused with :class:`ModelMismatchError`, as its similarity would be
+    judged at a threshold calibrated for a different embedding space. A vector no model
+    could have made for this API is the caller's mistake, a :class:`ValidationError`: not
+    ``D`` numbers, not finite, or not of unit length, within :data:`NORM_TOLERANCE`. It is
+    used as sent, never normalised: a vector the API did not produce is not made to look
+    like one.
     """
     served = processor.model_id
     claimed = served if model_id is None else model_id
     if claimed != served:
         raise ModelMismatchError(f"embedding is from {claimed!r}; this API serves {served!r}")
     try:
-        vector = np.asarray(values, dtype=np.float32)
+        vector = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValidationError("embedding must be a list of numbers") from exc
     dim = processor.card.embedding_dim
-    if vector.shape != (dim,) or not np.isfinite(vector).all():
-        raise ModelMismatchError(f"embedding must be {dim} finite numbers for {served!r}")
-    return vector
+    if vector.shape != (dim,):
+        raise ValidationError(f"embedding must be {dim} numbers for {served!r}")
+    if not np.isfinite(vector).all():
+        raise ValidationError("embedding must hold finite numbers only")
+    norm = float(np.linalg.norm(vector))
+    if abs(norm - 1.0) > NORM_TOLERANCE:
+        raise ValidationError(
+            f"embedding must be of unit length (L2 norm 1 +- {NORM_TOLERANCE:g}), got {norm:.6g}"
+        )
+    return vector.astype(np.float32)
 
 
 def compare_photos(

@@ -13,12 +13,16 @@ decided once:
 - **how objects are written**: always server-side encrypted (:data:`SERVER_SIDE_ENCRYPTION`:
   galleries and photos are biometric data) and always with a content type.
 
+An object read in parts (a zip's central directory, then one chunk's members) is opened as
+an :class:`ObjectReader`: ranged GETs of one version, never more than is read.
+
 The stores above it (photos, galleries, re-embedding status) give a missing object their own
 meaning: an unreadable photo, a gallery never built, nothing requested.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -35,6 +39,7 @@ from facegate.errors import (
 from facegate.storage.aws_errors import aws_errors, error_code
 
 if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
@@ -62,6 +67,11 @@ MISSING_VERSION_CODES = frozenset({"InvalidArgument", "MethodNotAllowed", "405"}
 
 #: A conditional GET whose ETag still matches.
 _NOT_MODIFIED = frozenset({"304", "NotModified"})
+#: A GET ``IfMatch`` an ETag that the object no longer has: the version read is gone.
+_REPLACED = frozenset({"412", "PreconditionFailed"})
+#: The least an :class:`ObjectReader` fetches: a zip's end record with the longest comment
+#: (a small central directory too), or a local header with the start of its data.
+READ_AHEAD = 64 * 1024 + 22
 #: ``DeleteObjects`` takes at most 1000 keys per call.
 _DELETE_BATCH = 1000
 
@@ -213,30 +223,55 @@ class ObjectStore:
 
     def get_range(self, key: str, start: int, end: int, *, version_id: str | None = None) -> bytes:
         """Bytes ``start`` to ``end`` of the object, both included (HTTP ``Range`` semantics;
-        a range running past the end stops at it), e.g. a zip's central directory after a
-        :meth:`head` gave the size. A range starting past the end is a
-        :class:`ValidationError`."""
+        a range running past the end stops at it). A range starting past the end is a
+        :class:`ValidationError`. To read an object in many parts, :meth:`open` it."""
         check_index(start, "start")
         check_index(end, "end")
         if end < start:
             raise ValidationError(f"range end {end} is before its start {start}")
-        args = {**self._args(key, version_id), "Range": f"bytes={start}-{end}"}
+        return self._get_bytes(key, f"bytes={start}-{end}", version_id, None)[0]
+
+    def open(
+        self,
+        key: str,
+        *,
+        version_id: str | None = None,
+        etag: str | None = None,
+        max_read: int | None = None,
+    ) -> ObjectReader:
+        """The version as a seekable file (:class:`ObjectReader`), its end fetched now. Pinned
+        to ``version_id``, else ``etag``, else the first answer's ETag: a version deleted or
+        replaced since is an :class:`ObjectNotFoundError`, never another upload's bytes."""
+        return ObjectReader(self, key, version_id=version_id, etag=etag, max_read=max_read)
+
+    def _get_bytes(
+        self, key: str, byte_range: str, version_id: str | None, if_match: str | None
+    ) -> tuple[bytes, Mapping[str, Any]]:
+        """A ranged GET: the bytes S3 sent and its answer (``ContentRange``, ``ETag``)."""
+        args = {**self._args(key, version_id), "Range": byte_range}
+        if if_match:
+            args["IfMatch"] = if_match
         with aws_errors(f"reading {self.uri(key)}"):
             try:
                 answer = self._s3.get_object(**args)
             except ClientError as exc:
-                if error_code(exc) in ("InvalidRange", "416"):
-                    raise ValidationError(
-                        f"bytes {start}-{end} are outside {self.uri(key)}"
+                code = error_code(exc)
+                if code in ("InvalidRange", "416") and byte_range.startswith("bytes=-"):
+                    return b"", {}  # a suffix range is unsatisfiable only for an empty object
+                if code in ("InvalidRange", "416"):
+                    raise ValidationError(f"{byte_range} is outside {self.uri(key)}") from exc
+                if if_match and code in _REPLACED:
+                    raise ObjectNotFoundError(
+                        f"{self.uri(key)} was replaced since it was opened", detail=code
                     ) from exc
                 self._raise_if_missing(exc, key, version_id)
                 raise
             body = answer["Body"]
             try:
                 data: bytes = body.read()
-                return data
             finally:
                 body.close()
+        return data, answer
 
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix``, sorted; pagination is followed to the end."""
@@ -338,3 +373,100 @@ class ObjectStore:
             "version_id": None if version in (None, "null") else str(version),
             "content_type": answer.get("ContentType"),
         }
+
+
+class ObjectReader(io.RawIOBase):
+    """One object version as a read-only seekable binary file, each fetch a ranged GET.
+
+    What :mod:`zipfile` needs to plan an archive from its end and read single members: a
+    function holds what it reads, never the whole object. A read the buffer misses fetches at
+    least :data:`READ_AHEAD` bytes and keeps them (a zip's end record, directory and local
+    headers are small reads close together); a bigger read is fetched as asked, not kept.
+    ``max_read`` bounds one read (:class:`ObjectTooLargeError`, nothing fetched); ``fetched``
+    and ``requests`` count what S3 sent. Made by :meth:`ObjectStore.open`.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        key: str,
+        *,
+        version_id: str | None = None,
+        etag: str | None = None,
+        max_read: int | None = None,
+    ) -> None:
+        super().__init__()
+        if max_read is not None:
+            check_positive(max_read, "max_read")
+        self._store, self.key, self.version_id, self._max_read = store, key, version_id, max_read
+        self._if_match = None if version_id or not etag else f'"{etag.strip(chr(34))}"'
+        self.fetched = self.requests = self._pos = 0
+        tail, answer = self._fetch(f"bytes=-{READ_AHEAD}")
+        total = str(answer.get("ContentRange") or "").rpartition("/")[2]
+        self.size = int(total) if total.isdigit() else len(tail)
+        self._start, self._buffer = self.size - len(tail), tail
+        if not version_id and not self._if_match and answer.get("ETag"):
+            self._if_match = str(answer["ETag"])
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        self._check_open()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence {whence}")
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self._check_open()
+        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
+        if end <= self._pos:
+            return b""
+        start, self._pos = self._pos, end
+        held = self._start + len(self._buffer)
+        if self._start <= start and end <= held:
+            return self._buffer[start - self._start : end - self._start]
+        if end - start >= READ_AHEAD:
+            return self._fetch_span(start, end)
+        self._buffer = self._fetch_span(start, min(self.size, start + READ_AHEAD))
+        self._start = start
+        return self._buffer[: end - start]
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed {self._store.uri(self.key)}")
+
+    def _fetch_span(self, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (excluded) of the version, in one GET."""
+        if self._max_read is not None and end - start > self._max_read:
+            raise ObjectTooLargeError(
+                f"a read of {end - start} bytes of {self._store.uri(self.key)}, "
+                f"the limit is {self._max_read}"
+            )
+        data = self._fetch(f"bytes={start}-{end - 1}")[0]
+        if len(data) != end - start:
+            raise StorageError(f"{self._store.uri(self.key)} sent {len(data)} of {end - start}")
+        return data
+
+    def _fetch(self, byte_range: str) -> tuple[bytes, Mapping[str, Any]]:
+        data, answer = self._store._get_bytes(self.key, byte_range, self.version_id, self._if_match)
+        self.requests += 1
+        self.fetched += len(data)
+        return data, answer

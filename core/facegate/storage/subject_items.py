@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from facegate.common import parse_json
 from facegate.errors import StorageError, ValidationError
 from facegate.storage.dynamo import to_attributes
 
@@ -167,13 +168,15 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     """Inverse of :func:`encode_cursor`, refusing anything that is not a key of the index.
 
     The cursor comes from a caller: checking its shape keeps a forged one from reaching
-    DynamoDB as anything but a start key of the ``subjects`` index. It stays DynamoDB's own
+    DynamoDB as anything but a start key of the ``subjects`` index, and
+    :func:`~facegate.common.parse_json` bounds its nesting (JSON nested past Python's
+    recursion limit would escape as a ``RecursionError``). It stays DynamoDB's own
     wire format (four string attributes), so cursors handed out earlier keep working.
     """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        key: Any = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (AttributeError, TypeError, ValueError, binascii.Error) as exc:
+        key: Any = parse_json(base64.urlsafe_b64decode(padded.encode("ascii")), "cursor")
+    except (AttributeError, TypeError, ValueError, binascii.Error, ValidationError) as exc:
         raise ValidationError("invalid cursor") from exc
     valid = (
         isinstance(key, dict)

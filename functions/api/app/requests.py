@@ -2,20 +2,24 @@
 
 Photo fields are the ones named ``image...`` (``image``, ``image_a``, ``images``: a list).
 Base64 and uploads are limited to 5 MB, S3 objects to 15 MB (Rekognition's limits), and an
-``s3://`` URI must name the stack's own bucket.
+``s3://`` URI must name the stack's own bucket. A body is JSON (strict, nesting bounded by
+:func:`facegate.common.parse_json`) or multipart; any other media type is a 415.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from app.deps import PhotoStoreDep, SettingsDep
 from app.photos import from_base64, from_upload
-from facegate.errors import ValidationError
+from facegate.common import parse_json
+from facegate.errors import UnsupportedMediaTypeError, ValidationError
 from facegate.storage.photos import PhotoStore
 
 
@@ -71,23 +75,54 @@ class Body:
         return str(self.fields[name]).lower() not in ("false", "0", "no")
 
 
+def _media_type(request: Request) -> str:
+    """The body's media type, without parameters (``; charset=utf-8``, ``; boundary=...``)."""
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
+    """``application/json`` or a JSON-based type (``application/*+json``), as FastAPI reads
+    for a model body."""
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+def require_json(request: Request) -> None:
+    """Dependency of the routes whose body FastAPI parses: the body must say it is JSON.
+
+    FastAPI would read a ``text/plain`` body as bytes and answer a confusing validation
+    error; a caller deserves the same 415 as on the photo routes.
+    """
+    if not _is_json(_media_type(request)):
+        raise UnsupportedMediaTypeError("the body must be sent as application/json")
+
+
 async def read_body(request: Request, store: PhotoStore, s3_limit: int) -> Body:
+    """The request's photos and fields, from multipart or JSON; any other media type (a JSON
+    body sent as ``text/plain``, a urlencoded form) is a 415, not guessed at.
+
+    The body arrives on the event loop; ``s3://`` photos are fetched by boto3, which blocks,
+    so in the threadpool.
+    """
     body = Body()
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    media_type = _media_type(request)
+    if media_type == "multipart/form-data":
         async with request.form() as form:
             for name, value in form.multi_items():
                 if isinstance(value, UploadFile):
                     body.photos.setdefault(name, []).append(await from_upload(value, name))
                 elif name.startswith("image") and value.startswith("s3://"):
-                    body.photos.setdefault(name, []).append(store.fetch(value, s3_limit))
+                    photo = await run_in_threadpool(store.fetch, value, s3_limit)
+                    body.photos.setdefault(name, []).append(photo)
                 else:
                     body.fields[name] = value
         return body
-    try:
-        payload = await request.json()
-    except ValueError as exc:
-        raise ValidationError("body must be JSON or multipart/form-data") from exc
+    if not _is_json(media_type):
+        raise UnsupportedMediaTypeError(
+            "the body must be sent as application/json or multipart/form-data"
+        )
+    payload = parse_json(await request.body(), "body")
     if not isinstance(payload, dict):
         raise ValidationError("JSON body must be an object")
     for name, value in payload.items():
@@ -98,7 +133,22 @@ async def read_body(request: Request, store: PhotoStore, s3_limit: int) -> Body:
         if not all(isinstance(v, str) for v in values):
             raise ValidationError(f"{name} must be base64 strings or s3:// URIs")
         body.photos[name] = [
-            store.fetch(v, s3_limit) if v.startswith("s3://") else from_base64(v, name)
+            await run_in_threadpool(store.fetch, v, s3_limit)
+            if v.startswith("s3://")
+            else from_base64(v, name)
             for v in values
         ]
     return body
+
+
+async def request_body(request: Request, store: PhotoStoreDep, settings: SettingsDep) -> Body:
+    """Dependency of the photo routes: the body, read before the route runs.
+
+    The routes themselves are plain ``def``: FastAPI runs them in its threadpool, so the
+    synchronous pipeline and boto3 never hold the event loop (and every other request of the
+    process, ``/health`` included) while one request is being decided.
+    """
+    return await read_body(request, store, settings.s3_max_image_bytes)
+
+
+BodyDep = Annotated[Body, Depends(request_body)]

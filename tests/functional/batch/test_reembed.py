@@ -6,14 +6,20 @@ import io
 import json
 import zipfile
 
+import numpy as np
 import pytest
 
 from facegate.batch.embedding import PhotoInput, embed_photos
 from facegate.batch.job_worker import JobWorker, WorkerConfig
-from facegate.batch.reembed import ReembedRequest, get_status, split_member
+from facegate.batch.reembed import PhotoFetcher, ReembedRequest, get_status, split_member
 from facegate.batch.reembed_job import run_reembed
 from facegate.batch.wiring import model_pipelines
-from facegate.errors import ModelMismatchError, UnknownGalleryError, ValidationError
+from facegate.errors import (
+    InvalidImageError,
+    ModelMismatchError,
+    UnknownGalleryError,
+    ValidationError,
+)
 from facegate.gallery.format import gallery_embeddings, read_gallery_meta
 from facegate.models.fused import DEFAULT_FUSED_ID
 from facegate.pipeline.face_pipeline import FacePipeline
@@ -177,3 +183,25 @@ def test_the_jobs_worker_runs_requests_and_records_failures(fresh_aws, source_ga
     with pytest.raises(UnknownGalleryError):
         get_status(fresh_aws.s3, fresh_aws.bucket, "never")
     assert json.loads(records[0]["body"])["source_gallery"] == "g"
+
+
+def test_photo_fetcher_reads_archive_members_without_downloading_the_archive(fresh_aws, faces_dir):
+    """Re-embedding reads a zip as the upload job does: its end and the members asked for.
+    A 16 MiB stored filler member beside the photo is never fetched."""
+    s3, bucket = fresh_aws.s3, fresh_aws.bucket
+    photo = (faces_dir / "person_a_2.jpg").read_bytes()
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("filler/noise.bin", np.random.default_rng(0).bytes(16 << 20))
+        zf.writestr("person_a/a2.jpg", photo)
+    s3.put_object(Bucket=bucket, Key="uploads/g/big.zip", Body=archive.getvalue())
+    fetched: list[int] = []
+    s3.meta.events.register(
+        "after-call.s3.GetObject",
+        lambda parsed, **_: fetched.append(int(parsed.get("ContentLength", 0))),
+    )
+    fetcher = PhotoFetcher(s3, bucket, max_bytes=15 * 1024 * 1024)
+    assert fetcher("uploads/g/big.zip/person_a/a2.jpg") == photo
+    assert sum(fetched) < len(photo) + 512 * 1024 < archive.tell() // 16
+    with pytest.raises(InvalidImageError):
+        fetcher("uploads/g/gone.zip/person_a/a2.jpg")

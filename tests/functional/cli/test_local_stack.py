@@ -6,6 +6,7 @@ state directory, and checks that nothing is left running afterwards.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from facegate_local.config import LocalConfig
 from facegate_local.resources import create_resources, table_kwargs
@@ -71,6 +73,44 @@ def test_function_environment_resolves_the_template():
     assert env["FACEGATE_TABLE"] == "facegate-subjects"
     assert env["FACEGATE_AUTH_MODE"] == "api_key"
     assert "FACEGATE_THRESHOLD" not in env  # !If [HasThreshold, ..., AWS::NoValue]
+
+
+KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        ({}, {"SSEAlgorithm": "AES256"}),
+        ({"PhotoKmsKeyArn": KEY}, {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": KEY}),
+    ],
+)
+def test_local_bucket_encryption_follows_the_template_conditions(aws, parameters, expected):
+    """The encryption is an ``Fn::If`` on the key parameter, ``AWS::NoValue`` dropping the
+    key id without one."""
+    from facegate.storage.clients import aws_client
+
+    names = {
+        "PhotoBucket": f"kms-{len(parameters)}-photos",
+        "SubjectsTable": f"kms-{len(parameters)}",
+    }
+    template = LocalConfig(root=REPO, resources=names, parameters=parameters).template()
+    s3 = aws_client("s3", aws)
+    create_resources(template, aws_client("dynamodb", aws), s3)
+    (rule,) = s3.get_bucket_encryption(Bucket=names["PhotoBucket"])[
+        "ServerSideEncryptionConfiguration"
+    ]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"] == expected
+    assert rule.get("BucketKeyEnabled", False) is bool(parameters)
+
+
+def test_local_event_sources_resolve_their_scaling_config():
+    """The local poller reads each SQS event source's properties, nested maps included."""
+    template = LocalConfig(root=REPO, parameters={"BatchMaxConcurrency": "4"}).template()
+    sources = {function: props for function, _, props in template.sqs_sources()}
+    assert set(sources) == {"EmbedFunction", "JobFunction", "AggregateFunction"}
+    for props in sources.values():
+        assert props["ScalingConfig"] == {"MaximumConcurrency": "4"}
 
 
 def _stack_env(tmp_path: Path) -> dict[str, str]:
@@ -170,6 +210,76 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     assert summary["identified"] == 2 and summary["deleted"] == 1
     assert summary["gallery_rows"] == 6 and summary["rejects"] == 1
     assert summary["job_rows"] == 5 and summary["job_correct"] == 5
+    assert _survivors(tmp_path) == ""
+
+
+#: Lambda's synchronous invocation request limit: the event's JSON, 6 MiB.
+LAMBDA_EVENT_LIMIT = 6 * 1024 * 1024
+BOUNDARY = "facegate-payload-test"
+
+
+def _padded(photo: bytes, size: int) -> bytes:
+    """``photo`` followed by zeros up to ``size`` bytes (decoders stop at the JPEG's end)."""
+    return photo + b"\0" * (size - len(photo))
+
+
+def _multipart(photo: bytes, base64_size: int) -> bytes:
+    """A multipart ``image`` field whose body base64-encodes to about ``base64_size`` bytes,
+    as API Gateway puts a binary body in the event."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+    total = base64_size * 3 // 4
+    return head + _padded(photo, total - len(head) - len(tail)) + tail
+
+
+def _json(photo: bytes, size: int) -> bytes:
+    """``{"image": "<base64>"}`` of about ``size`` bytes: text, so in the event as it is."""
+    text = base64.b64encode(_padded(photo, (size - 13) * 3 // 4)).decode()
+    return json.dumps({"image": text}).encode()
+
+
+@pytest.mark.slow
+def test_the_stack_refuses_requests_over_lambda_s_payload_limit(tmp_path, faces_dir):
+    """On AWS a photo reaches the API inside the Lambda event (at most 6 MiB), base64-encoded
+    when it comes as a multipart file: a request a few KB under that gets the API's answer,
+    one a KB over gets API Gateway's 413, whichever way the photo is sent. Both photos are
+    about 4.7 MB, under the 5 MB inline limit the API once documented."""
+    env = _stack_env(tmp_path)
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [str(FACEGATE), "local", *a], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
+    photo = (faces_dir / "person_a_1.jpg").read_bytes()
+    cases = {
+        "multipart": (f"multipart/form-data; boundary={BOUNDARY}", _multipart),
+        "json": ("application/json", _json),
+    }
+    started = run("up")
+    try:
+        assert started.returncode == 0, started.stderr
+        state = json.loads((tmp_path / "state" / "stack.json").read_text())
+        with httpx.Client(
+            base_url=state["api_url"], headers={"x-api-key": state["api_key"]}, timeout=120
+        ) as client:
+            for name, (content_type, build) in cases.items():
+                under = build(photo, LAMBDA_EVENT_LIMIT - 8 * 1024)
+                over = build(photo, LAMBDA_EVENT_LIMIT + 1024)
+                answer = client.post(
+                    "/embedding", content=under, headers={"content-type": content_type}
+                )
+                assert answer.status_code == 200, (name, answer.text[:300])
+                assert len(answer.json()["faces"]) == 1, name
+                refused = client.post(
+                    "/embedding", content=over, headers={"content-type": content_type}
+                )
+                assert refused.status_code == 413, (name, refused.text[:300])
+                assert refused.json() == {"message": "Request Entity Too Large"}, name
+            assert client.get("/health").status_code == 200
+    finally:
+        stopped = run("down")
+    assert stopped.returncode == 0
     assert _survivors(tmp_path) == ""
 
 

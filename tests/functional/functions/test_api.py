@@ -266,7 +266,9 @@ def test_identify_in_a_named_gallery_and_s3_photos(client, photo, aws, pipeline)
             413,
             "image_too_large",
         ),
-        ({"image": b64(b"x"), "embedding": [0.1] * 12}, 409, "model_mismatch"),
+        ({"image": b64(b"x"), "embedding": [0.1] * 12}, 400, "validation_error"),
+        ({"image": b64(b"x"), "embedding": [0.1] * 256}, 400, "validation_error"),  # norm 1.6
+        ({"image": b64(b"x"), "embedding": [1e39] + [0.0] * 255}, 400, "validation_error"),
         (
             {"image": b64(b"x"), "embedding": [0.1] * 256, "model_id": "other"},
             409,

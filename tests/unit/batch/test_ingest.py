@@ -599,6 +599,18 @@ def test_oversize_member_is_refused_from_the_directory():
         read_member(archive, "alice/bomb.jpg")
 
 
+def test_a_member_declaring_more_compressed_bytes_than_its_limit_needs_is_refused():
+    """Its compressed size is what reading it fetches from S3; the directory refuses it."""
+    data = bytearray(make_zip({"alice/ok.jpg": PHOTO, "alice/padded.jpg": PHOTO}))
+    central = _central_entry(data, "alice/padded.jpg")
+    data[central + 20 : central + 24] = (2 * MAX_MEMBER_BYTES).to_bytes(4, "little")
+    plan = read_archive(bytes(data))
+    assert plan.members == [("alice/ok.jpg", "alice")]
+    assert codes(plan) == {"alice/padded.jpg": "image_too_large"}
+    with open_archive(bytes(data)) as archive, pytest.raises(ImageTooLargeError, match="compr"):
+        read_member(archive, "alice/padded.jpg")
+
+
 def test_member_limit_is_configurable():
     data = make_zip({"alice/1.jpg": b"x" * 2000, "alice/2.jpg": b"x" * 10})
     plan = read_archive(data, max_member_bytes=1000)

@@ -26,6 +26,7 @@ from facegate.errors import (
     UnknownGalleryError,
     ValidationError,
 )
+from facegate.http_errors import status_for
 from facegate.models.card import ModelCard, resolve_threshold, write_card
 from facegate.service import (
     FaceService,
@@ -220,20 +221,41 @@ def test_a_reference_embedding_of_the_served_model_is_accepted(processor):
     assert reference_embedding(processor, (1, 0, 0, 0)).tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
+#: ``probes.NORM_TOLERANCE``, as documented: a reference's norm may be 1 +- 1e-3.
+NORM_TOLERANCE = 1e-3
+
+
+def test_a_reference_within_the_norm_tolerance_is_accepted_unchanged(processor):
+    """Float32 round trips (JSON, other clients' normalisation) move a unit vector's norm by
+    ~1e-7: well inside the tolerance, and the vector is used as sent."""
+    scale = 1 + NORM_TOLERANCE / 2
+    vector = reference_embedding(processor, [0.5 * scale] * DIM)
+    assert vector.tolist() == pytest.approx([0.5 * scale] * DIM)
+
+
 @pytest.mark.parametrize(
     "values,model_id,error,message",
     [
         ([0.5] * DIM, "other-model", ModelMismatchError, "embedding is from 'other-model'"),
-        ([0.5] * (DIM + 1), None, ModelMismatchError, f"must be {DIM} finite numbers"),
-        ([[0.5] * DIM], None, ModelMismatchError, f"must be {DIM} finite numbers"),
-        ([0.5, float("nan"), 0.5, 0.5], None, ModelMismatchError, "finite"),
+        ([0.5] * (DIM + 1), None, ValidationError, f"must be {DIM} numbers"),
+        ([0.5] * 12, None, ValidationError, f"must be {DIM} numbers"),
+        ([[0.5] * DIM], None, ValidationError, f"must be {DIM} numbers"),
+        ([0.5, float("nan"), 0.5, 0.5], None, ValidationError, "finite"),
+        ([0.5, float("inf"), 0.5, 0.5], None, ValidationError, "finite"),
+        ([1e39, 0, 0, 0], None, ValidationError, "unit length"),  # checked before float32
         (["a", "b", "c", "d"], None, ValidationError, "list of numbers"),
         ({"x": 1}, None, ValidationError, "list of numbers"),
+        ([0.6] * DIM, None, ValidationError, "unit length"),  # norm 1.2
+        ([0.0] * DIM, None, ValidationError, "unit length"),
+        ([0.5 * (1 + 3 * NORM_TOLERANCE)] * DIM, None, ValidationError, "unit length"),
     ],
 )
 def test_other_references_are_refused(processor, values, model_id, error, message):
-    with pytest.raises(error, match=message):
+    """The wrong model is a 409 (``model_mismatch``); a vector no model could have made for
+    this API (wrong size, not finite, not unit length) is the caller's mistake: 400."""
+    with pytest.raises(error, match=message) as raised:
         reference_embedding(processor, values, model_id)
+    assert type(raised.value) is error
 
 
 def test_a_refused_reference_is_refused_before_the_photo_is_read(fresh_aws, processor):
@@ -242,8 +264,10 @@ def test_a_refused_reference_is_refused_before_the_photo_is_read(fresh_aws, proc
         SubjectStore.from_settings(fresh_aws.settings),
         PhotoStore.from_settings(fresh_aws.settings),
     )
-    with pytest.raises(ModelMismatchError):
+    with pytest.raises(ValidationError):
         service.compare_embedding(b"not a photo", [0.1] * 12)
+    with pytest.raises(ValidationError):
+        service.compare_embedding(b"not a photo", [0.1] * DIM)
     assert processor.policies == []
 
 
@@ -260,6 +284,26 @@ def test_a_subject_is_verified_on_its_best_enrolled_face(fresh_aws, processor):
     assert answer["similarity"] == pytest.approx(float(VECTORS[ANN_PROBE][0] @ VECTORS[ANN_2][0]))
     assert answer["enrolled_faces"] == 3 and answer["aggregation"] == "max"
     assert answer["match"] is True  # BOB's photo, far from the probe, does not veto it
+
+
+def test_a_subject_with_no_faces_left_is_a_conflict_not_a_crash(fresh_aws, processor):
+    """A DELETE interrupted after the face items went (its retry finishes it) leaves the
+    subject's META item alone: verifying against it is ``no_enrolled_faces``, not a
+    ``ValueError`` from an empty argmax; nothing is decoded before that is known."""
+    settings = fresh_aws.settings
+    subjects = SubjectStore.from_settings(settings)
+    service = FaceService(processor, subjects, PhotoStore.from_settings(settings))
+    service.enrol("ann", [ANN_1, ANN_2])
+    for face_id in [p.face_id for p in subjects.get_embeddings("ann")[1]]:
+        fresh_aws.dynamodb.delete_item(
+            TableName=settings.table,
+            Key={"pk": {"S": "SUBJECT#ann"}, "sk": {"S": f"FACE#{face_id}"}},
+        )
+    processor.policies.clear()
+    with pytest.raises(FaceGateError, match="'ann' has no enrolled faces") as raised:
+        service.compare_subject(ANN_PROBE, "ann")
+    assert raised.value.code == "no_enrolled_faces" and status_for(raised.value) == 409
+    assert processor.policies == []
 
 
 def test_a_subject_of_another_model_is_refused(fresh_aws, processor):

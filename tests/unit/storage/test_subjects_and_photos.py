@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import boto3
 import numpy as np
 import pytest
@@ -280,6 +282,16 @@ def test_list_subjects_of_an_empty_table(store):
 def test_list_subjects_refuses_forged_cursors(store, cursor):
     with pytest.raises(ValidationError, match="cursor"):
         store.list_subjects(cursor=cursor)
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_a_deeply_nested_cursor_is_a_validation_error(depth):
+    """A cursor is caller input: JSON nested past Python's recursion limit must not escape
+    as a ``RecursionError`` (a 500), nor nested JSON under it reach the shape checks."""
+    raw = ("[" * depth + "]" * depth).encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    with pytest.raises(ValidationError, match="invalid cursor"):
+        decode_cursor(cursor)
 
 
 @pytest.mark.parametrize("limit", [0, -1, 1001, True, 2.5])

@@ -1,12 +1,16 @@
-"""Photos sent with the request: 1:1 compare, 1:N identify, embedding extraction."""
+"""Photos sent with the request: 1:1 compare, 1:N identify, embedding extraction.
+
+Plain ``def`` routes (FastAPI runs them in its threadpool): the pipeline is synchronous and
+must not hold the event loop; the body is read before, by :data:`app.requests.BodyDep`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
-from app.deps import PhotoStoreDep, ServiceDep, SettingsDep, require_api_key
+from app.deps import ServiceDep, require_api_key
 from app.openapi import photo_body
-from app.requests import read_body
+from app.requests import BodyDep
 
 router = APIRouter(tags=["faces"], dependencies=[Depends(require_api_key)])
 
@@ -38,12 +42,9 @@ DECISION_FIELDS: dict[str, object] = {
         },
     ),
 )
-async def compare(
-    request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
-) -> dict[str, object]:
+def compare(body: BodyDep, service: ServiceDep) -> dict[str, object]:
     """``image_a`` + ``image_b``; or ``image`` + ``subject_id`` (best of the subject's
     enrolled faces); or ``image`` + a reference ``embedding`` (with its ``model_id``)."""
-    body = await read_body(request, store, settings.s3_max_image_bytes)
     threshold, far = body.number("threshold"), body.number("far")
     if "subject_id" in body.fields:
         subject_id = str(body.fields["subject_id"])
@@ -76,11 +77,8 @@ async def compare(
         ["image"],
     ),
 )
-async def identify(
-    request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
-) -> dict[str, object]:
+def identify(body: BodyDep, service: ServiceDep) -> dict[str, object]:
     """Top-k subjects for ``image`` among enrolled subjects and/or a named ``gallery``."""
-    body = await read_body(request, store, settings.s3_max_image_bytes)
     return service.identify(
         body.photo("image"),
         top_k=body.integer("top_k", 5, 1, 100),
@@ -99,10 +97,7 @@ async def identify(
         ["image"],
     ),
 )
-async def embedding(
-    request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
-) -> dict[str, object]:
+def embedding(body: BodyDep, service: ServiceDep) -> dict[str, object]:
     """Every kept face's embedding, box and score (``multi_face``: all (default), largest,
     center or reject)."""
-    body = await read_body(request, store, settings.s3_max_image_bytes)
     return service.embed(body.photo("image"), multi_face=body.fields.get("multi_face", "all"))

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from app.deps import GalleryServiceDep, require_api_key
+from app.requests import require_json
 
 router = APIRouter(tags=["galleries"], dependencies=[Depends(require_api_key)])
 
@@ -32,7 +33,7 @@ class ReembedBody(BaseModel):
     source_gallery: str | None = None
 
 
-@router.post("/reembed", status_code=202)
+@router.post("/reembed", status_code=202, dependencies=[Depends(require_json)])
 def reembed(body: ReembedBody, service: GalleryServiceDep) -> dict[str, object]:
     """Queue a re-embedding for the jobs worker; poll ``GET /galleries/{target}/reembed``."""
     return service.submit_reembed(body.target, body.model_id, body.source_gallery)

@@ -1,14 +1,18 @@
-"""Enrolled subjects: enrol faces, list, describe, delete (photos included)."""
+"""Enrolled subjects: enrol faces, list, describe, delete (photos included).
+
+Plain ``def`` routes, run in FastAPI's threadpool: enrolment runs the synchronous pipeline
+and every route calls boto3, neither of which may hold the event loop.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
-from app.deps import PhotoStoreDep, ServiceDep, SettingsDep, require_api_key
+from app.deps import ServiceDep, require_api_key
 from app.openapi import photo_body
-from app.requests import read_body
+from app.requests import BodyDep
 from facegate.errors import ValidationError
 
 router = APIRouter(tags=["subjects"], dependencies=[Depends(require_api_key)])
@@ -26,26 +30,16 @@ ALIAS_BODY = photo_body(
 
 
 @router.post("/subjects/{subject_id}/faces", status_code=201, openapi_extra=ENROL_BODY)
-async def enrol(
-    subject_id: str,
-    request: Request,
-    service: ServiceDep,
-    store: PhotoStoreDep,
-    settings: SettingsDep,
-) -> dict[str, object]:
+def enrol(subject_id: str, body: BodyDep, service: ServiceDep) -> dict[str, object]:
     """One or more photos (``image``, ``images``, or several ``image...`` fields); each gets
     its own verdict, and rejected photos do not stop the accepted ones."""
-    body = await read_body(request, store, settings.s3_max_image_bytes)
     return service.enrol(subject_id, body.all_photos(), body.fields.get("metadata"))
 
 
 @router.post("/enroll", status_code=201, openapi_extra=ALIAS_BODY)
 @router.post("/register", status_code=201, openapi_extra=ALIAS_BODY)
-async def enrol_alias(
-    request: Request, service: ServiceDep, store: PhotoStoreDep, settings: SettingsDep
-) -> dict[str, object]:
+def enrol_alias(body: BodyDep, service: ServiceDep) -> dict[str, object]:
     """Aliases of ``POST /subjects/{subject_id}/faces`` with ``subject_id`` in the body."""
-    body = await read_body(request, store, settings.s3_max_image_bytes)
     subject_id = body.fields.get("subject_id")
     if not isinstance(subject_id, str):
         raise ValidationError("subject_id is required")
