@@ -22,19 +22,6 @@ KEY = "uploads/g/set.zip"
 BODY = os.urandom(300_000)
 
 
-@pytest.fixture
-def store(fresh_aws) -> ObjectStore:
-    return ObjectStore(fresh_aws.s3, fresh_aws.bucket)
-
-
-@pytest.fixture
-def versioned(fresh_aws) -> ObjectStore:
-    fresh_aws.s3.put_bucket_versioning(
-        Bucket=fresh_aws.bucket, VersioningConfiguration={"Status": "Enabled"}
-    )
-    return ObjectStore(fresh_aws.s3, fresh_aws.bucket)
-
-
 def _put(store: ObjectStore, body: bytes, key: str = KEY) -> Any:
     return store.put(key, body, content_type="application/zip")
 

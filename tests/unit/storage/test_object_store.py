@@ -20,19 +20,6 @@ from facegate.storage.objects import JSON_TYPE, PARQUET_TYPE, ObjectStore
 BODY = bytes(range(256)) * 8
 
 
-@pytest.fixture
-def store(fresh_aws) -> ObjectStore:
-    return ObjectStore(fresh_aws.s3, fresh_aws.bucket)
-
-
-@pytest.fixture
-def versioned(fresh_aws) -> ObjectStore:
-    fresh_aws.s3.put_bucket_versioning(
-        Bucket=fresh_aws.bucket, VersioningConfiguration={"Status": "Enabled"}
-    )
-    return ObjectStore(fresh_aws.s3, fresh_aws.bucket)
-
-
 class ReadSpy:
     """A response body that records what was read from it."""
 
