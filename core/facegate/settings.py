@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     #: Decide at the card's threshold calibrated for this false accept rate (e.g. 0.001).
     far: float | None = Field(default=None, gt=0.0, lt=1.0)
+    #: The lowest threshold a request may ask for (its ``threshold`` or ``far``); unset: the
+    #: card's threshold calibrated for FAR 1e-2 (:func:`facegate.service.probes.decision_floor`).
+    min_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
     @field_validator(
         "aws_endpoint_url",
@@ -92,9 +95,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_decision_rule(self) -> Settings:
-        """A raw threshold and a target FAR would contradict each other: refuse both."""
+        """A raw threshold and a target FAR would contradict each other: refuse both; so would
+        a deployment threshold below the floor the same deployment sets."""
         if self.threshold is not None and self.far is not None:
             raise ValueError("set FACEGATE_THRESHOLD or FACEGATE_FAR, not both")
+        if (
+            self.threshold is not None
+            and self.min_threshold is not None
+            and self.threshold < self.min_threshold
+        ):
+            raise ValueError("FACEGATE_THRESHOLD is below FACEGATE_MIN_THRESHOLD")
         return self
 
 

@@ -32,6 +32,13 @@ from facegate.types import AlignedFace, Detection, FaceEmbedding, FaceResult, Im
 class FacePipeline:
     """Decode, detect, align and embed with the models named by ``settings``."""
 
+    #: ``process_many`` decodes and detects at most this many photos at a time (the
+    #: detector's batch size: same-size photos of a group run in one call) ...
+    group_photos = 16
+    #: ... and starts a new group once one holds this many decoded pixels (300 MB of RGB; a
+    #: group can pass it by one photo, at most ``Settings.max_image_pixels``).
+    group_pixels = 100_000_000
+
     def __init__(
         self,
         settings: Settings | None = None,
@@ -139,24 +146,62 @@ class FacePipeline:
     def process_many(
         self, sources: Sequence[ImageSource], policy: MultiFacePolicy | None = None
     ) -> list[FaceResult | FaceGateError]:
-        """Many photos with batched detection and embedding; errors are returned in place."""
+        """Many photos with batched detection and embedding; errors are returned in place.
+
+        Photos are decoded and detected in groups of at most :attr:`group_photos` photos and
+        about :attr:`group_pixels` decoded pixels: a group's decoded images are dropped once
+        its faces are aligned, so a long list (a batch chunk, a request of large PNGs) never
+        holds every decoded image at once. Only the aligned chips (a few KB a face) wait for
+        the one batched embedding at the end.
+        """
         policy = policy or self.settings.multi_face
         outcomes: list[FaceResult | FaceGateError | None] = [None] * len(sources)
-        images: dict[int, DecodedImage] = {}
+        faces: list[tuple[int, AlignedFace]] = []
+        found: dict[int, tuple[list[Detection], tuple[int, int]]] = {}
+        group: dict[int, DecodedImage] = {}
+        pixels = 0
         for i, source in enumerate(sources):
+            if len(group) >= self.group_photos or pixels >= self.group_pixels:
+                faces.extend(self._detect_group(group, policy, outcomes, found))
+                group, pixels = {}, 0
             try:
-                images[i] = self._decode(source, self.settings.decode_keep_side)
+                group[i] = self._decode(source, self.settings.decode_keep_side)
             except FaceGateError as exc:
                 outcomes[i] = exc
-        order = list(images)
-        all_detections = self.detector.detect_batch([images[i].pixels for i in order])
+                continue
+            pixels += group[i].pixels.shape[0] * group[i].pixels.shape[1]
+        faces.extend(self._detect_group(group, policy, outcomes, found))
+        del group
+        vectors = self.embedder.embed_faces([f for _, f in faces])
+        kept: dict[int, list[FaceEmbedding]] = {}
+        for (i, face), vector in zip(faces, vectors, strict=True):
+            kept.setdefault(i, []).append(
+                FaceEmbedding(vector, face.detection, face.face_index, self.model_id)
+            )
+        for i, embeddings in kept.items():
+            detections, size = found[i]
+            outcomes[i] = FaceResult(detections, embeddings, size)
+        return [o if o is not None else FaceGateError("not processed") for o in outcomes]
+
+    def _detect_group(
+        self,
+        group: dict[int, DecodedImage],
+        policy: MultiFacePolicy,
+        outcomes: list[FaceResult | FaceGateError | None],
+        found: dict[int, tuple[list[Detection], tuple[int, int]]],
+    ) -> list[tuple[int, AlignedFace]]:
+        """Detect one group in a batch and align the faces ``policy`` keeps; each photo's
+        detections and size go to ``found``, a photo with no usable face to ``outcomes``."""
+        if not group:
+            return []
+        order = list(group)
+        all_detections = self.detector.detect_batch([group[i].pixels for i in order])
         faces: list[tuple[int, AlignedFace]] = []
-        detections_of: dict[int, list[Detection]] = {}
-        for i, found in zip(order, all_detections, strict=True):
-            decoded = images[i]
+        for i, detected in zip(order, all_detections, strict=True):
+            decoded = group[i]
             # Boxes and landmarks in the photo's own pixels, whatever scale it was decoded at.
-            detections = [d.scaled(1.0 / decoded.scale) for d in found]
-            detections_of[i] = detections
+            detections = [d.scaled(1.0 / decoded.scale) for d in detected]
+            found[i] = (detections, decoded.original_size)
             try:
                 chosen = select_faces(
                     detections, policy, self.settings.min_face_px, image_size=decoded.original_size
@@ -167,15 +212,7 @@ class FacePipeline:
             faces.extend(
                 (i, self.align(decoded.pixels, detections[k], k, decoded.scale)) for k in chosen
             )
-        vectors = self.embedder.embed_faces([f for _, f in faces])
-        kept: dict[int, list[FaceEmbedding]] = {}
-        for (i, face), vector in zip(faces, vectors, strict=True):
-            kept.setdefault(i, []).append(
-                FaceEmbedding(vector, face.detection, face.face_index, self.model_id)
-            )
-        for i, embeddings in kept.items():
-            outcomes[i] = FaceResult(detections_of[i], embeddings, images[i].original_size)
-        return [o if o is not None else FaceGateError("not processed") for o in outcomes]
+        return faces
 
     def verify(self, a: ImageSource, b: ImageSource) -> VerificationResult:
         """1:1: the largest face of each photo, compared at the model's threshold."""

@@ -106,10 +106,7 @@ def decode_image_reduced(
             # Pillow warns about defects it recovers from (corrupt EXIF, ...): the pixels are
             # fine and the caller cannot act on it, so no warning may escape.
             warnings.simplefilter("ignore")
-            longest = max(image.size)
-            if keep_side and image.format in ("JPEG", "MPO") and longest >= 2 * keep_side:
-                ratio = keep_side / longest
-                image.draft("RGB", (round(image.size[0] * ratio), round(image.size[1] * ratio)))
+            _draft(image, keep_side)
             scale = image.size[0] / full_width
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -127,6 +124,38 @@ def decode_image_reduced(
             f"{limits.min_side} px"
         )
     return DecodedImage(array, scale, original)
+
+
+def decoded_pixels(data: bytes, limits: ImageLimits | None = None, *, keep_side: int = 0) -> int:
+    """How many pixels ``decode_image_reduced`` would decode ``data`` to, from its header
+    alone: what a request of many photos will cost before any of them is decoded.
+
+    Raises what decoding would for the header (``InvalidImageError``, ``ImageTooLargeError``).
+    """
+    limits = limits or ImageLimits()
+    if not data:
+        raise InvalidImageError("empty input: no bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    image = _open(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _draft(image, keep_side)
+        return image.size[0] * image.size[1]
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImageError(f"corrupt {image.format} image header: {exc}") from exc
+    finally:
+        image.close()
+
+
+def _draft(image: Image.Image, keep_side: int) -> None:
+    """Ask a JPEG's decoder for 1/2, 1/4 or 1/8 scale, never below ``keep_side`` on the
+    longer side; sets ``image.size`` without decoding. Other formats decode in full."""
+    longest = max(image.size)
+    if keep_side and image.format in ("JPEG", "MPO") and longest >= 2 * keep_side:
+        ratio = keep_side / longest
+        image.draft("RGB", (round(image.size[0] * ratio), round(image.size[1] * ratio)))
 
 
 def load_image(path: str | Path, limits: ImageLimits | None = None) -> np.ndarray:

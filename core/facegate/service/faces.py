@@ -6,17 +6,22 @@ tests wire it the same way. Routes stay one call deep; the rules live here:
 - Enrolment keeps one face per photo (the multi-face policy of the settings) and stores the
   embedding (DynamoDB) and the photo itself (S3, private prefix) so a later model can
   re-embed it. Each photo gets its own verdict; a bad photo never fails the others.
+- Enrolment is all or nothing: a failure at any photo or at the record erases every
+  photo it stored.
 - Every decision is taken at :func:`~facegate.service.probes.decision_threshold`: the
-  request's ``threshold`` or ``far``, else the deployment's.
+  request's ``threshold`` or ``far``, else the deployment's, never below the deployment's
+  floor; answers show scores to 3 decimals.
 - Verifying a photo against a subject compares it with every enrolled embedding of that
   subject and decides on the best (maximum) similarity: one good enrolment photo is enough,
   as a person expects, and poor ones cannot veto it.
 - Identification ranks subjects by their best similarity, from the enrolled subjects and/or
-  a named Parquet gallery in the bucket, and says "no match" when none clears the threshold.
+  a named Parquet gallery in the bucket, names only those that clear the threshold and
+  says "no match" when none does.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,12 +48,22 @@ from facegate.service.probes import (
     decision_threshold,
     embedding_response,
     reference_embedding,
+    shown_face,
+    shown_score,
+    verification_response,
 )
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.photos import PhotoStore
-from facegate.storage.subjects import StoredFace, SubjectStore, validate_metadata
+from facegate.storage.subjects import (
+    MAX_FACES_PER_PUT,
+    StoredFace,
+    SubjectStore,
+    validate_metadata,
+)
 from facegate.storage.tombstones import Tombstones
 from facegate.types import FaceProcessor, FaceResult
+
+logger = logging.getLogger("facegate.service")
 
 
 @dataclass(frozen=True)
@@ -83,12 +98,17 @@ class FaceService:
         photos: PhotoStore,
         tombstones: Tombstones | None = None,
         galleries: GalleryCache | None = None,
+        *,
+        min_threshold: float | None = None,
     ) -> None:
+        """``min_threshold`` is the deployment's floor (``Settings.min_threshold``); None: the
+        card's (:func:`~facegate.service.probes.decision_floor`)."""
         self.pipeline = pipeline
         self.subjects = subjects
         self.photos = photos
         self.tombstones = tombstones
         self.galleries = galleries or GalleryCache(expected_model_id=pipeline.model_id)
+        self.min_threshold = min_threshold
 
     # -- enrolment -----------------------------------------------------------------------
 
@@ -96,47 +116,46 @@ class FaceService:
         self, subject_id: str, photos: Sequence[bytes], metadata: object = None
     ) -> dict[str, Any]:
         """Each photo's verdict, and the subject's face count once the accepted ones are
-        stored. ``metadata`` (string to string) replaces the subject's when given."""
+        stored. ``metadata`` (string to string) replaces the subject's when given.
+
+        All or nothing: the photos and the subject's items are written in one ``try``; on any
+        failure every photo it may have stored is erased (every version) before the error
+        is raised, and the items, one DynamoDB transaction, were not written. No photo is
+        left that no record points at and no DELETE could reach.
+        """
         validate_id(subject_id)
         checked = None if metadata is None else validate_metadata(metadata)
         if not photos:
             raise ValidationError("no photos to enrol")
+        if len(photos) > MAX_FACES_PER_PUT:  # one transaction holds at most this many faces
+            raise ValidationError(f"enrol at most {MAX_FACES_PER_PUT} photos at a time")
         results = self.pipeline.process_many(list(photos))
         outcomes: list[PhotoOutcome] = []
         faces: list[StoredFace] = []
-        for index, (data, result) in enumerate(zip(photos, results, strict=True)):
-            if not isinstance(result, FaceResult):
-                outcomes.append(PhotoOutcome(index, False, error=result))
-                continue
-            face = result.primary
-            face_id = uuid.uuid4().hex
-            key = self.photos.put(subject_id, face_id, data, content_type(data))
-            x1, y1, x2, y2 = (float(v) for v in face.detection.box)
-            faces.append(
-                StoredFace(
-                    face_id=face_id,
-                    embedding=face.vector,
-                    image_key=key,
-                    bbox=(x1, y1, x2, y2),
-                    det_score=float(face.detection.score),
+        written: list[str] = []
+        try:
+            for index, (data, result) in enumerate(zip(photos, results, strict=True)):
+                if not isinstance(result, FaceResult):
+                    outcomes.append(PhotoOutcome(index, False, error=result))
+                    continue
+                faces.append(self._store_photo(subject_id, data, result, written))
+                outcomes.append(
+                    PhotoOutcome(
+                        index, True, faces[-1].face_id, shown_face(result.primary.detection)
+                    )
                 )
-            )
-            outcomes.append(PhotoOutcome(index, True, face_id, face.detection.to_dict()))
-        subject = None
-        if faces:
-            try:
-                subject = self.subjects.put_faces(
+            if faces:
+                self.subjects.write_faces(
                     subject_id,
                     faces,
                     self.pipeline.model_id,
                     weights_sha256=self.pipeline.card.weights_sha256,
                     metadata=checked,
                 )
-            except FaceGateError:
-                # No record points at these photos: remove them, or they would be
-                # biometric data that no DELETE can reach.
-                self.photos.delete_keys([f.image_key for f in faces])
-                raise
+        except BaseException:
+            self._erase_photos(written)
+            raise
+        subject = self.subjects.get_subject(subject_id) if faces else None
         return {
             "subject_id": subject_id,
             "model_id": self.pipeline.model_id,
@@ -146,11 +165,42 @@ class FaceService:
             "photos": [o.to_dict() for o in outcomes],
         }
 
+    def _store_photo(
+        self, subject_id: str, data: bytes, result: FaceResult, written: list[str]
+    ) -> StoredFace:
+        """Store one accepted photo, its key noted in ``written`` before the put (S3 may
+        store it and the answer be lost), and return its face record."""
+        face = result.primary
+        face_id = uuid.uuid4().hex
+        mime = content_type(data)
+        written.append(self.photos.photo_key(subject_id, face_id, mime))
+        key = self.photos.put(subject_id, face_id, data, mime)
+        x1, y1, x2, y2 = (float(v) for v in face.detection.box)
+        return StoredFace(
+            face_id=face_id,
+            embedding=face.vector,
+            image_key=key,
+            bbox=(x1, y1, x2, y2),
+            det_score=float(face.detection.score),
+        )
+
+    def _erase_photos(self, keys: Sequence[str]) -> None:
+        """Undo a failed enrolment's photos. A failure here must not hide the one that
+        stopped the enrolment: it is logged (a count, never a key: keys name subjects) and
+        the caller raises the original error."""
+        if not keys:
+            return
+        try:
+            self.photos.delete_keys(keys)
+        except Exception:
+            logger.warning("a failed enrolment left %d photos it could not erase", len(keys))
+
     # -- 1:1 -----------------------------------------------------------------------------
 
     def decision_threshold(self, threshold: float | None = None, far: float | None = None) -> float:
-        """A request's own threshold or target FAR, else the deployment's."""
-        return decision_threshold(self.pipeline, threshold, far)
+        """A request's own threshold or target FAR, else the deployment's; never below the
+        deployment's floor (a request asking for less is refused)."""
+        return decision_threshold(self.pipeline, threshold, far, min_threshold=self.min_threshold)
 
     def compare_photos(
         self,
@@ -162,7 +212,9 @@ class FaceService:
     ) -> dict[str, Any]:
         """The largest face of each photo, compared."""
         decided = self.decision_threshold(threshold, far)
-        return compare_photos(self.pipeline, first, second, threshold=decided).to_dict()
+        return verification_response(
+            compare_photos(self.pipeline, first, second, threshold=decided)
+        )
 
     def compare_embedding(
         self,
@@ -178,13 +230,15 @@ class FaceService:
         decided = self.decision_threshold(threshold, far)
         vector = reference_embedding(self.pipeline, reference, model_id)
         face = self.pipeline.process(photo, policy="largest").primary
-        return verify_embeddings(
-            face.vector,
-            vector,
-            threshold=decided,
-            model_id=self.pipeline.model_id,
-            faces=(face.detection, None),
-        ).to_dict()
+        return verification_response(
+            verify_embeddings(
+                face.vector,
+                vector,
+                threshold=decided,
+                model_id=self.pipeline.model_id,
+                faces=(face.detection, None),
+            )
+        )
 
     def compare_subject(
         self,
@@ -210,13 +264,15 @@ class FaceService:
         face = self.pipeline.process(photo, policy="largest").primary
         similarities = enrolled @ face.vector
         best = int(np.argmax(similarities))
-        result = verify_embeddings(
-            face.vector,
-            enrolled[best],
-            threshold=decided,
-            model_id=self.pipeline.model_id,
-            faces=(face.detection, None),
-        ).to_dict()
+        result = verification_response(
+            verify_embeddings(
+                face.vector,
+                enrolled[best],
+                threshold=decided,
+                model_id=self.pipeline.model_id,
+                faces=(face.detection, None),
+            )
+        )
         result |= {
             "subject_id": subject_id,
             "aggregation": "max",
@@ -237,7 +293,9 @@ class FaceService:
         threshold: float | None = None,
         far: float | None = None,
     ) -> dict[str, Any]:
-        """Top-k subjects by best similarity among the enrolled subjects and/or ``gallery``."""
+        """Up to ``top_k`` subjects at or above the decision threshold, best first, among the
+        enrolled subjects and/or ``gallery``. Subjects below it are never named: a ranked
+        list of non-matches would tell a caller who looks most like a face."""
         if not subjects and gallery is None:
             raise ValidationError("nothing to search: name a gallery or include subjects")
         decided = self.decision_threshold(threshold, far)
@@ -257,20 +315,19 @@ class FaceService:
         seen: set[str] = set()
         candidates: list[dict[str, Any]] = []
         for c in ranked:
-            if c.subject_id not in seen:
+            if c.similarity >= decided and c.subject_id not in seen:
                 seen.add(c.subject_id)
-                candidates.append(
-                    {"subject_id": c.subject_id, "similarity": round(c.similarity, 6)}
-                )
+                shown = shown_score(c.similarity, match=True)
+                candidates.append({"subject_id": c.subject_id, "similarity": shown})
         candidates = candidates[:top_k]
-        best = candidates[0] if candidates and candidates[0]["similarity"] >= decided else None
+        best = candidates[0] if candidates else None
         return {
             "match": best is not None,
             "best": best,
             "candidates": candidates,
-            "threshold": decided,
+            "threshold": round(decided, 6),
             "model_id": self.pipeline.model_id,
-            "face": face.detection.to_dict(),
+            "face": shown_face(face.detection),
         }
 
     def _search_named_gallery(

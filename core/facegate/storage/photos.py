@@ -31,6 +31,11 @@ _EXTENSIONS = {
 }
 
 
+def _mime(content_type: str) -> str:
+    """``image/jpeg; q=1`` -> ``image/jpeg``."""
+    return content_type.split(";", 1)[0].strip().lower() if content_type else ""
+
+
 class PhotoStore:
     """Enrolment photos in one bucket, and caller-supplied ``s3://`` images from that bucket.
 
@@ -52,17 +57,22 @@ class PhotoStore:
     #: ``enrolments/<subject_id>/`` (:func:`facegate.storage.keys.subject_prefix`).
     subject_prefix = staticmethod(subject_prefix)
 
-    def put(self, subject_id: str, face_id: str, data: bytes, content_type: str) -> str:
-        """Store one enrolment photo; return its key ``enrolments/<subject>/<face>.<ext>``."""
+    def photo_key(self, subject_id: str, face_id: str, content_type: str) -> str:
+        """Where :meth:`put` stores this photo, known before the write: an enrolment that
+        fails undoes every photo it may have stored, the one whose put failed included (S3
+        may have stored it before the answer was lost)."""
         validate_id(face_id, "face_id")
-        mime = content_type.split(";", 1)[0].strip().lower() if content_type else ""
-        ext = _EXTENSIONS.get(mime)
+        ext = _EXTENSIONS.get(_mime(content_type))
         if ext is None:
             raise ValidationError(f"unsupported photo content type {content_type!r}")
+        return enrolment_photo_key(subject_id, face_id, ext)
+
+    def put(self, subject_id: str, face_id: str, data: bytes, content_type: str) -> str:
+        """Store one enrolment photo; return its key ``enrolments/<subject>/<face>.<ext>``."""
+        key = self.photo_key(subject_id, face_id, content_type)
         if not isinstance(data, bytes) or not data:
             raise ValidationError("photo data must be non-empty bytes")
-        key = enrolment_photo_key(subject_id, face_id, ext)
-        self.objects.put(key, data, content_type=mime)
+        self.objects.put(key, data, content_type=_mime(content_type))
         return key
 
     def get(

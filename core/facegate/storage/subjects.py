@@ -192,7 +192,24 @@ class SubjectStore:
         weights_sha256: str,
         metadata: Mapping[str, str] | None = None,
     ) -> Subject:
-        """Add faces to a subject, creating it if absent, in one transaction; return the subject.
+        """:meth:`write_faces`, then the subject as stored."""
+        self.write_faces(
+            subject_id, faces, model_id, weights_sha256=weights_sha256, metadata=metadata
+        )
+        return self.get_subject(subject_id)
+
+    def write_faces(
+        self,
+        subject_id: str,
+        faces: Sequence[StoredFace],
+        model_id: str,
+        *,
+        weights_sha256: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Add faces to a subject, creating it if absent, in one transaction: when it raises,
+        nothing was written (barring an answer lost after a commit), so an enrolment that
+        fails here erases its photos; it reads the subject back only once this returned.
 
         All or nothing: the subject's META item and every face are written together, each face
         on the condition that its id is new (an existing face is never overwritten:
@@ -229,7 +246,6 @@ class SubjectStore:
                 if error_code(exc) != "TransactionCanceledException":
                     raise
                 self._raise_refusal(exc, subject_id, model_id, stamped)
-        return self.get_subject(subject_id)
 
     def _meta_update(
         self,

@@ -72,6 +72,7 @@ def get_service(settings: SettingsDep, pipeline: PipelineDep) -> FaceService:
         stores.photos,
         stores.tombstones,
         _gallery_cache(pipeline.model_id),
+        min_threshold=settings.min_threshold,
     )
 
 

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from app.errors import install_error_handlers
 from app.observability import install_request_logging
-from app.routers import faces, galleries, health, jobs, subjects
+from app.routers import docs, faces, galleries, health, jobs, subjects
 from facegate import __version__
 
 
@@ -15,6 +15,11 @@ def create_app() -> FastAPI:
         title="FaceGate",
         version=__version__,
         description="Face enrolment, verification (1:1) and identification (1:N).",
+        # FastAPI's own schema and pages answer anyone: app.routers.docs serves them behind
+        # the key instead.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     install_request_logging(app)
@@ -23,4 +28,5 @@ def create_app() -> FastAPI:
     app.include_router(faces.router)
     app.include_router(galleries.router)
     app.include_router(jobs.router)
+    app.include_router(docs.router)
     return app

@@ -10,8 +10,9 @@ from typing import Any
 
 PHOTO = {
     "type": "string",
-    "description": "base64 image (JPEG, PNG, WebP, BMP, TIFF, GIF; at most 5 MB) or an "
-    "s3://<stack bucket>/<key> URI (at most 15 MB)",
+    "description": "base64 image (JPEG, PNG, WebP, BMP, TIFF, GIF) or an "
+    "s3://<stack bucket>/<key> URI (at most 15 MB). A request takes at most 10 photos, "
+    "4,718,592 bytes (4.5 MiB) of inline photos together and 100 MP of decoded pixels.",
 }
 UPLOAD = {"type": "string", "format": "binary"}
 

@@ -1,9 +1,11 @@
 """Reading a request's photos: multipart files, base64 strings in JSON, or ``s3://`` URIs.
 
 Photo fields are the ones named ``image...`` (``image``, ``image_a``, ``images``: a list).
-Base64 and uploads are limited to 5 MB, S3 objects to 15 MB (Rekognition's limits), and an
-``s3://`` URI must name the stack's own bucket. A body is JSON (strict, nesting bounded by
-:func:`facegate.common.parse_json`) or multipart; any other media type is a 415.
+A request's inline photos (base64 and uploads) are limited to 4.5 MiB together (what a 6 MiB
+Lambda event carries), an S3 object to 15 MB, and an ``s3://`` URI must name the stack's own
+bucket; a request takes at most 10 photos and 100 MP of decoded pixels (:mod:`app.photos`).
+A body is JSON (strict, nesting bounded by :func:`facegate.common.parse_json`) or multipart;
+any other media type is a 415.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.deps import PhotoStoreDep, SettingsDep
-from app.photos import from_base64, from_upload
+from app.photos import InlineBudget, check_count, check_pixels, from_base64, from_upload
 from facegate.common import parse_json
 from facegate.errors import UnsupportedMediaTypeError, ValidationError
 from facegate.storage.photos import PhotoStore
@@ -105,13 +107,15 @@ async def read_body(request: Request, store: PhotoStore, s3_limit: int) -> Body:
     The body arrives on the event loop; ``s3://`` photos are fetched by boto3, which blocks,
     so in the threadpool.
     """
-    body = Body()
+    body, budget = Body(), InlineBudget()
     media_type = _media_type(request)
     if media_type == "multipart/form-data":
         async with request.form() as form:
+            check_count(sum(_is_photo(name, value) for name, value in form.multi_items()))
             for name, value in form.multi_items():
                 if isinstance(value, UploadFile):
-                    body.photos.setdefault(name, []).append(await from_upload(value, name))
+                    photo = await from_upload(value, name, budget)
+                    body.photos.setdefault(name, []).append(photo)
                 elif name.startswith("image") and value.startswith("s3://"):
                     photo = await run_in_threadpool(store.fetch, value, s3_limit)
                     body.photos.setdefault(name, []).append(photo)
@@ -125,6 +129,7 @@ async def read_body(request: Request, store: PhotoStore, s3_limit: int) -> Body:
     payload = parse_json(await request.body(), "body")
     if not isinstance(payload, dict):
         raise ValidationError("JSON body must be an object")
+    photos: dict[str, list[str]] = {}
     for name, value in payload.items():
         if not name.startswith("image"):
             body.fields[name] = value
@@ -132,13 +137,21 @@ async def read_body(request: Request, store: PhotoStore, s3_limit: int) -> Body:
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):
             raise ValidationError(f"{name} must be base64 strings or s3:// URIs")
+        photos[name] = values
+    check_count(sum(len(values) for values in photos.values()))
+    for name, values in photos.items():
         body.photos[name] = [
             await run_in_threadpool(store.fetch, v, s3_limit)
             if v.startswith("s3://")
-            else from_base64(v, name)
+            else from_base64(v, name, budget)
             for v in values
         ]
     return body
+
+
+def _is_photo(name: str, value: str | UploadFile) -> bool:
+    """A multipart item read as a photo: a file, or an ``s3://`` URI in an ``image...`` field."""
+    return isinstance(value, UploadFile) or (name.startswith("image") and value.startswith("s3://"))
 
 
 async def request_body(request: Request, store: PhotoStoreDep, settings: SettingsDep) -> Body:
@@ -146,9 +159,12 @@ async def request_body(request: Request, store: PhotoStoreDep, settings: Setting
 
     The routes themselves are plain ``def``: FastAPI runs them in its threadpool, so the
     synchronous pipeline and boto3 never hold the event loop (and every other request of the
-    process, ``/health`` included) while one request is being decided.
+    process, ``/health`` included) while one request is being decided. The photos' decoded
+    size is checked here, from their headers, before the route decodes any of them.
     """
-    return await read_body(request, store, settings.s3_max_image_bytes)
+    body = await read_body(request, store, settings.s3_max_image_bytes)
+    await run_in_threadpool(check_pixels, body.all_photos(), settings)
+    return body
 
 
 BodyDep = Annotated[Body, Depends(request_body)]

@@ -246,7 +246,7 @@ def test_the_stack_refuses_requests_over_lambda_s_payload_limit(tmp_path, faces_
     """On AWS a photo reaches the API inside the Lambda event (at most 6 MiB), base64-encoded
     when it comes as a multipart file: a request a few KB under that gets the API's answer,
     one a KB over gets API Gateway's 413, whichever way the photo is sent. Both photos are
-    about 4.7 MB, under the 5 MB inline limit the API once documented."""
+    about 4.7 MB, under the app's own 4.5 MiB limit of inline photos per request."""
     env = _stack_env(tmp_path)
     run = lambda *a: subprocess.run(  # noqa: E731
         [str(FACEGATE), "local", *a], capture_output=True, text=True, env=env, cwd=REPO, timeout=300

@@ -64,13 +64,20 @@ def test_compare_and_identify_decide_at_a_requested_far_or_threshold(client, pho
     assert loose["threshold"] == pytest.approx(pipeline.card.far_thresholds["0.01"], abs=1e-6)
     assert strict["threshold"] == pytest.approx(pipeline.card.far_thresholds["0.001"], abs=1e-6)
     assert loose["threshold"] < strict["threshold"]
-    assert loose["similarity"] == strict["similarity"]
+    # one similarity, shown to 3 decimals towards each decision
+    assert loose["similarity"] == pytest.approx(strict["similarity"], abs=1e-3)
     raised = client.post("/compare", json={**pair, "threshold": 0.99}).json()
     assert raised["threshold"] == 0.99 and raised["match"] is False
-    found = client.post(
-        "/identify", json={"image": b64(photo("person_b_1")), "threshold": -1, "subjects": True}
-    )
-    assert found.status_code == 200 and found.json()["threshold"] == -1
+    floor = pipeline.card.far_thresholds["0.01"]  # the default floor: no request goes lower
+    for route, body in (("/compare", pair), ("/identify", {"image": pair["image_a"]})):
+        refused = client.post(route, json={**body, "threshold": -1})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "validation_error"
+        assert f"below this deployment's minimum {floor:g}" in error["message"]
+    found = client.post("/identify", json={"image": pair["image_a"], "threshold": floor})
+    assert found.status_code == 200 and found.json()["threshold"] == floor
+    assert all(c["similarity"] >= floor for c in found.json()["candidates"])
 
 
 @pytest.mark.parametrize(
@@ -179,7 +186,9 @@ def test_enrol_compare_identify_delete(client, photo, aws):
     hit = client.post("/identify", json={"image": b64(photo("person_b_2"))}).json()
     assert hit["match"] is True and hit["best"]["subject_id"] == "ardern"
     miss = client.post("/identify", json={"image": b64(photo("impostor_2"))}).json()
-    assert miss["match"] is False and miss["best"] is None and miss["candidates"]
+    # no subject clears the threshold: none is named (a ranked list of non-matches would say
+    # who looks most like the probe)
+    assert miss["match"] is False and miss["best"] is None and miss["candidates"] == []
 
     s3 = aws_client("s3", aws)
     prefix = {"Bucket": aws.bucket, "Prefix": "enrolments/macron/"}
@@ -346,3 +355,20 @@ def test_reembed_is_queued_for_the_jobs_worker(pipeline, aws, api_key, photo):
         assert refused.json()["error"]["code"] == code
     missing = client.get("/galleries/never-requested/reembed")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_gallery"
+
+
+def test_the_api_applies_the_deployment_s_explicit_minimum(pipeline, aws, api_key, photo):
+    """``FACEGATE_MIN_THRESHOLD`` reaches the service the routes use: a request's threshold
+    between the card's FAR 1e-2 threshold and the deployment's stricter minimum is refused."""
+    card_floor = pipeline.card.far_thresholds["0.01"]
+    minimum = round(card_floor + 0.1, 3)
+    settings = aws.model_copy(update={"min_threshold": minimum})
+    app = create_app()
+    app.dependency_overrides[get_pipeline] = lambda: pipeline
+    app.dependency_overrides[get_settings] = lambda: settings
+    client = TestClient(app, headers={"x-api-key": api_key})
+    pair = {"image_a": b64(photo("person_b_1")), "image_b": b64(photo("person_b_2"))}
+    refused = client.post("/compare", json={**pair, "threshold": round(card_floor + 0.05, 3)})
+    assert refused.status_code == 400, refused.text
+    assert f"below this deployment's minimum {minimum:g}" in refused.json()["error"]["message"]
+    assert client.post("/compare", json={**pair, "threshold": minimum}).status_code == 200

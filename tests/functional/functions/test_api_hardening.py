@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import threading
 from pathlib import Path
 from typing import Any
 
+import botocore.client
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from mangum import Mangum
+from PIL import Image
 from tests_support import run_on_private_loop
 
 from app import deps
 from app.main import create_app
 from facegate.errors import StorageError
+from facegate.pipeline import face_pipeline
 from facegate.settings import get_settings
 from facegate.storage.apikeys import ApiKeyStore
 from facegate.storage.clients import aws_client
@@ -274,3 +278,121 @@ def test_health_answers_while_a_slow_compare_is_in_flight(app, api_key):
     assert health.status_code == 200, health.text
     assert slow.released is True, "/health waited for the slow /compare: it ran on the loop"
     assert compare.status_code == 200 and compare.json() == {"match": False}
+
+
+# -- photos per request (faults 5, 6) ----------------------------------------------------
+
+
+#: Lambda's 6 MiB event with a multipart body base64-encoded: 3/4 of it for the photos.
+REQUEST_INLINE_LIMIT = 4_718_592
+
+
+def padded(photo: bytes, size: int) -> bytes:
+    """``photo`` followed by zeros up to ``size`` bytes (decoders stop at the JPEG's end)."""
+    return photo + b"\0" * (size - len(photo))
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A bilevel PNG of a few KB whose pixels decode to ``width x height`` RGB: what a
+    request can use to make the API decode far more than it sent."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def s3_calls(monkeypatch) -> list[str]:
+    """Every S3 operation any boto3 client makes during the test, by name."""
+    calls: list[str] = []
+    make_call = botocore.client.BaseClient._make_api_call
+
+    def counting(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if client.meta.service_model.service_name == "s3":
+            calls.append(operation)
+        return make_call(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counting)
+    return calls
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[int]:
+    """The byte sizes of the photos the pipeline decodes during the test."""
+    sizes: list[int] = []
+    decode = face_pipeline.decode_image_reduced
+
+    def counting(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(data))
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(face_pipeline, "decode_image_reduced", counting)
+    return sizes
+
+
+def test_inline_photos_are_limited_together_per_request(client, photo):
+    """Each under the old 5 MB per-photo limit, together over what a Lambda event can carry
+    (on AWS, API Gateway would refuse the request before the API saw it)."""
+    big = padded(photo("person_b_1"), int(2.5 * 1024 * 1024))
+    as_json = client.post("/compare", json={"image_a": b64(big), "image_b": b64(big)})
+    error = assert_error(as_json, 413, "image_too_large")
+    assert str(REQUEST_INLINE_LIMIT) in error["message"] and "request" in error["message"]
+    files = [("image_a", ("a.jpg", big, "image/jpeg")), ("image_b", ("b.jpg", big, "image/jpeg"))]
+    assert_error(client.post("/compare", files=files), 413, "image_too_large")
+
+
+def test_one_photo_just_under_the_request_limit_is_used(client, photo):
+    """The local stack's payload test sends about 4,712,400 bytes of photo: under the limit."""
+    near = padded(photo("person_a_1"), REQUEST_INLINE_LIMIT - 6_000)
+    answer = client.post("/embedding", files=[("image", ("a.jpg", near, "image/jpeg"))])
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["faces"]) == 1
+
+
+def test_more_than_ten_photos_are_refused_before_any_is_fetched(client, photo, aws, s3_calls):
+    key = "uploads/staff/probe.jpg"
+    aws_client("s3", aws).put_object(Bucket=aws.bucket, Key=key, Body=photo("person_a_1"))
+    s3_calls.clear()
+    refs = [f"s3://{aws.bucket}/{key}"] * 11
+    error = assert_error(
+        client.post("/subjects/many/faces", json={"images": refs}), 400, "validation_error"
+    )
+    assert "10" in error["message"]
+    alias = client.post("/enroll", json={"subject_id": "many", "image": refs[0], "images": refs})
+    assert_error(alias, 400, "validation_error")
+    files = [("images", (f"{i}.jpg", photo("person_a_1"), "image/jpeg")) for i in range(11)]
+    assert_error(client.post("/subjects/many/faces", files=files), 400, "validation_error")
+    form = [("images", (None, ref)) for ref in refs]
+    assert_error(client.post("/subjects/many/faces", files=form), 400, "validation_error")
+    assert [c for c in s3_calls if c in ("GetObject", "HeadObject")] == []
+    assert client.get("/subjects/many").status_code == 404
+
+
+def test_photos_decoding_to_too_many_pixels_together_are_refused_undecoded(client, decodes):
+    """Four 30 MP PNGs of a few KB each: every one under the 40 MP per-photo limit, together
+    360 MB of RGB. The sizes are read from the headers; nothing is decoded."""
+    png = blank_png(6000, 5000)
+    assert len(png) < 200_000
+    answer = client.post("/subjects/bomb/faces", json={"images": [b64(png)] * 4})
+    error = assert_error(answer, 413, "image_too_large")
+    assert "pixels" in error["message"]
+    assert decodes == []
+
+
+# -- the schema and its pages (fault 12) -------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_the_schema_and_docs_need_a_key(app, client, path):
+    assert_error(TestClient(app).get(path), 401, "unauthorized")
+    assert_error(TestClient(app).get(path, headers={"x-api-key": "nope"}), 401, "unauthorized")
+    answer = client.get(path)
+    assert answer.status_code == 200, answer.text
+    if path == "/openapi.json":
+        assert "/compare" in answer.json()["paths"]
+
+
+def test_the_schema_is_served_without_a_key_where_api_gateway_checks_iam(app, aws):
+    app.dependency_overrides[get_settings] = lambda: aws.model_copy(update={"auth_mode": "iam"})
+    answer = TestClient(app).get("/openapi.json")
+    assert answer.status_code == 200 and "/compare" in answer.json()["paths"]
+    assert TestClient(app).get("/docs").status_code == 200

@@ -176,7 +176,7 @@ def test_events_in_order_through_the_lambda_handler(invoke):
     assert non_match["match"] is False and non_match["similarity"] < non_match["threshold"]
     assert answers["identify-hit.json"]["best"]["subject_id"] == "person_a"
     miss = answers["identify-no-match.json"]
-    assert miss["match"] is False and miss["best"] is None and miss["candidates"]
+    assert miss["match"] is False and miss["best"] is None and miss["candidates"] == []
     faces = answers["embedding.json"]["faces"]
     assert len(faces) == 1 and len(faces[0]["embedding"]) == 256
 

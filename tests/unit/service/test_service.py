@@ -9,13 +9,24 @@ re-embedding submission writes (and, when refused, that it writes nothing).
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from PIL import Image
+from service_fakes import (
+    ANN_1,
+    ANN_2,
+    ANN_PROBE,
+    BOB,
+    CARD_DEFAULT,
+    DIM,
+    FARS,
+    TWO,
+    VECTORS,
+    FakeProcessor,
+    make_card,
+    unit,
+)
 
 from facegate.errors import (
     FaceGateError,
@@ -27,7 +38,7 @@ from facegate.errors import (
     ValidationError,
 )
 from facegate.http_errors import status_for
-from facegate.models.card import ModelCard, resolve_threshold, write_card
+from facegate.models.card import write_card
 from facegate.service import (
     FaceService,
     GalleryService,
@@ -39,117 +50,6 @@ from facegate.storage.galleries import GalleryStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import SubjectStore
 from facegate.storage.tombstones import Tombstones
-from facegate.types import Detection, FaceEmbedding, FaceResult
-
-DIM = 4
-FARS = {"0.01": 0.31, "0.001": 0.47}
-CARD_DEFAULT = 0.4
-
-
-def make_card(model_id: str = "fake", threshold: float = CARD_DEFAULT) -> ModelCard:
-    return ModelCard(
-        model_id=model_id,
-        version="1",
-        architecture="fake",
-        embedding_dim=DIM,
-        input_size=112,
-        template="arcface",
-        pixel_format="rgb",
-        pixel_normalisation="none",
-        weights_file="weights.safetensors",
-        weights_sha256="ab" * 32,
-        threshold=threshold,
-        calibration={"far_thresholds": FARS},
-    )
-
-
-def unit(*values: float) -> np.ndarray:
-    vector = np.asarray(values, dtype=np.float32)
-    return vector / np.linalg.norm(vector)
-
-
-def detection(x: float) -> Detection:
-    return Detection(
-        box=(x, 10.0, x + 50.0, 70.0), score=0.99, landmarks=np.zeros((5, 2), np.float32)
-    )
-
-
-class FakeProcessor:
-    """Photos are keys of ``faces``: each holds the vectors of its faces, largest first."""
-
-    def __init__(
-        self,
-        faces: dict[bytes, list[np.ndarray]],
-        *,
-        card: ModelCard | None = None,
-        deployment_far: float | None = None,
-    ) -> None:
-        self.faces = faces
-        self._card = card or make_card()
-        self.deployment_far = deployment_far
-        self.policies: list[object] = []
-
-    @property
-    def model_id(self) -> str:
-        return self._card.model_id
-
-    @property
-    def card(self) -> ModelCard:
-        return self._card
-
-    @property
-    def threshold(self) -> float:
-        """As :class:`FacePipeline` decides it: the settings' FAR, else the card's default."""
-        return resolve_threshold(self._card, None, self.deployment_far)
-
-    def warm_up(self) -> None:
-        pass
-
-    def process(self, source: object, policy: object = None) -> FaceResult:
-        self.policies.append(policy)
-        if not isinstance(source, bytes) or source not in self.faces:
-            raise InvalidImageError("not a photo")
-        vectors = self.faces[source]
-        if policy == "reject" and len(vectors) > 1:
-            raise MultipleFacesError(f"{len(vectors)} faces")
-        kept = vectors[:1] if policy in ("largest", "reject") else vectors
-        detections = [detection(10.0 * i) for i in range(len(vectors))]
-        embeddings = [FaceEmbedding(v, detections[i], i, self.model_id) for i, v in enumerate(kept)]
-        return FaceResult(detections, embeddings, (640, 480))
-
-    def process_many(
-        self, sources: Sequence[object], policy: object = None
-    ) -> list[FaceResult | FaceGateError]:
-        out: list[FaceResult | FaceGateError] = []
-        for source in sources:
-            try:
-                out.append(self.process(source, policy))
-            except FaceGateError as exc:
-                out.append(exc)
-        return out
-
-
-def photo(shade: int) -> bytes:
-    """A small real PNG (the photo store keeps only image types), one per shade."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (shade, shade, shade)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-ANN_1, ANN_2, ANN_PROBE, BOB, TWO = (photo(shade) for shade in (10, 20, 30, 40, 50))
-VECTORS = {
-    ANN_1: [unit(1, 0, 0, 0)],
-    ANN_2: [unit(1, 1, 0, 0)],
-    ANN_PROBE: [unit(1, 1, 0.2, 0)],
-    BOB: [unit(0, 0, 1, 0)],
-    TWO: [unit(0, 0, 0, 1), unit(1, 0, 0, 0)],
-}
-
-
-@pytest.fixture
-def processor() -> FakeProcessor:
-    return FakeProcessor(VECTORS)
-
 
 # -- the decision threshold --------------------------------------------------------------
 
@@ -162,7 +62,7 @@ def processor() -> FakeProcessor:
         (0.55, None, 0.01, 0.55),  # a request's raw threshold beats the deployment's rule
         (None, 0.001, 0.01, FARS["0.001"]),  # and so does a request's FAR
         (None, 1e-3, None, FARS["0.001"]),  # a FAR is looked up by value, not spelling
-        (-1.0, None, None, -1.0),
+        (FARS["0.01"], None, None, FARS["0.01"]),  # as low as the floor, and no lower
     ],
 )
 def test_a_request_is_decided_at_its_rule_else_the_deployment_s(
@@ -281,7 +181,8 @@ def test_a_subject_is_verified_on_its_best_enrolled_face(fresh_aws, processor):
     face_ids = [p["face_id"] for p in enrolled["photos"]]
     answer = service.compare_subject(ANN_PROBE, "ann")
     assert answer["best_face_id"] == face_ids[1]  # ANN_2: the closest to the probe
-    assert answer["similarity"] == pytest.approx(float(VECTORS[ANN_PROBE][0] @ VECTORS[ANN_2][0]))
+    expected = float(VECTORS[ANN_PROBE][0] @ VECTORS[ANN_2][0])
+    assert answer["similarity"] == pytest.approx(expected, abs=1e-3)  # shown to 3 decimals
     assert answer["enrolled_faces"] == 3 and answer["aggregation"] == "max"
     assert answer["match"] is True  # BOB's photo, far from the probe, does not veto it
 

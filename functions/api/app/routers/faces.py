@@ -20,12 +20,15 @@ DECISION_FIELDS: dict[str, object] = {
         "type": "number",
         "minimum": -1,
         "maximum": 1,
-        "description": "cosine threshold for this request (default: the deployment's)",
+        "description": "cosine threshold for this request (default: the deployment's); "
+        "not below the deployment's minimum (default: the model card's threshold for FAR "
+        "0.01), else 400",
     },
     "far": {
         "type": "number",
         "description": "decide at the model card's threshold calibrated for this false "
-        "accept rate, e.g. 0.001 (see GET /health for the calibrated ones)",
+        "accept rate, e.g. 0.001 (see GET /health for the calibrated ones), whose threshold "
+        "is not below the deployment's minimum",
     },
 }
 
@@ -78,7 +81,8 @@ def compare(body: BodyDep, service: ServiceDep) -> dict[str, object]:
     ),
 )
 def identify(body: BodyDep, service: ServiceDep) -> dict[str, object]:
-    """Top-k subjects for ``image`` among enrolled subjects and/or a named ``gallery``."""
+    """Top-k subjects for ``image`` among enrolled subjects and/or a named ``gallery``: only
+    those at or above the decision threshold are listed, scores to 3 decimals."""
     return service.identify(
         body.photo("image"),
         top_k=body.integer("top_k", 5, 1, 100),
