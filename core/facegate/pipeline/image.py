@@ -95,11 +95,7 @@ def decode_image_reduced(
     face that detection finds at its 1024 px working size. ``keep_side=0`` decodes in full.
     """
     limits = limits or ImageLimits()
-    if not data:
-        raise InvalidImageError("empty input: no bytes")
-    if len(data) > limits.max_bytes:
-        raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
-    image = _open(data, limits)
+    image = _open_checked(data, limits)
     full_width = image.size[0]
     try:
         with warnings.catch_warnings():
@@ -126,6 +122,15 @@ def decode_image_reduced(
     return DecodedImage(array, scale, original)
 
 
+def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """The photo opened lazily (header only), after the checks that need no decoding."""
+    if not data:
+        raise InvalidImageError("empty input: no bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    return _open(data, limits)
+
+
 def decoded_pixels(data: bytes, limits: ImageLimits | None = None, *, keep_side: int = 0) -> int:
     """How many pixels ``decode_image_reduced`` would decode ``data`` to, from its header
     alone: what a request of many photos will cost before any of them is decoded.
@@ -133,11 +138,7 @@ def decoded_pixels(data: bytes, limits: ImageLimits | None = None, *, keep_side:
     Raises what decoding would for the header (``InvalidImageError``, ``ImageTooLargeError``).
     """
     limits = limits or ImageLimits()
-    if not data:
-        raise InvalidImageError("empty input: no bytes")
-    if len(data) > limits.max_bytes:
-        raise ImageTooLargeError(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
-    image = _open(data, limits)
+    image = _open_checked(data, limits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
