@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PHOTOS := .cache/testdata/faces
 
-.PHONY: setup demo test bench lint fmt clean openapi readme-modules
+.PHONY: setup demo test fuzz load bench lint fmt clean openapi readme-modules
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ test: setup
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+# schemathesis against a private local stack's served schema, real photos in the photo
+# fields: no 5xx, every answer as documented (bench/fuzz.py; under 4 minutes). CI runs it.
+fuzz: setup
+	$(PY) bench/fuzz.py
+
+# 60 s of mixed requests from 8 clients on a private local stack: no 5xx, healthy after.
+load: setup
+	$(PY) bench/load.py
 
 # Speed, memory and scale against baselines measured in the same run (under 10 minutes).
 bench: setup

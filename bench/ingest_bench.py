@@ -46,7 +46,7 @@ def _free_port() -> int:
 def through_stack(photos: list[bytes], batch: int, timeout: float = 900.0) -> float:
     """Photos/second from first upload to the last row or reject written."""
     import boto3
-    from facegate_local.config import FAKE_CREDENTIALS, LocalConfig
+    from facegate_local.config import LocalConfig
     from facegate_local.stack import down, up
 
     from facegate.storage.galleries import GalleryStore, summarise
@@ -56,12 +56,13 @@ def through_stack(photos: list[bytes], batch: int, timeout: float = 900.0) -> fl
         FACEGATE_LOCAL_MOTO_PORT=str(_free_port()),
         FACEGATE_LOCAL_STATE_DIR=tempfile.mkdtemp(),
         FACEGATE_LOCAL_PARAMETERS=f"IngestBatchSize={batch},IngestBatchWindow=1",
-        **FAKE_CREDENTIALS,
     )
     config = LocalConfig.load(REPO)
     state = up(config)
     try:
-        s3 = boto3.client("s3", endpoint_url=state.endpoint_url, region_name=state.region)
+        s3 = boto3.client(
+            "s3", endpoint_url=state.endpoint_url, region_name=state.region, **state.operator()
+        )
         bucket = state.resources["PhotoBucket"]
         store = GalleryStore(s3, bucket)
         started = time.perf_counter()

@@ -57,11 +57,12 @@ def pipeline():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def aws():
     """moto's in-process AWS with fake credentials; yields the settings that point at it
-    (the default local names, ``facegate-local`` and ``facegate-subjects``, as in events/),
-    with the stack's table and bucket created."""
+    (the default local names, ``facegate-local``, ``facegate-subjects`` and
+    ``facegate-keys``, as in events/), with the stack's tables and bucket created."""
     from moto import mock_aws
 
     from facegate.settings import Settings
+    from facegate.storage.apikeys import create_keys_table
     from facegate.storage.clients import aws_client
     from facegate.storage.subjects import create_table
 
@@ -70,6 +71,7 @@ def aws():
         with mock_aws():
             settings = Settings(auth_mode="api_key")
             create_table(aws_client("dynamodb", settings), settings.table)
+            create_keys_table(aws_client("dynamodb", settings), settings.keys_table)
             s3 = aws_client("s3", settings)
             s3.create_bucket(Bucket=settings.bucket)
             s3.put_bucket_versioning(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -124,3 +125,22 @@ VECTORS = {
     BOB: [unit(0, 0, 1, 0)],
     TWO: [unit(0, 0, 0, 1), unit(1, 0, 0, 0)],
 }
+
+
+def photo_versions(fresh_aws: Any, subject_id: str) -> list[str]:
+    """Every version and delete marker left under the subject's enrolment photos."""
+    listed = fresh_aws.s3.list_object_versions(
+        Bucket=fresh_aws.bucket, Prefix=f"enrolments/{subject_id}/"
+    )
+    return [v["Key"] for v in listed.get("Versions", []) + listed.get("DeleteMarkers", [])]
+
+
+def subject_items(fresh_aws: Any, subject_id: str) -> list[str]:
+    """The sort keys of every item left in the subject's partition."""
+    answer = fresh_aws.dynamodb.query(
+        TableName=fresh_aws.settings.table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"SUBJECT#{subject_id}"}},
+        ConsistentRead=True,
+    )
+    return sorted(i["sk"]["S"] for i in answer["Items"])

@@ -102,31 +102,6 @@ def run_without_torch(
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
 
 
-def sam_transform(template: dict[str, Any], parameters: dict[str, str]) -> dict[str, Any]:
-    """The CloudFormation the SAM transform makes of ``template`` (a loaded template.yaml, long
-    intrinsic form), offline: image URIs and zip code locations filled in as ``sam build`` and
-    ``sam package`` would, no managed policy lookups. Needs ``AWS_DEFAULT_REGION`` set."""
-    transform = pytest.importorskip(
-        "samtranslator.translator.transform", reason="aws-sam-translator is not installed"
-    ).transform
-    uri_property = {
-        "AWS::Serverless::Function": "CodeUri",
-        "AWS::Serverless::LayerVersion": "ContentUri",
-    }
-    for name, resource in template["Resources"].items():
-        props = resource.get("Properties", {})
-        if props.get("PackageType") == "Image":
-            props.setdefault("ImageUri", "123456789012.dkr.ecr.us-east-1.amazonaws.com/fg:latest")
-        elif resource["Type"] in uri_property:
-            props[uri_property[resource["Type"]]] = f"s3://facegate-artifacts/{name}.zip"
-
-    class NoManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    return transform(template, parameters, NoManagedPolicies())
-
-
 def run_on_private_loop(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` to its end on a loop of its own, closed after, leaving the thread's
     current event loop as it was. ``asyncio.run`` would reset the current loop to None, and

@@ -76,6 +76,14 @@ class NoEnrolledFacesError(FaceGateError):
     code = "no_enrolled_faces"
 
 
+class SubjectDeletedError(FaceGateError):
+    """An enrolment that met a DELETE of its subject: the deletion wins and the enrolment
+    stored nothing (its photos were erased). A conflict with the subject's state; enrolling
+    again once the DELETE has answered starts a new subject."""
+
+    code = "subject_deleted"
+
+
 class UnknownJobError(FaceGateError):
     """No batch verification job with that id."""
 
@@ -98,6 +106,13 @@ class UnauthorizedError(FaceGateError):
     """No valid API key (API-key auth mode)."""
 
     code = "unauthorized"
+
+
+class InsufficientScopeError(FaceGateError):
+    """A valid API key whose scopes do not include the one the route needs (403): the key
+    is known, so this is not :class:`UnauthorizedError`; asking again with it will not help."""
+
+    code = "insufficient_scope"
 
 
 class ModelNotFoundError(FaceGateError):

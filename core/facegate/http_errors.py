@@ -12,12 +12,14 @@ from facegate import errors
 #: Most specific class first: the first ``isinstance`` match decides the status.
 STATUS: list[tuple[type[errors.FaceGateError], int]] = [
     (errors.UnauthorizedError, 401),
+    (errors.InsufficientScopeError, 403),
     (errors.ImageTooLargeError, 413),
     (errors.ObjectTooLargeError, 413),
     (errors.FaceError, 422),
     (errors.UnsupportedMediaTypeError, 415),
     (errors.ModelMismatchError, 409),
     (errors.NoEnrolledFacesError, 409),
+    (errors.SubjectDeletedError, 409),
     (errors.UnknownSubjectError, 404),
     (errors.UnknownGalleryError, 404),
     (errors.UnknownJobError, 404),

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
 
     bucket: str = "facegate-local"
     table: str = "facegate-subjects"
+    #: API keys (hashes, scopes, expiry): a table of their own, which the functions that
+    #: check keys may only read (:mod:`facegate.storage.apikeys`).
+    keys_table: str = "facegate-keys"
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
     auth_mode: AuthMode = "api_key"

@@ -32,21 +32,22 @@ def register(cli: CommandLine) -> None:
 
 def local_settings() -> Settings:
     """Settings that point at the running local stack: its moto endpoint, region, bucket,
-    table and jobs queue (with moto's fake credentials in the environment)."""
+    table and jobs queue (with the stack operator's keys in the environment)."""
     from facegate.settings import Settings
-    from facegate_local.config import FAKE_CREDENTIALS, LocalConfig
+    from facegate_local.config import LocalConfig, credential_environment
     from facegate_local.stack import repo_root, status
 
     config = LocalConfig.load(repo_root())
     state = status(config)
     if state is None:
         raise FaceGateError("the local stack is not running: 'facegate local up'")
-    os.environ.update(FAKE_CREDENTIALS)
+    os.environ.update(credential_environment(state.operator()))
     return Settings(
         aws_endpoint_url=state.endpoint_url,
         aws_region=state.region,
         bucket=state.resources["PhotoBucket"],
         table=state.resources["SubjectsTable"],
+        keys_table=state.resources["ApiKeysTable"],
         jobs_queue_url=config.template(state.endpoint_url).queue_url("JobsQueue"),
     )
 
@@ -68,7 +69,10 @@ def cmd_local(args: argparse.Namespace) -> int:
             print("stopped" if stack.down(config) else "not running")
         elif args.action == "status":
             running = stack.status(config)
-            print(json.dumps(running.__dict__ if running else None))
+            shown = (
+                {**running.__dict__, "memory": stack.memory(config, running)} if running else None
+            )
+            print(json.dumps(shown))
             return EXIT_OK if running else EXIT_NO_MATCH
         elif args.action == "invoke":
             print(json.dumps(stack.invoke(config, args.function, args.event)))
@@ -86,7 +90,7 @@ def add_commands(sub: Subcommands, targets: Sequence[Target]) -> None:
     for name, text in [
         ("up", "start it in the background; prints the API URL and key"),
         ("down", "stop it and everything it started"),
-        ("status", "print its state as JSON (exit 1 when down)"),
+        ("status", "print its state and each function's peak memory as JSON (exit 1 when down)"),
         ("demo", "run the end-to-end demo over HTTP (starts and stops the stack)"),
     ]:
         actions.add_parser(name, help=text).set_defaults(func=cmd_local)

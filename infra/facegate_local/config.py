@@ -68,6 +68,11 @@ class LocalConfig:
     def state_file(self) -> Path:
         return self.state_dir / "stack.json"
 
+    @property
+    def authorisations_file(self) -> Path:
+        """Every IAM decision of the running stack (``roles.record_authorisations``)."""
+        return self.state_dir / "authorisations.jsonl"
+
 
 def _pairs(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
@@ -83,6 +88,15 @@ class StackState:
     api_key: str
     region: str
     resources: dict[str, str]
+    #: ``{function logical id or "operator": keys}``: each function's role session, and the
+    #: operator's (an IAM user allowed everything) for whoever drives the stack.
+    credentials: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: ``{function logical id: pid}`` of the function processes now running.
+    functions: dict[str, int] = field(default_factory=dict)
+
+    def operator(self) -> dict[str, str]:
+        """boto3 client keyword arguments for the operator."""
+        return dict(self.credentials["operator"])
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +111,15 @@ class StackState:
         return cls(**json.loads(path.read_text()))
 
 
-def function_environment(config: LocalConfig, logical_id: str, endpoint_url: str) -> dict[str, str]:
-    """The variables a function gets locally: the template's, then the local overrides."""
+def function_environment(
+    config: LocalConfig,
+    logical_id: str,
+    endpoint_url: str,
+    credentials: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The variables a function gets locally: the template's, then the local overrides, and
+    its role's keys as Lambda sets them (``credentials``: boto3 client keyword arguments;
+    without, moto's fake keys, for a moto that does not enforce IAM)."""
     from facegate.settings import default_model_dir
 
     env = config.template(endpoint_url).environment(logical_id)
@@ -107,8 +128,16 @@ def function_environment(config: LocalConfig, logical_id: str, endpoint_url: str
             "FACEGATE_AWS_ENDPOINT_URL": endpoint_url,
             "FACEGATE_MODEL_DIR": str(default_model_dir()),
             "AWS_DEFAULT_REGION": config.region,
-            **FAKE_CREDENTIALS,
+            **(credential_environment(credentials) if credentials else FAKE_CREDENTIALS),
         }
     )
     env.update(config.environment)
+    return env
+
+
+def credential_environment(credentials: dict[str, str]) -> dict[str, str]:
+    """``aws_access_key_id``-style client arguments as ``AWS_ACCESS_KEY_ID``-style variables
+    (no session token variable for an IAM user's keys: a stale one would be sent)."""
+    env = {name.upper(): value for name, value in credentials.items()}
+    env.setdefault("AWS_SESSION_TOKEN", "")
     return env

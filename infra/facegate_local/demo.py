@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from facegate_local.config import FAKE_CREDENTIALS, LocalConfig, StackState
+from facegate_local.config import LocalConfig, StackState
 from facegate_local.server import sample_photos
-from facegate_local.stack import down, status, up
+from facegate_local.stack import down, invoke, memory, status, up
 
 ENROL = {"person_a": "person_a_1", "person_b": "person_b_1"}
 
@@ -38,6 +38,8 @@ def run_demo(config: LocalConfig) -> dict[str, Any]:
         summary = _exercise(state.api_url, state.api_key, config.root)
         summary |= _batch(state, config.root)
         summary |= _job(state)
+        summary |= _invocations(config, state)
+        summary |= _memory(config, status(config) or state)
         return summary
     finally:
         if started_here:
@@ -64,7 +66,10 @@ def _exercise(url: str, key: str, root: Path) -> dict[str, Any]:
     print("\ncompare (1:1)")
     compared = matches = correct = 0
     for a, b in itertools.combinations(sorted(photos), 2):
-        files = {"image_a": (f"{a}.jpg", photos[a]), "image_b": (f"{b}.jpg", photos[b])}
+        files = {
+            "image_a": (f"{a}.jpg", photos[a], "image/jpeg"),
+            "image_b": (f"{b}.jpg", photos[b], "image/jpeg"),
+        }
         answer = client.post("/compare", files=files).json()
         compared += 1
         matches += answer["match"]
@@ -77,7 +82,7 @@ def _exercise(url: str, key: str, root: Path) -> dict[str, Any]:
     identified = identify_correct = 0
     probes = sorted(set(photos) - set(ENROL.values()))
     for stem in probes:
-        files = {"image": (f"{stem}.jpg", photos[stem])}
+        files = {"image": (f"{stem}.jpg", photos[stem], "image/jpeg")}
         answer = client.post("/identify", files=files).json()
         best = answer["best"]["subject_id"] if answer["best"] else None
         expected = identity(stem) if identity(stem) in ENROL else None
@@ -118,12 +123,9 @@ def _photo_set(photos: dict[str, bytes]) -> bytes:
 def _batch(state: StackState, root: Path, timeout: float = 300.0) -> dict[str, Any]:
     """Upload the photo set to S3 as a user would; the bucket notification, the queue and
     the embedding function (polled like Lambda's event source) build the gallery."""
-    import boto3
 
     photos = {p.stem: p.read_bytes() for p in sample_photos(root)}
-    s3 = boto3.client(
-        "s3", endpoint_url=state.endpoint_url, region_name=state.region, **_CREDENTIALS
-    )
+    s3 = _operator_s3(state)
     bucket = state.resources["PhotoBucket"]
     print("\nbatch: upload a zip photo set -> S3 -> SQS -> embedding job -> Parquet gallery")
     s3.put_object(Bucket=bucket, Key="uploads/demo/samples.zip", Body=_photo_set(photos))
@@ -147,25 +149,22 @@ def _batch(state: StackState, root: Path, timeout: float = 300.0) -> dict[str, A
     return {"gallery_rows": shown["rows"], "rejects": sum(shown["rejects"].values())}
 
 
-#: (manifest row, expected decision): probes are the sample photos at the bucket root.
+#: (manifest row, expected decision): probes are the sample photos under probes/samples/.
 JOB_ROWS = [
-    ("/samples/person_a_2.jpg,person_a,demo,verify", "match"),
-    ("/samples/impostor_1.jpg,person_b,demo,verify", "no_match"),
-    ("/samples/impostor_2.jpg,person_a,demo,verify", "no_match"),
-    ("/samples/person_b_2.jpg,,demo,identify", "identified"),
-    ("/samples/no-such-photo.jpg,person_a,demo,verify", "failed"),
+    ("/probes/samples/person_a_2.jpg,person_a,demo,verify", "match"),
+    ("/probes/samples/impostor_1.jpg,person_b,demo,verify", "no_match"),
+    ("/probes/samples/impostor_2.jpg,person_a,demo,verify", "no_match"),
+    ("/probes/samples/person_b_2.jpg,,demo,identify", "identified"),
+    ("/probes/samples/no-such-photo.jpg,person_a,demo,verify", "failed"),
 ]
 
 
 def _job(state: StackState, timeout: float = 300.0) -> dict[str, Any]:
     """A batch verification job: the manifest goes to S3, the job function fans it out,
     the aggregation function writes results.parquet; the API reports its status."""
-    import boto3
     import pyarrow.parquet as pq
 
-    s3 = boto3.client(
-        "s3", endpoint_url=state.endpoint_url, region_name=state.region, **_CREDENTIALS
-    )
+    s3 = _operator_s3(state)
     bucket = state.resources["PhotoBucket"]
     manifest = "probe,claimed_subject,gallery,mode\n" + "\n".join(r for r, _ in JOB_ROWS)
     print("\nbatch verification job: manifest -> S3 -> job function -> aggregation")
@@ -194,11 +193,53 @@ def _job(state: StackState, timeout: float = 300.0) -> dict[str, Any]:
     return {"job_rows": len(results), "job_correct": correct}
 
 
-_CREDENTIALS = {
-    "aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-    "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    "aws_session_token": FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
-}
+def _invocations(config: LocalConfig, state: StackState) -> dict[str, Any]:
+    """The two functions nothing local triggers by itself, invoked with their own roles as
+    ``sam local invoke`` would: the hourly compaction (schedule event) and the job status
+    route (on AWS, API Gateway sends ``GET /jobs/{id}`` to it instead of the API)."""
+    print("\ninvoked (facegate local invoke, each with its own role)")
+    request = config.state_dir / "compact-demo.json"
+    request.write_text(json.dumps({"gallery": "demo"}))
+    compacted = invoke(config, "CompactFunction", request)
+    galleries = {entry["gallery"] for entry in compacted.get("compacted", [])}
+    print(f"  CompactFunction {{'gallery': 'demo'}}: compacted {sorted(galleries)}")
+    event = json.loads((config.root / STATUS_EVENTS["status"]).read_text())
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/jobs/demo-job"
+    path = config.state_dir / "get-demo-job.json"
+    path.write_text(json.dumps(event))
+    answer = invoke(config, "JobStatusFunction", path)
+    job = json.loads(answer["body"])
+    print(f"  JobStatusFunction GET /jobs/demo-job: {answer['statusCode']} {job.get('status')}")
+    ok = galleries == {"demo"} and answer["statusCode"] == 200 and job["status"] == "succeeded"
+    return {"invoked": 2 if ok else 0}
+
+
+#: The sample event the job status function gets, for the demo's job.
+STATUS_EVENTS = {"status": "events/get-job-unknown.json"}
+
+
+def _memory(config: LocalConfig, state: StackState) -> dict[str, Any]:
+    """Each function's peak memory so far against its MemorySize (Lambda's envelope)."""
+    print("\nmemory (peak resident, per function process)")
+    peaks = memory(config, state)
+    for function, figures in peaks.items():
+        print(f"  {function:<18} {figures['peak_mib']:7.0f} MiB of {figures['limit_mb']} MB")
+    within = all(0 < f["peak_mib"] < f["limit_mb"] for f in peaks.values())
+    return {"functions": len(peaks), "memory_within_limits": within}
+
+
+def _operator_s3(state: StackState) -> Any:
+    """An S3 client of the stack's operator (the user uploading photo sets, manifests)."""
+    import boto3
+
+    keys = state.operator()
+    return boto3.client(
+        "s3",
+        endpoint_url=state.endpoint_url,
+        region_name=state.region,
+        aws_access_key_id=keys["aws_access_key_id"],
+        aws_secret_access_key=keys["aws_secret_access_key"],
+    )
 
 
 def _mark(right: bool) -> str:
@@ -216,5 +257,7 @@ def main(root: Path) -> int:
         and summary["gallery_rows"] == len(sample_photos(root))
         and summary["rejects"] == 1
         and summary["job_correct"] == summary["job_rows"] == len(JOB_ROWS)
+        and summary["invoked"] == 2
+        and summary["memory_within_limits"]
     )
     return 0 if ok else 1

@@ -15,11 +15,16 @@ mode the caller's identity adds a few hundred bytes that are not modelled.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import enum
 import json
+import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -30,6 +35,11 @@ LAMBDA_EVENT_LIMIT = 6 * 1024 * 1024
 #: What the client gets for either (API Gateway's body, not the API's error shape).
 TOO_LARGE_STATUS = 413
 TOO_LARGE_BODY = b'{"message":"Request Entity Too Large"}'
+#: What the client gets when the function does not answer in time.
+TIMED_OUT_STATUS = 503
+TIMED_OUT_BODY = b'{"message":"Service Unavailable"}'
+#: What the client gets when the function raised.
+FUNCTION_ERROR_BODY = b'{"message":"Internal Server Error"}'
 
 API_ID = "a1b2c3d4e5"
 DOMAIN = f"{API_ID}.execute-api.us-east-1.amazonaws.com"
@@ -134,6 +144,48 @@ def event_size(scope: Scope, body: bytes) -> int:
     return len(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+@dataclass(frozen=True)
+class RoutedFunction:
+    """A route of the API's own (``GET /jobs/{job_id}``) and the function serving it: its
+    process's Lambda Invoke endpoint (``runtime.serve_invocations``) and the integration's
+    timeout."""
+
+    method: str
+    path: str
+    invoke_url: str
+    timeout_s: float
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        """The path parameters when the request is this route's, else None."""
+        if method != self.method:
+            return None
+        pattern = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path))
+        found = re.fullmatch(pattern, path)
+        return found.groupdict() if found else None
+
+    @property
+    def route_key(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+class FunctionError(Exception):
+    """The invoked function raised (Lambda's ``X-Amz-Function-Error``)."""
+
+
+def invoke_function(url: str, event: dict[str, Any], timeout: float) -> Any:
+    """A synchronous Lambda invocation over the Invoke API: the function's answer."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(event).encode(),
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        if answer.headers.get("X-Amz-Function-Error"):
+            raise FunctionError(answer.headers["X-Amz-Function-Error"])
+        return json.loads(answer.read())
+
+
 class _Unread(enum.Enum):
     """Why a body was not read whole."""
 
@@ -144,7 +196,9 @@ class _Unread(enum.Enum):
 class ApiGatewayLimits:
     """ASGI middleware: refuse what API Gateway or Lambda would refuse, pass the rest on.
 
-    The body is read whole first (API Gateway buffers it too) and handed on unchanged.
+    The body is read whole first (API Gateway buffers it too) and handed on unchanged. With
+    ``timeout``, a request the app has not begun to answer by then gets API Gateway's 503 (the
+    function's own ``Timeout``, at most the HTTP API's 30 s integration timeout).
     """
 
     def __init__(
@@ -153,8 +207,11 @@ class ApiGatewayLimits:
         *,
         body_limit: int = HTTP_API_BODY_LIMIT,
         event_limit: int = LAMBDA_EVENT_LIMIT,
+        timeout: float | None = None,
+        routes: tuple[RoutedFunction, ...] = (),
     ) -> None:
         self.app, self.body_limit, self.event_limit = app, body_limit, event_limit
+        self.timeout, self.routes = timeout, routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -166,6 +223,11 @@ class ApiGatewayLimits:
         if body is _Unread.TOO_LARGE or event_size(scope, body) > self.event_limit:
             await _too_large(send)
             return
+        for route in self.routes:
+            parameters = route.match(scope["method"], scope["path"])
+            if parameters is not None:
+                await _forward(route, parameters, lambda_event(scope, body), send)
+                return
         delivered = False
 
         async def replay() -> Message:
@@ -175,7 +237,21 @@ class ApiGatewayLimits:
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        if self.timeout is None:
+            await self.app(scope, replay, send)
+            return
+        started = False
+
+        async def send_once_started(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, replay, send_once_started), self.timeout)
+        except TimeoutError:
+            if not started:
+                await _answer(send, TIMED_OUT_STATUS, TIMED_OUT_BODY)
 
     async def _read(self, scope: Scope, receive: Receive) -> bytes | _Unread:
         """The whole body; ``TOO_LARGE`` once it is over the body limit (by its declared
@@ -198,15 +274,49 @@ class ApiGatewayLimits:
                 return b"".join(chunks)
 
 
+async def _forward(
+    route: RoutedFunction, parameters: dict[str, str], event: dict[str, Any], send: Send
+) -> None:
+    """Invoke the route's function with API Gateway's event; answer what it returns, as the
+    payload 2.0 integration does (a dict with ``statusCode``, else a JSON body of 200)."""
+    event["routeKey"] = event["requestContext"]["routeKey"] = route.route_key
+    event["pathParameters"] = parameters
+    try:
+        answer = await asyncio.to_thread(invoke_function, route.invoke_url, event, route.timeout_s)
+    except FunctionError:
+        await _answer(send, 500, FUNCTION_ERROR_BODY)
+        return
+    except (OSError, urllib.error.URLError, json.JSONDecodeError):
+        await _answer(send, TIMED_OUT_STATUS, TIMED_OUT_BODY)
+        return
+    if not (isinstance(answer, dict) and "statusCode" in answer):
+        await _answer(send, 200, json.dumps(answer).encode())
+        return
+    body = answer.get("body") or ""
+    raw = base64.b64decode(body) if answer.get("isBase64Encoded") else str(body).encode()
+    headers = [(k.lower().encode(), str(v).encode()) for k, v in answer.get("headers", {}).items()]
+    headers += [(b"set-cookie", c.encode()) for c in answer.get("cookies", [])]
+    headers.append((b"content-length", str(len(raw)).encode()))
+    await send(
+        {"type": "http.response.start", "status": int(answer["statusCode"]), "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
 async def _too_large(send: Send) -> None:
+    await _answer(send, TOO_LARGE_STATUS, TOO_LARGE_BODY)
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    """API Gateway's own answer: a small JSON body, never the function's error shape."""
     await send(
         {
             "type": "http.response.start",
-            "status": TOO_LARGE_STATUS,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(TOO_LARGE_BODY)).encode()),
+                (b"content-length", str(len(body)).encode()),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": TOO_LARGE_BODY})
+    await send({"type": "http.response.body", "body": body})

@@ -6,7 +6,8 @@ Like Lambda's: up to ``BatchSize`` messages per invocation, gathered for at most
 exception fails the whole batch. Failed messages come back after a short local retry delay
 instead of the queue's visibility timeout (minutes on AWS), and the queue's redrive policy
 (moto applies it on receive) moves a message to the dead-letter queue after
-``maxReceiveCount`` tries.
+``maxReceiveCount`` tries. It receives and deletes with the function's role, as the event
+source mapping does on AWS.
 """
 
 from __future__ import annotations
@@ -35,11 +36,15 @@ class QueuePoller(threading.Thread):
         batch_size: int = 10,
         window: float = 0.0,
         report_failures: bool = True,
+        service_sqs: Any = None,
     ) -> None:
         super().__init__(name=f"poll-{function_name}", daemon=True)
         self.sqs, self.queue_url, self.queue_arn = sqs, queue_url, queue_arn
         self.handler, self.function_name, self.region = handler, function_name, region
         self.batch_size, self.window, self.report_failures = batch_size, window, report_failures
+        # Shortening a failed message's visibility is the local stack's own shortcut, not a
+        # call of the event source mapping: it goes with other keys than the role's.
+        self.service_sqs = service_sqs or sqs
         self.stopping = threading.Event()
         self.invocations = 0
 
@@ -82,7 +87,7 @@ class QueuePoller(threading.Thread):
             failed = {m["MessageId"] for m in messages}
         for message in messages:
             if message["MessageId"] in failed:
-                self.sqs.change_message_visibility(
+                self.service_sqs.change_message_visibility(
                     QueueUrl=self.queue_url,
                     ReceiptHandle=message["ReceiptHandle"],
                     VisibilityTimeout=RETRY_DELAY_SECONDS,

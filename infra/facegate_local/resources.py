@@ -87,6 +87,12 @@ def create_resources(
         props = template.resolve(resource.get("Properties", {}))
         dynamodb.create_table(**table_kwargs(name, props))
         dynamodb.get_waiter("table_exists").wait(TableName=name)
+        ttl = props.get("TimeToLiveSpecification", {})
+        if ttl.get("Enabled"):
+            dynamodb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]},
+            )
         pitr = props.get("PointInTimeRecoverySpecification", {})
         if pitr.get("PointInTimeRecoveryEnabled"):
             dynamodb.update_continuous_backups(

@@ -1,28 +1,44 @@
-"""The local stack's long-running process: moto on 127.0.0.1, the resources, the API.
+"""The local stack's long-running process: moto on 127.0.0.1, the resources, the functions.
 
 Started by ``facegate local up`` in its own session (so ``down`` can stop it and everything
-it started with one signal). It writes the state file only once the API answers, so a state
-file always describes a stack that is up. The API is served behind the request limits of API
-Gateway and Lambda (``gateway``), as on AWS.
+it started with one signal). It creates the template's queues, tables and bucket, each
+function's IAM role (``roles``) and an operator, turns moto's IAM enforcement on, then runs
+every triggered function in a process of its own with its role's credentials
+(``runtime``: the API behind API Gateway's limits, the queue consumers behind their event
+source mappings) and starts a fresh one when one dies. It writes the state file only once the
+API answers, so a state file always describes a stack that is up.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import functools
+import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from facegate_local.config import LocalConfig, StackState, function_environment
-from facegate_local.gateway import ApiGatewayLimits
-from facegate_local.poller import QueuePoller
 from facegate_local.resources import create_resources
+from facegate_local.roles import (
+    LOAD_MANAGED_POLICIES,
+    authorise_dynamodb_by_table,
+    create_function_roles,
+    create_operator,
+    enforce_iam,
+    record_authorisations,
+)
+from facegate_local.runtime import API_FUNCTION, INVOKE_PORT, ROUTES, SERVICE_CREDENTIALS
+from facegate_local.stack import healthy
 from facegate_local.template import Template
 
-SAMPLE_PREFIX = "samples/"
-API_FUNCTION = "ApiFunction"
+SAMPLE_PREFIX = "probes/samples/"
 
 
 def sample_photos(root: Path) -> list[Path]:
@@ -35,42 +51,38 @@ def sample_photos(root: Path) -> list[Path]:
 
 
 def serve(config: LocalConfig) -> None:
+    """moto, the resources and roles, IAM on, then one process per triggered function."""
     import boto3
-    import uvicorn
     from moto.server import ThreadedMotoServer
 
     from facegate.storage.apikeys import ApiKeyStore
 
+    os.environ[LOAD_MANAGED_POLICIES] = "true"
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=config.moto_port, verbose=False)
     moto.start()
     endpoint = f"http://127.0.0.1:{config.moto_port}"
     template = config.template(endpoint)
-    # One process hosts every function, so it gets the union of their environments.
-    for logical in template.of_type("AWS::Serverless::Function"):
-        os.environ.update(function_environment(config, logical, endpoint))
     env = function_environment(config, API_FUNCTION, endpoint)
     session = boto3.session.Session(region_name=config.region)
-    dynamodb = session.client("dynamodb", endpoint_url=endpoint)
-    s3 = session.client("s3", endpoint_url=endpoint)
-    sqs = session.client("sqs", endpoint_url=endpoint)
+    client = functools.partial(session.client, endpoint_url=endpoint, **_fake_keys())
+    dynamodb, s3, sqs = client("dynamodb"), client("s3"), client("sqs")
     resources = create_resources(template, dynamodb, s3, sqs)
     _drain_test_events(sqs, template)
-    api_key = ApiKeyStore(dynamodb, env["FACEGATE_TABLE"]).create("local")
+    credentials = {
+        function: keys.client_kwargs()
+        for function, keys in create_function_roles(template, client("iam"), client("sts")).items()
+    }
+    credentials["operator"] = create_operator(client("iam")).client_kwargs()
+    api_key = ApiKeyStore(dynamodb, env["FACEGATE_KEYS_TABLE"]).create("local")
     for photo in sample_photos(config.root):
         s3.put_object(
             Bucket=env["FACEGATE_BUCKET"], Key=SAMPLE_PREFIX + photo.name, Body=photo.read_bytes()
         )
-
-    pollers = [_poller(template, sqs, config.region, *source) for source in template.sqs_sources()]
-    for poller in pollers:
-        poller.start()
-    module = _load(template, API_FUNCTION)
-    # What API Gateway and Lambda refuse (body over 10 MiB, event over 6 MiB) never reaches
-    # the app, as on AWS.
-    app = ApiGatewayLimits(module.app)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=config.api_port, log_level="warning")
-    )
+    # Everything from here on is a request of a function (its role) or of the operator.
+    config.authorisations_file.unlink(missing_ok=True)
+    record_authorisations(config.authorisations_file)
+    authorise_dynamodb_by_table()
+    enforce_iam()
     state = StackState(
         pid=os.getpid(),
         api_url=f"http://127.0.0.1:{config.api_port}",
@@ -78,49 +90,126 @@ def serve(config: LocalConfig) -> None:
         api_key=api_key,
         region=config.region,
         resources=resources,
+        credentials=credentials,
     )
-    original_startup = server.startup
-
-    async def startup(sockets: list | None = None) -> None:
-        await original_startup(sockets)
-        state.save(config.state_file)
-
-    server.startup = startup  # type: ignore[method-assign]
+    supervisor = Supervisor(config, template, state)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        server.run()
+        supervisor.start_all()
+        supervisor.run(stop)
     finally:
-        for poller in pollers:
-            poller.stop()
-        for poller in pollers:
-            poller.join(timeout=30)
+        supervisor.stop_all()
         config.state_file.unlink(missing_ok=True)
         moto.stop()
 
 
-def _load(template: Template, logical_id: str) -> Any:
-    spec = template.function(logical_id)
-    if str(spec.code_dir) not in sys.path:
-        sys.path.insert(0, str(spec.code_dir))
-    return importlib.import_module(spec.module)
+def _fake_keys() -> dict[str, str]:
+    """Setting up needs no keys moto knows: IAM is not enforced yet."""
+    return {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 
 
-def _poller(
-    template: Template, sqs: Any, region: str, function: str, queue: str, props: dict[str, Any]
-) -> QueuePoller:
-    """An SQS event source mapping of the template, with its batch settings."""
-    spec = template.function(function)
-    handler = getattr(_load(template, function), spec.attribute)
-    return QueuePoller(
-        sqs,
-        template.queue_url(queue),
-        template.attribute(queue, "Arn"),
-        handler,
-        function,
-        region,
-        batch_size=int(props.get("BatchSize", 10)),
-        window=float(props.get("MaximumBatchingWindowInSeconds", 0)),
-        report_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
-    )
+def triggered_functions(template: Template) -> list[str]:
+    """The functions something starts on its own: the API's default route, the HTTP API's
+    other routes, each SQS event source. (The schedule's runs with ``facegate local
+    invoke``.)"""
+    polled = {function for function, _, _ in template.sqs_sources()}
+    routed = {route.function for route in template.http_routes()}
+    return [API_FUNCTION, *sorted((polled | routed) - {API_FUNCTION})]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Supervisor:
+    """Starts each function's process, starts a fresh one when one dies (a timeout, out of
+    memory: Lambda's next invocation gets a new environment), stops them all at the end."""
+
+    def __init__(self, config: LocalConfig, template: Template, state: StackState) -> None:
+        self.config, self.template, self.state = config, template, state
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[str, int] = {}
+        self.invoke_ports = {route.function: _free_port() for route in template.http_routes()}
+        self.routes = [
+            {
+                "method": route.method,
+                "path": route.path,
+                "invoke_url": f"http://127.0.0.1:{self.invoke_ports[route.function]}"
+                f"/2015-03-31/functions/{route.function}/invocations",
+                "timeout_s": route.timeout_s,
+            }
+            for route in template.http_routes()
+        ]
+
+    def _start(self, function: str) -> None:
+        env = {
+            **os.environ,
+            **function_environment(
+                self.config, function, self.state.endpoint_url, self.state.credentials[function]
+            ),
+            SERVICE_CREDENTIALS: json.dumps(self.state.operator()),
+        }
+        if function == API_FUNCTION:
+            env[ROUTES] = json.dumps(self.routes)
+        if function in self.invoke_ports:
+            env[INVOKE_PORT] = str(self.invoke_ports[function])
+        self.processes[function] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "facegate_local.runtime",
+                "--root",
+                str(self.config.root),
+                "--function",
+                function,
+            ],
+            cwd=self.config.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        self.state.functions[function] = self.processes[function].pid
+
+    def start_all(self) -> None:
+        for function in triggered_functions(self.template):
+            self._start(function)
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop``: write the state file once the API answers, replace dead functions."""
+        published = False
+        while not stop.wait(0.25):
+            for function, process in list(self.processes.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                self.restarts[function] = self.restarts.get(function, 0) + 1
+                print(
+                    f"{function} exited with {code}; starting a new environment "
+                    f"(restart {self.restarts[function]})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._start(function)
+                if published:
+                    self.state.save(self.config.state_file)
+            if not published and healthy(self.state.api_url):
+                self.state.save(self.config.state_file)
+                published = True
+
+    def stop_all(self, timeout: float = 30.0) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _drain_test_events(sqs: Any, template: Template) -> None:

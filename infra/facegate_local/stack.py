@@ -71,14 +71,14 @@ def up(config: LocalConfig, timeout: float = 180.0) -> StackState:
             tail = (config.state_dir / "stack.log").read_text()[-2000:]
             raise StackError(f"the local stack exited with {process.returncode}:\n{tail}")
         state = StackState.load(config.state_file)
-        if state is not None and state.pid == process.pid and _healthy(state.api_url):
+        if state is not None and state.pid == process.pid and healthy(state.api_url):
             return state
         time.sleep(0.25)
     _stop_session(process.pid)
     raise StackError(f"the local stack did not come up within {timeout:.0f} s")
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
             return answer.status == 200
@@ -117,23 +117,28 @@ def _reap(pid: int) -> None:
 
 
 class LambdaContext:
-    """The parts of Lambda's context object that handlers and Powertools read."""
+    """The parts of Lambda's context object that handlers and Powertools read, with the
+    function's memory size and the time left before its timeout."""
 
-    def __init__(self, function_name: str, region: str) -> None:
+    def __init__(
+        self, function_name: str, region: str, memory_mb: int = 3008, timeout_s: float = 30.0
+    ) -> None:
         self.function_name = function_name
         self.function_version = "$LATEST"
-        self.memory_limit_in_mb = 3008
+        self.memory_limit_in_mb = memory_mb
         self.aws_request_id = str(uuid.uuid4())
         self.invoked_function_arn = f"arn:aws:lambda:{region}:123456789012:function:{function_name}"
         self.log_group_name = f"/aws/lambda/{function_name}"
         self.log_stream_name = "local"
+        self._deadline = time.monotonic() + timeout_s
 
     def get_remaining_time_in_millis(self) -> int:
-        return 30_000
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def invoke(config: LocalConfig, logical_id: str, event_path: Path) -> dict[str, Any]:
-    """Run ``logical_id``'s handler on the event, in this process, against the stack.
+    """Run ``logical_id``'s handler on the event, in this process, against the stack, with
+    the function's role (what ``sam local invoke`` does in a container).
 
     An event over Lambda's synchronous payload limit is refused, as ``aws lambda invoke``
     would be."""
@@ -146,11 +151,29 @@ def invoke(config: LocalConfig, logical_id: str, event_path: Path) -> dict[str, 
     if state is None:
         raise StackError("the local stack is not running: start it with 'facegate local up'")
     spec = config.template().function(logical_id)
-    os.environ.update(function_environment(config, logical_id, state.endpoint_url))
+    keys = state.credentials.get(logical_id)
+    if keys is None:
+        raise StackError(f"the local stack has no role for {logical_id}")
+    os.environ.update(function_environment(config, logical_id, state.endpoint_url, keys))
     event = json.loads(payload.replace(API_KEY_PLACEHOLDER, state.api_key))
     sys.path.insert(0, str(spec.code_dir))
     handler = getattr(importlib.import_module(spec.module), spec.attribute)
-    return handler(event, LambdaContext(logical_id, config.region))
+    return handler(event, LambdaContext(logical_id, config.region, spec.memory_mb, spec.timeout_s))
+
+
+def memory(config: LocalConfig, state: StackState) -> dict[str, dict[str, float]]:
+    """Each running function's peak resident memory (MiB) against its ``MemorySize``: the
+    envelope Lambda enforces, measured on the function's own process."""
+    from facegate_local.runtime import resident_mib
+
+    template = config.template()
+    return {
+        function: {
+            "peak_mib": round(resident_mib(pid, "VmHWM"), 1),
+            "limit_mb": template.function(function).memory_mb,
+        }
+        for function, pid in state.functions.items()
+    }
 
 
 def repo_root(start: Path | None = None) -> Path:

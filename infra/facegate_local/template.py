@@ -10,6 +10,7 @@ mappings, alarms) with the values a deployment would get.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,10 @@ def _construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[st
         value: Any = loader.construct_scalar(node)
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
-    else:
+    elif isinstance(node, yaml.MappingNode):
         value = loader.construct_mapping(node, deep=True)
+    else:
+        raise yaml.constructor.ConstructorError(None, None, f"unexpected {node!r}", node.start_mark)
     if suffix == "Ref":
         return {"Ref": value}
     if suffix == "GetAtt" and isinstance(value, str):
@@ -56,6 +59,18 @@ class FunctionSpec:
     module: str
     attribute: str
     environment: dict[str, str]
+    memory_mb: int = 128
+    timeout_s: int = 3
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    """A route of the HTTP API other than ``$default``, and the function it integrates."""
+
+    method: str
+    path: str
+    function: str
+    timeout_s: float
 
 
 #: Properties that fix a resource's physical name in CloudFormation.
@@ -224,6 +239,24 @@ class Template:
                     out.append((logical, queue, {k: self.resolve(v) for k, v in props.items()}))
         return out
 
+    def http_routes(self) -> list[HttpRoute]:
+        """Every ``AWS::ApiGatewayV2::Route`` with a route key of its own (``GET /jobs/{id}``)
+        whose Lambda proxy integration is a function of the template."""
+        routes = []
+        for resource in self.of_type("AWS::ApiGatewayV2::Route").values():
+            props = resource.get("Properties", {})
+            key = self.resolve(props.get("RouteKey", "$default"))
+            # ``!Sub integrations/${SomeIntegration}``: the logical id, not its physical name
+            named = re.search(r"\$\{([A-Za-z0-9]+)\}", json.dumps(props.get("Target", "")))
+            integration = self.resources.get(named.group(1), {}) if named else {}
+            uri = integration.get("Properties", {}).get("IntegrationUri", {})
+            if key == "$default" or not isinstance(uri, dict) or "Fn::GetAtt" not in uri:
+                continue
+            method, _, path = str(key).partition(" ")
+            timeout = integration["Properties"].get("TimeoutInMillis", 30000)
+            routes.append(HttpRoute(method, path, uri["Fn::GetAtt"][0], int(timeout) / 1000))
+        return routes
+
     def function(self, logical_id: str) -> FunctionSpec:
         resource = self.resources.get(logical_id)
         if resource is None or resource.get("Type") != "AWS::Serverless::Function":
@@ -239,7 +272,21 @@ class Template:
             handler = props["Handler"]
             code_dir = self.root / props.get("CodeUri", ".")
         module, _, attribute = handler.rpartition(".")
-        return FunctionSpec(logical_id, code_dir, module, attribute, self.environment(logical_id))
+        return FunctionSpec(
+            logical_id,
+            code_dir,
+            module,
+            attribute,
+            self.environment(logical_id),
+            memory_mb=int(self._function_property(logical_id, "MemorySize", 128)),
+            timeout_s=int(self._function_property(logical_id, "Timeout", 3)),
+        )
+
+    def _function_property(self, logical_id: str, name: str, default: Any) -> Any:
+        """The function's own property, else the Globals', else Lambda's default."""
+        props = self.resources[logical_id].get("Properties", {})
+        value = props.get(name, self.body.get("Globals", {}).get("Function", {}).get(name))
+        return default if value is None else self.resolve(value)
 
     def environment(self, logical_id: str) -> dict[str, str]:
         """Globals' variables overlaid with the function's own, intrinsics resolved."""

@@ -31,6 +31,7 @@ DOCUMENTED = {
     errors.ImageTooSmallError: 400,
     errors.ValidationError: 400,
     errors.UnauthorizedError: 401,
+    errors.InsufficientScopeError: 403,
     errors.UnknownSubjectError: 404,
     errors.UnknownJobError: 404,
     errors.UnknownGalleryError: 404,
@@ -47,7 +48,7 @@ DOCUMENTED = {
 }
 
 #: The statuses an error may answer: client mistakes, and 503 for "try again later".
-#: 403 is free for a future "authenticated but not allowed"; 500 means a bug.
+#: 403 is a known key without the route's scope; 500 means a bug.
 FAMILIES = {400, 401, 403, 404, 409, 413, 415, 422, 503}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from facegate_local.config import LocalConfig
 from facegate_local.gateway import (
     HTTP_API_BODY_LIMIT,
     LAMBDA_EVENT_LIMIT,
+    TIMED_OUT_BODY,
     TOO_LARGE_BODY,
     ApiGatewayLimits,
+    RoutedFunction,
     event_size,
     is_text,
     lambda_event,
@@ -223,3 +226,79 @@ def test_invoke_refuses_an_event_over_lambda_s_limit(tmp_path: Path) -> None:
     config = LocalConfig(root=REPO, state_dir=tmp_path / "state")
     with pytest.raises(stack.StackError, match="payload limit"):
         stack.invoke(config, "ApiFunction", event)
+
+
+class Invocations:
+    """A stand-in for a function's Invoke endpoint: records the events, answers ``answer``."""
+
+    def __init__(self, answer: Any, error: bool = False) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.events: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.events.append(
+                    json.loads(self.rfile.read(int(self.headers["content-length"])))
+                )
+                body = json.dumps(answer).encode()
+                self.send_response(200)
+                if error:
+                    self.send_header("X-Amz-Function-Error", "Unhandled")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def route(self) -> RoutedFunction:
+        port = self.server.server_address[1]
+        return RoutedFunction("GET", "/jobs/{job_id}", f"http://127.0.0.1:{port}/invoke", 5.0)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _get(path: str) -> dict[str, Any]:
+    scope = http_scope(b"", path=path)
+    scope["method"] = "GET"
+    return scope
+
+
+def test_a_route_of_another_function_is_invoked_with_api_gateway_s_event() -> None:
+    function = Invocations(
+        {"statusCode": 404, "headers": {"Content-Type": "application/json"}, "body": '{"e":1}'}
+    )
+    app = Echo()
+    try:
+        gateway = ApiGatewayLimits(app, routes=(function.route(),))
+        assert status_of(call(gateway, _get("/jobs/job-1"), [b""])) == (404, b'{"e":1}')
+        (event,) = function.events
+        assert event["routeKey"] == event["requestContext"]["routeKey"] == "GET /jobs/{job_id}"
+        assert event["pathParameters"] == {"job_id": "job-1"}
+        assert event["rawPath"] == "/jobs/job-1" and event["headers"]["x-api-key"] == "fg_test"
+        assert app.calls == 0
+        for other in ("/jobs/job-1/results", "/jobs"):  # not the route: the API's own
+            assert status_of(call(gateway, _get(other), [b""]))[0] == 200
+        assert app.calls == 2 and len(function.events) == 1
+    finally:
+        function.close()
+
+
+def test_a_failing_or_absent_routed_function_is_api_gateway_s_5xx() -> None:
+    failing = Invocations({"errorType": "KeyError"}, error=True)
+    try:
+        gateway = ApiGatewayLimits(Echo(), routes=(failing.route(),))
+        sent = call(gateway, _get("/jobs/x"), [b""])
+        assert status_of(sent) == (500, b'{"message":"Internal Server Error"}')
+    finally:
+        failing.close()
+    gone = ApiGatewayLimits(Echo(), routes=(failing.route(),))  # nothing listens there now
+    assert status_of(call(gone, _get("/jobs/x"), [b""])) == (503, TIMED_OUT_BODY)

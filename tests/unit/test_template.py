@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+from facegate_local.roles import sam_transform
 from facegate_local.template import Template
-from tests_support import sam_transform
 
 from facegate.settings import Settings
 
@@ -601,3 +601,57 @@ def test_alarms_watch_compaction_errors_and_every_dead_letter_queue(monkeypatch)
     assert not any(
         "AlarmActions" in properties(silent, a) for a in silent.of_type("AWS::CloudWatch::Alarm")
     )
+
+
+#: What a DynamoDB action must start with to change a table's items.
+DYNAMODB_WRITES = ("dynamodb:Put", "dynamodb:Update", "dynamodb:Delete", "dynamodb:BatchWrite")
+
+
+def _grants(template: Template, role: str) -> list[tuple[list[str], list[str]]]:
+    """(actions, resources) of each Allow statement of a role's inline policies, resolved."""
+    found = []
+    for policy in properties(template, role).get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if statement.get("Effect") == "Allow":
+                actions, resources = statement["Action"], statement.get("Resource", [])
+                found.append(
+                    (
+                        [actions] if isinstance(actions, str) else list(actions),
+                        [resources] if isinstance(resources, str) else list(resources),
+                    )
+                )
+    return found
+
+
+def test_api_keys_have_their_own_table_that_no_function_can_write(monkeypatch) -> None:
+    """Fault 7 and the end of fault 1: keys lived in the subjects table, which the API role
+    may write, so the API could mint keys. Now the key-checking functions read the keys
+    table and no role of the template can write it; its TTL is the keys' expiry."""
+    import fnmatch
+
+    template = deployed(monkeypatch)
+    table = properties(template, "ApiKeysTable")
+    assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["SSESpecification"] == {"SSEEnabled": True}
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+
+    physical = template.physical["ApiKeysTable"]
+    local = Template(TEMPLATE, {}, "facegate-test", REGION)
+    for function in ("ApiFunction", "JobStatusFunction"):
+        assert local.environment(function)["FACEGATE_KEYS_TABLE"] == physical, function
+    arn = f"arn:aws:dynamodb:{REGION}:123456789012:table/{physical}"
+    readers = set()
+    for role in template.of_type("AWS::IAM::Role"):
+        for actions, resources in _grants(template, role):
+            on_keys = any(fnmatch.fnmatchcase(arn, str(r)) for r in resources)
+            if not on_keys:
+                continue
+            writes = [
+                a for a in actions if a == "*" or a == "dynamodb:*" or a.startswith(DYNAMODB_WRITES)
+            ]
+            assert not writes, f"{role} may write the API keys table: {writes}"
+            readers.add(role)
+    assert readers == {"ApiFunctionRole", "JobStatusFunctionRole"}

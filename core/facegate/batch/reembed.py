@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from facegate.batch.archives import MAX_ARCHIVE_READ, open_archive, read_member
 from facegate.batch.messages import REEMBED, Message
-from facegate.common import validate_id
+from facegate.common import parse_instant, validate_id
 from facegate.errors import (
     InvalidImageError,
     ObjectNotFoundError,
@@ -95,18 +95,36 @@ def _strings(table: pa.Table, column: str, key: str) -> list[str]:
     return strings
 
 
-def subject_photos(subjects: SubjectStore) -> list[tuple[str, str]]:
-    """``(image_key, subject_id)`` of every enrolled face's stored photo."""
+def subject_photos(
+    subjects: SubjectStore, deleted: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """``(image_key, subject_id)`` of every enrolled face's stored photo.
+
+    A face enrolled before its subject's tombstone (``deleted``: subject id -> deletion time)
+    is one a DELETE is still erasing: left out. A face enrolled after it belongs to the same
+    id enrolled again, a new person as far as the deletion goes: kept.
+    """
     out: dict[str, str] = {}
     cursor: str | None = None
     while True:
         page, cursor = subjects.list_subjects(limit=100, cursor=cursor)
         for subject in page:
             _, faces = subjects.get_embeddings(subject.subject_id)
+            gone = (deleted or {}).get(subject.subject_id)
             for face in faces:
+                if gone is not None and _not_after(face.created_at, gone):
+                    continue
                 out.setdefault(face.image_key, subject.subject_id)
         if cursor is None:
             return sorted(out.items())
+
+
+def _not_after(created_at: str | None, deleted_at: str) -> bool:
+    """Whether a face stamped ``created_at`` is not newer than the deletion (unstamped: it is
+    old)."""
+    if created_at is None:
+        return True
+    return parse_instant(created_at, "created_at") <= parse_instant(deleted_at, "deleted_at")
 
 
 class PhotoFetcher:

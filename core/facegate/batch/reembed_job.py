@@ -71,11 +71,11 @@ def run_reembed(
     store = GalleryStore(s3, bucket)
     if request.source_gallery is not None:
         photos = gallery_photos(store, request.source_gallery)
+        photos = [(key, subject) for key, subject in photos if subject not in (deleted or {})]
     elif subjects is not None:
-        photos = subject_photos(subjects)
+        photos = subject_photos(subjects, deleted)
     else:
         raise ValidationError("re-embedding the enrolled subjects needs the subjects table")
-    photos = [(key, subject) for key, subject in photos if subject not in (deleted or {})]
     if not photos:
         raise ValidationError(f"{request.source!r} has no photos to re-embed")
     fetch = PhotoFetcher(s3, bucket, max_photo_bytes)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from facegate.cli.extensions import Subcommands, Target
 from facegate.cli.options import EXIT_ERROR, EXIT_OK, add_target_options, aws_settings
-from facegate.errors import FaceGateError
+from facegate.errors import FaceGateError, ValidationError
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -145,19 +148,64 @@ def _watch_job(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """API keys in the table the settings name (FACEGATE_TABLE, FACEGATE_AWS_REGION, ...)."""
-    from facegate.settings import Settings
+    """API keys in the table the settings name (FACEGATE_KEYS_TABLE, FACEGATE_AWS_REGION, ...),
+    with the operator's own AWS credentials: the functions may only read that table."""
     from facegate.storage.apikeys import ApiKeyStore
     from facegate.storage.clients import aws_client
 
-    settings = Settings()
-    store = ApiKeyStore(aws_client("dynamodb", settings), settings.table)
+    settings = aws_settings(args)
+    store = ApiKeyStore(aws_client("dynamodb", settings), settings.keys_table)
     if args.action == "create":
-        print(store.create(args.name))
+        issued = store.issue(args.name, args.scopes, _expiry(args.expires_in, args.expires_at))
+        for label, value in _columns(issued.record.to_dict()).items():
+            print(f"{label:<8} {value}")
+        print(f"{'key':<8} {issued.key}")
+        print("the key is shown once: only its hash is stored", file=sys.stderr)
+    elif args.action == "list":
+        keys = [key.to_dict() for key in store.all()]
+        if args.json:
+            print(json.dumps(keys))
+        else:
+            for row in [{label: label for label in _WIDTHS}] + [_columns(k) for k in keys]:
+                print("  ".join(f"{row[c]:<{w}}" for c, w in _WIDTHS.items()).rstrip())
+    elif not store.revoke(args.key_id):
+        raise FaceGateError(f"no API key with id {args.key_id!r}")
     else:
-        store.revoke(args.key)
-        print("revoked")
+        print(f"revoked {args.key_id}")
     return EXIT_OK
+
+
+#: ``keys list`` columns and their widths.
+_WIDTHS = {"id": 12, "name": 24, "scopes": 19, "created": 20, "expires": 0}
+#: ``--expires-in`` units: seconds, minutes, hours, days, weeks.
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _columns(key: dict[str, object]) -> dict[str, str]:
+    """What is shown of a key (:meth:`ApiKey.to_dict`), never the key or its hash."""
+    expires = str(key["expires_at"] or "never") + (" (expired)" if key["expired"] else "")
+    scopes = key["scopes"]
+    return {
+        "id": str(key["id"]),
+        "name": str(key["name"]),
+        "scopes": ",".join(scopes) if isinstance(scopes, list) else "",
+        "created": str(key["created_at"]),
+        "expires": expires,
+    }
+
+
+def _expiry(expires_in: str | None, expires_at: str | None) -> datetime | None:
+    """``--expires-in 30d`` (from now) or ``--expires-at 2026-01-31T00:00:00Z``; None: never."""
+    from facegate.common import parse_instant
+
+    if expires_at is not None:
+        return parse_instant(expires_at, "--expires-at")
+    if expires_in is None:
+        return None
+    match = re.fullmatch(r"([1-9][0-9]{0,5})([smhdw])", expires_in.strip())
+    if match is None:
+        raise ValidationError("--expires-in is a count and a unit (s, m, h, d, w), e.g. 30d")
+    return datetime.now(UTC) + timedelta(seconds=int(match[1]) * _UNITS[match[2]])
 
 
 def register(sub: Subcommands, targets: Sequence[Target]) -> None:
@@ -203,11 +251,29 @@ def register(sub: Subcommands, targets: Sequence[Target]) -> None:
     add_target_options(p, targets, "on")
     p.set_defaults(func=cmd_jobs)
 
-    keys = sub.add_parser("keys", help="API keys of a deployed stack (FACEGATE_TABLE)")
+    keys = sub.add_parser("keys", help="API keys of a deployed stack (FACEGATE_KEYS_TABLE)")
     key_actions = keys.add_subparsers(dest="action", required=True)
     p = key_actions.add_parser("create", help="create a key; printed once, only its hash is kept")
     p.add_argument("--name", required=True, help="who or what the key is for")
+    p.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        help="what the key may do, repeated for several: verify, enrol, admin",
+    )
+    expiry = p.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", help="lifetime from now: 3600s, 90m, 12h, 30d, 4w")
+    expiry.add_argument(
+        "--expires-at", help="expiry as ISO-8601 with a zone, e.g. 2026-01-31T00:00:00Z"
+    )
+    add_target_options(p, targets, "on")
     p.set_defaults(func=cmd_keys)
-    p = key_actions.add_parser("revoke", help="revoke a key")
-    p.add_argument("key")
+    p = key_actions.add_parser("list", help="id, name, scopes, created, expires of every key")
+    p.add_argument("--json", action="store_true")
+    add_target_options(p, targets, "on")
+    p.set_defaults(func=cmd_keys)
+    p = key_actions.add_parser("revoke", help="revoke a key by its id (see 'keys list')")
+    p.add_argument("--id", dest="key_id", required=True)
+    add_target_options(p, targets, "on")
     p.set_defaults(func=cmd_keys)

@@ -7,7 +7,8 @@ tests wire it the same way. Routes stay one call deep; the rules live here:
   embedding (DynamoDB) and the photo itself (S3, private prefix) so a later model can
   re-embed it. Each photo gets its own verdict; a bad photo never fails the others.
 - Enrolment is all or nothing: a failure at any photo or at the record erases every
-  photo it stored.
+  photo it stored, and so does a DELETE of the subject that overlaps it (see
+  :meth:`FaceService.delete_subject`): a deleted person is gone from every store.
 - Every decision is taken at :func:`~facegate.service.probes.decision_threshold`: the
   request's ``threshold`` or ``far``, else the deployment's, never below the deployment's
   floor; answers show scores to 3 decimals.
@@ -60,7 +61,7 @@ from facegate.storage.subjects import (
     SubjectStore,
     validate_metadata,
 )
-from facegate.storage.tombstones import Tombstones
+from facegate.storage.tombstones import Deletion, Tombstones
 from facegate.types import FaceProcessor, FaceResult
 
 logger = logging.getLogger("facegate.service")
@@ -121,7 +122,10 @@ class FaceService:
         All or nothing: the photos and the subject's items are written in one ``try``; on any
         failure every photo it may have stored is erased (every version) before the error
         is raised, and the items, one DynamoDB transaction, were not written. No photo is
-        left that no record points at and no DELETE could reach.
+        left that no record points at and no DELETE could reach. The deletion fence is read
+        before the first photo is stored and checked by that transaction: a DELETE running
+        at the start, or begun before the commit, is a :class:`SubjectDeletedError` (409)
+        and the enrolment leaves nothing (the ordering is argued at :meth:`delete_subject`).
         """
         validate_id(subject_id)
         checked = None if metadata is None else validate_metadata(metadata)
@@ -129,6 +133,7 @@ class FaceService:
             raise ValidationError("no photos to enrol")
         if len(photos) > MAX_FACES_PER_PUT:  # one transaction holds at most this many faces
             raise ValidationError(f"enrol at most {MAX_FACES_PER_PUT} photos at a time")
+        fence = self.tombstones.fence(subject_id) if self.tombstones is not None else None
         results = self.pipeline.process_many(list(photos))
         outcomes: list[PhotoOutcome] = []
         faces: list[StoredFace] = []
@@ -151,6 +156,7 @@ class FaceService:
                     self.pipeline.model_id,
                     weights_sha256=self.pipeline.card.weights_sha256,
                     metadata=checked,
+                    fence=fence,
                 )
         except BaseException:
             self._erase_photos(written)
@@ -373,10 +379,39 @@ class FaceService:
 
     def delete_subject(self, subject_id: str) -> dict[str, Any]:
         """Photos first, then the records: if anything fails midway, the subject still exists
-        and a retried DELETE finishes the job; nothing biometric is left unreferenced."""
+        and a retried DELETE finishes the job; nothing biometric is left unreferenced.
+
+        With tombstones, the DELETE first moves the subject's deletion fence
+        (:meth:`Tombstones.begin_deletion`: the generation goes up and its mark goes in, in
+        one update ``b``), then sweeps every photo version under the prefix and deletes the
+        items, and takes its mark out at the end (``f``). An enrolment reads the fence at
+        ``r``, before its first photo, and commits its items at ``c`` only if the generation
+        is still the one it read. For any DELETE and enrolment of one subject:
+
+        - ``f`` before ``r``: the DELETE ended before the enrolment began; they never meet.
+        - ``b`` before ``r`` before ``f``: the enrolment sees the live mark and is refused
+          before it stores anything (that DELETE's sweep could follow its puts).
+        - ``r`` before ``b`` before ``c``: the generation moved, the transaction is cancelled,
+          and the enrolment erases the photos it stored (all of them: its puts all precede
+          ``c``); the DELETE removes the rest.
+        - ``c`` before ``b``: every photo and item of the enrolment precedes the sweep and the
+          (strongly consistent) item query, and the DELETE removes them with the rest.
+
+        So every interleaving ends with the whole subject or nothing of it. A DELETE killed
+        before ``f`` (a timeout) leaves its mark to expire
+        (:data:`~facegate.storage.tombstones.DELETION_LEASE`).
+        """
         self.subjects.get_subject(subject_id)
-        if self.tombstones is not None:  # galleries drop the subject at their next compaction
-            self.tombstones.record(subject_id)
+        if self.tombstones is None:
+            return self._erase_subject(subject_id)
+        self.tombstones.record(subject_id)  # galleries drop the subject at their next compaction
+        deletion = self.tombstones.begin_deletion(subject_id)
+        try:
+            return self._erase_subject(subject_id)
+        finally:
+            _end_deletion(self.tombstones, deletion)
+
+    def _erase_subject(self, subject_id: str) -> dict[str, Any]:
         removed = self.photos.delete_subject(subject_id)
         image_keys = self.subjects.delete_subject(subject_id)
         return {
@@ -384,3 +419,13 @@ class FaceService:
             "deleted_faces": len(image_keys),
             "deleted_photos": removed,
         }
+
+
+def _end_deletion(tombstones: Tombstones, deletion: Deletion) -> None:
+    """Take a DELETE's mark out. Failing to must not fail a DELETE that did its work (or hide
+    the error that stopped it): the mark only delays re-enrolling the id until it expires, so
+    it is logged (never the id) and the DELETE answers as it would have."""
+    try:
+        tombstones.end_deletion(deletion)
+    except Exception:
+        logger.warning("a deletion mark could not be removed; it expires by itself")

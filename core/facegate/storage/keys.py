@@ -10,6 +10,7 @@ The bucket, top-level prefix by prefix::
     galleries/<gallery>/rejects/<part>.parquet the photos that part could not use
     galleries/<gallery>/gallery.parquet        the compacted gallery that searches read
     enrolments/<subject_id>/<face_id>.<ext>    enrolment photos (private to the service)
+    probes/<any key>                           photos requests may name as s3:// URIs
     jobs/<job_id>/manifest.csv                 a verification job (probe photos beside it)
     results/<job_id>/...                       its chunk results, results and summary
     reembed/<target>.json                      the state of a re-embedding into ``target``
@@ -38,6 +39,10 @@ GALLERY_PREFIX = "galleries/"
 ENROLMENT_PREFIX = "enrolments/"
 #: Outside ``galleries/``, which holds only Parquet tables.
 REEMBED_PREFIX = "reembed/"
+#: The only prefix an API request may name as ``s3://<bucket>/<key>``
+#: (:meth:`PhotoStore.fetch`): every other prefix holds photos of enrolled or gallery
+#: subjects, which a key that may verify must not turn into embeddings.
+PROBES_PREFIX = "probes/"
 _SOURCE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 

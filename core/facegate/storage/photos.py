@@ -15,7 +15,7 @@ from facegate.errors import (
 )
 from facegate.settings import Settings
 from facegate.storage.clients import aws_client
-from facegate.storage.keys import ENROLMENT_PREFIX, enrolment_photo_key, subject_prefix
+from facegate.storage.keys import PROBES_PREFIX, enrolment_photo_key, subject_prefix
 from facegate.storage.objects import ObjectStore
 
 if TYPE_CHECKING:
@@ -125,15 +125,25 @@ class PhotoStore:
     def fetch(self, uri: str, max_bytes: int) -> bytes:
         """Read a caller-supplied ``s3://`` image, within limits, before any byte is downloaded.
 
-        Only our bucket (:class:`ValidationError` otherwise: the function's role must not become
-        a way to read other buckets) and never the private enrolment photos. The size limit is
-        checked against the object's length before the body is read, and the read itself is
-        bounded (:class:`ImageTooLargeError`). A missing object is an :class:`InvalidImageError`.
+        Only our bucket's :data:`PROBES_PREFIX` (:class:`ValidationError` otherwise). The
+        function's role must not become a way to read other buckets, nor the bucket's other
+        prefixes: enrolment photos and gallery uploads are photos of enrolled people, and a
+        key that may only verify would get their embeddings by naming them. Segments that a
+        path could read as ``.``/``..`` or an empty folder are refused too, so no spelling of a
+        key leaves the prefix. The size limit is checked against the object's length before
+        the body is read, and the read itself is bounded (:class:`ImageTooLargeError`). A
+        missing object is an :class:`InvalidImageError`.
         """
         check_positive(max_bytes, "max_bytes")
         key = self.is_own_uri(uri)
-        if key is None:
-            raise ValidationError(f"only s3://{self.bucket}/ URIs are accepted", detail=repr(uri))
-        if key.startswith(ENROLMENT_PREFIX):
-            raise ValidationError("enrolment photos cannot be used as input", detail=repr(uri))
+        inside = (
+            key is not None
+            and key.startswith(PROBES_PREFIX)
+            and all(part not in ("", ".", "..") for part in key.split("/"))
+        )
+        if key is None or not inside:
+            raise ValidationError(
+                f"photos by reference must be s3://{self.bucket}/{PROBES_PREFIX}<key>",
+                detail=repr(uri),
+            )
         return self.get(key, max_bytes=max_bytes)

@@ -43,6 +43,7 @@ from facegate.storage.subject_items import (
     subject_key,
     validate_metadata,
 )
+from facegate.storage.tombstones import EnrolmentFence
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -62,8 +63,9 @@ __all__ = [
 
 #: The sparse index that lists subjects: only META items carry its partition key.
 SUBJECTS_INDEX = "subjects"
-#: A DynamoDB transaction holds at most 100 items; one of them is the subject's META item.
-MAX_FACES_PER_PUT = 99
+#: A DynamoDB transaction holds at most 100 items; two of them are the subject's META item
+#: and the check of its deletion fence (:class:`~facegate.storage.tombstones.EnrolmentFence`).
+MAX_FACES_PER_PUT = 98
 MAX_LIST_LIMIT = 1000
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -206,6 +208,7 @@ class SubjectStore:
         *,
         weights_sha256: str,
         metadata: Mapping[str, str] | None = None,
+        fence: EnrolmentFence | None = None,
     ) -> None:
         """Add faces to a subject, creating it if absent, in one transaction: when it raises,
         nothing was written (barring an answer lost after a commit), so an enrolment that
@@ -216,6 +219,8 @@ class SubjectStore:
         :class:`ValidationError`), the META item on the condition that the subject is new or
         already uses ``model_id`` (else :class:`ModelMismatchError`: embeddings of different
         models must never be compared). ``metadata``, when given, replaces the stored one.
+        With a ``fence``, the transaction also checks that no DELETE of the subject began
+        since the fence was read (else :class:`~facegate.errors.SubjectDeletedError`).
         """
         validate_id(subject_id)
         if not isinstance(model_id, str) or not model_id:
@@ -239,13 +244,15 @@ class SubjectStore:
             }
             for face, emb in zip(stamped, embeddings, strict=True)
         ]
+        if fence is not None:
+            items.append(fence.condition_check())
         with aws_errors(f"enrolling subject {subject_id}"):
             try:
                 self._db.transact_write_items(TransactItems=items)
             except ClientError as exc:
                 if error_code(exc) != "TransactionCanceledException":
                     raise
-                self._raise_refusal(exc, subject_id, model_id, stamped)
+                self._raise_refusal(exc, subject_id, model_id, stamped, fence)
 
     def _meta_update(
         self,
@@ -298,11 +305,19 @@ class SubjectStore:
 
     @staticmethod
     def _raise_refusal(
-        exc: ClientError, subject_id: str, model_id: str, faces: Sequence[StoredFace]
+        exc: ClientError,
+        subject_id: str,
+        model_id: str,
+        faces: Sequence[StoredFace],
+        fence: EnrolmentFence | None,
     ) -> None:
-        """Name the condition that cancelled the transaction; anything else is a StorageError."""
+        """Name the condition that cancelled the transaction; anything else is a StorageError.
+        A DELETE that moved the fence is named first: whatever else failed, the subject the
+        enrolment wrote to is gone."""
         reasons = exc.response.get("CancellationReasons", [])
         failed = [r.get("Code") == "ConditionalCheckFailed" for r in reasons]
+        if fence is not None and len(failed) == len(faces) + 2 and failed[-1]:
+            raise fence.refused() from exc
         if failed and failed[0]:
             stored = from_attributes(reasons[0].get("Item", {})).get("model_id", "another model")
             raise ModelMismatchError(

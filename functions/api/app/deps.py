@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 
-from app.errors import UnauthorizedError
 from facegate.gallery.cache import GalleryCache
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService, GalleryService
 from facegate.settings import Settings, get_settings
-from facegate.storage.apikeys import ApiKeyStore
+from facegate.storage.apikeys import ApiKeyStore, route_scope
 from facegate.storage.clients import aws_client
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.jobs import JobStore
@@ -52,7 +52,7 @@ def _stores(settings: Settings) -> Stores:
     return Stores(
         SubjectStore(dynamodb, settings.table),
         PhotoStore(s3, settings.bucket),
-        ApiKeyStore(dynamodb, settings.table),
+        ApiKeyStore(dynamodb, settings.keys_table),
         GalleryStore(s3, settings.bucket),
         Tombstones(dynamodb, settings.table),
     )
@@ -102,16 +102,33 @@ def get_photo_store(settings: SettingsDep) -> PhotoStore:
     return _stores(settings).photos
 
 
+#: The key header as an OpenAPI security scheme (clients and schemathesis see how to
+#: authenticate); checked below, not by FastAPI, so a missing key gets the API's own 401.
+API_KEY = APIKeyHeader(
+    name="x-api-key",
+    auto_error=False,
+    description="an API key (`facegate keys create`); its scopes decide the routes it opens",
+)
+
+
 def require_api_key(
-    settings: SettingsDep, x_api_key: Annotated[str | None, Header()] = None
+    request: Request,
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Security(API_KEY)] = None,
 ) -> None:
-    """``x-api-key`` must be a key whose hash is stored; IAM mode leaves auth to API Gateway."""
+    """``x-api-key`` must be a stored, unexpired key holding the scope the matched route
+    needs (:data:`~facegate.storage.apikeys.ROUTE_SCOPES`, the one place that says which);
+    IAM mode leaves auth to API Gateway.
+
+    Every router takes this as its dependency, so the scope is looked up from the route
+    FastAPI matched rather than declared route by route: a route missing from the mapping is
+    refused to every key, never open to all.
+    """
     if settings.auth_mode != "api_key":
         return
-    if not x_api_key:
-        raise UnauthorizedError("missing x-api-key header")
-    if not _stores(settings).keys.is_valid(x_api_key):
-        raise UnauthorizedError("unknown API key")
+    route = request.scope.get("route")
+    scope = route_scope(request.method, getattr(route, "path", ""))
+    _stores(settings).keys.authorize(x_api_key, scope)
 
 
 ServiceDep = Annotated[FaceService, Depends(get_service)]

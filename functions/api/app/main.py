@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from app.errors import install_error_handlers
 from app.observability import install_request_logging
+from app.openapi import openapi_schema
 from app.routers import docs, faces, galleries, health, jobs, subjects
 from facegate import __version__
 
@@ -21,6 +22,8 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    # The error answers as this app gives them, not FastAPI's default 422 (app.openapi).
+    app.openapi = openapi_schema(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     install_request_logging(app)
     app.include_router(health.router)

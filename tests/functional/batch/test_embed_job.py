@@ -205,7 +205,7 @@ def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_
     app = create_app()
     app.dependency_overrides[get_pipeline] = lambda: pipeline
     app.dependency_overrides[get_settings] = lambda: aws
-    key = ApiKeyStore(aws_client("dynamodb", aws), aws.table).create("compaction")
+    key = ApiKeyStore(aws_client("dynamodb", aws), aws.keys_table).create("compaction")
     client = TestClient(app, headers={"x-api-key": key})
 
     first = client.post("/galleries/crew/compact")

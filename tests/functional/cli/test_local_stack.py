@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from facegate_local.config import LocalConfig
 from facegate_local.resources import create_resources, table_kwargs
+from facegate_local.roles import permission_usage, read_authorisations
 
 from facegate.storage.subjects import table_definition
 
@@ -51,6 +53,11 @@ def test_every_template_table_and_bucket_is_created(aws):
     photo_bucket = created["PhotoBucket"]
     assert s3.get_bucket_versioning(Bucket=photo_bucket)["Status"] == "Enabled"
     assert s3.get_bucket_encryption(Bucket=photo_bucket)["ServerSideEncryptionConfiguration"]
+    ttl = dynamodb.describe_time_to_live(TableName=created["ApiKeysTable"])
+    assert ttl["TimeToLiveDescription"] == {
+        "TimeToLiveStatus": "ENABLED",
+        "AttributeName": "expires_at",
+    }
 
 
 def test_template_table_is_the_one_the_store_expects():
@@ -93,6 +100,7 @@ def test_local_bucket_encryption_follows_the_template_conditions(aws, parameters
     names = {
         "PhotoBucket": f"kms-{len(parameters)}-photos",
         "SubjectsTable": f"kms-{len(parameters)}",
+        "ApiKeysTable": f"kms-{len(parameters)}-keys",
     }
     template = LocalConfig(root=REPO, resources=names, parameters=parameters).template()
     s3 = aws_client("s3", aws)
@@ -151,7 +159,29 @@ def test_up_invoke_upload_down(tmp_path, faces_dir):
         assert (
             answer["statusCode"] == 200 and json.loads(answer["body"])["model_id"] == "sface+dlib"
         )
-        assert run("status").returncode == 0
+        shown_status = run("status")
+        assert shown_status.returncode == 0
+        running = json.loads(shown_status.stdout)
+        assert set(running["functions"]) == {
+            "ApiFunction",
+            "EmbedFunction",
+            "JobFunction",
+            "AggregateFunction",
+            "JobStatusFunction",  # GET /jobs/{job_id}: its own route, its own process
+        }
+        for function, figures in running["memory"].items():
+            assert 0 < figures["peak_mib"] < figures["limit_mb"], function
+
+        # A function whose environment dies (out of memory, timed out) gets a new one, as on
+        # Lambda: the upload below still goes through the embedding function.
+        old_pid = running["functions"]["EmbedFunction"]
+        os.kill(old_pid, signal.SIGKILL)
+        for _ in range(100):
+            now = json.loads(run("status").stdout)["functions"]["EmbedFunction"]
+            if now != old_pid:
+                break
+            time.sleep(0.1)
+        assert now != old_pid
 
         people = tmp_path / "people"
         for subject, name in [("ardern", "person_b_1"), ("sunak", "impostor_2")]:
@@ -210,7 +240,52 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     assert summary["identified"] == 2 and summary["deleted"] == 1
     assert summary["gallery_rows"] == 6 and summary["rejects"] == 1
     assert summary["job_rows"] == 5 and summary["job_correct"] == 5
+    assert summary["invoked"] == 2 and summary["functions"] == 5
+    assert summary["memory_within_limits"] is True
     assert _survivors(tmp_path) == ""
+    config = LocalConfig(root=REPO, state_dir=tmp_path / "state")
+    entries = read_authorisations(config.authorisations_file)
+    assert entries, "the stack recorded no IAM decisions"
+    usage = permission_usage(config.template(), entries)
+    assert set(usage) == set(NOT_IN_THE_DEMO)
+    for function, used in usage.items():
+        assert used.refused == set(), (function, sorted(used.refused))
+        assert used.used, f"{function} made no AWS call under its role"
+        assert used.unused == set(NOT_IN_THE_DEMO[function]), (function, sorted(used.unused))
+    operator = {e["principal"] for e in entries if ":user/" in e["principal"]}
+    assert operator == {"arn:aws:iam::123456789012:user/operator"}
+
+
+#: Each role's grants that the demo does not exercise, and the code path that needs them. The
+#: demo runs every function under its own role with IAM enforced; a grant not used there and
+#: not listed here is one too many (template.yaml), a refused call one too few.
+NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
+    "ApiFunction": {
+        "s3:GetObjectVersion": "s3:// probes pinned to a version",
+        "s3:DeleteObjectVersion": "erasure of every photo version (moto checks DeleteObject)",
+        "sqs:SendMessage*": "POST /reembed queues the re-embedding",
+    },
+    "EmbedFunction": {
+        "dynamodb:GetItem": "the ledger's entry of a source already claimed",
+        "dynamodb:DeleteItem": "the ledger releases a claim whose processing failed",
+        "s3:GetObjectVersion": "uploads are read at the notified version",
+        "s3:ListBucket": "an upload deleted before processing is a 404, not a 403",
+        "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",
+        "sqs:SendMessage*": "an archive over one chunk fans out to the ingest queue",
+    },
+    "CompactFunction": {"sqs:SendMessage": "its asynchronous invocations' dead-letter queue"},
+    "JobFunction": {
+        "dynamodb:GetItem": "a chunk of a job that already failed or finished",
+        "dynamodb:Query": "re-embedding drops the rows of deleted subjects (tombstones)",
+        "s3:GetObjectVersion": "manifests and probes are read at the notified version",
+        "s3:ListBucket": "a missing probe is a 404 (a failed row), not a 403",
+        "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",
+    },
+    "AggregateFunction": {
+        "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",
+    },
+    "JobStatusFunction": {},
+}
 
 
 #: Lambda's synchronous invocation request limit: the event's JSON, 6 MiB.

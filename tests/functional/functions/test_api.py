@@ -32,7 +32,7 @@ def _jpeg(array: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def api_key(aws) -> str:
-    return ApiKeyStore(aws_client("dynamodb", aws), aws.table).create("tests")
+    return ApiKeyStore(aws_client("dynamodb", aws), aws.keys_table).create("tests")
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def nested(depth: int) -> str:
 
 @pytest.fixture(scope="module")
 def api_key(aws) -> str:
-    return ApiKeyStore(aws_client("dynamodb", aws), aws.table).create("hardening")
+    return ApiKeyStore(aws_client("dynamodb", aws), aws.keys_table).create("hardening")
 
 
 @pytest.fixture

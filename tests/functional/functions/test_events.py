@@ -3,7 +3,7 @@
 The events are the ones users run with ``sam local invoke`` and ``facegate local invoke``;
 ``events/expected.json`` gives their order and expected answers. Here they go, in that order,
 through ``facegate_api.handler`` (Mangum, Powertools) in-process: the sample photos are
-uploaded under ``samples/`` and the ``LOCAL_API_KEY`` placeholder becomes a real key, as the
+uploaded under ``probes/samples/`` and the ``LOCAL_API_KEY`` placeholder becomes a real key, as the
 local stack does.
 """
 
@@ -65,11 +65,11 @@ def invoke(aws, pipeline, faces_dir):
     for name in SAMPLES:
         s3.put_object(
             Bucket=aws.bucket,
-            Key=f"samples/{name}.jpg",
+            Key=f"probes/samples/{name}.jpg",
             Body=(faces_dir / f"{name}.jpg").read_bytes(),
             ContentType="image/jpeg",
         )
-    key = ApiKeyStore(aws_client("dynamodb", aws), aws.table).create("events")
+    key = ApiKeyStore(aws_client("dynamodb", aws), aws.keys_table).create("events")
 
     # The stores are cached per settings value: drop clients made under another module's moto.
     deps._stores.cache_clear()
@@ -117,7 +117,7 @@ def test_events_are_api_gateway_v2_with_the_conventions():
                 if name.startswith("image") and entry["statusCode"] < 400:
                     values = value if isinstance(value, list) else [value]
                     assert all(
-                        v.startswith("s3://facegate-local/samples/")
+                        v.startswith("s3://facegate-local/probes/samples/")
                         or entry["event"] == "compare-inline.json"
                         for v in values
                     )

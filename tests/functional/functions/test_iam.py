@@ -1,15 +1,15 @@
 """The API function's role, exactly as the SAM transform expands it, against moto with IAM on.
 
 moto allows every call by default, so a permission missing from template.yaml (or one too
-many) is invisible to the rest of the suite. Here an IAM user gets the role's inline policies,
-resolved with the local stack's physical names, and the API's storage code runs with that
-user's keys while moto authorises every request (``set_initial_no_auth_action_count(0)``: the
-fixture's setup runs before enforcement starts, the test body entirely under it).
+many) is invisible to a permissive moto. Here the role is created as the local stack creates
+it (``facegate_local.roles``: inline policies resolved with the local physical names, assumed
+through STS) and the API's storage code runs with its session keys while moto authorises every
+request (``set_initial_no_auth_action_count(0)``: the fixture's setup runs before enforcement
+starts, the test body entirely under it).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,43 +19,35 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from facegate_local.resources import create_resources
-from facegate_local.template import Template, load_template
+from facegate_local.roles import (
+    LOAD_MANAGED_POLICIES,
+    Credentials,
+    authorise_dynamodb_by_table,
+    create_operator,
+    create_role,
+    function_roles,
+    permission_usage,
+    read_authorisations,
+    record_authorisations,
+)
+from facegate_local.template import Template
 from moto import mock_aws
 from moto.core import set_initial_no_auth_action_count
-from tests_support import REAL_AWS_POINTERS, repo_root, sam_transform, use_fake_credentials
+from moto.dynamodb.responses import DynamoHandler
+from moto.iam.access_control import IAMRequestBase
+from tests_support import REAL_AWS_POINTERS, repo_root, use_fake_credentials
 
+from facegate.errors import StorageError, UnknownSubjectError
+from facegate.storage.apikeys import ApiKeyStore
 from facegate.storage.photos import PhotoStore
+from facegate.storage.subjects import SubjectStore
 
 REGION = "us-east-1"
-NAMES = {"PhotoBucket": "facegate-iam-photos", "SubjectsTable": "facegate-iam-subjects"}
-
-
-def _resolve(template: Template, value: Any) -> Any:
-    """Every intrinsic inside a policy document, resolved as the local stack resolves them."""
-    if isinstance(value, list):
-        return [_resolve(template, v) for v in value]
-    if isinstance(value, dict):
-        if len(value) == 1 and next(iter(value)).startswith(("Ref", "Fn::")):
-            return template.resolve(value)
-        return {k: _resolve(template, v) for k, v in value.items()}
-    return value
-
-
-def role_policies(template: Template, function: str) -> dict[str, dict[str, Any]]:
-    """``{policy name: document}`` of the inline policies SAM writes on the function's role.
-
-    The role's managed policies (basic execution and X-Ray write access) grant logs and traces
-    only, nothing the storage code calls.
-    """
-    output = sam_transform(load_template(template.path), {})
-    role = output["Resources"][f"{function}Role"]["Properties"]
-    return {
-        policy["PolicyName"]: {
-            "Version": "2012-10-17",
-            **_resolve(template, policy["PolicyDocument"]),
-        }
-        for policy in role["Policies"]
-    }
+NAMES = {
+    "PhotoBucket": "facegate-iam-photos",
+    "SubjectsTable": "facegate-iam-subjects",
+    "ApiKeysTable": "facegate-iam-keys",
+}
 
 
 @dataclass(frozen=True)
@@ -67,44 +59,48 @@ class Stack:
     role_s3: Any
     auditor_s3: Any
     keys: dict[str, list[str]]
+    role_dynamodb: Any
+    operator_dynamodb: Any
+    authorisations: Path
 
 
-def _user_clients(iam: Any, user: str, policies: dict[str, dict[str, Any]]) -> Any:
-    """An S3 client with the keys of a new IAM user holding exactly ``policies``."""
-    iam.create_user(UserName=user)
-    for name, document in policies.items():
-        iam.put_user_policy(UserName=user, PolicyName=name, PolicyDocument=json.dumps(document))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    return boto3.client(
-        "s3",
-        region_name=REGION,
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
-    )
+def _s3(credentials: Credentials) -> Any:
+    return boto3.client("s3", region_name=REGION, **credentials.client_kwargs())
+
+
+def _dynamodb(credentials: Credentials) -> Any:
+    return boto3.client("dynamodb", region_name=REGION, **credentials.client_kwargs())
 
 
 @pytest.fixture
-def stack(monkeypatch: pytest.MonkeyPatch, faces_dir: Path) -> Iterator[Stack]:
+def stack(monkeypatch: pytest.MonkeyPatch, faces_dir: Path, tmp_path: Path) -> Iterator[Stack]:
     """Before enforcement: the template's table and versioned bucket, the users, and photos.
 
     alice has a photo in two versions and one hidden behind a delete marker (what erasing her
     must remove entirely); bob has the photos of an enrolment that failed midway; carol's photo
-    must survive both.
+    must survive both. moto is patched as the local stack patches it (DynamoDB checked per
+    table, every decision recorded), and restored after.
     """
+    monkeypatch.setattr(
+        IAMRequestBase, "check_action_permitted", IAMRequestBase.check_action_permitted
+    )
+    for name in ("_determine_resource", "_authenticate_and_authorize_normal_action"):
+        monkeypatch.setattr(DynamoHandler, name, getattr(DynamoHandler, name, None), raising=False)
+    authorisations = tmp_path / "authorisations.jsonl"
+    record_authorisations(authorisations)
+    authorise_dynamodb_by_table()
     for name in REAL_AWS_POINTERS:
         monkeypatch.delenv(name, raising=False)
     use_fake_credentials(monkeypatch, REGION)
+    monkeypatch.setenv(LOAD_MANAGED_POLICIES, "true")
     template = Template(repo_root() / "template.yaml", NAMES, "facegate-iam", REGION)
     with mock_aws():
         admin = {name: boto3.client(name, region_name=REGION) for name in ("s3", "dynamodb")}
         create_resources(template, admin["dynamodb"], admin["s3"])
-        iam = boto3.client("iam", region_name=REGION)
-        role_s3 = _user_clients(iam, "api-function", role_policies(template, "ApiFunction"))
-        auditor = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }
-        auditor_s3 = _user_clients(iam, "auditor", {"audit": auditor})
+        iam, sts = (boto3.client(name, region_name=REGION) for name in ("iam", "sts"))
+        role = function_roles(template)["ApiFunction"]
+        role_keys, auditor = create_role(iam, sts, role), create_operator(iam, "auditor")
+        role_s3, auditor_s3 = _s3(role_keys), _s3(auditor)
         bucket = NAMES["PhotoBucket"]
         photos = PhotoStore(admin["s3"], bucket)
         jpeg = [(faces_dir / f"person_a_{i}.jpg").read_bytes() for i in (1, 2)]
@@ -118,7 +114,15 @@ def stack(monkeypatch: pytest.MonkeyPatch, faces_dir: Path) -> Iterator[Stack]:
             "carol": [photos.put("carol", "f1", jpeg[0], "image/jpeg")],
         }
         photos.objects.delete(keys["alice"][2])
-        yield Stack(bucket, role_s3, auditor_s3, keys)
+        yield Stack(
+            bucket,
+            role_s3,
+            auditor_s3,
+            keys,
+            _dynamodb(role_keys),
+            _dynamodb(auditor),
+            authorisations,
+        )
 
 
 def _versions(s3: Any, bucket: str) -> list[str]:
@@ -157,3 +161,34 @@ def test_api_role_cannot_change_the_bucket_lifecycle(stack: Stack) -> None:
         )
     assert refused.value.response["Error"]["Code"] == "AccessDenied"
     stack.role_s3.get_object(Bucket=stack.bucket, Key=stack.keys["carol"][0])  # the keys work
+
+
+@set_initial_no_auth_action_count(0)
+def test_api_role_checks_keys_but_cannot_mint_one(stack: Stack) -> None:
+    """Keys live in their own table; the API reads it and nothing more (an operator, here
+    the auditor, creates keys)."""
+    key = ApiKeyStore(stack.operator_dynamodb, NAMES["ApiKeysTable"]).create("ops", ["verify"])
+    api = ApiKeyStore(stack.role_dynamodb, NAMES["ApiKeysTable"])
+    found = api.lookup(key)
+    assert found is not None and found.scopes == {"verify"}
+    with pytest.raises(StorageError, match="storing an API key failed: 403"):
+        api.create("minted-by-the-api")
+    with pytest.raises(StorageError, match="failed: 403"):
+        api.revoke(found.key_id)
+    subjects = SubjectStore(stack.role_dynamodb, NAMES["SubjectsTable"])
+    with pytest.raises(UnknownSubjectError):  # its own table, by the table's ARN: allowed
+        subjects.get_subject("nobody")
+
+
+@set_initial_no_auth_action_count(0)
+def test_a_missing_permission_is_refused_and_recorded(stack: Stack) -> None:
+    """What the demo test relies on: a call outside the role is refused by moto and shows as
+    refused in the role's usage (here: reading a photo's versions, which only erasure does)."""
+    with pytest.raises(ClientError):
+        stack.role_s3.get_bucket_policy(Bucket=stack.bucket)
+    stack.role_s3.list_object_versions(Bucket=stack.bucket)
+    template = Template(repo_root() / "template.yaml", NAMES, "facegate-iam", REGION)
+    usage = permission_usage(template, read_authorisations(stack.authorisations))["ApiFunction"]
+    assert usage.refused == {"s3:GetBucketPolicy"}
+    assert "s3:ListBucketVersions" in usage.used
+    assert "s3:ListBucketVersions" not in usage.unused

@@ -10,14 +10,16 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from facegate_local.stack import LambdaContext
 from tests_support import repo_root
 
 from facegate.settings import get_settings
-from facegate.storage.apikeys import ApiKeyStore
+from facegate.storage.apikeys import ApiKeyStore, hash_key
 from facegate.storage.clients import aws_client
+from facegate.storage.dynamo import to_attributes
 from facegate.storage.jobs import JobStore
 
 SAMPLE = json.loads((repo_root() / "events" / "get-job-unknown.json").read_text())
@@ -47,7 +49,7 @@ def _event(path: str, key: str | None, method: str = "GET") -> dict[str, object]
 
 @pytest.fixture(scope="module")
 def call(aws, status_module):
-    key = ApiKeyStore(aws_client("dynamodb", aws), aws.table).create("status")
+    key = ApiKeyStore(aws_client("dynamodb", aws), aws.keys_table).create("status")
     context = LambdaContext("JobStatusFunction", "us-east-1")
 
     def call(path: str, api_key: str | None = key, method: str = "GET"):
@@ -72,7 +74,7 @@ def test_errors_have_the_api_body_and_status(call):
     )
     assert call("/jobs/poll", None) == (
         401,
-        {"error": {"code": "unauthorized", "message": "missing or unknown x-api-key"}},
+        {"error": {"code": "unauthorized", "message": "missing x-api-key header"}},
     )
     assert call("/jobs/poll", "not-a-key")[0] == 401
     status, body = call("/jobs/bad id!")
@@ -82,10 +84,34 @@ def test_errors_have_the_api_body_and_status(call):
     assert call("/jobs/poll", method="DELETE")[1]["error"]["code"] == "not_found"
 
 
+def test_job_status_needs_an_unexpired_key_with_the_admin_scope(aws, call):
+    """The status function checks scopes as the API does: ``GET /jobs/{id}`` is ``admin``."""
+    store = ApiKeyStore(aws_client("dynamodb", aws), aws.keys_table)
+    JobStore(aws_client("dynamodb", aws), aws.table).create(
+        "scoped", rows=1, chunks=1, failed_rows=0
+    )
+    for scopes in (["verify"], ["enrol"], ["verify", "enrol"]):
+        status, body = call("/jobs/scoped", store.create("not-admin", scopes))
+        assert (status, body["error"]["code"]) == (403, "insufficient_scope"), scopes
+        assert "'admin' scope" in body["error"]["message"]
+    status, body = call("/jobs/scoped", store.create("ops", ["admin"]))
+    assert status == 200 and body["job_id"] == "scoped"
+    expired = store.issue("old", ["admin"], datetime.now(UTC) + timedelta(days=1))
+    aws_client("dynamodb", aws).update_item(  # as if its expiry had passed, before the TTL
+        TableName=aws.keys_table,
+        Key=to_attributes({"pk": hash_key(expired.key)}),
+        UpdateExpression="SET expires_at = :t",
+        ExpressionAttributeValues=to_attributes({":t": int(datetime.now(UTC).timestamp()) - 60}),
+    )
+    status, body = call("/jobs/scoped", expired.key)
+    assert (status, body["error"]["code"]) == (401, "unauthorized")
+
+
 def test_the_sample_event_as_sam_sends_it(aws, status_module):
     """``events/get-job-unknown.json`` unchanged but for its key placeholder."""
     event = copy.deepcopy(SAMPLE)
-    event["headers"]["x-api-key"] = ApiKeyStore(aws_client("dynamodb", aws), aws.table).create("s")
+    keys = ApiKeyStore(aws_client("dynamodb", aws), aws.keys_table)
+    event["headers"]["x-api-key"] = keys.create("s")
     answer = status_module.handler(event, LambdaContext("JobStatusFunction", "us-east-1"))
     assert answer["statusCode"] == 404
     assert json.loads(answer["body"])["error"]["code"] == "unknown_job"

@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from service_fakes import ANN_1, ANN_2, ANN_PROBE, BOB, FakeProcessor, make_card
+from service_fakes import (
+    ANN_1,
+    ANN_2,
+    ANN_PROBE,
+    BOB,
+    FakeProcessor,
+    make_card,
+    photo_versions,
+    subject_items,
+)
 
 from facegate.errors import ModelMismatchError, StorageError, ValidationError
 from facegate.service import FaceService
@@ -27,23 +36,6 @@ def service(fresh_aws, processor: FakeProcessor) -> FaceService:
     return FaceService(
         processor, SubjectStore.from_settings(settings), PhotoStore.from_settings(settings)
     )
-
-
-def _versions(fresh_aws, subject_id: str) -> list[str]:
-    listed = fresh_aws.s3.list_object_versions(
-        Bucket=fresh_aws.bucket, Prefix=f"enrolments/{subject_id}/"
-    )
-    return [v["Key"] for v in listed.get("Versions", []) + listed.get("DeleteMarkers", [])]
-
-
-def _items(fresh_aws, subject_id: str) -> list[str]:
-    answer = fresh_aws.dynamodb.query(
-        TableName=fresh_aws.settings.table,
-        KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": f"SUBJECT#{subject_id}"}},
-        ConsistentRead=True,
-    )
-    return sorted(i["sk"]["S"] for i in answer["Items"])
 
 
 def _failing_put(monkeypatch, error: BaseException, *, at: int, after_write: bool) -> list[str]:
@@ -76,20 +68,23 @@ def test_a_photo_put_failing_midway_leaves_nothing(
     with pytest.raises(type(error)) as raised:
         service.enrol("ann", [ANN_1, ANN_2, ANN_PROBE])
     assert raised.value is error and len(calls) == 2
-    assert _versions(fresh_aws, "ann") == [] and _items(fresh_aws, "ann") == []
+    assert photo_versions(fresh_aws, "ann") == [] and subject_items(fresh_aws, "ann") == []
 
 
 def test_a_failed_enrolment_of_an_enrolled_subject_keeps_only_what_was_there(
     fresh_aws, service, monkeypatch
 ):
     first = service.enrol("ann", [ANN_1])
-    before_items, before_versions = _items(fresh_aws, "ann"), _versions(fresh_aws, "ann")
+    before_items, before_versions = (
+        subject_items(fresh_aws, "ann"),
+        photo_versions(fresh_aws, "ann"),
+    )
     assert len(before_items) == 2 and len(before_versions) == 1
     _failing_put(monkeypatch, StorageError("S3 said no"), at=2, after_write=True)
     with pytest.raises(StorageError):
         service.enrol("ann", [ANN_2, ANN_PROBE])
-    assert _items(fresh_aws, "ann") == before_items
-    assert _versions(fresh_aws, "ann") == before_versions
+    assert subject_items(fresh_aws, "ann") == before_items
+    assert photo_versions(fresh_aws, "ann") == before_versions
     described = service.describe_subject("ann")
     assert described["face_count"] == 1
     assert [f["face_id"] for f in described["faces"]] == [first["photos"][0]["face_id"]]
@@ -102,10 +97,10 @@ def test_a_refused_record_removes_every_photo_version(fresh_aws, service, proces
         FakeProcessor(processor.faces, card=make_card("other")), service.subjects, service.photos
     )
     other.enrol("ann", [BOB])
-    kept = _versions(fresh_aws, "ann")
+    kept = photo_versions(fresh_aws, "ann")
     with pytest.raises(ModelMismatchError, match="enrolled with 'other'"):
         service.enrol("ann", [ANN_1, ANN_2])
-    assert _versions(fresh_aws, "ann") == kept
+    assert photo_versions(fresh_aws, "ann") == kept
 
 
 def test_a_failed_clean_up_still_raises_the_original_error(fresh_aws, service, monkeypatch):
@@ -127,7 +122,7 @@ def test_more_faces_than_one_record_holds_are_refused_before_any_write(
     calls = _failing_put(monkeypatch, AssertionError("no put expected"), at=1, after_write=False)
     with pytest.raises(ValidationError, match=f"at most {MAX_FACES_PER_PUT}"):
         service.enrol("ann", [ANN_1] * (MAX_FACES_PER_PUT + 1))
-    assert calls == [] and _versions(fresh_aws, "ann") == []
+    assert calls == [] and photo_versions(fresh_aws, "ann") == []
 
 
 def test_a_read_back_failing_after_the_commit_keeps_the_photos_the_records_name(
@@ -142,5 +137,5 @@ def test_a_read_back_failing_after_the_commit_keeps_the_photos_the_records_name(
     monkeypatch.setattr(SubjectStore, "get_subject", unreadable)
     with pytest.raises(StorageError, match="read failed"):
         service.enrol("ann", [ANN_1, ANN_2])
-    faces = [sk for sk in _items(fresh_aws, "ann") if sk.startswith("FACE#")]
-    assert len(faces) == 2 and len(_versions(fresh_aws, "ann")) == 2
+    faces = [sk for sk in subject_items(fresh_aws, "ann") if sk.startswith("FACE#")]
+    assert len(faces) == 2 and len(photo_versions(fresh_aws, "ann")) == 2

@@ -424,18 +424,44 @@ def test_is_own_uri(uri, key):
 
 
 def test_fetch(photos, s3):
-    s3.put_object(Bucket=BUCKET, Key="uploads/p.jpg", Body=JPEG)
-    uri = f"s3://{BUCKET}/uploads/p.jpg"
+    s3.put_object(Bucket=BUCKET, Key="probes/p.jpg", Body=JPEG)
+    uri = f"s3://{BUCKET}/probes/p.jpg"
 
     assert photos.fetch(uri, max_bytes=len(JPEG)) == JPEG
     with pytest.raises(ImageTooLargeError):
         photos.fetch(uri, max_bytes=len(JPEG) - 1)
     with pytest.raises(InvalidImageError):
-        photos.fetch(f"s3://{BUCKET}/uploads/missing.jpg", max_bytes=1024)
+        photos.fetch(f"s3://{BUCKET}/probes/missing.jpg", max_bytes=1024)
     with pytest.raises(ValidationError):
-        photos.fetch("s3://other-bucket/uploads/p.jpg", max_bytes=1024)
+        photos.fetch("s3://other-bucket/probes/p.jpg", max_bytes=1024)
     with pytest.raises(ValidationError):
         photos.fetch(f"s3://{BUCKET}/enrolments/alice/f1.jpg", max_bytes=1024)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "uploads/staff/alice/1.jpg",  # a gallery subject's photo (fault 7)
+        "enrolments/alice/f1.jpg",
+        "jobs/j1/probe.jpg",
+        "samples/p.jpg",
+        "probes",
+        "probes/",
+        "probes//p.jpg",
+        "probes/./p.jpg",
+        "probes/../uploads/staff/alice/1.jpg",
+        "Probes/p.jpg",
+    ],
+)
+def test_fetch_reads_the_probes_prefix_only(photos, s3, key):
+    """Every other prefix holds photos of enrolled or gallery subjects: naming one as a probe
+    would hand their embeddings to any key that may verify."""
+    s3.put_object(Bucket=BUCKET, Key=key, Body=JPEG)
+    with pytest.raises(ValidationError, match=f"s3://{BUCKET}/probes/") as refused:
+        photos.fetch(f"s3://{BUCKET}/{key}", max_bytes=len(JPEG))
+    assert refused.value.code == "validation_error"
+    s3.put_object(Bucket=BUCKET, Key="probes/staff/alice/1.jpg", Body=JPEG)
+    assert photos.fetch(f"s3://{BUCKET}/probes/staff/alice/1.jpg", max_bytes=len(JPEG)) == JPEG
 
 
 def test_s3_errors_become_storage_errors(fresh_aws):

@@ -9,10 +9,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.deps import ServiceDep, require_api_key
-from app.openapi import photo_body
+from app.openapi import ID, KEYED, PHOTOS, error_responses, photo_body
 from app.requests import BodyDep
 
-router = APIRouter(tags=["faces"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    tags=["faces"],
+    dependencies=[Depends(require_api_key)],
+    responses=error_responses(*KEYED, *PHOTOS),
+)
 
 #: Per-request decision rule: a raw threshold or a calibrated target FAR (not both).
 DECISION_FIELDS: dict[str, object] = {
@@ -35,14 +39,16 @@ DECISION_FIELDS: dict[str, object] = {
 
 @router.post(
     "/compare",
+    responses=error_responses(409),
     openapi_extra=photo_body(
         {"image_a": "first photo", "image_b": "second photo", "image": "photo to verify"},
         {
-            "subject_id": {"type": "string", "description": "verify image against this subject"},
+            "subject_id": {**ID, "description": "verify image against this subject"},
             "embedding": {"type": "array", "items": {"type": "number"}},
             "model_id": {"type": "string", "description": "model of the reference embedding"},
             **DECISION_FIELDS,
         },
+        one_of=[["image_a", "image_b"], ["image", "subject_id"], ["image", "embedding"]],
     ),
 )
 def compare(body: BodyDep, service: ServiceDep) -> dict[str, object]:
@@ -69,11 +75,12 @@ def compare(body: BodyDep, service: ServiceDep) -> dict[str, object]:
 
 @router.post(
     "/identify",
+    responses=error_responses(409),
     openapi_extra=photo_body(
         {"image": "probe photo"},
         {
             "top_k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
-            "gallery": {"type": "string", "description": "name of a Parquet gallery"},
+            "gallery": {**ID, "description": "name of a Parquet gallery"},
             "subjects": {"type": "boolean", "default": True},
             **DECISION_FIELDS,
         },

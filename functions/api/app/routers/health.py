@@ -7,9 +7,10 @@ import time
 from fastapi import APIRouter
 
 from app.deps import PipelineDep
+from app.openapi import error_responses
 from facegate import __version__
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=error_responses(429, 500, 503))
 STARTED = time.monotonic()
 
 

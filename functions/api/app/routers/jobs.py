@@ -5,12 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.deps import SettingsDep, job_store, require_api_key
+from app.openapi import KEYED, IdPath, error_responses
 from facegate.common import validate_id
 
-router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    tags=["jobs"], dependencies=[Depends(require_api_key)], responses=error_responses(*KEYED)
+)
 
 
-@router.get("/jobs/{job_id}")
-def get_job(job_id: str, settings: SettingsDep) -> dict[str, object]:
+@router.get("/jobs/{job_id}", responses=error_responses(404))
+def get_job(job_id: IdPath, settings: SettingsDep) -> dict[str, object]:
     """Status (running, succeeded, failed), rows, chunks done, counts, result keys."""
     return job_store(settings).get(validate_id(job_id, "job_id")).to_dict()
