@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,3 +113,24 @@ def run_on_private_loop(coroutine: Coroutine[Any, Any, T]) -> T:
         return loop.run_until_complete(coroutine)
     finally:
         loop.close()
+
+
+#: 16 or more decimal numbers in a row, comma-separated: an embedding or a list of scores.
+FLOAT_RUN = re.compile(rb"(?:-?\d*\.\d+(?:[eE][-+]?\d+)?\s*,\s*){15,}-?\d*\.\d+")
+#: A photo: JPEG's first bytes, as they are and base64-encoded; PNG's, base64-encoded.
+IMAGE_MARKS = (b"\xff\xd8\xff", b"/9j/", b"iVBORw0KGgo")
+
+
+def biometric_leaks(logged: bytes, subject_ids: Iterable[str]) -> list[str]:
+    """The lines of ``logged`` that hold a subject id in clear (as a key's segment too:
+    ``enrolments/<subject>/...``), an embedding-like run of floats, or photo bytes, each
+    with what it holds; empty when there is none."""
+    ids = sorted({s.encode() for s in subject_ids})
+    leaks = []
+    for line in logged.splitlines():
+        found = [i.decode() for i in ids if i in line]
+        found += ["floats"] if FLOAT_RUN.search(line) else []
+        found += ["image bytes"] if any(mark in line for mark in IMAGE_MARKS) else []
+        if found:
+            leaks.append(f"{found}: {line[:300].decode(errors='replace')}")
+    return leaks

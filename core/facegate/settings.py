@@ -22,6 +22,15 @@ _CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models"
 #: Where the Lambda images bake them in.
 _IMAGE_MODEL_DIR = Path("/opt/facegate/models")
 
+#: The template's dead-letter queues keep a message this long (``MessageRetentionPeriod``,
+#: 1,209,600 s; tests/unit/test_template.py checks no queue keeps one longer). SQS counts it
+#: from the message's first enqueue, so no notification is delivered later than this after
+#: its upload.
+DEAD_LETTER_RETENTION_DAYS = 14
+#: Slack on top of the S3 retention a tombstone must outlive: S3 rounds a lifecycle age up to
+#: the next midnight UTC and removes expired objects asynchronously, some time after.
+TOMBSTONE_MARGIN_DAYS = 7
+
 
 def default_model_dir() -> Path:
     """``<repo>/models`` when running from a checkout (development, CI), else the image path."""
@@ -84,6 +93,17 @@ class Settings(BaseSettings):
     #: card's threshold calibrated for FAR 1e-2 (:func:`facegate.service.probes.decision_floor`).
     min_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
+    #: Retention, in days (template parameters ``UploadsRetentionDays``, ``JobsRetentionDays``,
+    #: ``NoncurrentVersionDays``): the bucket's lifecycle rules apply them to S3; the stores
+    #: turn them into the TTL (``expires_at``) of the DynamoDB items that must expire with
+    #: what they describe. 0 keeps uploads / jobs until someone deletes them.
+    uploads_retention_days: int = Field(default=30, ge=0)
+    jobs_retention_days: int = Field(default=30, ge=0)
+    noncurrent_version_days: int = Field(default=1, ge=1)
+    #: An ingest ledger entry only has to outlive every delivery of its source's notification
+    #: (at most :data:`DEAD_LETTER_RETENTION_DAYS` after the upload, redrives included).
+    ledger_retention_days: int = Field(default=30, gt=DEAD_LETTER_RETENTION_DAYS)
+
     @field_validator(
         "aws_endpoint_url",
         "ingest_queue_url",
@@ -109,6 +129,38 @@ class Settings(BaseSettings):
         ):
             raise ValueError("FACEGATE_THRESHOLD is below FACEGATE_MIN_THRESHOLD")
         return self
+
+    @property
+    def tombstone_lifetime_days(self) -> int | None:
+        """The shortest a tombstone may live after the subject's latest DELETE; None: for ever.
+
+        A tombstone is what stops a photo uploaded before the DELETE from bringing the
+        subject back through a part built later (a late worker, a redriven message, a
+        re-embedding), so it must outlive every such source: an upload or a job's probe for
+        its retention plus the days its old version lingers, a dead-lettered notification for
+        the queue's retention, and :data:`TOMBSTONE_MARGIN_DAYS` for S3's lateness. Derived,
+        never set, so that it cannot be set shorter than the sources; for ever when uploads
+        or jobs are kept.
+        """
+        if not self.uploads_retention_days or not self.jobs_retention_days:
+            return None
+        longest = max(
+            self.uploads_retention_days + self.noncurrent_version_days,
+            self.jobs_retention_days + self.noncurrent_version_days,
+            DEAD_LETTER_RETENTION_DAYS,
+        )
+        return longest + TOMBSTONE_MARGIN_DAYS
+
+    @property
+    def tombstone_retention(self) -> int | None:
+        """Days a tombstone is kept (its TTL); None: for ever, which it is for now.
+
+        Compaction drops a deleted subject's rows from gallery parts it reads again every
+        time, without rewriting them: a tombstone that expired would bring those rows back at
+        the next compaction. Until erasure rewrites the parts (issue 13), tombstones stay;
+        then they can expire after :attr:`tombstone_lifetime_days`.
+        """
+        return None
 
 
 @lru_cache(maxsize=1)

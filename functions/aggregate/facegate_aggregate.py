@@ -27,6 +27,8 @@ worker = AggregateWorker(
 )
 
 
-@logger.inject_lambda_context
+# Never the event, whatever POWERTOOLS_LOGGER_LOG_EVENT says: events can carry photo keys
+# (which name subjects), subject ids or API keys.
+@logger.inject_lambda_context(log_event=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return dict(worker.handle(event, context))

@@ -20,7 +20,13 @@ app = create_app()
 _asgi = Mangum(app, lifespan="off")
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@tracer.capture_lambda_handler
+@logger.inject_lambda_context(
+    correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False
+)
+@tracer.capture_lambda_handler(capture_response=False, capture_error=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Events hold photos and subject ids, answers embeddings, scores and subject ids, and
+    exception messages name subjects: none of them is logged or traced, whatever the
+    ``POWERTOOLS_LOGGER_LOG_EVENT`` and ``POWERTOOLS_TRACER_CAPTURE_*`` settings say (the
+    arguments win over the environment)."""
     return _asgi(event, context)

@@ -85,7 +85,11 @@ def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
             # still serving); only parts of different models within a gallery are refused.
             report = store.compact(name, deleted=deleted)
         except FaceGateError as exc:
-            logger.error("compaction failed", extra={"gallery": name, "error": exc.to_dict()})
+            # The code only: a message can name what it failed on (a part, a key).
+            logger.error(
+                "compaction failed",
+                extra={"gallery": name, "code": exc.code, "error_type": type(exc).__name__},
+            )
             failed.append({"gallery": name, "error": exc.to_dict()})
             continue
         logger.info("compacted", extra=report.to_dict())
@@ -93,6 +97,8 @@ def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
     return {"compacted": compacted, "failed": failed}
 
 
-@logger.inject_lambda_context
+# Never the event, whatever POWERTOOLS_LOGGER_LOG_EVENT says: events can carry photo keys
+# (which name subjects), subject ids or API keys.
+@logger.inject_lambda_context(log_event=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[dict[str, Any]]]:
     return compact(event)

@@ -20,7 +20,9 @@ logger = Logger(service="facegate")
 job = embed_job(get_settings(), FacePipeline)
 
 
-@logger.inject_lambda_context
+# Never the event, whatever POWERTOOLS_LOGGER_LOG_EVENT says: events can carry photo keys
+# (which name subjects), subject ids or API keys.
+@logger.inject_lambda_context(log_event=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     answer = job.handle(event, context)
     logger.info(

@@ -69,6 +69,8 @@ def on_unknown_route(_: NotFoundError) -> Response[dict[str, Any]]:
     return _error(404, "not_found", "Not Found")
 
 
-@logger.inject_lambda_context
+# Never the event, whatever POWERTOOLS_LOGGER_LOG_EVENT says: events can carry photo keys
+# (which name subjects), subject ids or API keys.
+@logger.inject_lambda_context(log_event=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

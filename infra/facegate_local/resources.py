@@ -1,9 +1,9 @@
 """Creating the template's tables and buckets on an AWS endpoint (the local moto server).
 
 CloudFormation property names differ from the API's in a few places (``SSEEnabled`` vs
-``Enabled``, bucket encryption rules); this module translates the ones the template uses, so
-the local table has the same keys, indexes and billing as the deployed one, and the bucket the
-encryption the template's conditions choose.
+``Enabled``, bucket encryption and lifecycle rules); this module translates the ones the
+template uses, so the local table has the same keys, indexes, billing and TTL as the deployed
+one, and the bucket the encryption and lifecycle rules the template's conditions choose.
 """
 
 from __future__ import annotations
@@ -31,6 +31,51 @@ def _encryption_rule(rule: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in rule.items() if k != "ServerSideEncryptionByDefault"}
     if "ServerSideEncryptionByDefault" in rule:
         out["ApplyServerSideEncryptionByDefault"] = rule["ServerSideEncryptionByDefault"]
+    return out
+
+
+#: CloudFormation's lifecycle rule properties the local stack knows how to translate.
+_LIFECYCLE_PROPERTIES = frozenset(
+    {
+        "Id",
+        "Status",
+        "Prefix",
+        "ExpirationInDays",
+        "ExpiredObjectDeleteMarker",
+        "NoncurrentVersionExpiration",
+        "AbortIncompleteMultipartUpload",
+    }
+)
+
+
+def lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """One resolved CloudFormation lifecycle rule in ``put_bucket_lifecycle_configuration``'s
+    shape: ``Id`` is ``ID``, ``Prefix`` a ``Filter``, ``ExpirationInDays`` and
+    ``ExpiredObjectDeleteMarker`` go in ``Expiration``, and the day counts become numbers
+    (parameters resolve to text). A property not translated here is a ``ValueError``, so a
+    rule added to the template is never silently left out of the local bucket.
+    """
+    unknown = set(rule) - _LIFECYCLE_PROPERTIES
+    if unknown:
+        raise ValueError(f"the local stack cannot translate lifecycle properties {sorted(unknown)}")
+    out: dict[str, Any] = {
+        "ID": rule["Id"],
+        "Status": rule["Status"],
+        "Filter": {"Prefix": rule.get("Prefix", "")},
+    }
+    expiration: dict[str, Any] = {}
+    if "ExpirationInDays" in rule:
+        expiration["Days"] = int(rule["ExpirationInDays"])
+    if "ExpiredObjectDeleteMarker" in rule:
+        expiration["ExpiredObjectDeleteMarker"] = bool(rule["ExpiredObjectDeleteMarker"])
+    if expiration:
+        out["Expiration"] = expiration
+    if "NoncurrentVersionExpiration" in rule:
+        days = rule["NoncurrentVersionExpiration"]["NoncurrentDays"]
+        out["NoncurrentVersionExpiration"] = {"NoncurrentDays": int(days)}
+    if "AbortIncompleteMultipartUpload" in rule:
+        days = rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
+        out["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": int(days)}
     return out
 
 
@@ -120,6 +165,13 @@ def create_resources(
         block = props.get("PublicAccessBlockConfiguration")
         if block:
             s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=block)
+        lifecycle = [
+            lifecycle_rule(r) for r in props.get("LifecycleConfiguration", {}).get("Rules", [])
+        ]
+        if lifecycle:
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=name, LifecycleConfiguration={"Rules": lifecycle}
+            )
         notifications = _notifications(template, props) if sqs is not None else {}
         if notifications:
             s3.put_bucket_notification_configuration(

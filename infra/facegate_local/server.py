@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import signal
 import socket
@@ -58,6 +59,10 @@ def serve(config: LocalConfig) -> None:
     from facegate.storage.apikeys import ApiKeyStore
 
     os.environ[LOAD_MANAGED_POLICIES] = "true"
+    # moto stands in for AWS: its request lines (werkzeug's, at INFO) are the services' own
+    # logs, not FaceGate's, and S3 paths name subjects (enrolments/<subject>/...). The stack's
+    # log holds what the functions emit; moto's errors still show.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=config.moto_port, verbose=False)
     moto.start()
     endpoint = f"http://127.0.0.1:{config.moto_port}"

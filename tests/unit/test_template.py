@@ -655,3 +655,86 @@ def test_api_keys_have_their_own_table_that_no_function_can_write(monkeypatch) -
             assert not writes, f"{role} may write the API keys table: {writes}"
             readers.add(role)
     assert readers == {"ApiFunctionRole", "JobStatusFunctionRole"}
+
+
+# ----------------------------------------------------------------------------- retention
+
+
+def _lifecycle(template: Template) -> dict[str, dict[str, Any]]:
+    rules = properties(template, "PhotoBucket")["LifecycleConfiguration"]["Rules"]
+    return {rule["Id"]: rule for rule in rules}
+
+
+def test_photo_bucket_lifecycle_follows_the_retention_parameters(monkeypatch) -> None:
+    """Uploads, jobs, results and probes expire after their parameter's days (0 keeps them);
+    every old version goes after NoncurrentVersionDays, then its delete marker; enrolment
+    photos and galleries never expire."""
+    rules = _lifecycle(deployed(monkeypatch))
+    versions = rules.pop("expire-old-versions")
+    assert versions["Status"] == "Enabled" and "Prefix" not in versions
+    assert int(versions["NoncurrentVersionExpiration"]["NoncurrentDays"]) == int(
+        default("NoncurrentVersionDays")
+    )
+    assert versions["ExpiredObjectDeleteMarker"] is True
+    assert int(versions["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]) == int(
+        default("AbortMultipartDays")
+    )
+    expiring = {r["Prefix"]: int(r["ExpirationInDays"]) for r in rules.values()}
+    assert expiring == {
+        "uploads/": int(default("UploadsRetentionDays")),
+        "jobs/": int(default("JobsRetentionDays")),
+        "results/": int(default("JobsRetentionDays")),
+        "probes/": int(default("ProbesRetentionDays")),
+    }
+    assert all(r["Status"] == "Enabled" for r in rules.values())
+
+    kept = _lifecycle(
+        deployed(
+            monkeypatch,
+            UploadsRetentionDays="0",
+            JobsRetentionDays="0",
+            ProbesRetentionDays="0",
+            NoncurrentVersionDays="4",
+        )
+    )
+    assert set(kept) == {"expire-old-versions"}
+    assert int(kept["expire-old-versions"]["NoncurrentVersionExpiration"]["NoncurrentDays"]) == 4
+    shorter = _lifecycle(deployed(monkeypatch, UploadsRetentionDays="5", JobsRetentionDays="2"))
+    assert int(shorter["expire-uploads"]["ExpirationInDays"]) == 5
+    assert int(shorter["expire-results"]["ExpirationInDays"]) == 2
+
+
+def test_the_template_and_the_settings_agree_on_retention() -> None:
+    """The functions read the figures the lifecycle rules use, and their own defaults are the
+    template's, so that a test or the CLI expires items as a deployment does."""
+    from facegate.storage.dynamo import TTL_ATTRIBUTE
+
+    template = load_template()
+    for variables in function_environment(template).values():
+        assert variables["FACEGATE_UPLOADS_RETENTION_DAYS"] == {"Ref": "UploadsRetentionDays"}
+        assert variables["FACEGATE_JOBS_RETENTION_DAYS"] == {"Ref": "JobsRetentionDays"}
+        assert variables["FACEGATE_NONCURRENT_VERSION_DAYS"] == {"Ref": "NoncurrentVersionDays"}
+    settings = Settings()
+    assert settings.uploads_retention_days == int(default("UploadsRetentionDays"))
+    assert settings.jobs_retention_days == int(default("JobsRetentionDays"))
+    assert settings.noncurrent_version_days == int(default("NoncurrentVersionDays"))
+    table = template["Resources"]["SubjectsTable"]["Properties"]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+
+
+def test_no_queue_keeps_a_message_longer_than_the_settings_assume(monkeypatch) -> None:
+    """Tombstones and ledger entries are kept past the longest a notification can wait in a
+    queue (facegate.settings.DEAD_LETTER_RETENTION_DAYS): a queue keeping messages longer
+    would let a late redrive find neither."""
+    from facegate.settings import DEAD_LETTER_RETENTION_DAYS
+
+    template = deployed(monkeypatch)
+    queues = template.of_type("AWS::SQS::Queue")
+    assert queues
+    for queue in queues:
+        # SQS keeps a message 4 days (345,600 s) unless the queue says otherwise.
+        seconds = int(properties(template, queue).get("MessageRetentionPeriod", 345_600))
+        assert seconds <= DEAD_LETTER_RETENTION_DAYS * 86_400, queue
+    assert max(int(properties(template, q).get("MessageRetentionPeriod", 0)) for q in queues) == (
+        DEAD_LETTER_RETENTION_DAYS * 86_400
+    )

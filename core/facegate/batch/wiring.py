@@ -63,7 +63,7 @@ def embed_job(settings: Settings, pipeline_class: PipelineClass) -> EmbedJob:
         warm_pipeline(pipeline_class, settings),
         aws_client("s3", settings),
         aws_client("sqs", settings),
-        IngestLedger(aws_client("dynamodb", settings), settings.table),
+        IngestLedger.from_settings(settings),
         JobConfig(
             bucket=settings.bucket,
             queue_url=settings.ingest_queue_url,
@@ -81,7 +81,7 @@ def job_worker(settings: Settings, pipeline_class: PipelineClass) -> JobWorker:
         pipeline,
         aws_client("s3", settings),
         aws_client("sqs", settings),
-        JobStore(aws_client("dynamodb", settings), settings.table),
+        JobStore.from_settings(settings),
         WorkerConfig(
             bucket=settings.bucket,
             jobs_queue_url=settings.jobs_queue_url,

@@ -20,6 +20,21 @@ from facegate.errors import ValidationError
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
+_DAY_SECONDS = 86_400
+
+#: The subjects table's TTL attribute (``TimeToLiveSpecification`` in template.yaml): epoch
+#: seconds after which DynamoDB deletes the item, usually within a few days. Written on
+#: ingest ledger entries, jobs and tombstones; never on subjects or faces.
+TTL_ATTRIBUTE = "expires_at"
+
+
+def expires_at(days: int | None, now: float) -> int | None:
+    """The TTL of an item kept ``days`` after ``now`` (epoch seconds); None: never expires.
+
+    Whole seconds: DynamoDB's TTL reads a number of seconds, and an integer is what every
+    reader of the item sees.
+    """
+    return None if days is None else int(now) + days * _DAY_SECONDS
 
 
 def to_attributes(values: Mapping[str, Any]) -> dict[str, Any]:

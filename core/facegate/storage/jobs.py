@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from facegate.errors import UnknownJobError, ValidationError
 from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
-from facegate.storage.dynamo import from_attributes, to_attributes
+from facegate.storage.dynamo import TTL_ATTRIBUTE, expires_at, from_attributes, to_attributes
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -67,15 +68,25 @@ class JobStore:
     The items carry neither ``kind`` nor ``subject_id``, so they stay out of the ``subjects``
     index and out of every subject query. Every write is one conditional ``UpdateItem`` or
     ``PutItem``, so concurrent chunk workers never need a lock.
+
+    With ``retention_days`` a job's item gets a TTL that many days after its creation, as its
+    manifest, probes and results in the bucket expire that many days after they were written
+    (``JobsRetentionDays``): a status must not outlive the results it points to by long, nor
+    keep the job's existence for ever.
     """
 
-    def __init__(self, client: DynamoDBClient, table: str) -> None:
+    def __init__(
+        self, client: DynamoDBClient, table: str, retention_days: int | None = None
+    ) -> None:
         self._db = client
         self.table = table
+        self.retention_days = retention_days
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
-        return cls(aws_client("dynamodb", settings), settings.table)
+        return cls(
+            aws_client("dynamodb", settings), settings.table, settings.jobs_retention_days or None
+        )
 
     @staticmethod
     def _key(job_id: str) -> dict[str, Any]:
@@ -100,6 +111,7 @@ class JobStore:
                     "failed_rows": failed_rows,
                     "created_at": now,
                     "updated_at": now,
+                    TTL_ATTRIBUTE: expires_at(self.retention_days, time.time()),
                 }
             ),
         }

@@ -17,7 +17,7 @@ from facegate.errors import (
 from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
-from facegate.storage.dynamo import from_attributes, to_attributes
+from facegate.storage.dynamo import TTL_ATTRIBUTE, expires_at, from_attributes, to_attributes
 from facegate.storage.keys import check_source_id, safe_part_name
 from facegate.storage.objects import ObjectRef
 
@@ -59,15 +59,26 @@ class IngestLedger:
     index and out of every subject query. A claim is a lease: a worker that dies without
     releasing (Lambda timeout) blocks redeliveries only until the lease expires, so the
     lease must exceed the function's timeout.
+
+    With ``retention_days`` every claim and completion sets the item's TTL that many days
+    ahead: an entry only has to outlive the deliveries of its source's notification, and a
+    ledger that grows with every upload for ever is a list of every upload ever made.
     """
 
-    def __init__(self, client: DynamoDBClient, table: str) -> None:
+    def __init__(
+        self, client: DynamoDBClient, table: str, retention_days: int | None = None
+    ) -> None:
         self._db = client
         self.table = table
+        self.retention_days = retention_days
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestLedger:
-        return cls(aws_client("dynamodb", settings), settings.table)
+        return cls(aws_client("dynamodb", settings), settings.table, settings.ledger_retention_days)
+
+    def _ttl(self) -> str:
+        """The ``SET`` clause of the item's TTL (``:expires``), or nothing without one."""
+        return f", {TTL_ATTRIBUTE} = :expires" if self.retention_days is not None else ""
 
     @staticmethod
     def source_id(ref: ObjectRef, member_range: str = "") -> str:
@@ -112,7 +123,7 @@ class IngestLedger:
                     Key=self._key(source_id),
                     UpdateExpression=(
                         "SET #source = :source, #status = :in_progress, #claimed = :claimed, "
-                        "#lease = :lease ADD #attempts :one"
+                        f"#lease = :lease{self._ttl()} ADD #attempts :one"
                     ),
                     ConditionExpression=(
                         "attribute_not_exists(pk) OR (#status = :in_progress AND #lease <= :now)"
@@ -132,6 +143,7 @@ class IngestLedger:
                             ":lease": now + lease_seconds,
                             ":now": now,
                             ":one": 1,
+                            ":expires": expires_at(self.retention_days, now),
                         }
                     ),
                 )
@@ -156,7 +168,7 @@ class IngestLedger:
                 Key=self._key(source_id),
                 UpdateExpression=(
                     "SET #source = :source, #status = :completed, #outputs = :outputs, "
-                    "#completed = :completed_at REMOVE #lease"
+                    f"#completed = :completed_at{self._ttl()} REMOVE #lease"
                 ),
                 ExpressionAttributeNames={
                     "#source": "source_id",
@@ -171,6 +183,7 @@ class IngestLedger:
                         ":completed": _COMPLETED,
                         ":outputs": list(outputs),
                         ":completed_at": iso_seconds(now),
+                        ":expires": expires_at(self.retention_days, now),
                     }
                 ),
             )

@@ -19,6 +19,7 @@ DynamoDB updates and read by conditions, never a lock anyone waits for:
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from facegate.errors import SubjectDeletedError, ValidationError
 from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
-from facegate.storage.dynamo import from_attributes, to_attributes
+from facegate.storage.dynamo import TTL_ATTRIBUTE, expires_at, from_attributes, to_attributes
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -113,15 +114,29 @@ class Tombstones:
     lists enrolled subjects. A tombstone only ever moves forward in time: a late or replayed
     ``record`` with an older time must not resurrect rows deleted by a newer one. The same
     item carries the subject's deletion fence (:meth:`begin_deletion`, :meth:`fence`).
+
+    ``retention_days`` (:attr:`Settings.tombstone_retention`, longer than any source that
+    could bring the subject back) sets the item's TTL that many days after the subject's
+    latest DELETE; None keeps it for ever, and takes out a TTL an earlier DELETE set.
     """
 
-    def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
+    def __init__(
+        self, dynamodb: DynamoDBClient, table: str, retention_days: int | None = None
+    ) -> None:
         self._db = dynamodb
         self.table = table
+        self.retention_days = retention_days
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Tombstones:
-        return cls(aws_client("dynamodb", settings), settings.table)
+        return cls(aws_client("dynamodb", settings), settings.table, settings.tombstone_retention)
+
+    def _ttl(self) -> tuple[str, str, int | None]:
+        """The TTL's ``SET`` and ``REMOVE`` clauses (``:expires``), and its value, for a write
+        now: every DELETE pushes the expiry out, from its own time."""
+        if self.retention_days is None:
+            return "", f" REMOVE {TTL_ATTRIBUTE}", None
+        return f", {TTL_ATTRIBUTE} = :expires", "", expires_at(self.retention_days, time.time())
 
     def record(self, subject_id: str, when: str | datetime | None = None) -> str:
         """Record that ``subject_id`` was deleted at ``when`` (default now); return the stored time.
@@ -131,15 +146,18 @@ class Tombstones:
         validate_id(subject_id)
         stamp = iso_micros(parse_instant(when, "when") if when is not None else datetime.now(UTC))
         key = _tombstone_key(subject_id)
+        set_ttl, remove_ttl, expires = self._ttl()
         with aws_errors(f"recording deletion of {subject_id}"):
             try:
                 self._db.update_item(
                     TableName=self.table,
                     Key=key,
-                    UpdateExpression="SET deleted_at = :when, subject_id = :subject",
+                    UpdateExpression=(
+                        f"SET deleted_at = :when, subject_id = :subject{set_ttl}{remove_ttl}"
+                    ),
                     ConditionExpression="attribute_not_exists(deleted_at) OR deleted_at < :when",
                     ExpressionAttributeValues=to_attributes(
-                        {":when": stamp, ":subject": subject_id}
+                        {":when": stamp, ":subject": subject_id, ":expires": expires}
                     ),
                 )
             except ClientError as exc:
@@ -158,13 +176,14 @@ class Tombstones:
         validate_id(subject_id)
         now = datetime.now(UTC)
         mark = f"{iso_micros(now + DELETION_LEASE)} {uuid.uuid4().hex}"
+        set_ttl, remove_ttl, expires = self._ttl()
         with aws_errors(f"recording deletion of {subject_id}"):
             answer = self._db.update_item(
                 TableName=self.table,
                 Key=_tombstone_key(subject_id),
                 UpdateExpression=(
-                    "SET #deleted = if_not_exists(#deleted, :now), #subject = :subject "
-                    "ADD #generation :one, #deleting :mark"
+                    f"SET #deleted = if_not_exists(#deleted, :now), #subject = :subject{set_ttl} "
+                    f"ADD #generation :one, #deleting :mark{remove_ttl}"
                 ),
                 ExpressionAttributeNames={
                     "#deleted": "deleted_at",
@@ -173,7 +192,13 @@ class Tombstones:
                     "#deleting": "deleting",
                 },
                 ExpressionAttributeValues=to_attributes(
-                    {":now": iso_micros(now), ":subject": subject_id, ":one": 1, ":mark": {mark}}
+                    {
+                        ":now": iso_micros(now),
+                        ":subject": subject_id,
+                        ":one": 1,
+                        ":mark": {mark},
+                        ":expires": expires,
+                    }
                 ),
                 ReturnValues="ALL_NEW",
             )

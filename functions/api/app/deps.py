@@ -54,7 +54,7 @@ def _stores(settings: Settings) -> Stores:
         PhotoStore(s3, settings.bucket),
         ApiKeyStore(dynamodb, settings.keys_table),
         GalleryStore(s3, settings.bucket),
-        Tombstones(dynamodb, settings.table),
+        Tombstones(dynamodb, settings.table, settings.tombstone_retention),
     )
 
 

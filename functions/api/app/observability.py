@@ -4,6 +4,13 @@ Each request is logged once as structured JSON (route, status, latency, error co
 API Gateway request id as correlation id; metrics go out as CloudWatch EMF lines, flushed per
 request so the local stack and Lambda behave the same. Tracing switches itself off outside
 Lambda (Powertools' own rule).
+
+Nothing biometric leaves through these: the route is the route's template
+(``/subjects/{subject_id}``), never the path, which names the subject (ids may be e-mail
+addresses); metric names and dimensions are fixed words and error codes. The tracer patches no
+library: X-Ray's botocore patch records each S3 call's object key (``enrolments/<subject>/...``)
+and its HTTP patches record URLs, so a trace holds the handler's timing, cold start and fault
+status only.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from fastapi import FastAPI, Request, Response
 SERVICE = "facegate"
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace="FaceGate", service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = Tracer(service=SERVICE, auto_patch=False)
 
 
 def record_faces(detected: int) -> None:
@@ -43,13 +50,13 @@ def install_request_logging(app: FastAPI) -> None:
             logger.set_correlation_id(correlation)
         response = await call_next(request)
         millis = (time.perf_counter() - started) * 1000
-        route = request.scope.get("route")
-        path = getattr(route, "path", request.url.path)
+        # None for a path no route matched: its text may name a subject, as any path may.
+        route = getattr(request.scope.get("route"), "path", None)
         logger.info(
             "request",
             extra={
                 "method": request.method,
-                "route": path,
+                "route": route,
                 "status": response.status_code,
                 "latency_ms": round(millis, 1),
             },

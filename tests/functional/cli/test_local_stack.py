@@ -254,6 +254,42 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
         assert used.unused == set(NOT_IN_THE_DEMO[function]), (function, sorted(used.unused))
     operator = {e["principal"] for e in entries if ":user/" in e["principal"]}
     assert operator == {"arn:aws:iam::123456789012:user/operator"}
+    from tests_support import biometric_leaks
+
+    logged = _function_output(tmp_path / "state" / "stack.log", done.stdout)
+    assert biometric_leaks(logged, _demo_subjects()) == []
+
+
+#: The functions that log over the demo (JobStatusFunction answers without a line).
+LOGGING_FUNCTIONS = {"EmbedFunction", "JobFunction", "AggregateFunction", "CompactFunction"}
+
+
+def _function_output(stack_log: Path, demo_stdout: str) -> bytes:
+    """Everything the functions wrote over the demo: the stack's log, where each function's
+    process writes (with moto's errors, not its request lines), and the lines the two
+    functions the demo invokes in its own process wrote among its report (JSON: Powertools'
+    logs and EMF metrics). The report itself is the operator's console, which names the
+    sample people by design. Checked not to be empty: every function that logs is in it, and
+    the API's request lines."""
+    emitted = []
+    for line in demo_stdout.splitlines():
+        if line.startswith("{") and ('"level":' in line or '"_aws":' in line):
+            emitted.append(line)
+    logged = stack_log.read_bytes() + "\n".join(emitted).encode()
+    records = [json.loads(line) for line in logged.splitlines() if line.startswith(b"{")]
+    assert {r.get("function_name") for r in records} >= LOGGING_FUNCTIONS
+    assert sum(r.get("message") == "request" for r in records) >= 20
+    return logged
+
+
+def _demo_subjects() -> set[str]:
+    """Every subject id the demo uses: the people it enrols, the gallery's (one folder per
+    person of the sample photos in the zip photo set) and those its job claims."""
+    from facegate_local.demo import ENROL, JOB_ROWS, identity
+    from facegate_local.server import sample_photos
+
+    claimed = {row.split(",")[1] for row, _ in JOB_ROWS} - {""}
+    return set(ENROL) | {identity(p.stem) for p in sample_photos(REPO)} | claimed
 
 
 #: Each role's grants that the demo does not exercise, and the code path that needs them. The

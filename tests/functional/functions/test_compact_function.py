@@ -223,9 +223,10 @@ def test_manual_invoke_compacts_only_the_named_gallery(aws, compact, clean):
     assert not store.exists(GalleryStore.gallery_key("g1"))
 
 
-def test_a_failing_gallery_is_reported_and_the_others_compacted(aws, compact, clean):
+def test_a_failing_gallery_is_reported_and_the_others_compacted(aws, compact, clean, caplog):
     """A gallery of another model than the deployment's compacts (galleries are re-embedded
-    for upgrades); one whose parts mix models is refused, and the others still compact."""
+    for upgrades); one whose parts mix models is refused, and the others still compact. The
+    failure is logged by its code: a message can name what it failed on."""
     write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0)], T1, 1)
     other = replace(META, model_id="vggface2")
     write_part(aws, "g2", "a", [("cat", "cat/1.jpg", 0)], T1, 2)
@@ -236,6 +237,9 @@ def test_a_failing_gallery_is_reported_and_the_others_compacted(aws, compact, cl
     assert [r["gallery"] for r in answer["compacted"]] == ["g1"]
     (failure,) = answer["failed"]
     assert failure["gallery"] == "g2" and failure["error"]["code"] == "model_mismatch"
+    (logged,) = [r for r in caplog.records if r.getMessage() == "compaction failed"]
+    assert (logged.gallery, logged.code) == ("g2", "model_mismatch")
+    assert "vggface2" in failure["error"]["message"] and "vggface2" not in str(vars(logged))
 
 
 def test_manual_invoke_of_a_gallery_without_parts(aws, compact, clean):
