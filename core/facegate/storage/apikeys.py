@@ -51,6 +51,7 @@ ROUTE_SCOPES: dict[str, Scope] = {
     "GET /subjects": "admin",
     "GET /subjects/{subject_id}": "admin",
     "DELETE /subjects/{subject_id}": "admin",
+    "GET /subjects/{subject_id}/export": "admin",
     "GET /galleries/{gallery}": "admin",
     "POST /galleries/{gallery}/compact": "admin",
     "POST /reembed": "admin",

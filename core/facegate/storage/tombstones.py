@@ -250,6 +250,19 @@ class Tombstones:
             )
         return EnrolmentFence(self.table, subject_id, int(found.get("generation", 0)))
 
+    def deleted_at(self, subject_id: str) -> str | None:
+        """The subject's tombstone time, None when it has none (a data-subject export)."""
+        validate_id(subject_id)
+        with aws_errors(f"reading deletions of {subject_id}"):
+            item = self._db.get_item(
+                TableName=self.table,
+                Key=_tombstone_key(subject_id),
+                ProjectionExpression="deleted_at",
+                ConsistentRead=True,
+            ).get("Item", {})
+        stamp = from_attributes(item).get("deleted_at")
+        return None if stamp is None else str(stamp)
+
     def all(self, page_size: int | None = None) -> dict[str, str]:
         """Every tombstone as ``subject_id -> deleted_at``, read consistently so that a
         deletion acknowledged just before a compaction is honoured by it."""

@@ -16,6 +16,7 @@ from fastapi.security import APIKeyHeader
 from facegate.gallery.cache import GalleryCache
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService, GalleryService
+from facegate.service.export import SubjectExport
 from facegate.settings import Settings, get_settings
 from facegate.storage.apikeys import ApiKeyStore, route_scope
 from facegate.storage.clients import aws_client
@@ -93,6 +94,11 @@ def get_gallery_service(settings: SettingsDep) -> GalleryService:
     return _gallery_service(settings)
 
 
+def get_export(settings: SettingsDep) -> SubjectExport:
+    stores = _stores(settings)
+    return SubjectExport(stores.subjects, stores.photos, stores.galleries, stores.tombstones)
+
+
 @lru_cache(maxsize=4)
 def job_store(settings: Settings) -> JobStore:
     return JobStore(aws_client("dynamodb", settings), settings.table)
@@ -133,4 +139,5 @@ def require_api_key(
 
 ServiceDep = Annotated[FaceService, Depends(get_service)]
 GalleryServiceDep = Annotated[GalleryService, Depends(get_gallery_service)]
+ExportDep = Annotated[SubjectExport, Depends(get_export)]
 PhotoStoreDep = Annotated[PhotoStore, Depends(get_photo_store)]

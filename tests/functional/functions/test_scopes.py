@@ -83,6 +83,7 @@ REQUESTS = {
         ("GET", "/subjects", None),
         ("GET", "/subjects/resident", None),
         ("DELETE", "/subjects/resident", None),
+        ("GET", "/subjects/resident/export", None),
         ("GET", "/galleries/staff", None),
         ("POST", "/galleries/staff/compact", None),
         ("POST", "/reembed", {"target": "staff-v2", "model_id": "sface"}),

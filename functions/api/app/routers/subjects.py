@@ -1,4 +1,4 @@
-"""Enrolled subjects: enrol faces, list, describe, delete (photos included).
+"""Enrolled subjects: enrol faces, list, describe, delete (photos included), export.
 
 Plain ``def`` routes, run in FastAPI's threadpool: enrolment runs the synchronous pipeline
 and every route calls boto3, neither of which may hold the event loop.
@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
 
-from app.deps import ServiceDep, require_api_key
+from app.deps import ExportDep, ServiceDep, require_api_key
 from app.openapi import ID, KEYED, PHOTOS, IdPath, error_responses, photo_body
 from app.requests import BodyDep
 from facegate.errors import ValidationError
@@ -74,3 +75,74 @@ def get_subject(subject_id: IdPath, service: ServiceDep) -> dict[str, object]:
 @router.delete("/subjects/{subject_id}", responses=error_responses(404))
 def delete_subject(subject_id: IdPath, service: ServiceDep) -> dict[str, object]:
     return service.delete_subject(subject_id)
+
+
+class ExportedRows(BaseModel):
+    """The rows of one gallery table (compacted, a part, a rejects part) naming the subject."""
+
+    key: str
+    rows: int
+    image_keys: list[str]
+
+
+class ExportedGallery(BaseModel):
+    gallery: str
+    compacted: ExportedRows | None
+    parts: list[ExportedRows]
+    rejects: list[ExportedRows]
+
+
+class ExportedFace(BaseModel):
+    face_id: str
+    model_id: str | None
+    weights_sha256: str | None
+    created_at: str | None
+    bbox: list[float] | None
+    det_score: float | None
+    image_key: str
+    photo_versions: int
+    embedding: list[float] | None
+
+
+class ExportedPhoto(BaseModel):
+    key: str
+    versions: int
+
+
+class Enrolment(BaseModel):
+    subject_id: str
+    model_id: str
+    face_count: int
+    created_at: str
+    updated_at: str
+    metadata: dict[str, str]
+
+
+class Tombstone(BaseModel):
+    deleted_at: str
+
+
+class SubjectExportAnswer(BaseModel):
+    """What FaceGate holds on a person; ``embedding`` is null unless ``embeddings=true``."""
+
+    subject_id: str
+    enrolment: Enrolment | None
+    faces: list[ExportedFace]
+    photos: list[ExportedPhoto]
+    galleries: list[ExportedGallery]
+    tombstone: Tombstone | None
+    embeddings_included: bool
+
+
+@router.get(
+    "/subjects/{subject_id}/export",
+    response_model=SubjectExportAnswer,
+    responses=error_responses(404),
+)
+def export_subject(
+    subject_id: IdPath, export: ExportDep, embeddings: bool = False
+) -> dict[str, object]:
+    """Data-subject access: the enrolment, faces, photo keys, gallery and rejects rows and
+    tombstone of a subject, API-enrolled or only in a batch gallery; never photo bytes, and
+    embeddings (6 decimals) only with ``embeddings=true``."""
+    return export.export(subject_id, embeddings=embeddings)

@@ -1,0 +1,192 @@
+"""Data-subject access: everything FaceGate holds on one person, as one answer.
+
+``GET /subjects/{id}/export`` is the person's right of access (GDPR art. 15) for biometric
+data, so it looks wherever FaceGate writes a subject, not only where the API enrols one:
+
+- the enrolment (the subject's META item and every face item), and every object and
+  version under the subject's enrolment photo prefix, referenced by a face or not;
+- every gallery under ``galleries/``: the rows naming the subject in ``gallery.parquet``
+  and in each uncompacted part (parts stay the source of truth until erasure rewrites them,
+  so a compacted gallery that dropped a deleted subject does not mean the parts did), and
+  the rejects rows of photos filed under the subject's folder;
+- the tombstone, whose ``deleted_at`` says that rows are pending compaction.
+
+A subject known only to a batch gallery is found too; only a subject found nowhere is an
+:class:`UnknownSubjectError`. Photo bytes are never returned (the keys say where they are);
+embeddings only when asked, rounded to 6 decimals. Gallery tables are read through ranged
+GETs of the footer and the two string columns only: the embedding column, the bulk of a
+part, is never downloaded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from facegate.common import validate_id
+from facegate.errors import ObjectNotFoundError, StorageError, UnknownSubjectError
+from facegate.storage.galleries import GalleryStore
+from facegate.storage.keys import GALLERY_PREFIX, UPLOADS_PREFIX
+from facegate.storage.photos import PhotoStore
+from facegate.storage.subjects import StoredFace, Subject, SubjectStore
+from facegate.storage.tombstones import Tombstones
+
+#: Decimals of an exported embedding: float32 carries about 7 significant digits.
+EMBEDDING_DECIMALS = 6
+_GALLERY_FILE = "gallery.parquet"
+
+
+@dataclass
+class _GalleryKeys:
+    """One gallery's objects, as the listing of ``galleries/`` found them."""
+
+    compacted: str | None = None
+    parts: list[str] = field(default_factory=list)
+    rejects: list[str] = field(default_factory=list)
+
+
+def _galleries(keys: list[str]) -> dict[str, _GalleryKeys]:
+    """``galleries/<g>/gallery.parquet``, ``.../parts/*.parquet`` and ``.../rejects/*.parquet``
+    by gallery; anything else under the prefix is not FaceGate's and is skipped."""
+    found: dict[str, _GalleryKeys] = {}
+    for key in keys:
+        parts = key[len(GALLERY_PREFIX) :].split("/")
+        if not key.endswith(".parquet") or len(parts) not in (2, 3):
+            continue
+        entry = found.setdefault(parts[0], _GalleryKeys())
+        if len(parts) == 2 and parts[1] == _GALLERY_FILE:
+            entry.compacted = key
+        elif len(parts) == 3 and parts[1] == "parts":
+            entry.parts.append(key)
+        elif len(parts) == 3 and parts[1] == "rejects":
+            entry.rejects.append(key)
+    return found
+
+
+def names_subject(image_key: str, subject_id: str) -> bool:
+    """Whether an upload's image key files the photo under ``subject_id``'s folder:
+    ``uploads/<g>/<subject>/<photo>`` or an archive member ``uploads/<g>/<a>.zip/[<top>/]
+    <subject>/<photo>``. Rejects carry no subject column, so this is the only link; a reject
+    of an archive mapped by a manifest cannot be attributed (its path names no subject)."""
+    parts = image_key.split("/")
+    return image_key.startswith(UPLOADS_PREFIX) and len(parts) >= 4 and parts[-2] == subject_id
+
+
+def _rounded(vector: Any) -> list[float]:
+    return [round(float(v), EMBEDDING_DECIMALS) for v in vector]
+
+
+class SubjectExport:
+    """What is held on one subject across the subject, photo and gallery stores and the
+    tombstones of one deployment (one table, one bucket)."""
+
+    def __init__(
+        self,
+        subjects: SubjectStore,
+        photos: PhotoStore,
+        galleries: GalleryStore,
+        tombstones: Tombstones | None = None,
+    ) -> None:
+        self.subjects = subjects
+        self.photos = photos
+        self.galleries = galleries
+        self.tombstones = tombstones
+
+    def export(self, subject_id: str, *, embeddings: bool = False) -> dict[str, Any]:
+        """The subject's enrolment, faces, photos, gallery and rejects rows and tombstone;
+        :class:`UnknownSubjectError` when none of them holds anything."""
+        validate_id(subject_id)
+        subject, faces = self._enrolment(subject_id)
+        versions = Counter(
+            key for key, _ in self.photos.objects.versions(self.photos.subject_prefix(subject_id))
+        )
+        galleries = self._gallery_entries(subject_id)
+        deleted_at = self.tombstones.deleted_at(subject_id) if self.tombstones else None
+        if subject is None and not versions and not galleries and deleted_at is None:
+            raise UnknownSubjectError(f"nothing is held on subject {subject_id!r}")
+        return {
+            "subject_id": subject_id,
+            "enrolment": subject.to_dict() if subject is not None else None,
+            "faces": [self._face(f, versions, embeddings) for f in faces],
+            "photos": [{"key": k, "versions": n} for k, n in sorted(versions.items())],
+            "galleries": galleries,
+            "tombstone": None if deleted_at is None else {"deleted_at": deleted_at},
+            "embeddings_included": embeddings,
+        }
+
+    def _enrolment(self, subject_id: str) -> tuple[Subject | None, list[StoredFace]]:
+        try:
+            subject = self.subjects.get_subject(subject_id)
+            _, faces = self.subjects.get_embeddings(subject_id)
+        except UnknownSubjectError:  # a batch-only subject, or one deleted
+            return None, []
+        return subject, faces
+
+    @staticmethod
+    def _face(face: StoredFace, versions: Counter[str], embeddings: bool) -> dict[str, Any]:
+        return {
+            "face_id": face.face_id,
+            "model_id": face.model_id,
+            "weights_sha256": face.weights_sha256,
+            "created_at": face.created_at,
+            "bbox": list(face.bbox) if face.bbox is not None else None,
+            "det_score": face.det_score,
+            "image_key": face.image_key,
+            "photo_versions": versions.get(face.image_key, 0),
+            "embedding": _rounded(face.embedding) if embeddings else None,
+        }
+
+    # -- galleries -----------------------------------------------------------------------
+
+    def _gallery_entries(self, subject_id: str) -> list[dict[str, Any]]:
+        """Each gallery holding a row or a reject of the subject, sorted by name."""
+        listing = _galleries(self.galleries.objects.list_keys(GALLERY_PREFIX))
+        entries = []
+        for name, found in sorted(listing.items()):
+            compacted = (
+                self._rows(found.compacted, "subject_id", subject_id) if found.compacted else None
+            )
+            parts = [self._rows(k, "subject_id", subject_id) for k in found.parts]
+            rejects = [self._rows(k, None, subject_id) for k in found.rejects]
+            parts = [p for p in parts if p["rows"]]
+            rejects = [r for r in rejects if r["rows"]]
+            if (compacted and compacted["rows"]) or parts or rejects:
+                entries.append(
+                    {
+                        "gallery": name,
+                        "compacted": compacted if compacted and compacted["rows"] else None,
+                        "parts": parts,
+                        "rejects": rejects,
+                    }
+                )
+        return entries
+
+    def _rows(self, key: str, column: str | None, subject_id: str) -> dict[str, Any]:
+        """The rows of the table at ``key`` naming the subject: by its ``column`` (gallery
+        tables), else by the folder of the image key (rejects). Only the footer and the
+        columns read are fetched."""
+        columns = ["image_key"] if column is None else [column, "image_key"]
+        try:
+            with self.galleries.objects.open(key) as reader:
+                table = pq.read_table(pa.PythonFile(reader, mode="r"), columns=columns)
+        except ObjectNotFoundError as exc:
+            raise StorageError(
+                f"{exc.message}: it changed while it was read, retry", detail=exc.detail
+            ) from exc
+        except pa.ArrowException as exc:
+            raise StorageError(f"not a Parquet file: s3://{self.galleries.bucket}/{key}") from exc
+        image_keys = table["image_key"].to_pylist()
+        if column is None:
+            hits = [str(k) for k in image_keys if names_subject(str(k), subject_id)]
+        else:
+            mask = pc.equal(table[column], pa.scalar(subject_id)).to_pylist()
+            hits = [str(k) for k, hit in zip(image_keys, mask, strict=True) if hit]
+        return {"key": key, "rows": len(hits), "image_keys": hits}
+
+
+__all__ = ["EMBEDDING_DECIMALS", "SubjectExport", "names_subject"]
