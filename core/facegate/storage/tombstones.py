@@ -232,16 +232,7 @@ class Tombstones:
         """The fence an enrolment of ``subject_id`` commits under; :class:`SubjectDeletedError`
         while a DELETE of the subject is running (read consistently: a DELETE that has moved
         the fence is seen)."""
-        validate_id(subject_id)
-        with aws_errors(f"reading deletions of {subject_id}"):
-            item = self._db.get_item(
-                TableName=self.table,
-                Key=_tombstone_key(subject_id),
-                ProjectionExpression="#generation, #deleting",
-                ExpressionAttributeNames={"#generation": "generation", "#deleting": "deleting"},
-                ConsistentRead=True,
-            ).get("Item", {})
-        found = from_attributes(item)
+        found = self._read(subject_id, "generation", "deleting")
         now = datetime.now(UTC)
         if any(_mark_is_live(m, now) for m in found.get("deleting", set())):
             raise SubjectDeletedError(
@@ -252,16 +243,23 @@ class Tombstones:
 
     def deleted_at(self, subject_id: str) -> str | None:
         """The subject's tombstone time, None when it has none (a data-subject export)."""
+        stamp = self._read(subject_id, "deleted_at").get("deleted_at")
+        return None if stamp is None else str(stamp)
+
+    def _read(self, subject_id: str, *attributes: str) -> dict[str, Any]:
+        """These attributes of the subject's tombstone item (consistently: a DELETE that has
+        just moved the fence is seen); ``{}`` when it has none."""
         validate_id(subject_id)
+        names = {f"#a{i}": name for i, name in enumerate(attributes)}
         with aws_errors(f"reading deletions of {subject_id}"):
             item = self._db.get_item(
                 TableName=self.table,
                 Key=_tombstone_key(subject_id),
-                ProjectionExpression="deleted_at",
+                ProjectionExpression=", ".join(names),
+                ExpressionAttributeNames=names,
                 ConsistentRead=True,
             ).get("Item", {})
-        stamp = from_attributes(item).get("deleted_at")
-        return None if stamp is None else str(stamp)
+        return from_attributes(item)
 
     def all(self, page_size: int | None = None) -> dict[str, str]:
         """Every tombstone as ``subject_id -> deleted_at``, read consistently so that a

@@ -11,12 +11,8 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from app import deps
-from app.main import create_app
 from facegate.gallery.format import GalleryMeta, build_gallery_table, build_rejects_table
-from facegate.settings import get_settings
 from facegate.storage.apikeys import ApiKeyStore
 from facegate.storage.clients import aws_client
 from facegate.storage.galleries import GalleryStore
@@ -35,13 +31,8 @@ def keys(aws) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def client(pipeline, aws, keys):
-    deps._stores.cache_clear()  # clients made under another module's moto
-    app = create_app()
-    app.dependency_overrides[deps.get_pipeline] = lambda: pipeline
-    app.dependency_overrides[get_settings] = lambda: aws
-    yield TestClient(app, headers={"x-api-key": keys["admin"]})
-    deps._stores.cache_clear()
+def client(api_client, keys):
+    return api_client(keys["admin"])
 
 
 @pytest.fixture(scope="module")
