@@ -182,6 +182,15 @@ def test_up_invoke_upload_down(tmp_path, faces_dir):
                 break
             time.sleep(0.1)
         assert now != old_pid
+        # The dead process's last long poll (1 s) may still be open in moto: a message that
+        # arrived now would go to it and stay invisible for the queue's visibility timeout, as
+        # on AWS. Upload once the new environment polls and that poll has surely ended.
+        log = tmp_path / "state" / "stack.log"
+        for _ in range(600):
+            if log.read_text().count("EmbedFunction: ready") >= 2:
+                break
+            time.sleep(0.1)
+        time.sleep(3)
 
         people = tmp_path / "people"
         for subject, name in [("ardern", "person_b_1"), ("sunak", "impostor_2")]:
