@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from asgi_requests import call, http_scope, status_of
 from facegate_local.config import LocalConfig
 from facegate_local.gateway import TIMED_OUT_BODY, ApiGatewayLimits
 from facegate_local.runtime import EXIT_OUT_OF_MEMORY, EXIT_TIMED_OUT, resident_mib
 from facegate_local.stack import LambdaContext
-from test_local_gateway import call, http_scope, status_of
 
 REPO = Path(__file__).resolve().parents[2]
 
