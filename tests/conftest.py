@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from tests_support import REAL_AWS_POINTERS, FreshAws, use_fake_credentials
+from tests_support import (
+    REAL_AWS_POINTERS,
+    FreshAws,
+    create_erasure_secret,
+    use_fake_credentials,
+)
 
 # pyarrow's thread pools can abort the interpreter at exit after threaded reads (see
 # facegate.cli.run); the test process reads small tables only, so run Arrow single-threaded
@@ -77,6 +82,7 @@ def aws():
             s3.put_bucket_versioning(
                 Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"}
             )
+            create_erasure_secret(settings)
             yield settings
 
 
@@ -115,6 +121,7 @@ def fresh_aws(monkeypatch, settings) -> Iterator[FreshAws]:
                 Bucket=settings.bucket,
                 CreateBucketConfiguration={"LocationConstraint": settings.aws_region},
             )
+        create_erasure_secret(settings)
         yield FreshAws(settings, dynamodb, s3)
 
 

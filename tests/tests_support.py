@@ -134,3 +134,56 @@ def biometric_leaks(logged: bytes, subject_ids: Iterable[str]) -> list[str]:
         if found:
             leaks.append(f"{found}: {line[:300].decode(errors='replace')}")
     return leaks
+
+
+#: The erasure key of tests that build their own Tombstones (any 16+ bytes will do).
+TEST_ERASURE_SECRET = "facegate-test-erasure-key-0123456789"
+
+
+def create_erasure_secret(settings: Any) -> None:
+    """The secret ``settings.erasure_key_secret`` names, as the template's ``ErasureKey`` is
+    on AWS and the local stack creates it (moto must be running)."""
+    from facegate.storage.clients import aws_client
+
+    aws_client("secretsmanager", settings).create_secret(
+        Name=settings.erasure_key_secret, SecretString=TEST_ERASURE_SECRET
+    )
+
+
+def erasure_key_for_tests() -> Any:
+    """The :class:`ErasureKey` of :data:`TEST_ERASURE_SECRET`."""
+    from facegate.storage.tombstones import ErasureKey
+
+    return ErasureKey(TEST_ERASURE_SECRET)
+
+
+def erasures_in(scope: str, times: dict[str, str]) -> Any:
+    """An :class:`Erasures` snapshot holding ``subject_id -> erasure time`` in ``scope``, as
+    :meth:`Tombstones.all` would read it back."""
+    from facegate.storage.tombstones import Erasures
+
+    key = erasure_key_for_tests()
+    return Erasures(key, {key.digest(scope, s): t for s, t in times.items()})
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    """A zip archive of ``name -> bytes`` members, in that order (a photo set)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def drain_queue(sqs: Any, url: str) -> dict[str, Any]:
+    """Every message now on the queue, taken off it, as the SQS event Lambda would get
+    (message id and body: what the handlers read)."""
+    records = []
+    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+        for m in got:
+            records.append({"messageId": m["MessageId"], "body": m["Body"]})
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return {"Records": records}

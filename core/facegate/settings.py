@@ -75,12 +75,18 @@ class Settings(BaseSettings):
     #: API keys (hashes, scopes, expiry): a table of their own, which the functions that
     #: check keys may only read (:mod:`facegate.storage.apikeys`).
     keys_table: str = "facegate-keys"
+    #: The Secrets Manager secret (name or ARN; the template's ``ErasureKey``) whose value keys
+    #: the tombstones' HMAC (:class:`facegate.storage.tombstones.ErasureKey`).
+    erasure_key_secret: str = "facegate-erasure-key"
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
     auth_mode: AuthMode = "api_key"
     ingest_queue_url: str | None = None
     jobs_queue_url: str | None = None
     aggregate_queue_url: str | None = None
+    #: The dead-letter queues an erasure scans for messages naming the person.
+    ingest_dlq_url: str | None = None
+    jobs_dlq_url: str | None = None
     job_chunk_size: int = Field(default=100, ge=1)
     job_top_k: int = Field(default=5, ge=1, le=100)
     archive_chunk_size: int = Field(default=200, ge=1)
@@ -109,6 +115,8 @@ class Settings(BaseSettings):
         "ingest_queue_url",
         "jobs_queue_url",
         "aggregate_queue_url",
+        "ingest_dlq_url",
+        "jobs_dlq_url",
         mode="before",
     )
     @classmethod
@@ -153,14 +161,15 @@ class Settings(BaseSettings):
 
     @property
     def tombstone_retention(self) -> int | None:
-        """Days a tombstone is kept (its TTL); None: for ever, which it is for now.
+        """Days a tombstone is kept (its TTL): :attr:`tombstone_lifetime_days`.
 
-        Compaction drops a deleted subject's rows from gallery parts it reads again every
-        time, without rewriting them: a tombstone that expired would bring those rows back at
-        the next compaction. Until erasure rewrites the parts (issue 13), tombstones stay;
-        then they can expire after :attr:`tombstone_lifetime_days`.
+        An erasure rewrites every part, rejects table and upload that held the person, so
+        what a tombstone still guards against is only a source that predates the erasure and
+        lands later (a worker in flight, a redriven message, an old object version before
+        S3's lifecycle removes it): once the longest of those has aged out, the tombstone
+        may go too.
         """
-        return None
+        return self.tombstone_lifetime_days
 
 
 @lru_cache(maxsize=1)

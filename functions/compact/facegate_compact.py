@@ -75,7 +75,7 @@ def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
     names = [named] if named is not None else galleries_with_parts()
     logger.info(
         "compacting",
-        extra={"galleries": names, "tombstones": len(deleted), "model_id": settings.model_id},
+        extra={"galleries": names, "tombstones": len(deleted.times), "model_id": settings.model_id},
     )
     compacted: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -83,7 +83,7 @@ def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
         try:
             # Any model's gallery compacts (one being re-embedded for an upgrade, an old one
             # still serving); only parts of different models within a gallery are refused.
-            report = store.compact(name, deleted=deleted)
+            report = store.compact(name, erasures=deleted)
         except FaceGateError as exc:
             # The code only: a message can name what it failed on (a part, a key).
             logger.error(

@@ -38,6 +38,7 @@ def run_demo(config: LocalConfig) -> dict[str, Any]:
         summary = _exercise(state.api_url, state.api_key, config.root)
         summary |= _batch(state, config.root)
         summary |= _job(state)
+        summary |= _erase(state, config.root)
         summary |= _invocations(config, state)
         summary |= _memory(config, status(config) or state)
         return summary
@@ -193,6 +194,23 @@ def _job(state: StackState, timeout: float = 300.0) -> dict[str, Any]:
     return {"job_rows": len(results), "job_correct": correct}
 
 
+def _erase(state: StackState, root: Path) -> dict[str, Any]:
+    """Erase person_b from the demo gallery: rows, rejects, the photo set's members, the
+    job's results naming her; the receipt says where, and she is no longer identified."""
+    photos = {p.stem: p.read_bytes() for p in sample_photos(root)}
+    client = httpx.Client(base_url=state.api_url, headers={"x-api-key": state.api_key})
+    print("\nerase person_b from gallery demo")
+    receipt = client.delete("/galleries/demo/subjects/person_b", timeout=120).json()
+    for kind, total in receipt["totals"].items():
+        print(f"  {kind:<16} {total['objects']} object(s), {total['rows_removed']} row(s)")
+    files = {"image": ("probe.jpg", photos["person_b_2"], "image/jpeg")}
+    found = client.post("/identify", files=files, data={"gallery": "demo", "subjects": "false"})
+    best = found.json()["best"]
+    gone = best is None or best["subject_id"] != "person_b"
+    print(f"  identify person_b_2 in demo -> {best['subject_id'] if best else 'no match'}")
+    return {"erased": int(gone and bool(receipt["found"]))}
+
+
 def _invocations(config: LocalConfig, state: StackState) -> dict[str, Any]:
     """The two functions nothing local triggers by itself, invoked with their own roles as
     ``sam local invoke`` would: the hourly compaction (schedule event) and the job status
@@ -254,6 +272,7 @@ def main(root: Path) -> int:
         summary["compare_correct"] == summary["compared"]
         and summary["identify_correct"] == summary["probes"]
         and summary["deleted"] == 1
+        and summary["erased"] == 1
         and summary["gallery_rows"] == len(sample_photos(root))
         and summary["rejects"] == 1
         and summary["job_correct"] == summary["job_rows"] == len(JOB_ROWS)

@@ -9,6 +9,8 @@ one, and the bucket the encryption and lifecycle rules the template's conditions
 from __future__ import annotations
 
 import json
+import secrets
+import string
 from typing import Any
 
 from facegate_local.template import Template
@@ -119,11 +121,32 @@ def _notifications(template: Template, props: dict[str, Any]) -> dict[str, Any]:
     return {"QueueConfigurations": configs} if configs else {}
 
 
+def create_secrets(template: Template, secretsmanager: Any) -> dict[str, str]:
+    """Every ``AWS::SecretsManager::Secret``, its value generated as ``GenerateSecretString``
+    asks (letters and digits here; the template excludes punctuation)."""
+    created = {}
+    alphabet = string.ascii_letters + string.digits
+    for logical, resource in template.of_type("AWS::SecretsManager::Secret").items():
+        props = template.resolve(resource.get("Properties", {}))
+        length = int(props.get("GenerateSecretString", {}).get("PasswordLength", 32))
+        value = "".join(secrets.choice(alphabet) for _ in range(length))
+        name = template.physical[logical]
+        secretsmanager.create_secret(Name=name, SecretString=value)
+        created[logical] = name
+    return created
+
+
 def create_resources(
-    template: Template, dynamodb: Any, s3: Any, sqs: Any | None = None
+    template: Template,
+    dynamodb: Any,
+    s3: Any,
+    sqs: Any | None = None,
+    secretsmanager: Any | None = None,
 ) -> dict[str, str]:
-    """Create every queue, table and bucket; returns ``{logical id: physical name}``."""
+    """Create every queue, table, bucket and secret; returns ``{logical id: physical name}``."""
     created: dict[str, str] = {}
+    if secretsmanager is not None:
+        created.update(create_secrets(template, secretsmanager))
     if sqs is not None:
         create_queues(template, sqs)
         created.update({k: template.physical[k] for k in template.of_type("AWS::SQS::Queue")})

@@ -263,6 +263,25 @@ def authorise_dynamodb_by_table() -> None:
     DynamoHandler._authenticate_and_authorize_normal_action = authorise  # type: ignore[method-assign]
 
 
+def authorise_secrets_by_id() -> None:
+    """Make moto check Secrets Manager calls against the secret they name.
+
+    moto authorises them against the resource ``*``, which no statement scoped to a secret
+    matches. Locally, ``Ref`` of a secret is its partial ARN (the full one ends in six random
+    characters Secrets Manager picks at creation, unknown to the template,
+    :meth:`Template.secret_arn`): the function asks for it by that, its role's statement
+    names it, and the check is against the ``SecretId`` sent.
+    """
+    from moto.secretsmanager.responses import SecretsManagerResponse
+
+    def secret_resource(self: Any) -> str:
+        body = json.loads(self.body) if isinstance(self.body, str | bytes) and self.body else {}
+        secret = body.get("SecretId") if isinstance(body, dict) else None
+        return secret if isinstance(secret, str) and secret else "*"
+
+    SecretsManagerResponse._determine_resource = secret_resource  # type: ignore[attr-defined]
+
+
 #: Services the local stack does not model (CloudWatch Logs, X-Ray): their grants go unused.
 UNMODELLED_SERVICES = ("logs:", "xray:")
 

@@ -30,6 +30,7 @@ from facegate_local.resources import create_resources
 from facegate_local.roles import (
     LOAD_MANAGED_POLICIES,
     authorise_dynamodb_by_table,
+    authorise_secrets_by_id,
     create_function_roles,
     create_operator,
     enforce_iam,
@@ -71,7 +72,7 @@ def serve(config: LocalConfig) -> None:
     session = boto3.session.Session(region_name=config.region)
     client = functools.partial(session.client, endpoint_url=endpoint, **_fake_keys())
     dynamodb, s3, sqs = client("dynamodb"), client("s3"), client("sqs")
-    resources = create_resources(template, dynamodb, s3, sqs)
+    resources = create_resources(template, dynamodb, s3, sqs, client("secretsmanager"))
     _drain_test_events(sqs, template)
     credentials = {
         function: keys.client_kwargs()
@@ -87,6 +88,7 @@ def serve(config: LocalConfig) -> None:
     config.authorisations_file.unlink(missing_ok=True)
     record_authorisations(config.authorisations_file)
     authorise_dynamodb_by_table()
+    authorise_secrets_by_id()
     enforce_iam()
     state = StackState(
         pid=os.getpid(),

@@ -78,6 +78,7 @@ _NAME_PROPERTIES = {
     "AWS::S3::Bucket": "BucketName",
     "AWS::SQS::Queue": "QueueName",
     "AWS::DynamoDB::Table": "TableName",
+    "AWS::SecretsManager::Secret": "Name",
 }
 
 
@@ -195,12 +196,21 @@ class Template:
         if name in pseudo:
             return pseudo[name]
         if name in self.resources:
-            if self.resources[name].get("Type") == "AWS::SQS::Queue":
+            kind = self.resources[name].get("Type")
+            if kind == "AWS::SQS::Queue":
                 return self.queue_url(name)
+            if kind == "AWS::SecretsManager::Secret":
+                return self.secret_arn(name)
             return self.physical[name]
         if name in self.body.get("Parameters", {}):
             return self.parameter(name)
         raise ValueError(f"unknown Ref {name!r}")
+
+    def secret_arn(self, logical: str) -> str:
+        """What ``Ref`` of a secret returns locally: its ARN without the six random characters
+        Secrets Manager appends at creation (unknown to the template). A partial ARN is a
+        valid ``SecretId``, and the role's statement names the same string."""
+        return f"arn:aws:secretsmanager:{self.region}:{ACCOUNT}:secret:{self.physical[logical]}"
 
     def queue_url(self, logical: str) -> str:
         """What ``Ref`` of a queue returns: its URL (moto's layout, default account)."""

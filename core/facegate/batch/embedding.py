@@ -9,25 +9,33 @@ is never silently dropped: the two tables together account for every input.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
+from facegate.common import iso_micros
 from facegate.errors import FaceGateError
 from facegate.gallery.format import GalleryMeta, build_gallery_table, rejects_from_errors
+from facegate.gallery.rejects import Reject
 from facegate.settings import MultiFacePolicy
 from facegate.types import FaceProcessor, FaceResult
 
 
 @dataclass(frozen=True)
 class PhotoInput:
-    """One photo to embed: its bytes, or the error met while fetching it."""
+    """One photo to embed: its bytes, or the error met while fetching it.
+
+    ``source_at`` is when the photo was uploaded (ISO-8601 UTC), which its rows and its
+    reject carry; None dates them from the embedding, for photos read from a folder.
+    """
 
     image_key: str
     subject_id: str
     data: bytes | None = None
     error: FaceGateError | None = None
+    source_at: str | None = None
 
 
 @dataclass
@@ -38,6 +46,7 @@ class _Rows:
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)
+    source_times: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -68,17 +77,23 @@ def embed_photos(
     *,
     batch: int = 32,
     policy: MultiFacePolicy | None = None,
-    rejected: Iterable[tuple[str, FaceGateError]] = (),
+    rejected: Iterable[Reject] = (),
+    subject_scope: str | None = None,
 ) -> PartResult:
-    """Embed ``photos`` ``batch`` at a time; ``rejected`` are inputs refused before this."""
+    """Embed ``photos`` ``batch`` at a time; ``rejected`` are inputs refused before this.
+    ``subject_scope`` goes into the part's metadata (:class:`GalleryMeta`): re-embedded rows
+    stay erasable in the scope they came from."""
     rows = _Rows()
-    rejects: list[tuple[str, FaceGateError]] = list(rejected)
+    rejects: list[Reject] = list(rejected)
     pending: list[PhotoInput] = []
     count = len(rejects)
+    built_at = iso_micros(datetime.now(UTC))
     for photo in photos:
         count += 1
+        if photo.source_at is None:
+            photo = replace(photo, source_at=built_at)
         if photo.error is not None or photo.data is None:
-            rejects.append((photo.image_key, photo.error or FaceGateError("no data")))
+            rejects.append(_reject(photo, photo.error or FaceGateError("no data")))
             continue
         pending.append(photo)
         if len(pending) >= batch:
@@ -86,7 +101,7 @@ def embed_photos(
             pending = []
     if pending:
         _embed_batch(pipeline, pending, policy, rows, rejects)
-    meta = gallery_meta(pipeline)
+    meta = replace(gallery_meta(pipeline), subject_scope=subject_scope)
     table = build_gallery_table(
         subject_ids=rows.subject_ids,
         image_keys=rows.image_keys,
@@ -95,6 +110,7 @@ def embed_photos(
         det_scores=np.asarray(rows.scores, dtype=np.float32),
         embeddings=np.asarray(rows.vectors, dtype=np.float32).reshape(-1, meta.dim),
         meta=meta,
+        source_times=rows.source_times,
     )
     return PartResult(table, rejects_from_errors(rejects), count)
 
@@ -104,12 +120,12 @@ def _embed_batch(
     photos: list[PhotoInput],
     policy: MultiFacePolicy | None,
     rows: _Rows,
-    rejects: list[tuple[str, FaceGateError]],
+    rejects: list[Reject],
 ) -> None:
     results = pipeline.process_many([p.data for p in photos if p.data is not None], policy)
     for photo, result in zip(photos, results, strict=True):
         if not isinstance(result, FaceResult):
-            rejects.append((photo.image_key, result))
+            rejects.append(_reject(photo, result))
             continue
         for face in result.embeddings:
             rows.subject_ids.append(photo.subject_id)
@@ -118,3 +134,8 @@ def _embed_batch(
             rows.boxes.append(face.detection.box)
             rows.scores.append(face.detection.score)
             rows.vectors.append(face.vector)
+            rows.source_times.append(photo.source_at or "")
+
+
+def _reject(photo: PhotoInput, error: FaceGateError) -> Reject:
+    return (photo.image_key, error, photo.subject_id, photo.source_at)

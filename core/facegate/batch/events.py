@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 from aws_lambda_powertools.utilities.data_classes.sns_event import SNSMessage
 
 from facegate.batch.messages import parse_body
+from facegate.common import iso_micros, parse_instant
 from facegate.errors import ValidationError
 from facegate.storage.objects import ObjectRef
 
@@ -71,7 +72,17 @@ def _object_ref(record: S3EventRecord) -> ObjectRef:
         version_id=None if version == "null" else version,
         etag=etag,
         size=size,
+        uploaded_at=_event_time(record),
     )
+
+
+def _event_time(record: S3EventRecord) -> str | None:
+    """The record's ``eventTime`` as microsecond UTC; None when absent. A malformed one is a
+    poison message: its rows could not be dated against an erasure."""
+    raw = record.get("eventTime")
+    if raw is None:
+        return None
+    return iso_micros(parse_instant(raw, "the notification's eventTime"))
 
 
 def _text(value: Any) -> str | None:

@@ -41,6 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from facegate.batch.archives import MAX_ARCHIVE_READ, open_archive, read_archive, read_member
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.embedding import PhotoInput, embed_photos
+from facegate.batch.erase_jobs import is_erasure_rewrite
 from facegate.batch.events import notification_refs
 from facegate.batch.messages import (
     ARCHIVE_CHUNK,
@@ -62,6 +63,8 @@ from facegate.errors import (
     StorageError,
     ValidationError,
 )
+from facegate.gallery.compaction import without_erased
+from facegate.gallery.rejects import Reject
 from facegate.settings import MultiFacePolicy
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.keys import (
@@ -73,8 +76,9 @@ from facegate.storage.keys import (
     rejects_key,
 )
 from facegate.storage.ledger import IngestLedger, safe_part_name
-from facegate.storage.objects import ObjectRef, ObjectStore
+from facegate.storage.objects import ObjectInfo, ObjectRef, ObjectStore
 from facegate.storage.photos import PhotoStore
+from facegate.storage.tombstones import Tombstones, gallery_scope
 from facegate.types import FaceProcessor
 
 
@@ -89,9 +93,7 @@ class _Work:
     message_id: str
     claims: list[str] = field(default_factory=list)
     photos: dict[str, list[PhotoInput]] = field(default_factory=lambda: defaultdict(list))
-    rejects: dict[str, list[tuple[str, FaceGateError]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
+    rejects: dict[str, list[Reject]] = field(default_factory=lambda: defaultdict(list))
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,16 @@ class EmbedJob:
     """Everything the embedding function does, with its clients injected."""
 
     def __init__(
-        self, pipeline: FaceProcessor, s3: Any, sqs: Any, ledger: IngestLedger, config: JobConfig
+        self,
+        pipeline: FaceProcessor,
+        s3: Any,
+        sqs: Any,
+        ledger: IngestLedger,
+        config: JobConfig,
+        tombstones: Tombstones | None = None,
     ) -> None:
+        """``tombstones``: the erasures a part is checked against (:meth:`_put_part`); None
+        only where nothing is ever erased (a local folder)."""
         self.pipeline, self.s3, self.sqs, self.ledger, self.config = (
             pipeline,
             s3,
@@ -116,6 +126,7 @@ class EmbedJob:
             ledger,
             config,
         )
+        self.tombstones = tombstones
 
     def handle(self, event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
         """An SQS event -> the partial batch response: only records a retry may fix are listed."""
@@ -165,7 +176,8 @@ class EmbedJob:
         except FaceGateError as exc:
             if is_retryable(exc):
                 raise
-            work.rejects[upload.gallery].append((ref.key, exc))
+            subject = upload.subject_id if isinstance(upload, PhotoUpload) else None
+            work.rejects[upload.gallery].append((ref.key, exc, subject, ref.uploaded_at))
 
     def _claim(self, ref: ObjectRef, member_range: str, work: _Work) -> bool:
         source = self.ledger.source_id(ref, member_range)
@@ -179,13 +191,19 @@ class EmbedJob:
             return
         try:
             data = self._get(ref.key, ref.version_id, self.config.max_photo_bytes)
-            work.photos[upload.gallery].append(PhotoInput(ref.key, upload.subject_id, data=data))
+            photo = PhotoInput(ref.key, upload.subject_id, data=data, source_at=ref.uploaded_at)
         except FaceGateError as exc:
             if is_retryable(exc):
                 raise
-            work.photos[upload.gallery].append(PhotoInput(ref.key, upload.subject_id, error=exc))
+            photo = PhotoInput(ref.key, upload.subject_id, error=exc, source_at=ref.uploaded_at)
+        work.photos[upload.gallery].append(photo)
 
     def _take_archive(self, ref: ObjectRef, upload: ArchiveUpload, work: _Work) -> None:
+        """Plan the archive; one an erasure rewrote without a person is skipped: its other
+        members' rows are in the gallery already, from the upload it replaced."""
+        with _retryable():
+            if is_erasure_rewrite(self.s3, ref):
+                return
         if not self._claim(ref, "plan", work):
             return
         with self._archive(ref.key, ref.version_id, ref.etag) as archive:
@@ -210,8 +228,10 @@ class EmbedJob:
         except FaceGateError as exc:
             if is_retryable(exc):
                 raise
-            for member, _ in chunk.members:
-                work.rejects[chunk.gallery].append((f"{chunk.key}/{member}", exc))
+            for member, subject in chunk.members:
+                work.rejects[chunk.gallery].append(
+                    (f"{chunk.key}/{member}", exc, subject, chunk.uploaded_at)
+                )
 
     @contextlib.contextmanager
     def _archive(
@@ -236,12 +256,13 @@ class EmbedJob:
         photos = []
         for member, subject in chunk.members:
             key = f"{chunk.key}/{member}"
+            when = chunk.uploaded_at
             try:
-                photo = PhotoInput(key, subject, data=read_member(archive, member))
+                photo = PhotoInput(key, subject, data=read_member(archive, member), source_at=when)
             except (ObjectNotFoundError, StorageError):
                 raise
             except FaceGateError as exc:
-                photo = PhotoInput(key, subject, error=exc)
+                photo = PhotoInput(key, subject, error=exc, source_at=when)
             photos.append(photo)
         work.photos[chunk.gallery].extend(photos)
 
@@ -318,19 +339,55 @@ class EmbedJob:
 
     def _put_part(self, gallery: str, name: str, table: pa.Table, rejects: pa.Table) -> list[str]:
         """The part and its rejects, through :class:`GalleryStore` (validated, encrypted and
-        typed as Parquet like every gallery object); a storage failure is retryable."""
+        typed as Parquet like every gallery object); a storage failure is retryable.
+
+        Without the rows of subjects erased in the gallery after their photo was uploaded
+        (a notification redriven from the dead-letter queue, a worker that was in flight):
+        checked before the write, and again after it. An erasure records its tombstone
+        before it lists the gallery's parts, so either it lists this part and rewrites it,
+        or this check, after the write, sees its tombstone: the writer then rewrites the
+        part itself and deletes the version it wrote. No part it leaves holds the person.
+        """
         store = GalleryStore(self.s3, self.config.bucket)
-        written = []
-        for key, part in ((part_key(gallery, name), table), (rejects_key(gallery, name), rejects)):
-            try:
-                store.write_table(key, part)
-            except StorageError as exc:
-                raise RetryableError(exc.message, detail=exc.detail) from exc
-            written.append(key)
-        return written
+        tables = {part_key(gallery, name): table, rejects_key(gallery, name): rejects}
+        tables = {key: self._without_erased(gallery, part) for key, part in tables.items()}
+        written = {key: self._write_table(store, key, part) for key, part in tables.items()}
+        for key, part in tables.items():
+            kept = self._without_erased(gallery, part)
+            if kept.num_rows != part.num_rows:
+                self._write_table(store, key, kept)
+                version = written[key].version_id
+                with _retryable():
+                    if version is not None:
+                        store.objects.delete_versions([(key, version)])
+        return list(written)
+
+    def _without_erased(self, gallery: str, table: pa.Table) -> pa.Table:
+        if self.tombstones is None or table.num_rows == 0:
+            return table
+        subjects = {s for s in table["subject_id"].to_pylist() if s is not None}
+        with _retryable():
+            erased = self.tombstones.in_scope(gallery_scope(gallery), subjects)
+        return without_erased(table, erased)
+
+    @staticmethod
+    def _write_table(store: GalleryStore, key: str, table: pa.Table) -> ObjectInfo:
+        with _retryable():
+            return store.write_table(key, table)
 
     def _release(self, work: _Work) -> None:
         # If releasing fails too, the lease expires on its own and a retry claims it then.
         for claim in work.claims:
             with contextlib.suppress(StorageError):
                 self.ledger.release(claim)
+
+
+@contextlib.contextmanager
+def _retryable() -> Iterator[None]:
+    """A storage failure here is worth a retry of the record: :class:`RetryableError`."""
+    try:
+        yield
+    except StorageError as exc:
+        if isinstance(exc, RetryableError):
+            raise
+        raise RetryableError(exc.message, detail=exc.detail) from exc

@@ -37,6 +37,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import BotoCoreError, ClientError
 
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
+from facegate.batch.erase_jobs import is_erasure_rewrite
 from facegate.batch.events import notification_refs
 from facegate.batch.manifest import JobRow, parse_job_manifest
 from facegate.batch.messages import (
@@ -143,7 +144,8 @@ class JobWorker:
             else:
                 for ref in notification_refs(doc):
                     job_id = job_id_from_manifest_key(ref.key)
-                    if job_id is not None:
+                    # An erasure's rewrite of the manifest must not start the job again.
+                    if job_id is not None and not is_erasure_rewrite(self.s3, ref):
                         self.start(job_id)
         except FaceGateError as exc:
             if is_retryable(exc):
@@ -280,7 +282,7 @@ class JobWorker:
                 self.config.bucket,
                 request,
                 subjects=self.subjects,
-                deleted=self.tombstones.all() if self.tombstones is not None else None,
+                erasures=self.tombstones.all() if self.tombstones is not None else None,
                 max_photo_bytes=self.config.max_photo_bytes,
                 policy=self.config.gallery_policy,
             )

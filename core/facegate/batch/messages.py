@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from facegate.batch.archives import ArchivePlan
 from facegate.batch.manifest import JobRow
-from facegate.common import check_index, check_positive, compact_json, validate_id
+from facegate.common import check_index, check_positive, compact_json, parse_instant, validate_id
 from facegate.errors import ValidationError
 from facegate.storage.jobs import MAX_JOB_CHUNKS
 from facegate.storage.objects import ObjectRef
@@ -175,9 +175,13 @@ class ArchiveChunk(Message):
     index: int
     count: int
     size: int = 0
+    #: The archive's upload time (its notification's event time), which its rows carry.
+    uploaded_at: str | None = None
 
     def __post_init__(self) -> None:
         validate_id(self.gallery, "gallery")
+        if self.uploaded_at is not None:
+            parse_instant(self.uploaded_at, "a chunk's uploaded_at")
         if not isinstance(self.bucket, str) or not self.bucket or not isinstance(self.key, str):
             raise ValidationError("a chunk needs a bucket and a key")
         numbers = (self.index, self.count, self.size)
@@ -200,7 +204,9 @@ class ArchiveChunk(Message):
     @property
     def ref(self) -> ObjectRef:
         """The archive version this chunk reads, for :meth:`IngestLedger.source_id`."""
-        return ObjectRef(self.bucket, self.key, self.version_id, self.etag, self.size)
+        return ObjectRef(
+            self.bucket, self.key, self.version_id, self.etag, self.size, self.uploaded_at
+        )
 
     @property
     def member_range(self) -> str:
@@ -234,11 +240,14 @@ class ArchiveChunk(Message):
             index=doc["index"],
             count=doc["count"],
             size=doc.get("size", 0),
+            uploaded_at=_optional_str(doc.get("uploaded_at"), "a chunk's uploaded_at"),
         )
 
 
 def _archive_head(ref: ObjectRef, gallery: str) -> dict[str, Any]:
-    return {
+    """The chunk's archive fields; ``uploaded_at`` only when known, so that a chunk of version 1
+    (which had none) encodes as it did."""
+    head: dict[str, Any] = {
         "bucket": ref.bucket,
         "key": ref.key,
         "version_id": ref.version_id,
@@ -246,6 +255,9 @@ def _archive_head(ref: ObjectRef, gallery: str) -> dict[str, Any]:
         "size": ref.size,
         "gallery": gallery,
     }
+    if ref.uploaded_at is not None:
+        head["uploaded_at"] = ref.uploaded_at
+    return head
 
 
 def plan_archive_chunks(
@@ -278,6 +290,7 @@ def plan_archive_chunks(
             index=index,
             count=len(groups),
             size=ref.size,
+            uploaded_at=ref.uploaded_at,
         )
         for index, group in enumerate(groups)
     ]

@@ -15,24 +15,27 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, NamedTuple, Self
 
 import pyarrow as pa
 
 from facegate.batch.archives import MAX_ARCHIVE_READ, open_archive, read_member
 from facegate.batch.messages import REEMBED, Message
-from facegate.common import parse_instant, validate_id
+from facegate.common import iso_micros, parse_instant, validate_id
 from facegate.errors import (
     InvalidImageError,
     ObjectNotFoundError,
     UnknownGalleryError,
     ValidationError,
 )
-from facegate.storage.galleries import GalleryStore
+from facegate.storage.galleries import GalleryStore, subject_scope
 from facegate.storage.keys import UPLOADS_PREFIX, reembed_status_key
 from facegate.storage.objects import JSON_TYPE, ObjectStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import SubjectStore
+from facegate.storage.tombstones import Erasures
+
+_EPOCH = "1970-01-01T00:00:00Z"
 
 SUBJECTS = "subjects"
 
@@ -69,20 +72,35 @@ class ReembedRequest(Message):
         return cls(doc.get("target", ""), doc.get("model_id", ""), doc.get("source_gallery"))
 
 
-def gallery_photos(store: GalleryStore, gallery: str) -> list[tuple[str, str]]:
-    """``(image_key, subject_id)`` of every photo behind a gallery's rows (its parts, which
-    are the source of truth), in key order, each photo once."""
+class SourcePhoto(NamedTuple):
+    """A photo to re-embed: where it is, whose it is, and when it was uploaded (which the
+    new rows keep: re-embedding does not make an old photo new to an erasure)."""
+
+    image_key: str
+    subject_id: str
+    source_at: str
+
+
+def gallery_photos(store: GalleryStore, gallery: str) -> tuple[list[SourcePhoto], str]:
+    """Every photo behind a gallery's rows (its parts, which are the source of truth), in key
+    order, each photo once; and the scope its subjects are erased in (:func:`subject_scope`)."""
     keys = store.list_parts(gallery)
     if not keys:
         raise UnknownGalleryError(f"gallery {gallery!r} has no parts to re-embed")
-    seen: dict[str, str] = {}
+    seen: dict[str, SourcePhoto] = {}
+    tables = []
     for key in keys:
-        table = store.read_table(key, columns=["image_key", "subject_id"])
-        for image_key, subject in zip(
-            _strings(table, "image_key", key), _strings(table, "subject_id", key), strict=True
-        ):
-            seen.setdefault(image_key, subject)
-    return sorted(seen.items())
+        table = store.read_table(key, columns=["image_key", "subject_id", "source_at"])
+        tables.append(table)
+        image_keys = _strings(table, "image_key", key)
+        subjects = _strings(table, "subject_id", key)
+        times = [
+            iso_micros(parse_instant(t, f"{key} source_at"))
+            for t in table.column("source_at").to_pylist()
+        ]
+        for image_key, subject, when in zip(image_keys, subjects, times, strict=True):
+            seen.setdefault(image_key, SourcePhoto(image_key, subject, when))
+    return [seen[k] for k in sorted(seen)], subject_scope(gallery, tables)
 
 
 def _strings(table: pa.Table, column: str, key: str) -> list[str]:
@@ -95,36 +113,39 @@ def _strings(table: pa.Table, column: str, key: str) -> list[str]:
     return strings
 
 
-def subject_photos(
-    subjects: SubjectStore, deleted: Mapping[str, str] | None = None
-) -> list[tuple[str, str]]:
-    """``(image_key, subject_id)`` of every enrolled face's stored photo.
-
-    A face enrolled before its subject's tombstone (``deleted``: subject id -> deletion time)
-    is one a DELETE is still erasing: left out. A face enrolled after it belongs to the same
-    id enrolled again, a new person as far as the deletion goes: kept.
-    """
-    out: dict[str, str] = {}
+def subject_photos(subjects: SubjectStore) -> list[SourcePhoto]:
+    """Every enrolled face's stored photo, dated by its enrolment (an unstamped face, from
+    before faces carried a time, dates from the epoch: older than any erasure)."""
+    out: dict[str, SourcePhoto] = {}
     cursor: str | None = None
     while True:
         page, cursor = subjects.list_subjects(limit=100, cursor=cursor)
         for subject in page:
             _, faces = subjects.get_embeddings(subject.subject_id)
-            gone = (deleted or {}).get(subject.subject_id)
             for face in faces:
-                if gone is not None and _not_after(face.created_at, gone):
-                    continue
-                out.setdefault(face.image_key, subject.subject_id)
+                when = iso_micros(parse_instant(face.created_at or _EPOCH, "created_at"))
+                out.setdefault(
+                    face.image_key, SourcePhoto(face.image_key, subject.subject_id, when)
+                )
         if cursor is None:
-            return sorted(out.items())
+            return [out[k] for k in sorted(out)]
 
 
-def _not_after(created_at: str | None, deleted_at: str) -> bool:
-    """Whether a face stamped ``created_at`` is not newer than the deletion (unstamped: it is
-    old)."""
-    if created_at is None:
-        return True
-    return parse_instant(created_at, "created_at") <= parse_instant(deleted_at, "deleted_at")
+def not_erased(
+    photos: list[SourcePhoto], scope: str, erasures: Erasures | None
+) -> list[SourcePhoto]:
+    """The photos uploaded after their subject's latest erasure in ``scope`` (or never erased):
+    an older one is being erased, or belongs to a part an erasure is rewriting; a newer one
+    is the same id uploaded again, a new person as far as the erasure goes."""
+    if erasures is None:
+        return photos
+    erased = erasures.in_scope(scope, (p.subject_id for p in photos))
+    return [
+        p
+        for p in photos
+        if p.subject_id not in erased
+        or parse_instant(p.source_at, "source_at") > parse_instant(erased[p.subject_id], "erased")
+    ]
 
 
 class PhotoFetcher:
@@ -164,7 +185,7 @@ def split_member(image_key: str) -> tuple[str, str | None]:
     return image_key, None
 
 
-def chunks(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+def chunks(items: list[SourcePhoto], size: int) -> Iterator[list[SourcePhoto]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

@@ -10,7 +10,6 @@ its reason (a photo deleted since, no face under the new detector settings, ...)
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from facegate.batch.reembed import (
     ReembedRequest,
     chunks,
     gallery_photos,
+    not_erased,
     put_status,
     subject_photos,
 )
@@ -27,6 +27,7 @@ from facegate.errors import FaceGateError, ModelMismatchError, StorageError, Val
 from facegate.settings import MultiFacePolicy
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.subjects import SubjectStore
+from facegate.storage.tombstones import API_SCOPE, Erasures
 from facegate.types import FaceProcessor
 
 
@@ -53,7 +54,7 @@ def run_reembed(
     request: ReembedRequest,
     *,
     subjects: SubjectStore | None = None,
-    deleted: Mapping[str, str] | None = None,
+    erasures: Erasures | None = None,
     chunk_size: int = 200,
     max_photo_bytes: int = 15 * 1024 * 1024,
     policy: MultiFacePolicy = "reject",
@@ -70,12 +71,12 @@ def run_reembed(
         )
     store = GalleryStore(s3, bucket)
     if request.source_gallery is not None:
-        photos = gallery_photos(store, request.source_gallery)
-        photos = [(key, subject) for key, subject in photos if subject not in (deleted or {})]
+        found, scope = gallery_photos(store, request.source_gallery)
     elif subjects is not None:
-        photos = subject_photos(subjects, deleted)
+        found, scope = subject_photos(subjects), API_SCOPE
     else:
         raise ValidationError("re-embedding the enrolled subjects needs the subjects table")
+    photos = not_erased(found, scope, erasures)
     if not photos:
         raise ValidationError(f"{request.source!r} has no photos to re-embed")
     fetch = PhotoFetcher(s3, bucket, max_photo_bytes)
@@ -83,21 +84,23 @@ def run_reembed(
     faces = rejects = parts = 0
     for index, chunk in enumerate(chunks(photos, chunk_size)):
         inputs = []
-        for key, subject in chunk:
+        for key, subject, when in chunk:
             try:
-                inputs.append(PhotoInput(key, subject, data=fetch(key)))
+                inputs.append(PhotoInput(key, subject, data=fetch(key), source_at=when))
             except FaceGateError as exc:
                 if isinstance(exc, StorageError):
                     raise
-                inputs.append(PhotoInput(key, subject, error=exc))
-        part = embed_photos(pipeline, inputs, policy=policy)
+                inputs.append(PhotoInput(key, subject, error=exc, source_at=when))
+        part = embed_photos(pipeline, inputs, policy=policy, subject_scope=scope)
         name = f"reembed-{tag}-{request.source}-{index:05d}"
         store.write_table(store.part_key(request.target, name), part.gallery)
         store.write_table(store.rejects_key(request.target, name), part.rejects)
         faces += part.faces
         rejects += part.rejects.num_rows
         parts += 1
-    compaction = store.compact(request.target, deleted=deleted, expected_model_id=request.model_id)
+    compaction = store.compact(
+        request.target, erasures=erasures, expected_model_id=request.model_id
+    )
     report = ReembedReport(
         source=request.source,
         target=request.target,

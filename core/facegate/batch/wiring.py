@@ -71,6 +71,7 @@ def embed_job(settings: Settings, pipeline_class: PipelineClass) -> EmbedJob:
             max_photo_bytes=settings.s3_max_image_bytes,
             policy=settings.gallery_multi_face,
         ),
+        Tombstones.from_settings(settings),
     )
 
 

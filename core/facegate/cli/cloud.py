@@ -76,7 +76,7 @@ def cmd_reembed(args: argparse.Namespace) -> int:
         settings.bucket,
         request,
         subjects=SubjectStore.from_settings(settings),
-        deleted=Tombstones.from_settings(settings).all(),
+        erasures=Tombstones.from_settings(settings).all(),
         policy=settings.gallery_multi_face,
     )
     print(json.dumps(report.to_dict()))
@@ -175,6 +175,37 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    """Erase a person from the enrolled subjects and/or galleries, with the operator's
+    credentials; prints one receipt per scope (JSON lines). The receipts name the person's
+    keys: they are the operator's record, not a log."""
+    from facegate.service.erasure import Eraser, erase_enrolled
+    from facegate.storage.clients import aws_client
+    from facegate.storage.photos import PhotoStore
+    from facegate.storage.subjects import SubjectStore
+    from facegate.storage.tombstones import Tombstones, gallery_scope
+
+    if not args.enrolled and not args.galleries:
+        raise ValidationError("say where to erase: --enrolled and/or --gallery NAME")
+    settings = aws_settings(args)
+    eraser = Eraser(
+        aws_client("s3", settings),
+        settings.bucket,
+        Tombstones.from_settings(settings),
+        sqs=aws_client("sqs", settings),
+        dead_letter_queues=[q for q in (settings.ingest_dlq_url, settings.jobs_dlq_url) if q],
+    )
+    receipts = []
+    if args.enrolled:
+        subjects, photos = SubjectStore.from_settings(settings), PhotoStore.from_settings(settings)
+        receipts.append(erase_enrolled(eraser, subjects, photos, args.subject_id))
+    for gallery in args.galleries:
+        receipts.append(eraser.erase(args.subject_id, gallery_scope(gallery)))
+    for receipt in receipts:
+        print(json.dumps(receipt.to_dict()))
+    return EXIT_OK
+
+
 #: ``keys list`` columns and their widths.
 _WIDTHS = {"id": 12, "name": 24, "scopes": 19, "created": 20, "expires": 0}
 #: ``--expires-in`` units: seconds, minutes, hours, days, weeks.
@@ -250,6 +281,24 @@ def register(sub: Subcommands, targets: Sequence[Target]) -> None:
     p.add_argument("--timeout", type=float, default=3600)
     add_target_options(p, targets, "on")
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser(
+        "erase",
+        help="erase a person from every store (enrolment, galleries, uploads, jobs, dead "
+        "letters); prints the receipt",
+    )
+    p.add_argument("subject_id")
+    p.add_argument("--enrolled", action="store_true", help="the subject enrolled via the API")
+    p.add_argument(
+        "--gallery",
+        dest="galleries",
+        action="append",
+        default=[],
+        help="a gallery the person is in (repeat for several); galleries re-embedded from it "
+        "are included",
+    )
+    add_target_options(p, targets, "on")
+    p.set_defaults(func=cmd_erase)
 
     keys = sub.add_parser("keys", help="API keys of a deployed stack (FACEGATE_KEYS_TABLE)")
     key_actions = keys.add_subparsers(dest="action", required=True)

@@ -16,14 +16,13 @@ import pyarrow.compute as pc
 
 from facegate.common import parse_instant, utc_now
 from facegate.errors import ModelMismatchError, ValidationError
-from facegate.gallery.meta import GalleryMeta
+from facegate.gallery.meta import METADATA_KEY, GalleryMeta
 from facegate.gallery.table import build_gallery_table, gallery_embeddings, validate_gallery_table
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 #: Helper columns added while compacting; never written.
 _ORDER = "__order"
-_PART_US = "__part_us"
 
 
 def _micros(instant: datetime) -> int:
@@ -64,8 +63,9 @@ def compact_tables(
     embeddings of different models must never share a gallery. Of the rows sharing an
     ``(image_key, face_index)``, the one from the most recent part (metadata ``created_at``;
     on a tie the later in ``parts``) is kept: a retry re-embeds the same photo. Rows of a
-    subject in ``deleted`` (``subject_id -> deletion time``, ISO-8601 UTC) are dropped from
-    parts created at or before that time. Rows come out sorted by ``subject_id``,
+    subject in ``deleted`` (``subject_id -> erasure time``, ISO-8601 UTC) whose photo was
+    uploaded (``source_at``) at or before that time are dropped, whenever their part was
+    built. Rows come out sorted by ``subject_id``,
     ``image_key``, ``face_index``; the threshold is the most recent part's (a recalibration
     of the same weights applies to old rows too). :class:`ValidationError` for no parts.
     """
@@ -128,14 +128,13 @@ def _check_same_model(parts: Sequence[_Part]) -> None:
 
 
 def _stack(parts: Sequence[_Part]) -> pa.Table:
-    """One table of all rows, oldest part first, with each row's recency and part time."""
+    """One table of all rows, oldest part first, with each row's recency."""
     tables = []
     offset = 0
     for part in parts:
         n = part.table.num_rows
         table = part.table.replace_schema_metadata(None)
         table = table.append_column(_ORDER, pa.array(np.arange(offset, offset + n)))
-        table = table.append_column(_PART_US, pa.array(np.full(n, part.created_us)))
         tables.append(table)
         offset += n
     return pa.concat_tables(tables)
@@ -158,7 +157,7 @@ def _deletion_micros(deleted: Mapping[str, str]) -> dict[str, int]:
 
 
 def _drop_deleted(table: pa.Table, deleted: Mapping[str, int]) -> pa.Table:
-    """Drop rows whose part was created at or before their subject's deletion.
+    """Drop rows whose photo was uploaded at or before their subject's erasure.
 
     One dictionary lookup per distinct subject, then vectorised: tombstones accumulate
     forever, so a loop over them per row would not scale.
@@ -172,8 +171,31 @@ def _drop_deleted(table: pa.Table, deleted: Mapping[str, int]) -> pa.Table:
     subjects = cast(list[str], encoded.dictionary.to_pylist())  # ids are never null
     per_subject = np.array([deleted.get(s, never) for s in subjects], dtype=np.int64)
     deleted_at = per_subject[encoded.indices.to_numpy(zero_copy_only=False)]
-    part_at = table[_PART_US].to_numpy()
-    return table.filter(pa.array(part_at > deleted_at))
+    source_at = table["source_at"].combine_chunks().cast(pa.int64()).to_numpy()
+    return table.filter(pa.array(source_at > deleted_at))
+
+
+def without_erased(table: pa.Table, erased: Mapping[str, str]) -> pa.Table:
+    """``table`` (a gallery or rejects table) without the rows of subjects in ``erased``
+    (``subject_id -> erasure time``) whose photo was uploaded at or before their erasure; a
+    row naming an erased subject without an upload time is dropped too. Schema metadata is
+    kept, a gallery footer's ``row_count`` updated. The same rule as compaction's, for a
+    writer checking a part it wrote."""
+    if not erased or table.num_rows == 0:
+        return table
+    cutoff = _deletion_micros(erased)
+    subjects = table["subject_id"].to_pylist()
+    times = table["source_at"].combine_chunks().cast(pa.int64()).to_pylist()
+    keep = [
+        s is None or s not in cutoff or (t is not None and t > cutoff[s])
+        for s, t in zip(subjects, times, strict=True)
+    ]
+    kept = table.filter(pa.array(keep, type=pa.bool_()))
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None or kept.num_rows == table.num_rows:
+        return kept
+    meta = replace(GalleryMeta.from_json(raw), row_count=kept.num_rows)
+    return kept.replace_schema_metadata({**table.schema.metadata, **meta.to_schema_metadata()})
 
 
 def _build(rows: pa.Table, meta: GalleryMeta) -> pa.Table:
@@ -195,6 +217,7 @@ def _build(rows: pa.Table, meta: GalleryMeta) -> pa.Table:
         det_scores=rows["det_score"].to_numpy(),
         embeddings=gallery_embeddings(rows),
         meta=meta,
+        source_times=rows["source_at"],
     )
 
 

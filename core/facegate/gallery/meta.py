@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from facegate.common import utc_now
+from facegate.common import ID_PATTERN, utc_now
 from facegate.errors import ValidationError
 
 #: Bump when a reader of the previous version could misread a new file.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Key of the JSON document in the Parquet (and Arrow) schema metadata.
 METADATA_KEY = b"facegate"
 #: The only metric the format knows: embeddings are unit vectors, similarity is a dot product.
@@ -56,6 +56,10 @@ class GalleryMeta:
     created_at: str = field(default_factory=utc_now)
     row_count: int = 0
     schema_version: int = SCHEMA_VERSION
+    #: Whose subjects the rows are, for erasure: None for the gallery's own (an erasure in the
+    #: gallery), else the scope the rows were re-embedded from (``"api"`` for the enrolled
+    #: subjects, ``"gallery:<source>"``), so that erasing a person there reaches this copy too.
+    subject_scope: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_id, str) or not self.model_id:
@@ -77,6 +81,19 @@ class GalleryMeta:
             raise ValidationError(
                 f"unsupported gallery schema_version {self.schema_version!r} "
                 f"(this reader understands {SCHEMA_VERSION})"
+            )
+        scope = self.subject_scope
+        if scope is not None and not (
+            scope == "api"
+            or (
+                isinstance(scope, str)
+                and scope.startswith("gallery:")
+                and ID_PATTERN.match(scope[8:])
+            )
+        ):
+            raise ValidationError(
+                "gallery metadata: subject_scope must be 'api' or 'gallery:<name>'",
+                detail=repr(scope),
             )
         if self.metric != METRIC:
             raise ValidationError(

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 
+from facegate.common import parse_instant
 from facegate.errors import ModelMismatchError, ValidationError
 from facegate.gallery.meta import METADATA_KEY, SCHEMA_VERSION, GalleryMeta, is_int
 
@@ -22,6 +24,8 @@ from facegate.gallery.meta import METADATA_KEY, SCHEMA_VERSION, GalleryMeta, is_
 #: catches vectors that were never normalised (or were normalised in another dtype and
 #: then quantised), without rejecting honest rounding.
 NORM_TOLERANCE = 1e-3
+#: ``source_at``: exact microseconds, UTC (a tombstone's time has microseconds too).
+SOURCE_TIME = pa.timestamp("us", tz="UTC")
 
 
 def _float_list(size: int) -> pa.DataType:
@@ -33,8 +37,13 @@ def _float_list(size: int) -> pa.DataType:
 def gallery_schema(dim: int, meta: GalleryMeta | None = None) -> pa.Schema:
     """The one definition of a gallery's columns; with ``meta``, its footer metadata too.
 
-    ``bbox`` is ``(x1, y1, x2, y2)`` in original-image pixels. Only ``subject_id``,
-    ``image_key`` and ``embedding`` are non-nullable: a row without them is useless, while a
+    ``bbox`` is ``(x1, y1, x2, y2)`` in original-image pixels. ``source_at`` is when the
+    photo the row was embedded from was uploaded (the S3 notification's event time, an
+    enrolment's time), not when the row was built: an erasure drops every row whose photo
+    predates it, so an embedding job that was in flight during the erasure, or a message
+    redriven from a dead-letter queue weeks later, can never bring the person back, while a
+    photo uploaded after the erasure is kept. Only ``subject_id``, ``image_key``,
+    ``embedding`` and ``source_at`` are non-nullable: a row without them is useless, while a
     face enrolled from a pre-cropped chip legitimately has no box or detector score.
     """
     if not is_int(dim) or dim <= 0:
@@ -48,6 +57,7 @@ def gallery_schema(dim: int, meta: GalleryMeta | None = None) -> pa.Schema:
         pa.field("bbox", _float_list(4)),
         pa.field("det_score", pa.float32()),
         pa.field("embedding", _float_list(dim), nullable=False),
+        pa.field("source_at", SOURCE_TIME, nullable=False),
     ]
     schema = pa.schema(columns)
     return schema.with_metadata(meta.to_schema_metadata()) if meta is not None else schema
@@ -152,13 +162,17 @@ def build_gallery_table(
     det_scores: np.ndarray,
     embeddings: np.ndarray,
     meta: GalleryMeta,
+    source_times: Sequence[str | datetime] | pa.Array[Any] | pa.ChunkedArray[Any] | None = None,
 ) -> pa.Table:
     """Assemble a validated gallery table from columnar inputs.
 
     Shapes: ``subject_ids``, ``image_keys``, ``face_indices`` and ``det_scores`` are
     ``(N,)``; ``bboxes`` is ``(N, 4)``; ``embeddings`` is ``(N, meta.dim)`` and must be
     finite and L2-normalised. ``meta.row_count`` is replaced by ``N``: the caller cannot get
-    it wrong. Raises :class:`ValidationError` on bad input and :class:`ModelMismatchError`
+    it wrong. ``source_times`` ``(N,)`` are the rows' upload times (ISO-8601 UTC strings,
+    aware datetimes or a timestamp array); without them every row dates from
+    ``meta.created_at``, right only for a table whose photos were all uploaded when it was
+    built. Raises :class:`ValidationError` on bad input and :class:`ModelMismatchError`
     when the embeddings' dim is not ``meta.dim``.
     """
     emb = validate_embeddings(embeddings, dim=meta.dim)
@@ -196,8 +210,32 @@ def build_gallery_table(
         pa.FixedSizeListArray.from_arrays(
             pa.array(emb.reshape(-1)), type=schema.field("embedding").type
         ),
+        source_column(meta.created_at if source_times is None else source_times, n),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def source_column(
+    values: str | datetime | Sequence[str | datetime] | pa.Array[Any] | pa.ChunkedArray[Any],
+    n: int,
+) -> pa.Array[Any]:
+    """``n`` upload times as a :data:`SOURCE_TIME` array: one time for every row, or one per
+    row. Every time must be UTC (:func:`~facegate.common.parse_instant`): a naive or local
+    time would compare wrongly with a tombstone's."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        if not pa.types.is_timestamp(values.type) or values.type.tz not in ("UTC", "+00:00"):
+            raise ValidationError(f"source_times must be UTC timestamps, got {values.type}")
+        arr = values.cast(SOURCE_TIME)
+    else:
+        items = [values] * n if isinstance(values, str | datetime) else list(values)
+        arr = pa.array([parse_instant(v, "source time") for v in items], type=SOURCE_TIME)
+    if len(arr) != n:
+        raise ValidationError(f"source_times has {len(arr)} rows, expected {n}")
+    if arr.null_count:
+        raise ValidationError("source_times must not contain nulls")
+    return arr
 
 
 def validate_gallery_table(

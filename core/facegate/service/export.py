@@ -34,7 +34,7 @@ from facegate.storage.galleries import GalleryStore
 from facegate.storage.keys import GALLERY_PREFIX, UPLOADS_PREFIX
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import StoredFace, Subject, SubjectStore
-from facegate.storage.tombstones import Tombstones
+from facegate.storage.tombstones import API_SCOPE, Tombstones
 
 #: Decimals of an exported embedding: float32 carries about 7 significant digits.
 EMBEDDING_DECIMALS = 6
@@ -106,7 +106,7 @@ class SubjectExport:
             key for key, _ in self.photos.objects.versions(self.photos.subject_prefix(subject_id))
         )
         galleries = self._gallery_entries(subject_id)
-        deleted_at = self.tombstones.deleted_at(subject_id) if self.tombstones else None
+        deleted_at = self.tombstones.deleted_at(API_SCOPE, subject_id) if self.tombstones else None
         if subject is None and not versions and not galleries and deleted_at is None:
             raise UnknownSubjectError(f"nothing is held on subject {subject_id!r}")
         return {

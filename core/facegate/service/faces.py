@@ -43,6 +43,13 @@ from facegate.gallery.cache import GalleryCache
 from facegate.gallery.search import SearchResult, search_gallery
 from facegate.pipeline.image import content_type
 from facegate.pipeline.verify import verify_embeddings
+from facegate.service.erasure import (
+    Eraser,
+    Removed,
+    end_deletion,
+    enrolment_eraser,
+    erase_enrolled,
+)
 from facegate.service.probes import (
     check_policy,
     compare_photos,
@@ -61,7 +68,7 @@ from facegate.storage.subjects import (
     SubjectStore,
     validate_metadata,
 )
-from facegate.storage.tombstones import Deletion, Tombstones
+from facegate.storage.tombstones import API_SCOPE, Tombstones
 from facegate.types import FaceProcessor, FaceResult
 
 logger = logging.getLogger("facegate.service")
@@ -101,6 +108,7 @@ class FaceService:
         galleries: GalleryCache | None = None,
         *,
         min_threshold: float | None = None,
+        eraser: Eraser | None = None,
     ) -> None:
         """``min_threshold`` is the deployment's floor (``Settings.min_threshold``); None: the
         card's (:func:`~facegate.service.probes.decision_floor`)."""
@@ -110,6 +118,8 @@ class FaceService:
         self.tombstones = tombstones
         self.galleries = galleries or GalleryCache(expected_model_id=pipeline.model_id)
         self.min_threshold = min_threshold
+        #: Erases the person from every other store on DELETE (None: the enrolment only).
+        self.eraser = eraser
 
     # -- enrolment -----------------------------------------------------------------------
 
@@ -401,31 +411,23 @@ class FaceService:
         before ``f`` (a timeout) leaves its mark to expire
         (:data:`~facegate.storage.tombstones.DELETION_LEASE`).
         """
+        if self.eraser is not None:
+            receipt = erase_enrolled(self.eraser, self.subjects, self.photos, subject_id)
+            return self._counts(subject_id, receipt.removed) | receipt.to_dict()
         self.subjects.get_subject(subject_id)
+        erase = enrolment_eraser(self.subjects, self.photos)
         if self.tombstones is None:
-            return self._erase_subject(subject_id)
-        self.tombstones.record(subject_id)  # galleries drop the subject at their next compaction
+            return self._counts(subject_id, erase(subject_id))
         deletion = self.tombstones.begin_deletion(subject_id)
         try:
-            return self._erase_subject(subject_id)
+            self.tombstones.record(API_SCOPE, subject_id)
+            return self._counts(subject_id, erase(subject_id))
         finally:
-            _end_deletion(self.tombstones, deletion)
+            end_deletion(self.tombstones, deletion)
 
-    def _erase_subject(self, subject_id: str) -> dict[str, Any]:
-        removed = self.photos.delete_subject(subject_id)
-        image_keys = self.subjects.delete_subject(subject_id)
-        return {
-            "subject_id": subject_id,
-            "deleted_faces": len(image_keys),
-            "deleted_photos": removed,
-        }
-
-
-def _end_deletion(tombstones: Tombstones, deletion: Deletion) -> None:
-    """Take a DELETE's mark out. Failing to must not fail a DELETE that did its work (or hide
-    the error that stopped it): the mark only delays re-enrolling the id until it expires, so
-    it is logged (never the id) and the DELETE answers as it would have."""
-    try:
-        tombstones.end_deletion(deletion)
-    except Exception:
-        logger.warning("a deletion mark could not be removed; it expires by itself")
+    @staticmethod
+    def _counts(subject_id: str, removed: Sequence[Removed]) -> dict[str, Any]:
+        """The answer's summary: faces and photo keys of the enrolment."""
+        faces = sum(r.rows_removed - 1 for r in removed if r.kind == "subject_items")
+        photos = sum(r.rows_removed for r in removed if r.kind == "enrolment_photos")
+        return {"subject_id": subject_id, "deleted_faces": faces, "deleted_photos": photos}

@@ -80,7 +80,7 @@ class GalleryService:
     def compact(self, gallery: str) -> dict[str, Any]:
         """Rebuild ``gallery.parquet`` from its parts now, dropping every deleted subject."""
         name = validate_id(gallery, "gallery")
-        return self.galleries.compact(name, deleted=self.tombstones.all()).to_dict()
+        return self.galleries.compact(name, erasures=self.tombstones.all()).to_dict()
 
     def submit_reembed(
         self, target: str, model_id: str, source_gallery: str | None = None

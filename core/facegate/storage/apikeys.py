@@ -53,6 +53,7 @@ ROUTE_SCOPES: dict[str, Scope] = {
     "DELETE /subjects/{subject_id}": "admin",
     "GET /subjects/{subject_id}/export": "admin",
     "GET /galleries/{gallery}": "admin",
+    "DELETE /galleries/{gallery}/subjects/{subject_id}": "admin",
     "POST /galleries/{gallery}/compact": "admin",
     "POST /reembed": "admin",
     "GET /galleries/{gallery}/reembed": "admin",

@@ -24,7 +24,8 @@ from facegate.settings import Settings
 from facegate.storage import keys as layout
 from facegate.storage.clients import aws_client
 from facegate.storage.keys import GALLERY_PREFIX
-from facegate.storage.objects import PARQUET_TYPE, ObjectStore
+from facegate.storage.objects import PARQUET_TYPE, ObjectInfo, ObjectStore
+from facegate.storage.tombstones import Erasures, gallery_scope
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -104,8 +105,11 @@ class GalleryStore:
         except pa.ArrowException as exc:
             raise ValidationError(f"not a Parquet file: s3://{self.bucket}/{key}") from exc
 
-    def write_table(self, key: str, table: pa.Table) -> None:
-        """Write a gallery table (validated by :func:`write_gallery`) or a rejects table.
+    def write_table(
+        self, key: str, table: pa.Table, *, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        """Write a gallery table (validated by :func:`write_gallery`) or a rejects table;
+        returns the version written (an erasure deletes every other one).
 
         Anything else is refused: only those two kinds of object live under ``galleries/``.
         """
@@ -116,7 +120,9 @@ class GalleryStore:
             pq.write_table(table, sink, compression="zstd")
         else:
             raise ValidationError(f"{key}: not a gallery or rejects table")
-        self.objects.put(key, sink.getvalue().to_pybytes(), content_type=PARQUET_TYPE)
+        return self.objects.put(
+            key, sink.getvalue().to_pybytes(), content_type=PARQUET_TYPE, metadata=metadata
+        )
 
     # -- compaction --------------------------------------------------------------------
 
@@ -124,19 +130,26 @@ class GalleryStore:
         self,
         gallery: str,
         *,
-        deleted: Mapping[str, str] | None = None,
+        erasures: Erasures | None = None,
         expected_model_id: str | None = None,
     ) -> CompactionReport:
-        """Rebuild ``gallery.parquet`` from every part (see :func:`compact_tables`).
+        """Rebuild ``gallery.parquet`` from every part (see :func:`compact_tables`), without
+        the rows of subjects erased in the gallery's scope (:func:`subject_scope`) after their
+        photo was uploaded.
 
-        Parts are left as they are: they are the source of truth, and a later compaction
-        with more deletions must be able to start from them again.
+        Parts are left as they are: an erasure rewrites the parts that held the person
+        (:mod:`facegate.service.erasure`); compaction only keeps a part written late, from a
+        photo older than the erasure, out of the gallery until then.
         """
         started = time.perf_counter()
         keys = self.list_parts(gallery)
         if not keys:
             raise UnknownGalleryError(f"gallery {gallery} has no parts")
         tables = [self.read_table(k) for k in keys]
+        deleted: dict[str, str] = {}
+        if erasures is not None:
+            subjects = {str(s) for t in tables for s in pc.unique(t["subject_id"]).to_pylist()}
+            deleted = erasures.in_scope(subject_scope(gallery, tables), subjects)
         table, counts = _compact(tables, keys, deleted, expected_model_id)
         key = layout.gallery_key(gallery)
         self.write_table(key, table)
@@ -151,6 +164,25 @@ class GalleryStore:
             subjects=_distinct(table["subject_id"]),
             seconds=round(time.perf_counter() - started, 3),
         )
+
+
+def subject_scope(gallery: str, tables: Sequence[pa.Table] = ()) -> str:
+    """Whose subjects the gallery's rows are, for erasure: the ``subject_scope`` its newest
+    table's metadata names (a gallery re-embedded from the enrolled subjects or from another
+    gallery), else its own, ``gallery:<g>``."""
+    newest: GalleryMeta | None = None
+    for table in tables:
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            continue
+        meta = GalleryMeta.from_json(raw)
+        if newest is None or parse_instant(meta.created_at, "created_at") >= parse_instant(
+            newest.created_at, "created_at"
+        ):
+            newest = meta
+    if newest is not None and newest.subject_scope is not None:
+        return newest.subject_scope
+    return gallery_scope(gallery)
 
 
 def _distinct(column: pa.ChunkedArray[Any]) -> int:

@@ -81,6 +81,9 @@ class ObjectRef:
     """One uploaded object version, as its notification names it.
 
     ``key`` is decoded (notifications URL-encode it). ``etag`` carries no quotes.
+    ``uploaded_at`` is the notification's event time (ISO-8601 UTC), when the version was
+    created: the rows embedded from it carry it (``source_at``), so an erasure after the
+    upload drops them whenever they are built. None when the sender gave none.
     ``version_id`` is None in an unversioned bucket; the ``"null"`` version of a bucket whose
     versioning is suspended is None too, since it is overwritten in place like an
     unversioned object and only its ``etag`` tells two uploads apart.
@@ -91,6 +94,7 @@ class ObjectRef:
     version_id: str | None
     etag: str | None
     size: int
+    uploaded_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,8 @@ class ObjectInfo:
 
     ``etag`` is as S3 sends it (quoted), ready to pass back as ``if_none_match``;
     ``version_id`` is None in an unversioned bucket and for the ``"null"`` version, as in
-    :class:`ObjectRef`.
+    :class:`ObjectRef`. ``metadata`` is the version's user metadata (``x-amz-meta-*``, names
+    in lower case as S3 returns them), so a reader can tell our own rewrites from uploads.
     """
 
     key: str
@@ -107,6 +112,9 @@ class ObjectInfo:
     etag: str
     version_id: str | None
     content_type: str | None
+    #: Keyword-only so that :class:`StoredObject` keeps its positional ``body``; out of the
+    #: hash, which a dict cannot take part in.
+    metadata: Mapping[str, str] = field(default_factory=dict, kw_only=True, hash=False)
 
 
 @dataclass(frozen=True)
@@ -300,11 +308,22 @@ class ObjectStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    def put(self, key: str, body: bytes, *, content_type: str) -> ObjectInfo:
-        """Write ``body`` at ``key``, encrypted, with ``content_type``; S3 replaces an object
-        atomically, so a reader sees the previous bytes or the new ones, never a mix."""
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        """Write ``body`` at ``key``, encrypted, with ``content_type`` (and user ``metadata``,
+        string names and values); S3 replaces an object atomically, so a reader sees the
+        previous bytes or the new ones, never a mix."""
         if not isinstance(content_type, str) or not content_type:
             raise ValidationError("every object is written with a content type")
+        extra = dict(metadata or {})
+        if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in extra.items()):
+            raise ValidationError("object metadata names and values must be strings")
         with aws_errors(f"writing {self.uri(key)}"):
             answer = self._s3.put_object(
                 Bucket=self.bucket,
@@ -312,10 +331,10 @@ class ObjectStore:
                 Body=body,
                 ContentType=content_type,
                 ServerSideEncryption=SERVER_SIDE_ENCRYPTION,
+                Metadata=extra,
             )
-        return ObjectInfo(
-            **self._info(key, {**answer, "ContentType": content_type}, size=len(body))
-        )
+        sent = {**answer, "ContentType": content_type, "Metadata": extra}
+        return ObjectInfo(**self._info(key, sent, size=len(body)))
 
     def delete(self, key: str) -> None:
         """Delete the current version (a delete marker in a versioned bucket); a missing
@@ -372,6 +391,7 @@ class ObjectStore:
             "etag": str(answer.get("ETag", "")),
             "version_id": None if version in (None, "null") else str(version),
             "content_type": answer.get("ContentType"),
+            "metadata": dict(answer.get("Metadata") or {}),
         }
 
 

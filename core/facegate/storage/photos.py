@@ -17,6 +17,7 @@ from facegate.settings import Settings
 from facegate.storage.clients import aws_client
 from facegate.storage.keys import PROBES_PREFIX, enrolment_photo_key, subject_prefix
 from facegate.storage.objects import ObjectStore
+from facegate.storage.scrub import Scrubbed, erase_prefix
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -99,16 +100,14 @@ class PhotoStore:
         except ObjectNotFoundError as exc:
             raise InvalidImageError(exc.message, detail=exc.detail) from exc
 
-    def delete_subject(self, subject_id: str) -> int:
+    def delete_subject(self, subject_id: str) -> Scrubbed | None:
         """Delete every object under the subject's prefix, all versions and delete markers too.
 
         A plain delete in a versioned bucket only hides the photo behind a delete marker;
-        erasing a person means removing every version. Returns the number of distinct keys
-        removed.
+        erasing a person means removing every version. Returns what was removed (its
+        ``rows_removed`` counts the distinct keys), None when there was nothing.
         """
-        targets = self.objects.versions(self.subject_prefix(subject_id))
-        self.objects.delete_versions(targets)
-        return len({key for key, _ in targets})
+        return erase_prefix(self.objects, self.subject_prefix(subject_id), "enrolment_photos")
 
     def delete_keys(self, keys: Sequence[str]) -> None:
         """Delete these objects, every version (undoing an enrolment that failed midway)."""

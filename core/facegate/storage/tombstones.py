@@ -1,5 +1,14 @@
-"""Tombstones: deleted subjects, applied to galleries at compaction, and the fence that keeps
-a DELETE and an enrolment of the same subject from interleaving. Torch-free.
+"""Tombstones: erased subjects, applied to galleries at compaction and to parts as they are
+written, and the fence that keeps a DELETE and an enrolment of the same subject from
+interleaving. Torch-free.
+
+A tombstone is scoped: an erasure in one gallery (``gallery:<g>``) or of an enrolled subject
+(``api``) never touches another gallery's subject of the same id. It holds no subject id: its
+key is an HMAC-SHA256 of the scope and the id under a per-deployment secret
+(:class:`ErasureKey`, the template's ``ErasureKey`` secret), so the table does not keep a
+list of the people who asked to be forgotten (ids may be e-mail addresses), and without the
+secret nobody can test whether a given person did. The services that must match rows to
+tombstones hash the ids they hold.
 
 The fence, on the subject's tombstone item, is two attributes written only with atomic
 DynamoDB updates and read by conditions, never a lock anyone waits for:
@@ -19,9 +28,12 @@ DynamoDB updates and read by conditions, never a lock anyone waits for:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,14 +52,107 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
 TOMBSTONE_PK = "TOMBSTONE"
-_TOMBSTONE_SK = "SUBJECT#"
+_TOMBSTONE_SK = "ERASED#"
+#: The scope of the subjects enrolled through the API (``/subjects``).
+API_SCOPE = "api"
+#: BatchGetItem's limit on keys per request.
+_BATCH_GET = 100
 #: Lambda's hard limit on one invocation (every function's ``Timeout`` is at most this): a
 #: DELETE's mark older than this cannot belong to a DELETE still running.
 DELETION_LEASE = timedelta(minutes=15)
 
 
-def _tombstone_key(subject_id: str) -> dict[str, Any]:
-    return to_attributes({"pk": TOMBSTONE_PK, "sk": _TOMBSTONE_SK + subject_id})
+def gallery_scope(gallery: str) -> str:
+    """The scope of a gallery's own subjects, ``gallery:<g>``."""
+    return f"gallery:{validate_id(gallery, 'gallery')}"
+
+
+def check_scope(scope: str) -> str:
+    """``scope`` when it is :data:`API_SCOPE` or a gallery's, else :class:`ValidationError`."""
+    if scope == API_SCOPE:
+        return scope
+    if isinstance(scope, str) and scope.startswith("gallery:"):
+        return gallery_scope(scope.removeprefix("gallery:"))
+    raise ValidationError(
+        f"an erasure scope is {API_SCOPE!r} or 'gallery:<name>'", detail=repr(scope)
+    )
+
+
+class ErasureKey:
+    """The deployment's secret for tombstone keys; the bytes stay out of ``repr``.
+
+    Given the secret, or a loader of it called once, on the first digest: a function that
+    builds its stores at import (the Lambda init phase) reads the secret only if it erases
+    or checks an erasure, and an import never needs AWS.
+    """
+
+    def __init__(self, secret: bytes | str | Callable[[], bytes | str]) -> None:
+        self._loader = secret if callable(secret) else None
+        self._secret = None if callable(secret) else _checked_secret(secret)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "ErasureKey(<secret>)"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ErasureKey:
+        """The secret named by ``FACEGATE_ERASURE_KEY_SECRET`` (Powertools' secrets provider,
+        through the settings' endpoint), read on first use."""
+
+        def load() -> bytes | str:
+            from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+            provider = SecretsProvider(boto3_client=aws_client("secretsmanager", settings))
+            with aws_errors("reading the erasure key"):
+                value = provider.get(settings.erasure_key_secret)
+            if not isinstance(value, str | bytes):
+                raise ValidationError("the erasure key secret is not a string")
+            return value
+
+        return cls(load)
+
+    def _bytes(self) -> bytes:
+        with self._lock:
+            if self._secret is None:
+                assert self._loader is not None
+                self._secret = _checked_secret(self._loader())
+            return self._secret
+
+    def digest(self, scope: str, subject_id: str) -> str:
+        """HMAC-SHA256 of scope and id, hex: the tombstone's sort key (after ``ERASED#``)."""
+        message = f"{check_scope(scope)}\n{validate_id(subject_id)}".encode()
+        return hmac.new(self._bytes(), message, hashlib.sha256).hexdigest()
+
+
+def _checked_secret(secret: bytes | str) -> bytes:
+    raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    if len(raw) < 16:
+        raise ValidationError("the erasure key must be at least 16 bytes")
+    return raw
+
+
+def _tombstone_key(digest: str) -> dict[str, Any]:
+    return to_attributes({"pk": TOMBSTONE_PK, "sk": _TOMBSTONE_SK + digest})
+
+
+@dataclass(frozen=True)
+class Erasures:
+    """Every tombstone at one moment (:meth:`Tombstones.all`), matched to ids by hashing them."""
+
+    key: ErasureKey
+    times: Mapping[str, str]
+
+    def in_scope(self, scope: str, subject_ids: Iterable[str]) -> dict[str, str]:
+        """``subject_id -> erasure time`` of these subjects' tombstones in ``scope`` (one
+        HMAC per distinct id: galleries hold few subjects per row count)."""
+        if not self.times:
+            return {}
+        found = {}
+        for subject in set(subject_ids):
+            when = self.times.get(self.key.digest(scope, subject))
+            if when is not None:
+                found[subject] = when
+        return found
 
 
 def _mark_is_live(mark: str, now: datetime) -> bool:
@@ -61,9 +166,9 @@ def _mark_is_live(mark: str, now: datetime) -> bool:
 
 @dataclass(frozen=True)
 class Deletion:
-    """A running DELETE's mark on the tombstone, and the expired marks it found there."""
+    """A running DELETE's mark on the tombstone (``digest``), and the expired marks it found."""
 
-    subject_id: str
+    digest: str
     mark: str
     expired: frozenset[str]
 
@@ -74,6 +179,7 @@ class EnrolmentFence:
 
     table: str
     subject_id: str
+    digest: str
     generation: int
 
     def condition_check(self) -> TransactWriteItemTypeDef:
@@ -81,7 +187,7 @@ class EnrolmentFence:
         check: TransactWriteItemTypeDef = {
             "ConditionCheck": {
                 "TableName": self.table,
-                "Key": _tombstone_key(self.subject_id),
+                "Key": _tombstone_key(self.digest),
                 "ConditionExpression": "attribute_not_exists(#generation)",
                 "ExpressionAttributeNames": {"#generation": "generation"},
             }
@@ -107,57 +213,68 @@ class EnrolmentFence:
 
 
 class Tombstones:
-    """Deletion times of subjects, in the single table (``pk=TOMBSTONE``, ``sk=SUBJECT#<id>``).
+    """Erasure times of subjects per scope, in the single table (``pk=TOMBSTONE``,
+    ``sk=ERASED#<digest>``, :meth:`ErasureKey.digest`; ``scope`` kept in clear).
 
     One partition, so that compaction reads every tombstone with one (paginated) query.
     Items carry no ``kind`` attribute and so stay out of the sparse ``subjects`` index that
     lists enrolled subjects. A tombstone only ever moves forward in time: a late or replayed
-    ``record`` with an older time must not resurrect rows deleted by a newer one. The same
-    item carries the subject's deletion fence (:meth:`begin_deletion`, :meth:`fence`).
+    ``record`` with an older time must not resurrect rows erased by a newer one. The item of
+    the :data:`API_SCOPE` carries the subject's deletion fence (:meth:`begin_deletion`,
+    :meth:`fence`).
 
     ``retention_days`` (:attr:`Settings.tombstone_retention`, longer than any source that
     could bring the subject back) sets the item's TTL that many days after the subject's
-    latest DELETE; None keeps it for ever, and takes out a TTL an earlier DELETE set.
+    latest erasure; None keeps it for ever, and takes out a TTL an earlier erasure set.
     """
 
     def __init__(
-        self, dynamodb: DynamoDBClient, table: str, retention_days: int | None = None
+        self,
+        dynamodb: DynamoDBClient,
+        table: str,
+        key: ErasureKey,
+        retention_days: int | None = None,
     ) -> None:
         self._db = dynamodb
         self.table = table
+        self.key = key
         self.retention_days = retention_days
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Tombstones:
-        return cls(aws_client("dynamodb", settings), settings.table, settings.tombstone_retention)
+    def from_settings(cls, settings: Settings, key: ErasureKey | None = None) -> Tombstones:
+        return cls(
+            aws_client("dynamodb", settings),
+            settings.table,
+            key or ErasureKey.from_settings(settings),
+            settings.tombstone_retention,
+        )
 
     def _ttl(self) -> tuple[str, str, int | None]:
         """The TTL's ``SET`` and ``REMOVE`` clauses (``:expires``), and its value, for a write
-        now: every DELETE pushes the expiry out, from its own time."""
+        now: every erasure pushes the expiry out, from its own time."""
         if self.retention_days is None:
             return "", f" REMOVE {TTL_ATTRIBUTE}", None
         return f", {TTL_ATTRIBUTE} = :expires", "", expires_at(self.retention_days, time.time())
 
-    def record(self, subject_id: str, when: str | datetime | None = None) -> str:
-        """Record that ``subject_id`` was deleted at ``when`` (default now); return the stored time.
-
-        The returned time is the later of ``when`` and any earlier record for the subject.
-        """
-        validate_id(subject_id)
+    def record(self, scope: str, subject_id: str, when: str | datetime | None = None) -> str:
+        """Record that ``subject_id`` was erased in ``scope`` at ``when`` (default now); return
+        the stored time, the later of ``when`` and any earlier record for the subject."""
+        digest = self.key.digest(scope, subject_id)
         stamp = iso_micros(parse_instant(when, "when") if when is not None else datetime.now(UTC))
-        key = _tombstone_key(subject_id)
+        key = _tombstone_key(digest)
         set_ttl, remove_ttl, expires = self._ttl()
-        with aws_errors(f"recording deletion of {subject_id}"):
+        with aws_errors("recording an erasure"):
             try:
                 self._db.update_item(
                     TableName=self.table,
                     Key=key,
                     UpdateExpression=(
-                        f"SET deleted_at = :when, subject_id = :subject{set_ttl}{remove_ttl}"
+                        f"SET deleted_at = :when, #scope = :scope{set_ttl}{remove_ttl}"
                     ),
                     ConditionExpression="attribute_not_exists(deleted_at) OR deleted_at < :when",
+                    ExpressionAttributeNames={"#scope": "scope"},
                     ExpressionAttributeValues=to_attributes(
-                        {":when": stamp, ":subject": subject_id, ":expires": expires}
+                        {":when": stamp, ":scope": scope, ":expires": expires}
                     ),
                 )
             except ClientError as exc:
@@ -168,33 +285,34 @@ class Tombstones:
         return stamp
 
     def begin_deletion(self, subject_id: str) -> Deletion:
-        """Move the subject's fence before a DELETE touches its photos or items: one update
-        increments ``generation`` (cancelling every enrolment that read the old one) and adds
-        this DELETE's mark (refusing every enrolment that starts before :meth:`end_deletion`).
-        The item is a whole tombstone even without :meth:`record` (``deleted_at`` set if absent).
+        """Move the enrolled subject's fence before a DELETE touches its photos or items: one
+        update increments ``generation`` (cancelling every enrolment that read the old one)
+        and adds this DELETE's mark (refusing every enrolment that starts before
+        :meth:`end_deletion`). The item is a whole tombstone even without :meth:`record`
+        (``deleted_at`` set if absent).
         """
-        validate_id(subject_id)
+        digest = self.key.digest(API_SCOPE, subject_id)
         now = datetime.now(UTC)
         mark = f"{iso_micros(now + DELETION_LEASE)} {uuid.uuid4().hex}"
         set_ttl, remove_ttl, expires = self._ttl()
-        with aws_errors(f"recording deletion of {subject_id}"):
+        with aws_errors("recording an erasure"):
             answer = self._db.update_item(
                 TableName=self.table,
-                Key=_tombstone_key(subject_id),
+                Key=_tombstone_key(digest),
                 UpdateExpression=(
-                    f"SET #deleted = if_not_exists(#deleted, :now), #subject = :subject{set_ttl} "
+                    f"SET #deleted = if_not_exists(#deleted, :now), #scope = :scope{set_ttl} "
                     f"ADD #generation :one, #deleting :mark{remove_ttl}"
                 ),
                 ExpressionAttributeNames={
                     "#deleted": "deleted_at",
-                    "#subject": "subject_id",
+                    "#scope": "scope",
                     "#generation": "generation",
                     "#deleting": "deleting",
                 },
                 ExpressionAttributeValues=to_attributes(
                     {
                         ":now": iso_micros(now),
-                        ":subject": subject_id,
+                        ":scope": API_SCOPE,
                         ":one": 1,
                         ":mark": {mark},
                         ":expires": expires,
@@ -204,21 +322,21 @@ class Tombstones:
             )
         marks = from_attributes(answer.get("Attributes", {})).get("deleting", set())
         expired = frozenset(m for m in marks if m != mark and not _mark_is_live(m, now))
-        return Deletion(subject_id, mark, expired)
+        return Deletion(digest, mark, expired)
 
     def end_deletion(self, deletion: Deletion) -> None:
         """Take the DELETE's mark out (and the expired ones it found), once it will write
         nothing more, whether it finished or failed."""
-        self._remove_marks(deletion.subject_id, {deletion.mark, *deletion.expired})
+        self._remove_marks(deletion.digest, {deletion.mark, *deletion.expired})
 
-    def _remove_marks(self, subject_id: str, marks: Iterable[str]) -> None:
+    def _remove_marks(self, digest: str, marks: Iterable[str]) -> None:
         """On the condition that the tombstone exists: an update must never create one
         without a ``deleted_at``."""
-        with aws_errors(f"recording deletion of {subject_id}"):
+        with aws_errors("recording an erasure"):
             try:
                 self._db.update_item(
                     TableName=self.table,
-                    Key=_tombstone_key(subject_id),
+                    Key=_tombstone_key(digest),
                     UpdateExpression="DELETE #deleting :marks",
                     ConditionExpression="attribute_exists(pk)",
                     ExpressionAttributeNames={"#deleting": "deleting"},
@@ -232,38 +350,66 @@ class Tombstones:
         """The fence an enrolment of ``subject_id`` commits under; :class:`SubjectDeletedError`
         while a DELETE of the subject is running (read consistently: a DELETE that has moved
         the fence is seen)."""
-        found = self._read(subject_id, "generation", "deleting")
+        digest = self.key.digest(API_SCOPE, subject_id)
+        found = self._read(digest, "generation", "deleting")
         now = datetime.now(UTC)
         if any(_mark_is_live(m, now) for m in found.get("deleting", set())):
             raise SubjectDeletedError(
                 f"subject {subject_id!r} is being deleted: enrol it again once the DELETE "
                 "has answered"
             )
-        return EnrolmentFence(self.table, subject_id, int(found.get("generation", 0)))
+        return EnrolmentFence(self.table, subject_id, digest, int(found.get("generation", 0)))
 
-    def deleted_at(self, subject_id: str) -> str | None:
-        """The subject's tombstone time, None when it has none (a data-subject export)."""
-        stamp = self._read(subject_id, "deleted_at").get("deleted_at")
+    def deleted_at(self, scope: str, subject_id: str) -> str | None:
+        """The subject's erasure time in ``scope``, None when it has none (an export)."""
+        stamp = self._read(self.key.digest(scope, subject_id), "deleted_at").get("deleted_at")
         return None if stamp is None else str(stamp)
 
-    def _read(self, subject_id: str, *attributes: str) -> dict[str, Any]:
-        """These attributes of the subject's tombstone item (consistently: a DELETE that has
-        just moved the fence is seen); ``{}`` when it has none."""
-        validate_id(subject_id)
+    def _read(self, digest: str, *attributes: str) -> dict[str, Any]:
+        """These attributes of a tombstone item (consistently: a DELETE that has just moved
+        the fence is seen); ``{}`` when there is none."""
         names = {f"#a{i}": name for i, name in enumerate(attributes)}
-        with aws_errors(f"reading deletions of {subject_id}"):
+        with aws_errors("reading erasures"):
             item = self._db.get_item(
                 TableName=self.table,
-                Key=_tombstone_key(subject_id),
+                Key=_tombstone_key(digest),
                 ProjectionExpression=", ".join(names),
                 ExpressionAttributeNames=names,
                 ConsistentRead=True,
             ).get("Item", {})
         return from_attributes(item)
 
-    def all(self, page_size: int | None = None) -> dict[str, str]:
-        """Every tombstone as ``subject_id -> deleted_at``, read consistently so that a
-        deletion acknowledged just before a compaction is honoured by it."""
+    def in_scope(self, scope: str, subject_ids: Iterable[str]) -> dict[str, str]:
+        """``subject_id -> erasure time`` of these subjects in ``scope`` that have a tombstone,
+        read consistently by key (BatchGetItem): what a writer checks right after it wrote a
+        part, without reading every tombstone."""
+        digests = {self.key.digest(scope, s): s for s in set(subject_ids)}
+        found: dict[str, str] = {}
+        pending = [_tombstone_key(d) for d in sorted(digests)]
+        with aws_errors("reading erasures"):
+            while pending:
+                batch, pending = pending[:_BATCH_GET], pending[_BATCH_GET:]
+                answer = self._db.batch_get_item(
+                    RequestItems={
+                        self.table: {
+                            "Keys": batch,
+                            "ProjectionExpression": "sk, deleted_at",
+                            "ConsistentRead": True,
+                        }
+                    }
+                )
+                for raw in answer.get("Responses", {}).get(self.table, []):
+                    item = from_attributes(raw)
+                    digest = str(item["sk"]).removeprefix(_TOMBSTONE_SK)
+                    found[digests[digest]] = str(item["deleted_at"])
+                unprocessed = answer.get("UnprocessedKeys", {}).get(self.table)
+                if unprocessed:  # throttled: asked again (the SDK's retries back off)
+                    pending = list(unprocessed["Keys"]) + pending
+        return found
+
+    def all(self, page_size: int | None = None) -> Erasures:
+        """Every tombstone, read consistently so that an erasure acknowledged just before a
+        compaction is honoured by it."""
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :pk",
@@ -273,7 +419,12 @@ class Tombstones:
         }
         if page_size is not None:
             kwargs["PaginationConfig"] = {"PageSize": page_size}
-        with aws_errors("reading tombstones"):
+        with aws_errors("reading erasures"):
             pages = self._db.get_paginator("query").paginate(**kwargs)
             items = [from_attributes(i) for page in pages for i in page.get("Items", [])]
-        return {i["sk"].removeprefix(_TOMBSTONE_SK): i["deleted_at"] for i in items}
+        times = {
+            str(i["sk"]).removeprefix(_TOMBSTONE_SK): str(i["deleted_at"])
+            for i in items
+            if str(i["sk"]).startswith(_TOMBSTONE_SK)
+        }
+        return Erasures(self.key, times)

@@ -16,6 +16,7 @@ from fastapi.security import APIKeyHeader
 from facegate.gallery.cache import GalleryCache
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService, GalleryService
+from facegate.service.erasure import Eraser
 from facegate.service.export import SubjectExport
 from facegate.settings import Settings, get_settings
 from facegate.storage.apikeys import ApiKeyStore, route_scope
@@ -24,7 +25,7 @@ from facegate.storage.galleries import GalleryStore
 from facegate.storage.jobs import JobStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import SubjectStore
-from facegate.storage.tombstones import Tombstones
+from facegate.storage.tombstones import ErasureKey, Tombstones
 
 
 @lru_cache(maxsize=1)
@@ -55,7 +56,12 @@ def _stores(settings: Settings) -> Stores:
         PhotoStore(s3, settings.bucket),
         ApiKeyStore(dynamodb, settings.keys_table),
         GalleryStore(s3, settings.bucket),
-        Tombstones(dynamodb, settings.table, settings.tombstone_retention),
+        Tombstones(
+            dynamodb,
+            settings.table,
+            ErasureKey.from_settings(settings),
+            settings.tombstone_retention,
+        ),
     )
 
 
@@ -63,6 +69,20 @@ def _stores(settings: Settings) -> Stores:
 def _gallery_cache(model_id: str) -> GalleryCache:
     """One per process (per model): galleries stay loaded between requests."""
     return GalleryCache(expected_model_id=model_id)
+
+
+@lru_cache(maxsize=4)
+def _eraser(settings: Settings, model_id: str) -> Eraser:
+    """Erasures over the bucket, the table and the dead-letter queues; it drops what this
+    process's gallery cache holds of the galleries it rewrites."""
+    return Eraser(
+        aws_client("s3", settings),
+        settings.bucket,
+        _stores(settings).tombstones,
+        sqs=aws_client("sqs", settings),
+        dead_letter_queues=[q for q in (settings.ingest_dlq_url, settings.jobs_dlq_url) if q],
+        cache=_gallery_cache(model_id),
+    )
 
 
 def get_service(settings: SettingsDep, pipeline: PipelineDep) -> FaceService:
@@ -74,7 +94,12 @@ def get_service(settings: SettingsDep, pipeline: PipelineDep) -> FaceService:
         stores.tombstones,
         _gallery_cache(pipeline.model_id),
         min_threshold=settings.min_threshold,
+        eraser=_eraser(settings, pipeline.model_id),
     )
+
+
+def get_eraser(settings: SettingsDep, pipeline: PipelineDep) -> Eraser:
+    return _eraser(settings, pipeline.model_id)
 
 
 @lru_cache(maxsize=4)
@@ -141,3 +166,4 @@ ServiceDep = Annotated[FaceService, Depends(get_service)]
 GalleryServiceDep = Annotated[GalleryService, Depends(get_gallery_service)]
 ExportDep = Annotated[SubjectExport, Depends(get_export)]
 PhotoStoreDep = Annotated[PhotoStore, Depends(get_photo_store)]
+EraserDep = Annotated[Eraser, Depends(get_eraser)]

@@ -12,12 +12,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import zipfile
 from urllib.parse import unquote_plus
 
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
+from tests_support import zip_of
 
 from facegate.storage.clients import aws_client
 
@@ -38,11 +38,7 @@ def embed(load_handler, ingest):
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
+    return zip_of(files)
 
 
 def _tables(aws, gallery: str, kind: str) -> list[list[dict]]:

@@ -187,8 +187,9 @@ def test_large_archive_fans_out_into_chunks(pipeline, aws, wiring, photo_set):
 
 
 def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_set, faces_dir):
-    """Compaction of the parts the job wrote, through the API; a subject deleted through
-    the API afterwards disappears from the next compaction."""
+    """Compaction of the parts the job wrote, through the API. Deleting the enrolled subject
+    of the same id leaves the gallery's person_b alone (another person, another scope);
+    erasing person_b from the gallery takes her out of the parts and the next compaction."""
     from fastapi.testclient import TestClient
 
     from app.deps import get_pipeline
@@ -215,9 +216,13 @@ def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_
     enrolled = client.post("/subjects/person_b/faces", json={"image": b64})
     assert enrolled.status_code == 201
     assert client.delete("/subjects/person_b").status_code == 200  # records a tombstone
-    assert "person_b" in Tombstones(aws_client("dynamodb", aws), aws.table).all()
+    assert Tombstones.from_settings(aws).all().in_scope("api", ["person_b"])
+    assert client.post("/galleries/crew/compact").json()["rows_out"] == 4
+    erased = client.delete("/galleries/crew/subjects/person_b")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["totals"]["gallery_part"]["rows_removed"] == 2
     second = client.post("/galleries/crew/compact").json()
-    assert second["rows_out"] == 2 and second["deleted_dropped"] == 2
+    assert second["rows_out"] == 2 and second["deleted_dropped"] == 0
     body = s3.get_object(Bucket=aws.bucket, Key="galleries/crew/gallery.parquet")["Body"].read()
     meta, table = read_gallery(io.BytesIO(body), expected_model_id="sface+dlib")
     assert set(table.column("subject_id").to_pylist()) == {"person_a"} and meta.row_count == 2

@@ -11,6 +11,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from tests_support import drain_queue
 
 from facegate.batch.aggregate_job import run_aggregation
 from facegate.batch.job_worker import JobWorker, WorkerConfig
@@ -38,13 +39,7 @@ def queues(aws):
 
 
 def _drain(aws, url):
-    sqs = aws_client("sqs", aws)
-    records = []
-    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
-        for m in messages:
-            records.append({"messageId": m["MessageId"], "body": m["Body"]})
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-    return {"Records": records}
+    return drain_queue(aws_client("sqs", aws), url)
 
 
 def _notification(bucket, key):

@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from tests_support import erasures_in
 
 from facegate.batch.embedding import PhotoInput, embed_photos
 from facegate.batch.job_worker import JobWorker, WorkerConfig
@@ -139,7 +140,7 @@ def test_enrolled_subjects_are_re_embedded_from_their_stored_photos(
         subjects=SubjectStore.from_settings(settings),
         # bob was deleted once and enrolled again since; cat's DELETE is under way (its
         # tombstone is newer than its faces, which are about to go).
-        deleted={"bob": "2026-01-01T00:00:00Z", "cat": "2999-01-01T00:00:00Z"},
+        erasures=erasures_in("api", {"bob": "2026-01-01T00:00:00Z", "cat": "2999-01-01T00:00:00Z"}),
     )
     assert (report.source, report.photos, report.faces, report.rows) == ("subjects", 3, 3, 3)
     store = GalleryStore(fresh_aws.s3, fresh_aws.bucket)

@@ -110,7 +110,10 @@ def test_photo_upload_sample_is_the_notification_of_a_photo(faces_dir):
     doc = parse_body(_body("embed/photo-upload.json"))
     assert message_type(doc) is None  # not one of our messages: an S3 notification
     photo = (faces_dir / "person_a_1.jpg").read_bytes()
-    assert notification_refs(doc) == [ObjectRef(BUCKET, PHOTO_KEY, None, _md5(photo), len(photo))]
+    uploaded = "2025-11-22T16:04:31.512000Z"  # the record's eventTime, which its rows carry
+    assert notification_refs(doc) == [
+        ObjectRef(BUCKET, PHOTO_KEY, None, _md5(photo), len(photo), uploaded)
+    ]
     assert classify(PHOTO_KEY) == PhotoUpload("demo", "person_a", "person_a_1.jpg")
 
 
@@ -119,7 +122,10 @@ def test_manifest_sample_is_the_notification_of_the_sample_manifest():
     assert message_type(doc) is None
     manifest = MANIFEST.read_bytes()
     (ref,) = notification_refs(doc)
-    assert ref == ObjectRef(BUCKET, manifest_key(JOB), None, _md5(manifest), len(manifest))
+    assert ref == ObjectRef(
+        BUCKET, manifest_key(JOB), None, _md5(manifest), len(manifest), ref.uploaded_at
+    )
+    assert ref.uploaded_at == "2025-11-22T16:10:02.087000Z"
     assert job_id_from_manifest_key(ref.key) == JOB
 
 

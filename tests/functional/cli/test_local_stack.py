@@ -246,7 +246,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["enrolled"] == 2 and summary["compared"] == 15 and summary["matches"] == 2
-    assert summary["identified"] == 2 and summary["deleted"] == 1
+    assert summary["identified"] == 2 and summary["deleted"] == 1 and summary["erased"] == 1
     assert summary["gallery_rows"] == 6 and summary["rejects"] == 1
     assert summary["job_rows"] == 5 and summary["job_correct"] == 5
     assert summary["invoked"] == 2 and summary["functions"] == 5
@@ -309,6 +309,8 @@ NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
         "s3:GetObjectVersion": "s3:// probes pinned to a version",
         "s3:DeleteObjectVersion": "erasure of every photo version (moto checks DeleteObject)",
         "sqs:SendMessage*": "POST /reembed queues the re-embedding",
+        "sqs:DeleteMessage": "an erasure deletes the person's dead-lettered messages",
+        "sqs:ChangeMessageVisibility": "... and makes the others visible again at once",
     },
     "EmbedFunction": {
         "dynamodb:GetItem": "the ledger's entry of a source already claimed",
@@ -322,6 +324,7 @@ NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
     "JobFunction": {
         "dynamodb:GetItem": "a chunk of a job that already failed or finished",
         "dynamodb:Query": "re-embedding drops the rows of deleted subjects (tombstones)",
+        "secretsmanager:GetSecretValue": "... matched by their keyed hash (the erasure key)",
         "s3:GetObjectVersion": "manifests and probes are read at the notified version",
         "s3:ListBucket": "a missing probe is a 404 (a failed row), not a 403",
         "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",

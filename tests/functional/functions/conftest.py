@@ -18,9 +18,15 @@ def api_client(pipeline: Any, aws: Any) -> Iterator[Callable[..., TestClient]]:
     """``api_client(key, **client options)``: a TestClient of the app, the session's pipeline
     and the module's moto, sending ``key``; the cached stores are dropped before and after
     (they hold clients made under another module's moto)."""
-    deps._stores.cache_clear()
+    _clear_caches()
     app = create_app()
     app.dependency_overrides[deps.get_pipeline] = lambda: pipeline
     app.dependency_overrides[get_settings] = lambda: aws
     yield lambda key, **options: TestClient(app, headers={"x-api-key": key}, **options)
-    deps._stores.cache_clear()
+    _clear_caches()
+
+
+def _clear_caches() -> None:
+    """The app's per-process stores, eraser and gallery caches (built under a moto)."""
+    for cached in (deps._stores, deps._eraser, deps._gallery_cache, deps._gallery_service):
+        cached.cache_clear()

@@ -136,7 +136,8 @@ def _versions(s3: Any, bucket: str) -> list[str]:
 def test_api_role_erases_a_subject_and_undoes_a_failed_enrolment(stack: Stack) -> None:
     store = PhotoStore(stack.role_s3, stack.bucket)
 
-    assert store.delete_subject("alice") == 2
+    removed = store.delete_subject("alice")
+    assert removed is not None and removed.rows_removed == 2
     store.delete_keys(stack.keys["bob"])
 
     assert _versions(stack.auditor_s3, stack.bucket) == stack.keys["carol"]

@@ -100,6 +100,9 @@ with mock_aws():
     settings = get_settings()
     create_table(aws_client("dynamodb", settings), settings.table)
     create_keys_table(aws_client("dynamodb", settings), settings.keys_table)
+    aws_client("secretsmanager", settings).create_secret(
+        Name=settings.erasure_key_secret, SecretString="a test erasure key, 32 bytes long"
+    )
     s3 = aws_client("s3", settings)
     s3.create_bucket(Bucket=settings.bucket)
     for photo in sorted(Path(sys.argv[2]).glob("*.jpg")):

@@ -85,6 +85,7 @@ REQUESTS = {
         ("DELETE", "/subjects/resident", None),
         ("GET", "/subjects/resident/export", None),
         ("GET", "/galleries/staff", None),
+        ("DELETE", "/galleries/staff/subjects/resident", None),
         ("POST", "/galleries/staff/compact", None),
         ("POST", "/reembed", {"target": "staff-v2", "model_id": "sface"}),
         ("GET", "/galleries/staff-v2/reembed", None),

@@ -173,6 +173,7 @@ def test_s3_event_decodes_key_and_keeps_version():
             version_id="096fKKXTRTtl3on89fVO.nfljtsv6qko",
             etag="d41d8cd98f00b204e9800998ecf8427e",
             size=1024,
+            uploaded_at="2024-05-01T12:00:00.000000Z",
         )
     ]
 

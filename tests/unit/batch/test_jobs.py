@@ -973,7 +973,14 @@ def test_reembedding_refuses_a_part_with_null_photo_keys(fresh_aws):
     never re-embedded as the photo ``None``."""
     s3, bucket = fresh_aws.s3, fresh_aws.settings.bucket
     store = GalleryStore(s3, bucket)
-    part = pa.table({"image_key": ["uploads/g/ann/1.jpg", None], "subject_id": ["ann", "bob"]})
+    uploaded = pa.array([1_700_000_000_000_000] * 2, pa.timestamp("us", tz="UTC"))
+    part = pa.table(
+        {
+            "image_key": ["uploads/g/ann/1.jpg", None],
+            "subject_id": ["ann", "bob"],
+            "source_at": uploaded,
+        }
+    )
     sink = pa.BufferOutputStream()
     pq.write_table(part, sink)
     s3.put_object(Bucket=bucket, Key=part_key("g", "p1"), Body=sink.getvalue().to_pybytes())

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 import pytest
-from tests_support import keys_of, unit_rows
+from tests_support import erasure_key_for_tests, erasures_in, keys_of, unit_rows
 
 from facegate.errors import (
     ModelMismatchError,
@@ -27,7 +27,7 @@ from facegate.gallery.format import (
 from facegate.settings import Settings
 from facegate.storage.galleries import GalleryStore, summarise
 from facegate.storage.subjects import SubjectStore
-from facegate.storage.tombstones import Tombstones
+from facegate.storage.tombstones import ErasureKey, Tombstones
 
 REGION = "eu-west-1"
 BUCKET = "facegate-compact-test"
@@ -46,8 +46,10 @@ def part(
     rows: Sequence[tuple[str, str, int]],
     created_at: str,
     meta: GalleryMeta = META,
+    uploaded_at: str | None = None,
 ) -> pa.Table:
-    """A gallery part of ``(subject_id, image_key, face_index)`` rows with random embeddings."""
+    """A gallery part of ``(subject_id, image_key, face_index)`` rows with random embeddings,
+    built at ``created_at`` from photos uploaded at ``uploaded_at`` (default: then too)."""
     n = len(rows)
     return build_gallery_table(
         subject_ids=[r[0] for r in rows],
@@ -57,6 +59,7 @@ def part(
         det_scores=np.full(n, 0.99, dtype=np.float32),
         embeddings=unit_rows(rng, n, meta.dim),
         meta=replace(meta, created_at=created_at),
+        source_times=[uploaded_at or created_at] * n,
     )
 
 
@@ -115,6 +118,17 @@ def test_deleted_subject_is_dropped_and_a_later_enrolment_kept(rng):
         ("bob", "b/3.jpg", 0),
         ("carol", "c/1.jpg", 0),
     ]
+
+
+def test_a_part_built_after_the_erasure_from_older_photos_never_brings_them_back(rng):
+    """A worker in flight during the erasure, or a notification redriven weeks later, builds
+    its part after the tombstone: its rows still date from their upload, so they go."""
+    late = part(rng, [("bob", "b/1.jpg", 0), ("carol", "c/1.jpg", 0)], T3, uploaded_at=T1)
+    uploaded_again = part(rng, [("bob", "b/9.jpg", 0)], T3, uploaded_at=T3)
+    merged = compact_tables([late, uploaded_again], deleted={"bob": T2})
+    assert keys_of(merged) == [("bob", "b/9.jpg", 0), ("carol", "c/1.jpg", 0)]
+    (kept,) = [r for r in merged.to_pylist() if r["subject_id"] == "carol"]
+    assert kept["source_at"].isoformat() == "2024-03-01T10:00:00+00:00"  # the upload time stays
 
 
 def test_deletion_times_compare_as_instants_not_strings(rng):
@@ -214,7 +228,7 @@ def store(s3) -> GalleryStore:
 
 @pytest.fixture
 def tombstones(ddb) -> Tombstones:
-    return Tombstones(ddb, TABLE)
+    return Tombstones(ddb, TABLE, erasure_key_for_tests())
 
 
 def listing(s3) -> dict[str, str]:
@@ -260,7 +274,9 @@ def test_compact_on_s3_writes_the_gallery_and_leaves_parts_alone(s3, store, rng)
     store.write_table(store.part_key("other", "p1"), part(rng, [("dave", "d/1.jpg", 0)], T1))
     before = listing(s3)
 
-    report = store.compact("staff", deleted={"bob": T3}, expected_model_id=MODEL)
+    report = store.compact(
+        "staff", erasures=erasures_in("gallery:staff", {"bob": T3}), expected_model_id=MODEL
+    )
 
     assert (report.parts_read, report.rows_in, report.rows_out) == (2, 4, 2)
     assert (report.duplicates_dropped, report.deleted_dropped, report.subjects) == (1, 1, 2)
@@ -282,7 +298,9 @@ def test_compact_again_with_more_deletions_rebuilds_from_parts(s3, store, rng):
         part(rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], T1),
     )
     assert store.compact("staff").rows_out == 2
-    assert store.compact("staff", deleted={"alice": T2}).rows_out == 1
+    assert (
+        store.compact("staff", erasures=erasures_in("gallery:staff", {"alice": T2})).rows_out == 1
+    )
     assert store.compact("staff").rows_out == 2  # a view: nothing was lost from the parts
 
 
@@ -357,7 +375,7 @@ def test_summarise_before_and_after_compaction(s3, store, rng):
         "compacted": False,
     }
 
-    store.compact("staff", deleted={"bob": T3})
+    store.compact("staff", erasures=erasures_in("gallery:staff", {"bob": T3}))
     done = summarise(store, "staff")
     built = read_s3_gallery(s3, store.gallery_key("staff"))[0].created_at
     assert done["compacted"] is True
@@ -376,32 +394,59 @@ def test_summarise_unknown_gallery_is_refused(store):
 # --------------------------------------------------------------------------------------
 
 
-def test_record_writes_one_item_outside_the_subjects_index(ddb, tombstones):
-    stamp = tombstones.record("bob", when="2024-03-02T11:00:00+01:00")
+def test_record_writes_one_item_outside_the_subjects_index_without_the_id(ddb, tombstones):
+    stamp = tombstones.record("gallery:staff", "bob@example.com", when="2024-03-02T11:00:00+01:00")
     assert stamp == "2024-03-02T10:00:00.000000Z"
-    item = ddb.get_item(TableName=TABLE, Key={"pk": {"S": "TOMBSTONE"}, "sk": {"S": "SUBJECT#bob"}})
-    assert item["Item"]["deleted_at"] == {"S": stamp}
-    assert "kind" not in item["Item"]
+    (item,) = ddb.scan(TableName=TABLE)["Items"]
+    digest = erasure_key_for_tests().digest("gallery:staff", "bob@example.com")
+    assert item["sk"] == {"S": f"ERASED#{digest}"}
+    assert item["deleted_at"] == {"S": stamp}
+    assert item["scope"] == {"S": "gallery:staff"}
+    assert "kind" not in item
+    assert "bob" not in str(item)  # a keyed hash, never the id
     assert SubjectStore(ddb, TABLE).list_subjects()[0] == []
     with pytest.raises(ValidationError):
-        tombstones.record("bob/../x")
+        tombstones.record("gallery:staff", "bob/../x")
+    with pytest.raises(ValidationError):
+        tombstones.record("everywhere", "bob")
+
+
+def test_tombstones_are_scoped(tombstones):
+    tombstones.record("gallery:staff", "bob", when=T2)
+    erased = tombstones.all()
+    assert erased.in_scope("gallery:staff", ["bob", "alice"]) == {
+        "bob": "2024-03-02T10:00:00.000000Z"
+    }
+    assert erased.in_scope("gallery:visitors", ["bob"]) == {}
+    assert erased.in_scope("api", ["bob"]) == {}
+    assert tombstones.in_scope("gallery:staff", ["bob", "alice"]) == erased.in_scope(
+        "gallery:staff", ["bob"]
+    )
+
+
+def test_another_deployments_key_matches_nothing(ddb, tombstones):
+    tombstones.record("gallery:staff", "bob", when=T2)
+    other = Tombstones(ddb, TABLE, ErasureKey("another deployment's secret"))
+    assert other.all().in_scope("gallery:staff", ["bob"]) == {}
 
 
 def test_record_never_moves_a_deletion_back_in_time(tombstones):
-    tombstones.record("bob", when=T2)
-    assert tombstones.record("bob", when=T1) == "2024-03-02T10:00:00.000000Z"
-    assert tombstones.record("bob", when=T3) == "2024-03-03T10:00:00.000000Z"
-    assert tombstones.all() == {"bob": "2024-03-03T10:00:00.000000Z"}
+    tombstones.record("gallery:staff", "bob", when=T2)
+    assert tombstones.record("gallery:staff", "bob", when=T1) == "2024-03-02T10:00:00.000000Z"
+    assert tombstones.record("gallery:staff", "bob", when=T3) == "2024-03-03T10:00:00.000000Z"
+    assert tombstones.all().in_scope("gallery:staff", ["bob"]) == {
+        "bob": "2024-03-03T10:00:00.000000Z"
+    }
 
 
 def test_record_defaults_to_now(tombstones):
-    assert tombstones.record("bob") > T3
+    assert tombstones.record("api", "bob") > T3
 
 
 def test_all_follows_pagination(ddb, tombstones):
-    expected = {f"s{i:02d}": tombstones.record(f"s{i:02d}", when=T1) for i in range(30)}
+    expected = {f"s{i:02d}": tombstones.record("api", f"s{i:02d}", when=T1) for i in range(30)}
     calls = count_calls(ddb, "Query")
-    assert tombstones.all(page_size=7) == expected
+    assert tombstones.all(page_size=7).in_scope("api", expected) == expected
     assert len(calls) >= 5
 
 
@@ -410,6 +455,7 @@ def test_tombstones_drive_compaction(store, tombstones, rng):
         store.part_key("staff", "p1"),
         part(rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], T1),
     )
-    tombstones.record("bob", when=T2)
-    report = store.compact("staff", deleted=tombstones.all())
+    tombstones.record("gallery:staff", "bob", when=T2)
+    tombstones.record("gallery:other", "alice", when=T2)
+    report = store.compact("staff", erasures=tombstones.all())
     assert (report.rows_out, report.deleted_dropped) == (1, 1)

@@ -68,7 +68,10 @@ def test_schema_types_and_nullability() -> None:
         "bbox",
         "det_score",
         "embedding",
+        "source_at",
     ]
+    assert schema.field("source_at").type == pa.timestamp("us", tz="UTC")
+    assert not schema.field("source_at").nullable
     emb = schema.field("embedding")
     assert pa.types.is_fixed_size_list(emb.type)
     assert emb.type.list_size == DIM
@@ -93,7 +96,8 @@ def test_schema_refuses_bad_dim() -> None:
 def test_meta_json_round_trip() -> None:
     meta = make_meta(row_count=3)
     doc = json.loads(meta.to_json())
-    assert doc["schema_version"] == SCHEMA_VERSION == 1
+    assert doc["schema_version"] == SCHEMA_VERSION == 2
+    assert doc["subject_scope"] is None
     assert doc["metric"] == "cosine"
     assert doc["created_at"].endswith("Z")
     assert GalleryMeta.from_json(meta.to_json()) == meta
@@ -112,7 +116,10 @@ def test_meta_json_round_trip() -> None:
         {"created_at": "2024-01-01T00:00:00+02:00"},
         {"created_at": "yesterday"},
         {"row_count": -1},
-        {"schema_version": 2},
+        {"schema_version": 1},
+        {"subject_scope": "gallery:"},
+        {"subject_scope": "gallery:a/b"},
+        {"subject_scope": "subjects"},
     ],
 )
 def test_meta_refuses_invalid_fields(overrides: dict[str, object]) -> None:
@@ -127,7 +134,7 @@ def test_meta_from_json_refuses_missing_keys_and_other_versions() -> None:
         GalleryMeta.from_json(json.dumps(doc))
     with pytest.raises(ValidationError, match="schema_version"):
         GalleryMeta.from_json(
-            json.dumps({**json.loads(make_meta().to_json()), "schema_version": 2})
+            json.dumps({**json.loads(make_meta().to_json()), "schema_version": 1})
         )
     with pytest.raises(ValidationError):
         GalleryMeta.from_json(b"{not json")
@@ -388,8 +395,44 @@ def test_rejects_refuses_nulls_and_length_mismatch() -> None:
 def test_rejects_from_errors_uses_stable_codes() -> None:
     table = rejects_from_errors([("a.jpg", NoFaceError("no face found"))])
     assert table.to_pylist() == [
-        {"image_key": "a.jpg", "reason": "no_face", "detail": "no face found"}
+        {
+            "image_key": "a.jpg",
+            "reason": "no_face",
+            "detail": "no face found",
+            "subject_id": None,
+            "source_at": None,
+        }
     ]
+
+
+def test_rejects_carry_the_subject_and_upload_time_when_known() -> None:
+    table = rejects_from_errors(
+        [
+            ("uploads/g/ann/1.jpg", NoFaceError("no face"), "ann", "2026-01-02T03:04:05.000006Z"),
+            ("uploads/g/set.zip/stray.jpg", NoFaceError("no face")),
+        ]
+    )
+    assert table.schema.equals(rejects_schema())
+    assert table.column("subject_id").to_pylist() == ["ann", None]
+    first, second = table.column("source_at").to_pylist()
+    assert first is not None and first.isoformat() == "2026-01-02T03:04:05.000006+00:00"
+    assert second is None
+
+
+def test_gallery_rows_keep_their_upload_times() -> None:
+    columns = make_columns(2)
+    times = ["2026-01-01T00:00:00.000001Z", "2026-02-01T00:00:00Z"]
+    table = build_gallery_table(**columns, meta=make_meta(), source_times=times)
+    got = [t.isoformat() for t in table.column("source_at").to_pylist()]
+    assert got == ["2026-01-01T00:00:00.000001+00:00", "2026-02-01T00:00:00+00:00"]
+    default = build_gallery_table(**columns, meta=make_meta(created_at="2025-05-05T05:05:05Z"))
+    assert {t.isoformat() for t in default.column("source_at").to_pylist()} == {
+        "2025-05-05T05:05:05+00:00"
+    }
+    with pytest.raises(ValidationError, match="UTC"):
+        build_gallery_table(**columns, meta=make_meta(), source_times=["2026-01-01T00:00:00"] * 2)
+    with pytest.raises(ValidationError, match="rows"):
+        build_gallery_table(**columns, meta=make_meta(), source_times=times[:1])
 
 
 # ---------------------------------------------------------------------------- meta

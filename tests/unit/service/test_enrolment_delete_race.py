@@ -24,7 +24,7 @@ from facegate.http_errors import status_for
 from facegate.service import FaceService
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import MAX_FACES_PER_PUT, SubjectStore
-from facegate.storage.tombstones import Tombstones
+from facegate.storage.tombstones import ErasureKey, Tombstones
 
 
 def _service(fresh_aws: Any, processor: FakeProcessor) -> FaceService:
@@ -186,7 +186,7 @@ def test_a_delete_that_fails_midway_takes_its_mark_out(fresh_aws, two, monkeypat
     subject is still there (items untouched) and a retried DELETE finishes the job."""
     two.enrolling.enrol("ann", [ANN_1])
 
-    def refuse(subject_id: str) -> int:
+    def refuse(subject_id: str) -> None:
         raise StorageError("S3 said no")
 
     monkeypatch.setattr(two.deleting.photos, "delete_subject", refuse)
@@ -229,9 +229,10 @@ def test_a_delete_killed_before_its_end_blocks_enrolment_until_its_mark_expires(
 
 
 def _marks(fresh_aws: Any, subject_id: str) -> set[str]:
+    key = ErasureKey.from_settings(fresh_aws.settings)
     item = fresh_aws.dynamodb.get_item(
         TableName=fresh_aws.settings.table,
-        Key={"pk": {"S": "TOMBSTONE"}, "sk": {"S": f"SUBJECT#{subject_id}"}},
+        Key={"pk": {"S": "TOMBSTONE"}, "sk": {"S": f"ERASED#{key.digest('api', subject_id)}"}},
         ConsistentRead=True,
     )["Item"]
     return set(item.get("deleting", {}).get("SS", []))
@@ -243,7 +244,8 @@ def test_the_tombstone_keeps_its_deletion_time_for_compaction(fresh_aws, two):
     two.deleting.delete_subject("ann")
     tombstones = two.deleting.tombstones
     assert tombstones is not None
-    deleted_at = datetime.fromisoformat(tombstones.all()["ann"].replace("Z", "+00:00"))
+    stamp = tombstones.all().in_scope("api", ["ann"])["ann"]
+    deleted_at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert deleted_at >= before.replace(microsecond=0)
 
 

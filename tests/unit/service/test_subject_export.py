@@ -25,7 +25,7 @@ def stores(fresh_aws):
         SubjectStore.from_settings(settings),
         PhotoStore.from_settings(settings),
         GalleryStore.from_settings(settings),
-        Tombstones(fresh_aws.dynamodb, settings.table),
+        Tombstones.from_settings(settings),
     )
 
 
@@ -59,8 +59,9 @@ def test_embeddings_only_when_asked_rounded_to_6_decimals(stores, processor):
 
 
 def test_rows_pending_compaction_are_found_after_a_delete(stores, processor):
-    """A DELETE leaves a tombstone and the gallery parts as they were: the compacted gallery
-    drops the subject, the part still holds them, and the export says both."""
+    """Deleting the enrolled "ann" leaves gallery g's "ann" alone (another scope); a
+    tombstone in g (a part that landed after an erasure) drops her from the compacted
+    gallery while the part still holds her, and the export says both."""
     subjects, photos, galleries, tombstones = stores
     meta = GalleryMeta(
         model_id=processor.model_id,
@@ -81,11 +82,16 @@ def test_rows_pending_compaction_are_found_after_a_delete(stores, processor):
     service = FaceService(processor, subjects, photos, tombstones)
     service.enrol("ann", [ANN_1])
     service.delete_subject("ann")
-    galleries.compact("g", deleted=tombstones.all())
+    galleries.compact("g", erasures=tombstones.all())
+    assert SubjectExport(subjects, photos, galleries, tombstones).export("ann")["galleries"][0][
+        "compacted"
+    ] == {"key": "galleries/g/gallery.parquet", "rows": 1, "image_keys": ["uploads/g/ann/1.png"]}
+    tombstones.record("gallery:g", "ann")
+    galleries.compact("g", erasures=tombstones.all())
 
     found = SubjectExport(subjects, photos, galleries, tombstones).export("ann")
     assert found["enrolment"] is None and found["faces"] == [] and found["photos"] == []
-    assert found["tombstone"]["deleted_at"] == tombstones.all()["ann"]
+    assert found["tombstone"]["deleted_at"] == tombstones.deleted_at("api", "ann")
     assert found["galleries"] == [
         {
             "gallery": "g",

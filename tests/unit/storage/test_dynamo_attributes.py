@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
+from tests_support import erasure_key_for_tests
 
 from facegate.errors import ValidationError
 from facegate.storage.dynamo import from_attributes, to_attributes
@@ -146,10 +147,11 @@ def test_a_lease_is_stored_exactly(fresh_aws):
 
 
 def test_tombstone_items_keep_their_layout(fresh_aws):
-    tombstones = Tombstones(fresh_aws.dynamodb, fresh_aws.table)
-    stamp = tombstones.record("bob", when="2024-03-02T10:00:00Z")
-    key = {"pk": {"S": "TOMBSTONE"}, "sk": {"S": "SUBJECT#bob"}}
+    tombstones = Tombstones(fresh_aws.dynamodb, fresh_aws.table, erasure_key_for_tests())
+    stamp = tombstones.record("api", "bob", when="2024-03-02T10:00:00Z")
+    digest = erasure_key_for_tests().digest("api", "bob")
+    key = {"pk": {"S": "TOMBSTONE"}, "sk": {"S": f"ERASED#{digest}"}}
     item = fresh_aws.dynamodb.get_item(TableName=fresh_aws.table, Key=key)["Item"]
-    assert item == {**key, "deleted_at": {"S": stamp}, "subject_id": {"S": "bob"}}
-    assert tombstones.record("bob", when="2024-03-01T10:00:00Z") == stamp
-    assert tombstones.all() == {"bob": stamp}
+    assert item == {**key, "deleted_at": {"S": stamp}, "scope": {"S": "api"}}
+    assert tombstones.record("api", "bob", when="2024-03-01T10:00:00Z") == stamp
+    assert tombstones.all().in_scope("api", ["bob"]) == {"bob": stamp}

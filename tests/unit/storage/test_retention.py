@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests_support import unit_rows
+from tests_support import erasure_key_for_tests, unit_rows
 
 from facegate.settings import DEAD_LETTER_RETENTION_DAYS, TOMBSTONE_MARGIN_DAYS, Settings
 from facegate.storage.jobs import JobStore
@@ -23,7 +23,8 @@ from facegate.storage.subjects import StoredFace, SubjectStore
 from facegate.storage.tombstones import Tombstones
 
 DAY = 86_400
-TOMBSTONE_KEY = {"pk": {"S": "TOMBSTONE"}, "sk": {"S": "SUBJECT#bob"}}
+KEY = erasure_key_for_tests()
+TOMBSTONE_KEY = {"pk": {"S": "TOMBSTONE"}, "sk": {"S": f"ERASED#{KEY.digest('api', 'bob')}"}}
 
 
 def _settings(fresh_aws: Any, **retention: int) -> Settings:
@@ -46,11 +47,13 @@ def _expires(item: dict[str, Any]) -> int:
 # --------------------------------------------------------------------------------------
 
 
-def test_tombstones_are_kept_while_gallery_parts_still_hold_deleted_rows() -> None:
-    """Compaction drops a deleted subject's rows from parts it does not rewrite: an expired
-    tombstone would bring them back, so none expires yet."""
-    assert Settings().tombstone_retention is None
-    assert Settings(uploads_retention_days=1, jobs_retention_days=1).tombstone_retention is None
+def test_tombstones_expire_once_no_source_can_bring_the_person_back() -> None:
+    """An erasure rewrites every part that held the person: the tombstone only has to outlive
+    the sources that predate it (uploads, old versions, dead letters)."""
+    assert Settings().tombstone_retention == Settings().tombstone_lifetime_days == 38
+    short = Settings(uploads_retention_days=1, jobs_retention_days=1)
+    assert short.tombstone_retention == DEAD_LETTER_RETENTION_DAYS + TOMBSTONE_MARGIN_DAYS
+    assert Settings(uploads_retention_days=0).tombstone_retention is None
 
 
 def test_a_tombstone_outlives_every_source_that_could_bring_its_subject_back() -> None:
@@ -114,10 +117,10 @@ def test_jobs_kept_for_ever_get_no_ttl(fresh_aws) -> None:
 
 def test_every_delete_pushes_the_tombstone_expiry_out(fresh_aws) -> None:
     days = 28  # once tombstones expire (Settings.tombstone_lifetime_days)
-    tombstones = Tombstones(fresh_aws.dynamodb, fresh_aws.settings.table, days)
+    tombstones = Tombstones(fresh_aws.dynamodb, fresh_aws.settings.table, KEY, days)
 
     before = int(time.time())
-    stamp = tombstones.record("bob", when="2024-03-02T10:00:00Z")
+    stamp = tombstones.record("api", "bob", when="2024-03-02T10:00:00Z")
     first = _expires(_item(fresh_aws, TOMBSTONE_KEY))
     # From the time of the DELETE, not from the deletion time it records.
     assert before + days * DAY <= first <= int(time.time()) + days * DAY
@@ -126,18 +129,18 @@ def test_every_delete_pushes_the_tombstone_expiry_out(fresh_aws) -> None:
     item = _item(fresh_aws, TOMBSTONE_KEY)
     assert _expires(item) >= first and item["generation"] == {"N": "1"}
     tombstones.end_deletion(deletion)
-    assert tombstones.all() == {"bob": stamp}
+    assert tombstones.all().in_scope("api", ["bob"]) == {"bob": stamp}
 
 
 def test_a_tombstone_kept_for_ever_loses_an_earlier_ttl(fresh_aws) -> None:
     """A deployment that starts keeping uploads keeps its tombstones too, from the next
     DELETE of each subject on."""
-    Tombstones(fresh_aws.dynamodb, fresh_aws.settings.table, 38).record("bob")
+    Tombstones(fresh_aws.dynamodb, fresh_aws.settings.table, KEY, 38).record("api", "bob")
     assert "expires_at" in _item(fresh_aws, TOMBSTONE_KEY)
-    kept = Tombstones.from_settings(_settings(fresh_aws))
+    kept = Tombstones.from_settings(_settings(fresh_aws, uploads_retention_days=0), KEY)
     kept.end_deletion(kept.begin_deletion("bob"))
     assert "expires_at" not in _item(fresh_aws, TOMBSTONE_KEY)
-    kept.record("bob")
+    kept.record("api", "bob")
     assert "expires_at" not in _item(fresh_aws, TOMBSTONE_KEY)
 
 
@@ -145,7 +148,7 @@ def test_subjects_enrolled_again_after_a_delete_never_expire(fresh_aws) -> None:
     """The tombstone expires; the same id enrolled after the DELETE is a subject like any
     other, with no TTL on its items."""
     settings = _settings(fresh_aws)
-    tombstones = Tombstones(fresh_aws.dynamodb, settings.table, 38)
+    tombstones = Tombstones(fresh_aws.dynamodb, settings.table, KEY, 38)
     tombstones.end_deletion(tombstones.begin_deletion("bob"))
     (vector,) = unit_rows(np.random.default_rng(3), 1, 128)
     face = StoredFace(

@@ -398,11 +398,12 @@ def test_delete_subject_removes_every_version(photos, s3, versioned):
         s3.delete_object(Bucket=BUCKET, Key="enrolments/al/f2.png")
         assert len(_versions_under(s3, "enrolments/al/")) == 4
 
-    assert photos.delete_subject("al") == 2
+    removed = photos.delete_subject("al")
+    assert removed is not None and removed.rows_removed == 2
 
     assert _versions_under(s3, "enrolments/al/") == []
     assert _versions_under(s3, "enrolments/alice/") == ["enrolments/alice/f1.jpg"]
-    assert photos.delete_subject("al") == 0
+    assert photos.delete_subject("al") is None
 
 
 @pytest.mark.parametrize(

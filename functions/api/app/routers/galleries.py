@@ -1,4 +1,5 @@
-"""Parquet galleries built by the batch job: summary, on-demand compaction, re-embedding."""
+"""Parquet galleries built by the batch job: summary, erasure of a person, on-demand
+compaction, re-embedding."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from app.deps import GalleryServiceDep, require_api_key
+from app.deps import EraserDep, GalleryServiceDep, require_api_key
 from app.openapi import ID, KEYED, IdPath, error_responses
 from app.requests import require_json
+from facegate.storage.tombstones import gallery_scope
 
 router = APIRouter(
     tags=["galleries"], dependencies=[Depends(require_api_key)], responses=error_responses(*KEYED)
@@ -20,6 +22,17 @@ router = APIRouter(
 def show_gallery(gallery: IdPath, service: GalleryServiceDep) -> dict[str, object]:
     """Rows, subjects, parts, rejects by reason, model id, build time."""
     return service.summary(gallery)
+
+
+@router.delete("/galleries/{gallery}/subjects/{subject_id}", responses=error_responses(404))
+def erase_gallery_subject(
+    gallery: IdPath, subject_id: IdPath, eraser: EraserDep
+) -> dict[str, object]:
+    """Erase a person from the gallery (and every gallery re-embedded from it): rows, rejects,
+    uploaded photos and photo-set members, verification results naming them, dead-letter
+    messages. The answer is the receipt: what was removed where, and what remains by design.
+    Another gallery's subject of the same id is untouched. 404: no such gallery."""
+    return eraser.erase(subject_id, gallery_scope(gallery)).to_dict()
 
 
 @router.post("/galleries/{gallery}/compact", responses=error_responses(404))
