@@ -90,6 +90,12 @@ class UnknownJobError(FaceGateError):
     code = "unknown_job"
 
 
+class UnknownErasureError(FaceGateError):
+    """No erasure with that id (or its record has expired)."""
+
+    code = "unknown_erasure"
+
+
 class UnknownGalleryError(FaceGateError):
     """No such gallery (nothing uploaded to it, or never compacted where that is needed)."""
 

@@ -23,6 +23,7 @@ STATUS: list[tuple[type[errors.FaceGateError], int]] = [
     (errors.UnknownSubjectError, 404),
     (errors.UnknownGalleryError, 404),
     (errors.UnknownJobError, 404),
+    (errors.UnknownErasureError, 404),
     (errors.ObjectNotFoundError, 404),
     (errors.ModelNotFoundError, 503),
     (errors.StorageError, 503),

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     ingest_queue_url: str | None = None
     jobs_queue_url: str | None = None
     aggregate_queue_url: str | None = None
+    #: A gallery erasure that would list more object versions than this runs as a job
+    #: (``202``, ``GET /erasures/{id}``) instead of in the request; 0: always a job.
+    erasure_inline_max_objects: int = Field(default=5000, ge=0)
     #: The dead-letter queues an erasure scans for messages naming the person.
     ingest_dlq_url: str | None = None
     jobs_dlq_url: str | None = None

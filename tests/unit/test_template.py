@@ -684,6 +684,7 @@ def test_photo_bucket_lifecycle_follows_the_retention_parameters(monkeypatch) ->
         "uploads/": int(default("UploadsRetentionDays")),
         "jobs/": int(default("JobsRetentionDays")),
         "results/": int(default("JobsRetentionDays")),
+        "erasures/": int(default("JobsRetentionDays")),
         "probes/": int(default("ProbesRetentionDays")),
     }
     assert all(r["Status"] == "Enabled" for r in rules.values())
@@ -702,6 +703,7 @@ def test_photo_bucket_lifecycle_follows_the_retention_parameters(monkeypatch) ->
     shorter = _lifecycle(deployed(monkeypatch, UploadsRetentionDays="5", JobsRetentionDays="2"))
     assert int(shorter["expire-uploads"]["ExpirationInDays"]) == 5
     assert int(shorter["expire-results"]["ExpirationInDays"]) == 2
+    assert int(shorter["expire-erasures"]["ExpirationInDays"]) == 2
 
 
 def test_the_template_and_the_settings_agree_on_retention() -> None:

@@ -38,9 +38,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.erase_jobs import is_erasure_rewrite
+from facegate.batch.erasure import Eraser, ErasureRequest
 from facegate.batch.events import notification_refs
 from facegate.batch.manifest import JobRow, parse_job_manifest
 from facegate.batch.messages import (
+    ERASURE,
     JOB_CHUNK,
     REEMBED,
     AggregateRequest,
@@ -119,11 +121,14 @@ class JobWorker:
         tombstones: Any | None = None,
         *,
         pipeline_factory: PipelineFactory | None = None,
+        eraser: Eraser | None = None,
     ) -> None:
         self.pipeline, self.s3, self.sqs, self.jobs, self.config = pipeline, s3, sqs, jobs, config
         self.cache = cache or GalleryCache(expected_model_id=pipeline.model_id)
         self.subjects, self.tombstones = subjects, tombstones
         self.pipeline_factory = pipeline_factory
+        #: Runs the erasures too large to answer inline (``facegate.erasure`` messages).
+        self.eraser = eraser
         self._pipelines: dict[str, FaceProcessor] = {pipeline.model_id: pipeline}
 
     def handle(self, event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
@@ -139,6 +144,8 @@ class JobWorker:
                 self._chunk_message(doc)
             elif kind == REEMBED:
                 self.reembed(ReembedRequest.from_message(doc))
+            elif kind == ERASURE:
+                self.erase(ErasureRequest.from_message(doc))
             elif kind is not None:
                 raise ValidationError(f"unexpected message type {kind!r} on the jobs queue")
             else:
@@ -272,6 +279,12 @@ class JobWorker:
                 raise UnknownGalleryError(f"gallery {name!r} has not been built") from exc
 
         return self.cache.get(self.config.bucket, key, load)
+
+    def erase(self, request: ErasureRequest) -> None:
+        """Run a queued erasure (:meth:`Eraser.run` records its receipt or its failure)."""
+        if self.eraser is None:
+            raise StorageError("this worker was built without an eraser")
+        self.eraser.run(request)
 
     def reembed(self, request: ReembedRequest) -> None:
         """Run a re-embedding; a permanent failure is recorded where its report would be."""

@@ -34,6 +34,7 @@ ARCHIVE_CHUNK = "facegate.archive_chunk"
 JOB_CHUNK = "facegate.job_chunk"
 JOB_AGGREGATE = "facegate.job_aggregate"
 REEMBED = "facegate.reembed"
+ERASURE = "facegate.erasure"
 
 T = TypeVar("T")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from facegate.batch.erasure import Eraser
 from facegate.batch.ingest_job import EmbedJob, JobConfig
 from facegate.batch.job_worker import JobWorker, PipelineFactory, WorkerConfig
 from facegate.settings import Settings
@@ -78,6 +79,14 @@ def embed_job(settings: Settings, pipeline_class: PipelineClass) -> EmbedJob:
 def job_worker(settings: Settings, pipeline_class: PipelineClass) -> JobWorker:
     """The verification worker: manifests, chunks and re-embedding requests."""
     pipeline = warm_pipeline(pipeline_class, settings)
+    tombstones = Tombstones.from_settings(settings)
+    eraser = Eraser(
+        aws_client("s3", settings),
+        settings.bucket,
+        tombstones,
+        sqs=aws_client("sqs", settings),
+        dead_letter_queues=[q for q in (settings.ingest_dlq_url, settings.jobs_dlq_url) if q],
+    )
     return JobWorker(
         pipeline,
         aws_client("s3", settings),
@@ -93,6 +102,7 @@ def job_worker(settings: Settings, pipeline_class: PipelineClass) -> JobWorker:
             gallery_policy=settings.gallery_multi_face,
         ),
         subjects=SubjectStore.from_settings(settings),
-        tombstones=Tombstones.from_settings(settings),
+        tombstones=tombstones,
         pipeline_factory=model_pipelines(pipeline_class, settings, pipeline),
+        eraser=eraser,
     )

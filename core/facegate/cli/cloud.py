@@ -179,7 +179,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     """Erase a person from the enrolled subjects and/or galleries, with the operator's
     credentials; prints one receipt per scope (JSON lines). The receipts name the person's
     keys: they are the operator's record, not a log."""
-    from facegate.service.erasure import Eraser, erase_enrolled
+    from facegate.batch.erasure import Eraser, erase_enrolled
     from facegate.storage.clients import aws_client
     from facegate.storage.photos import PhotoStore
     from facegate.storage.subjects import SubjectStore

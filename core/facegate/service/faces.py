@@ -30,6 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from facegate.batch.erasure import (
+    Eraser,
+    Removed,
+    end_deletion,
+    enrolment_eraser,
+    erase_enrolled,
+)
 from facegate.common import validate_id
 from facegate.errors import (
     FaceGateError,
@@ -43,13 +50,6 @@ from facegate.gallery.cache import GalleryCache
 from facegate.gallery.search import SearchResult, search_gallery
 from facegate.pipeline.image import content_type
 from facegate.pipeline.verify import verify_embeddings
-from facegate.service.erasure import (
-    Eraser,
-    Removed,
-    end_deletion,
-    enrolment_eraser,
-    erase_enrolled,
-)
 from facegate.service.probes import (
     check_policy,
     compare_photos,

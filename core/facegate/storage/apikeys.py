@@ -58,6 +58,7 @@ ROUTE_SCOPES: dict[str, Scope] = {
     "POST /reembed": "admin",
     "GET /galleries/{gallery}/reembed": "admin",
     "GET /jobs/{job_id}": "admin",
+    "GET /erasures/{erasure_id}": "admin",
     "GET /openapi.json": "admin",
     "GET /docs": "admin",
     "GET /redoc": "admin",

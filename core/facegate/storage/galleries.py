@@ -138,7 +138,7 @@ class GalleryStore:
         photo was uploaded.
 
         Parts are left as they are: an erasure rewrites the parts that held the person
-        (:mod:`facegate.service.erasure`); compaction only keeps a part written late, from a
+        (:mod:`facegate.batch.erasure`); compaction only keeps a part written late, from a
         photo older than the erasure, out of the gallery until then.
         """
         started = time.perf_counter()

@@ -14,6 +14,9 @@ The bucket, top-level prefix by prefix::
     jobs/<job_id>/manifest.csv                 a verification job (probe photos beside it)
     results/<job_id>/...                       its chunk results, results and summary
     reembed/<target>.json                      the state of a re-embedding into ``target``
+    erasures/<erasure_id>.json                 an erasure run as a job: its state, then its
+                                               receipt (names the person's keys; expires
+                                               with jobs)
 
 Every id in a key is checked by :func:`~facegate.common.validate_id` (no ``/``, no ``..``),
 so one gallery, subject or job never lists or overwrites another's objects.
@@ -39,6 +42,7 @@ GALLERY_PREFIX = "galleries/"
 ENROLMENT_PREFIX = "enrolments/"
 #: Outside ``galleries/``, which holds only Parquet tables.
 REEMBED_PREFIX = "reembed/"
+ERASURES_PREFIX = "erasures/"
 #: The only prefix an API request may name as ``s3://<bucket>/<key>``
 #: (:meth:`PhotoStore.fetch`): every other prefix holds photos of enrolled or gallery
 #: subjects, which a key that may verify must not turn into embeddings.
@@ -109,6 +113,11 @@ def subject_prefix(subject_id: str) -> str:
 def enrolment_photo_key(subject_id: str, face_id: str, extension: str) -> str:
     """``enrolments/<subject_id>/<face_id>.<extension>``."""
     return f"{subject_prefix(subject_id)}{validate_id(face_id, 'face_id')}.{extension}"
+
+
+def erasure_status_key(erasure_id: str) -> str:
+    """``erasures/<erasure_id>.json``: ``queued`` (by the API), then the receipt or error."""
+    return f"{ERASURES_PREFIX}{validate_id(erasure_id, 'erasure_id')}.json"
 
 
 def reembed_status_key(target: str) -> str:

@@ -13,10 +13,10 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from facegate.batch.erasure import Eraser
 from facegate.gallery.cache import GalleryCache
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService, GalleryService
-from facegate.service.erasure import Eraser
 from facegate.service.export import SubjectExport
 from facegate.settings import Settings, get_settings
 from facegate.storage.apikeys import ApiKeyStore, route_scope

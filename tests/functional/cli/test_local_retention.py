@@ -37,6 +37,7 @@ def test_the_local_bucket_expires_what_the_template_expires(aws) -> None:
         "expire-uploads",
         "expire-jobs",
         "expire-results",
+        "expire-erasures",
         "expire-probes",
     }
     versions = rules["expire-old-versions"]
@@ -49,6 +50,7 @@ def test_the_local_bucket_expires_what_the_template_expires(aws) -> None:
         ("expire-uploads", "uploads/", 30),
         ("expire-jobs", "jobs/", 30),
         ("expire-results", "results/", 30),
+        ("expire-erasures", "erasures/", 30),
         ("expire-probes", "probes/", 7),
     ):
         rule = rules[rule_id]
@@ -59,7 +61,7 @@ def test_the_local_bucket_expires_what_the_template_expires(aws) -> None:
         ), rule_id
     # Only these expire: enrolment photos and galleries are what the service serves.
     expiring = {r["Filter"]["Prefix"] for r in rules.values() if "Days" in r.get("Expiration", {})}
-    assert expiring == {"uploads/", "jobs/", "results/", "probes/"}
+    assert expiring == {"uploads/", "jobs/", "results/", "erasures/", "probes/"}
 
     ttl = dynamodb.describe_time_to_live(TableName=created["SubjectsTable"])
     assert ttl["TimeToLiveDescription"] == {
@@ -80,7 +82,12 @@ def test_the_local_lifecycle_follows_the_parameters(aws) -> None:
     }
     _, s3, created = _created(aws, "kept", parameters)
     rules = _rules(s3, created["PhotoBucket"])
-    assert set(rules) == {"expire-old-versions", "expire-jobs", "expire-results"}
+    assert set(rules) == {
+        "expire-old-versions",
+        "expire-jobs",
+        "expire-results",
+        "expire-erasures",
+    }
     assert rules["expire-jobs"]["Expiration"] == {"Days": 12}
     assert rules["expire-results"]["Expiration"] == {"Days": 12}
     versions = rules["expire-old-versions"]

@@ -328,6 +328,10 @@ NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
         "s3:GetObjectVersion": "manifests and probes are read at the notified version",
         "s3:ListBucket": "a missing probe is a 404 (a failed row), not a 403",
         "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",
+        "s3:DeleteObject": "an erasure too large for a request runs here",
+        "s3:DeleteObjectVersion": "... destroying every version that holds the person",
+        "s3:ListBucketVersions": "... found by listing them",
+        "sqs:ChangeMessageVisibility": "... and makes the dead letters it keeps visible again",
     },
     "AggregateFunction": {
         "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",

@@ -365,6 +365,25 @@ def test_an_erased_person_is_gone_from_every_store_and_the_receipt_says_where(
         "subject_id"
     ].to_pylist() == ["bob"]
 
+    # The warm jobs worker (it cached staff's gallery for j1) sees the rewrite too.
+    s3.put_object(Bucket=bucket, Key="jobs/j2/probe.jpg", Body=photo("person_a_2"))
+    s3.put_object(
+        Bucket=bucket,
+        Key="jobs/j2/manifest.csv",
+        Body=b"probe,claimed_subject,gallery,mode\nprobe.jpg,,staff,identify\n",
+    )
+    assert worker.handle(_drain(settings, stack["JobsQueue"])) == {"batchItemFailures": []}
+    assert worker.handle(_drain(settings, stack["JobsQueue"])) == {"batchItemFailures": []}
+    _drain(settings, stack["AggregateQueue"])
+    run_aggregation(s3, bucket, jobs, "j2", pipeline.model_id)
+    (again,) = pq.read_table(
+        io.BytesIO(s3.get_object(Bucket=bucket, Key="results/j2/results.parquet")["Body"].read())
+    ).to_pylist()
+    assert again["best_subject"] != PAT
+    assert PAT not in [r["subject_id"] for r in again["ranks"] or []]
+    cached = worker.cache.peek(bucket, "galleries/staff/gallery.parquet")
+    assert cached is not None and PAT not in cached.subject_names.to_pylist()
+
     # The visitors' Pat is untouched: every version as it was, and still found there.
     assert visitors_after == visitors_before
     assert _identify(client, photo("person_b_2"), "visitors")["best"]["subject_id"] == PAT
@@ -391,3 +410,52 @@ def test_an_erased_person_is_gone_from_every_store_and_the_receipt_says_where(
     } <= kinds
     assert [r["scope"] for r in receipts] == ["api", "gallery:staff", "gallery:lab"]
     assert all(r["remaining"] for r in receipts)
+
+
+def test_a_large_gallery_is_erased_by_the_jobs_worker_with_its_receipt_kept(
+    settings: Settings, stack: dict[str, str], pipeline: Any, faces_dir: Any
+) -> None:
+    """Over the inline limit the DELETE answers 202 with the tombstone already recorded; the
+    worker erases, and ``GET /erasures/{id}`` gives the receipt."""
+    s3, sqs = aws_client("s3", settings), aws_client("sqs", settings)
+    small = settings.model_copy(update={"erasure_inline_max_objects": 0})
+    for cached in (deps._stores, deps._eraser, deps._gallery_cache, deps._gallery_service):
+        cached.cache_clear()
+    app = create_app()
+    app.dependency_overrides[deps.get_pipeline] = lambda: pipeline
+    app.dependency_overrides[get_settings] = lambda: small
+    key = ApiKeyStore(aws_client("dynamodb", small), small.keys_table).create("dpo", ["admin"])
+    client = TestClient(app, headers={"x-api-key": key})
+    photo = (faces_dir / "person_a_1.jpg").read_bytes()
+    s3.put_object(Bucket=settings.bucket, Key="uploads/big/kim/1.jpg", Body=photo)
+    s3.put_object(Bucket=settings.bucket, Key="uploads/big/lee/1.jpg", Body=photo)
+    assert _embed_job(settings, pipeline).handle(_drain(settings, stack["IngestQueue"])) == {
+        "batchItemFailures": []
+    }
+
+    answer = client.delete("/galleries/big/subjects/kim")
+    assert answer.status_code == 202, answer.text
+    queued = answer.json()
+    assert queued["status"] == "queued" and queued["scope"] == "gallery:big"
+    assert Tombstones.from_settings(settings).in_scope("gallery:big", ["kim"])
+    assert client.get(f"/erasures/{queued['erasure_id']}").json()["status"] == "queued"
+
+    eraser = deps._eraser(small, pipeline.model_id)
+    worker = JobWorker(
+        pipeline,
+        s3,
+        sqs,
+        JobStore.from_settings(settings),
+        WorkerConfig(settings.bucket, stack["JobsQueue"], stack["AggregateQueue"]),
+        eraser=eraser,
+    )
+    assert worker.handle(_drain(settings, stack["JobsQueue"])) == {"batchItemFailures": []}
+    done = client.get(f"/erasures/{queued['erasure_id']}").json()
+    assert done["status"] == "done", done
+    assert done["receipt"]["totals"]["gallery_part"]["rows_removed"] == 1
+    assert done["receipt"]["totals"]["upload_photos"]["rows_removed"] == 1
+    store = GalleryStore(s3, settings.bucket)
+    (part,) = store.list_parts("big")
+    assert store.read_table(part)["subject_id"].to_pylist() == ["lee"]
+    assert client.get("/erasures/never-queued").json()["error"]["code"] == "unknown_erasure"
+    assert client.delete("/galleries/nowhere/subjects/kim").status_code == 404

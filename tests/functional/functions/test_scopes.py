@@ -90,6 +90,7 @@ REQUESTS = {
         ("POST", "/reembed", {"target": "staff-v2", "model_id": "sface"}),
         ("GET", "/galleries/staff-v2/reembed", None),
         ("GET", "/jobs/job-1", None),
+        ("GET", "/erasures/erasure-1", None),
         ("GET", "/openapi.json", None),
         ("GET", "/docs", None),
         ("GET", "/redoc", None),

@@ -3,12 +3,13 @@ compaction, re-embedding."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from app.deps import EraserDep, GalleryServiceDep, require_api_key
+from app.deps import EraserDep, GalleryServiceDep, SettingsDep, require_api_key
 from app.openapi import ID, KEYED, IdPath, error_responses
 from app.requests import require_json
 from facegate.storage.tombstones import gallery_scope
@@ -24,15 +25,33 @@ def show_gallery(gallery: IdPath, service: GalleryServiceDep) -> dict[str, objec
     return service.summary(gallery)
 
 
-@router.delete("/galleries/{gallery}/subjects/{subject_id}", responses=error_responses(404))
+@router.delete(
+    "/galleries/{gallery}/subjects/{subject_id}",
+    responses={**error_responses(404), 202: {"description": "queued as an erasure job"}},
+)
 def erase_gallery_subject(
-    gallery: IdPath, subject_id: IdPath, eraser: EraserDep
-) -> dict[str, object]:
+    gallery: IdPath, subject_id: IdPath, eraser: EraserDep, settings: SettingsDep
+) -> Any:
     """Erase a person from the gallery (and every gallery re-embedded from it): rows, rejects,
     uploaded photos and photo-set members, verification results naming them, dead-letter
     messages. The answer is the receipt: what was removed where, and what remains by design.
-    Another gallery's subject of the same id is untouched. 404: no such gallery."""
-    return eraser.erase(subject_id, gallery_scope(gallery)).to_dict()
+    Another gallery's subject of the same id is untouched. 404: no such gallery.
+
+    A gallery with more object versions than ``FACEGATE_ERASURE_INLINE_MAX_OBJECTS`` is
+    erased by the jobs worker instead: 202 with the ``queued`` state, whose receipt
+    ``GET /erasures/{erasure_id}`` gives once done (the tombstone is recorded first)."""
+    scope = gallery_scope(gallery)
+    if eraser.objects_in_scope(scope) > settings.erasure_inline_max_objects:
+        queued = eraser.submit(subject_id, scope, settings.jobs_queue_url)
+        return JSONResponse(queued, status_code=202)
+    return eraser.erase(subject_id, scope).to_dict()
+
+
+@router.get("/erasures/{erasure_id}", responses=error_responses(404))
+def erasure_status(erasure_id: IdPath, eraser: EraserDep) -> dict[str, object]:
+    """An erasure run as a job: ``queued``, then ``done`` with its receipt, or ``failed``
+    with the error; 404 ``unknown_erasure`` for an id never queued (or expired with jobs)."""
+    return eraser.status(erasure_id)
 
 
 @router.post("/galleries/{gallery}/compact", responses=error_responses(404))

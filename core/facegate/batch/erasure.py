@@ -24,28 +24,44 @@ what makes the erasure hold against work in flight:
 
 The receipt lists every object, table and queue the person was removed from, with counts, and
 what remains by design. It names the person's keys: it is the caller's answer, never a log.
+
+A gallery erasure that would scan more object versions than the deployment answers inline
+(``Settings.erasure_inline_max_objects``) runs as a job instead (:meth:`Eraser.submit`): an
+:class:`ErasureRequest` on the jobs queue, run by the jobs worker (:meth:`Eraser.run`), its
+state and then its receipt in ``erasures/<id>.json`` (encrypted like every object, expiring
+with the jobs). The tombstone is recorded before the request is queued, so from the moment
+the API answers 202 no part written from an older photo holds the person.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from facegate.batch.dlq import body_names_subject, purge_dead_letters
 from facegate.batch.erase_jobs import erase_from_jobs
+from facegate.batch.messages import ERASURE, Message
 from facegate.batch.scrub_uploads import rewrite_archive, rewrite_manifest_csv
-from facegate.common import validate_id
-from facegate.errors import ObjectNotFoundError, UnknownGalleryError
+from facegate.common import utc_now, validate_id
+from facegate.errors import (
+    FaceGateError,
+    ObjectNotFoundError,
+    StorageError,
+    UnknownErasureError,
+    UnknownGalleryError,
+)
 from facegate.gallery.cache import GalleryCache
 from facegate.storage import keys as layout
+from facegate.storage.aws_errors import aws_errors
 from facegate.storage.galleries import GalleryStore
-from facegate.storage.objects import ObjectInfo, ObjectStore
+from facegate.storage.objects import JSON_TYPE, ObjectInfo, ObjectStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.scrub import Scrubbed, erase_prefix, rewrite_table
 from facegate.storage.subjects import SubjectStore
@@ -126,6 +142,31 @@ class Receipt:
         }
 
 
+@dataclass(frozen=True)
+class ErasureRequest(Message):
+    """Erase ``subject_id`` in ``scope`` as a job; a :data:`~facegate.batch.messages.ERASURE`
+    message. Its body names the person, as the request did: a dead-lettered one is found and
+    deleted by the next erasure of them."""
+
+    MESSAGE_TYPE: ClassVar[str] = ERASURE
+
+    erasure_id: str
+    subject_id: str
+    scope: str
+
+    def __post_init__(self) -> None:
+        validate_id(self.erasure_id, "erasure_id")
+        validate_id(self.subject_id)
+        check_scope(self.scope)
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_fields(cls, doc: Mapping[str, Any]) -> Self:
+        return cls(doc.get("erasure_id", ""), doc.get("subject_id", ""), doc.get("scope", ""))
+
+
 class Eraser:
     """Runs erasures over the bucket, the table and the dead-letter queues."""
 
@@ -178,6 +219,67 @@ class Eraser:
         self._drop_cached(galleries, receipt)
         receipt.remaining.extend(self._by_design(scope))
         return receipt
+
+    # -- as a job ---------------------------------------------------------------------------
+
+    def objects_in_scope(self, scope: str) -> int:
+        """How many object versions an erasure in ``scope`` lists and may read: its galleries'
+        tables and, for a gallery, its uploads (one listing each; jobs and results, shared by
+        every gallery, are not counted). What decides whether it is answered inline."""
+        galleries = self.galleries_in_scope(scope)
+        count = sum(len(self.objects.versions(layout.gallery_prefix(g))) for g in galleries)
+        if scope != API_SCOPE:
+            own = scope.removeprefix("gallery:")
+            count += len(self.objects.versions(f"{layout.UPLOADS_PREFIX}{own}/"))
+        return count
+
+    def submit(self, subject_id: str, scope: str, queue_url: str | None) -> dict[str, Any]:
+        """Record the tombstone, then queue the erasure for the jobs worker; returns the
+        ``queued`` state (``GET /erasures/{erasure_id}`` follows it)."""
+        if self.sqs is None or not queue_url:
+            raise StorageError("no jobs queue configured (FACEGATE_JOBS_QUEUE_URL)")
+        request = ErasureRequest(uuid.uuid4().hex, validate_id(subject_id), check_scope(scope))
+        self.galleries_in_scope(request.scope)  # an unknown gallery is refused before anything
+        erased_at = self.tombstones.record(request.scope, subject_id)
+        status = {
+            "erasure_id": request.erasure_id,
+            "status": "queued",
+            "scope": request.scope,
+            "erased_at": erased_at,
+            "queued_at": utc_now(),
+        }
+        self._put_status(request.erasure_id, status)
+        with aws_errors("queueing the erasure"):
+            self.sqs.send_message(QueueUrl=queue_url, MessageBody=request.to_message())
+        return status
+
+    def run(self, request: ErasureRequest) -> Receipt | None:
+        """The jobs worker's side: the erasure, then its receipt as the request's state. A
+        permanent failure is recorded there (and returns None); a storage failure raises, so
+        the message is retried (what was removed stays removed)."""
+        try:
+            receipt = self.erase(request.subject_id, request.scope)
+        except FaceGateError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            failed = {"erasure_id": request.erasure_id, "status": "failed", "scope": request.scope}
+            self._put_status(request.erasure_id, failed | {"error": exc.to_dict()})
+            return None
+        done = {"erasure_id": request.erasure_id, "status": "done", "finished_at": utc_now()}
+        self._put_status(request.erasure_id, done | {"receipt": receipt.to_dict()})
+        return receipt
+
+    def status(self, erasure_id: str) -> dict[str, Any]:
+        """``queued``, then ``done`` with the receipt or ``failed`` with the error."""
+        try:
+            found = self.objects.get(layout.erasure_status_key(erasure_id))
+        except ObjectNotFoundError as exc:
+            raise UnknownErasureError(f"no erasure {erasure_id!r}") from exc
+        return _json(found.body)
+
+    def _put_status(self, erasure_id: str, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        self.objects.put(layout.erasure_status_key(erasure_id), body, content_type=JSON_TYPE)
 
     # -- scope -----------------------------------------------------------------------------
 
