@@ -9,7 +9,10 @@ data, so it looks wherever FaceGate writes a subject, not only where the API enr
   and in each uncompacted part (parts stay the source of truth until erasure rewrites them,
   so a compacted gallery that dropped a deleted subject does not mean the parts did), and
   the rejects rows of photos filed under the subject's folder;
-- the tombstone, whose ``deleted_at`` says that rows are pending compaction.
+- every upload filed under the subject's folder (``uploads/<g>/<subject>/...``), with its
+  version count: the photos a gallery was built from;
+- the tombstones: the enrolled subject's (``tombstone``) and each gallery's
+  (``erasures``), whose time says that older rows are pending compaction.
 
 A subject known only to a batch gallery is found too; only a subject found nowhere is an
 :class:`UnknownSubjectError`. Photo bytes are never returned (the keys say where they are);
@@ -34,7 +37,7 @@ from facegate.storage.galleries import GalleryStore
 from facegate.storage.keys import GALLERY_PREFIX, UPLOADS_PREFIX
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import StoredFace, Subject, SubjectStore
-from facegate.storage.tombstones import API_SCOPE, Tombstones
+from facegate.storage.tombstones import API_SCOPE, Tombstones, gallery_scope
 
 #: Decimals of an exported embedding: float32 carries about 7 significant digits.
 EMBEDDING_DECIMALS = 6
@@ -106,8 +109,10 @@ class SubjectExport:
             key for key, _ in self.photos.objects.versions(self.photos.subject_prefix(subject_id))
         )
         galleries = self._gallery_entries(subject_id)
+        uploads = self._uploads(subject_id)
         deleted_at = self.tombstones.deleted_at(API_SCOPE, subject_id) if self.tombstones else None
-        if subject is None and not versions and not galleries and deleted_at is None:
+        erasures = self._erasures(subject_id, galleries, uploads)
+        if not (subject or versions or galleries or uploads or erasures or deleted_at):
             raise UnknownSubjectError(f"nothing is held on subject {subject_id!r}")
         return {
             "subject_id": subject_id,
@@ -115,7 +120,9 @@ class SubjectExport:
             "faces": [self._face(f, versions, embeddings) for f in faces],
             "photos": [{"key": k, "versions": n} for k, n in sorted(versions.items())],
             "galleries": galleries,
+            "uploads": uploads,
             "tombstone": None if deleted_at is None else {"deleted_at": deleted_at},
+            "erasures": erasures,
             "embeddings_included": embeddings,
         }
 
@@ -140,6 +147,34 @@ class SubjectExport:
             "photo_versions": versions.get(face.image_key, 0),
             "embedding": _rounded(face.embedding) if embeddings else None,
         }
+
+    def _uploads(self, subject_id: str) -> list[dict[str, Any]]:
+        """Every object (and its versions) filed under the subject's folder of an upload
+        prefix; archive members are reported by the gallery rows and rejects they became."""
+        counts: Counter[str] = Counter(
+            key
+            for key, _ in self.galleries.objects.versions(UPLOADS_PREFIX)
+            if names_subject(key, subject_id) and ".zip/" not in key
+        )
+        return [{"key": k, "versions": n} for k, n in sorted(counts.items())]
+
+    def _erasures(
+        self, subject_id: str, galleries: list[dict[str, Any]], uploads: list[dict[str, Any]]
+    ) -> list[dict[str, str]]:
+        """The gallery tombstones of the subject, for every gallery under ``galleries/``
+        (one consistent read of the tombstones, matched by keyed hash)."""
+        if self.tombstones is None:
+            return []
+        names = set(_galleries(self.galleries.objects.list_keys(GALLERY_PREFIX)))
+        names |= {g["gallery"] for g in galleries}
+        names |= {u["key"].split("/")[1] for u in uploads}
+        erased = self.tombstones.all()
+        found = []
+        for name in sorted(names):
+            when = erased.in_scope(gallery_scope(name), [subject_id]).get(subject_id)
+            if when is not None:
+                found.append({"scope": gallery_scope(name), "deleted_at": when})
+        return found
 
     # -- galleries -----------------------------------------------------------------------
 
@@ -168,12 +203,15 @@ class SubjectExport:
 
     def _rows(self, key: str, column: str | None, subject_id: str) -> dict[str, Any]:
         """The rows of the table at ``key`` naming the subject: by its ``column`` (gallery
-        tables), else by the folder of the image key (rejects). Only the footer and the
-        columns read are fetched."""
+        tables), else (rejects) by their ``subject_id`` where they have one and by the folder
+        of the image key. Only the footer and the columns read are fetched."""
         columns = ["image_key"] if column is None else [column, "image_key"]
         try:
             with self.galleries.objects.open(key) as reader:
-                table = pq.read_table(pa.PythonFile(reader, mode="r"), columns=columns)
+                source = pq.ParquetFile(pa.PythonFile(reader, mode="r"))
+                if column is None and "subject_id" in source.schema_arrow.names:
+                    columns = ["image_key", "subject_id"]
+                table = source.read(columns=columns)
         except ObjectNotFoundError as exc:
             raise StorageError(
                 f"{exc.message}: it changed while it was read, retry", detail=exc.detail
@@ -182,7 +220,16 @@ class SubjectExport:
             raise StorageError(f"not a Parquet file: s3://{self.galleries.bucket}/{key}") from exc
         image_keys = table["image_key"].to_pylist()
         if column is None:
-            hits = [str(k) for k in image_keys if names_subject(str(k), subject_id)]
+            named = (
+                table["subject_id"].to_pylist()
+                if "subject_id" in table.column_names
+                else [None] * len(image_keys)
+            )
+            hits = [
+                str(k)
+                for k, who in zip(image_keys, named, strict=True)
+                if who == subject_id or names_subject(str(k), subject_id)
+            ]
         else:
             mask = pc.equal(table[column], pa.scalar(subject_id)).to_pylist()
             hits = [str(k) for k, hit in zip(image_keys, mask, strict=True) if hit]

@@ -124,3 +124,40 @@ def test_an_orphan_photo_alone_is_held_data_and_nothing_at_all_is_unknown(fresh_
     assert found["enrolment"] is None and found["galleries"] == []
     with pytest.raises(UnknownSubjectError):
         export.export("nobody")
+
+
+def test_uploads_manifest_rejects_and_gallery_erasures_are_found(fresh_aws, stores):
+    """A subject known only from uploads: their single photos (every version), a reject of
+    a manifest-mapped archive member (its path names nobody, its row names them), and the
+    tombstone of an erasure in one gallery."""
+    from facegate.gallery.format import build_rejects_table
+
+    subjects, photos, galleries, tombstones = stores
+    s3, bucket = fresh_aws.s3, fresh_aws.bucket
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    for body in (b"one", b"two"):
+        s3.put_object(Bucket=bucket, Key="uploads/lab/cleo/1.jpg", Body=body)
+    s3.put_object(Bucket=bucket, Key="uploads/lab/dan/1.jpg", Body=b"someone else")
+    rejects = build_rejects_table(
+        ["uploads/lab/set.zip/IMG_001.jpg", "uploads/lab/set.zip/IMG_002.jpg"],
+        ["no_face", "no_face"],
+        subject_ids=["cleo", "dan"],
+        source_times=["2026-01-01T00:00:00Z", None],
+    )
+    galleries.write_table(galleries.rejects_key("lab", "p1"), rejects)
+    tombstones.record("gallery:lab", "cleo")
+    tombstones.record("gallery:other", "dan")
+
+    found = SubjectExport(subjects, photos, galleries, tombstones).export("cleo")
+    assert found["uploads"] == [{"key": "uploads/lab/cleo/1.jpg", "versions": 2}]
+    (lab,) = found["galleries"]
+    assert lab["rejects"] == [
+        {
+            "key": "galleries/lab/rejects/p1.parquet",
+            "rows": 1,
+            "image_keys": ["uploads/lab/set.zip/IMG_001.jpg"],
+        }
+    ]
+    (erasure,) = found["erasures"]
+    assert erasure["scope"] == "gallery:lab" and erasure["deleted_at"].endswith("Z")
+    assert found["tombstone"] is None

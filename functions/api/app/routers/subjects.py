@@ -122,6 +122,13 @@ class Tombstone(BaseModel):
     deleted_at: str
 
 
+class GalleryErasure(BaseModel):
+    """The subject's tombstone in one gallery: rows from older photos are dropped."""
+
+    scope: str
+    deleted_at: str
+
+
 class SubjectExportAnswer(BaseModel):
     """What FaceGate holds on a person; ``embedding`` is null unless ``embeddings=true``."""
 
@@ -130,7 +137,9 @@ class SubjectExportAnswer(BaseModel):
     faces: list[ExportedFace]
     photos: list[ExportedPhoto]
     galleries: list[ExportedGallery]
+    uploads: list[ExportedPhoto]
     tombstone: Tombstone | None
+    erasures: list[GalleryErasure]
     embeddings_included: bool
 
 
