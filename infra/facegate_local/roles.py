@@ -263,6 +263,41 @@ def authorise_dynamodb_by_table() -> None:
     DynamoHandler._authenticate_and_authorize_normal_action = authorise  # type: ignore[method-assign]
 
 
+#: SQS batch requests IAM authorises as their single action (AWS: "ChangeMessageVisibility
+#: Batch ... the permissions are the same as ChangeMessageVisibility").
+_SQS_BATCHES = {
+    "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
+    "DeleteMessageBatch": "DeleteMessage",
+    "SendMessageBatch": "SendMessage",
+}
+
+
+def authorise_sqs_batches() -> None:
+    """Make moto check SQS batch requests as IAM does: against their single action.
+
+    moto checks ``sqs:ChangeMessageVisibilityBatch`` and ``sqs:DeleteMessageBatch``, which no
+    IAM policy grants (they are not IAM actions), so a role allowed to change visibility or
+    delete would be refused its batch calls; granted ``sqs:SendMessage*``, sending batches
+    passed by the wildcard alone.
+    """
+    from moto.core.responses import BaseResponse
+    from moto.sqs.responses import SQSResponse
+
+    def authorise(self: Any, resource: str = "*") -> None:
+        action = self._get_action()
+        single = _SQS_BATCHES.get(action)
+        if single is None:
+            BaseResponse._authenticate_and_authorize_normal_action(self, resource)
+            return
+        try:
+            self._get_action = lambda: single
+            BaseResponse._authenticate_and_authorize_normal_action(self, resource)
+        finally:
+            del self._get_action
+
+    SQSResponse._authenticate_and_authorize_normal_action = authorise  # type: ignore[method-assign]
+
+
 def authorise_secrets_by_id() -> None:
     """Make moto check Secrets Manager calls against the secret they name.
 

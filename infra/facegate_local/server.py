@@ -31,6 +31,7 @@ from facegate_local.roles import (
     LOAD_MANAGED_POLICIES,
     authorise_dynamodb_by_table,
     authorise_secrets_by_id,
+    authorise_sqs_batches,
     create_function_roles,
     create_operator,
     enforce_iam,
@@ -89,6 +90,7 @@ def serve(config: LocalConfig) -> None:
     record_authorisations(config.authorisations_file)
     authorise_dynamodb_by_table()
     authorise_secrets_by_id()
+    authorise_sqs_batches()
     enforce_iam()
     state = StackState(
         pid=os.getpid(),

@@ -18,11 +18,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from facegate_local.resources import create_resources
+from facegate_local.resources import create_queues, create_resources
 from facegate_local.roles import (
     LOAD_MANAGED_POLICIES,
     Credentials,
     authorise_dynamodb_by_table,
+    authorise_sqs_batches,
     create_operator,
     create_role,
     function_roles,
@@ -193,3 +194,51 @@ def test_a_missing_permission_is_refused_and_recorded(stack: Stack) -> None:
     assert usage.refused == {"s3:GetBucketPolicy"}
     assert "s3:ListBucketVersions" in usage.used
     assert "s3:ListBucketVersions" not in usage.unused
+
+
+@pytest.fixture
+def queues(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The template's queues and the API role, with moto patched as the local stack patches
+    it for SQS (batch requests checked as their single action), and restored after."""
+    from moto.sqs.responses import SQSResponse
+
+    monkeypatch.setattr(
+        SQSResponse,
+        "_authenticate_and_authorize_normal_action",
+        SQSResponse._authenticate_and_authorize_normal_action,
+    )
+    monkeypatch.setattr(
+        IAMRequestBase, "check_action_permitted", IAMRequestBase.check_action_permitted
+    )
+    authorise_sqs_batches()
+    for name in REAL_AWS_POINTERS:
+        monkeypatch.delenv(name, raising=False)
+    use_fake_credentials(monkeypatch, REGION)
+    monkeypatch.setenv(LOAD_MANAGED_POLICIES, "true")
+    template = Template(repo_root() / "template.yaml", NAMES, "facegate-iam", REGION)
+    with mock_aws():
+        admin = boto3.client("sqs", region_name=REGION)
+        urls = create_queues(template, admin)
+        iam, sts = (boto3.client(name, region_name=REGION) for name in ("iam", "sts"))
+        keys = create_role(iam, sts, function_roles(template)["ApiFunction"])
+        role = boto3.client("sqs", region_name=REGION, **keys.client_kwargs())
+        operator = create_operator(iam, "dlq-operator")
+        sqs = boto3.client("sqs", region_name=REGION, **operator.client_kwargs())
+        yield {"admin": sqs, "role": role, "urls": urls}
+
+
+@set_initial_no_auth_action_count(0)
+def test_api_role_purges_the_dead_letter_queues_as_iam_allows(queues: dict[str, Any]) -> None:
+    """An erasure deletes the person's dead letters and makes the others visible again, in
+    batches, under the statement the template gives the API; another queue stays closed."""
+    from facegate.batch.dlq import purge_dead_letters
+
+    dlq = queues["urls"]["IngestDLQ"]
+    for key in ("uploads/g/pat/1.jpg", "uploads/g/pat/2.jpg", "uploads/g/kim/1.jpg"):
+        queues["admin"].send_message(QueueUrl=dlq, MessageBody=key)
+    deleted = purge_dead_letters(queues["role"], dlq, lambda body: "/pat/" in body)
+    assert deleted == 2
+    left = queues["admin"].receive_message(QueueUrl=dlq, MaxNumberOfMessages=10)["Messages"]
+    assert [m["Body"] for m in left] == ["uploads/g/kim/1.jpg"]  # visible again at once
+    with pytest.raises(StorageError):
+        purge_dead_letters(queues["role"], queues["urls"]["IngestQueue"], lambda body: True)
