@@ -187,3 +187,12 @@ def drain_queue(sqs: Any, url: str) -> dict[str, Any]:
             records.append({"messageId": m["MessageId"], "body": m["Body"]})
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
     return {"Records": records}
+
+
+def clear_app_caches() -> None:
+    """The API app's per-process stores, eraser and gallery caches: they hold clients made
+    under one moto, so a test module with its own drops them before and after."""
+    from app import deps
+
+    for cached in (deps._stores, deps._eraser, deps._gallery_cache, deps._gallery_service):
+        cached.cache_clear()

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from tests_support import clear_app_caches
 
 from app import deps
 from app.main import create_app
@@ -18,15 +19,9 @@ def api_client(pipeline: Any, aws: Any) -> Iterator[Callable[..., TestClient]]:
     """``api_client(key, **client options)``: a TestClient of the app, the session's pipeline
     and the module's moto, sending ``key``; the cached stores are dropped before and after
     (they hold clients made under another module's moto)."""
-    _clear_caches()
+    clear_app_caches()
     app = create_app()
     app.dependency_overrides[deps.get_pipeline] = lambda: pipeline
     app.dependency_overrides[get_settings] = lambda: aws
     yield lambda key, **options: TestClient(app, headers={"x-api-key": key}, **options)
-    _clear_caches()
-
-
-def _clear_caches() -> None:
-    """The app's per-process stores, eraser and gallery caches (built under a moto)."""
-    for cached in (deps._stores, deps._eraser, deps._gallery_cache, deps._gallery_service):
-        cached.cache_clear()
+    clear_app_caches()

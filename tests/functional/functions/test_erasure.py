@@ -29,7 +29,7 @@ import pytest
 from facegate_local.config import LocalConfig
 from facegate_local.resources import _notifications, create_queues
 from fastapi.testclient import TestClient
-from tests_support import drain_queue, repo_root, zip_of
+from tests_support import clear_app_caches, drain_queue, repo_root, zip_of
 
 from app import deps
 from app.main import create_app
@@ -81,8 +81,7 @@ def settings(aws: Settings, stack: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(settings: Settings, pipeline: Any) -> Iterator[TestClient]:
-    for cached in (deps._stores, deps._eraser, deps._gallery_cache, deps._gallery_service):
-        cached.cache_clear()
+    clear_app_caches()
     app = create_app()
     app.dependency_overrides[deps.get_pipeline] = lambda: pipeline
     app.dependency_overrides[get_settings] = lambda: settings
@@ -90,8 +89,7 @@ def client(settings: Settings, pipeline: Any) -> Iterator[TestClient]:
         "dpo", ["admin", "enrol", "verify"]
     )
     yield TestClient(app, headers={"x-api-key": key})
-    for cached in (deps._stores, deps._eraser, deps._gallery_cache, deps._gallery_service):
-        cached.cache_clear()
+    clear_app_caches()
 
 
 def _drain(settings: Settings, url: str) -> dict[str, Any]:
@@ -419,8 +417,7 @@ def test_a_large_gallery_is_erased_by_the_jobs_worker_with_its_receipt_kept(
     worker erases, and ``GET /erasures/{id}`` gives the receipt."""
     s3, sqs = aws_client("s3", settings), aws_client("sqs", settings)
     small = settings.model_copy(update={"erasure_inline_max_objects": 0})
-    for cached in (deps._stores, deps._eraser, deps._gallery_cache, deps._gallery_service):
-        cached.cache_clear()
+    clear_app_caches()
     app = create_app()
     app.dependency_overrides[deps.get_pipeline] = lambda: pipeline
     app.dependency_overrides[get_settings] = lambda: small

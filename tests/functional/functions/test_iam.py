@@ -73,6 +73,19 @@ def _dynamodb(credentials: Credentials) -> Any:
     return boto3.client("dynamodb", region_name=REGION, **credentials.client_kwargs())
 
 
+def _fake_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's fake keys, nothing pointing at a real account, AWS's managed policies loaded."""
+    for name in REAL_AWS_POINTERS:
+        monkeypatch.delenv(name, raising=False)
+    use_fake_credentials(monkeypatch, REGION)
+    monkeypatch.setenv(LOAD_MANAGED_POLICIES, "true")
+
+
+def _restore_after(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> None:
+    """Put ``owner.name`` back after the test, whatever the local stack's patches do to it."""
+    monkeypatch.setattr(owner, name, getattr(owner, name))
+
+
 @pytest.fixture
 def stack(monkeypatch: pytest.MonkeyPatch, faces_dir: Path, tmp_path: Path) -> Iterator[Stack]:
     """Before enforcement: the template's table and versioned bucket, the users, and photos.
@@ -82,18 +95,13 @@ def stack(monkeypatch: pytest.MonkeyPatch, faces_dir: Path, tmp_path: Path) -> I
     must survive both. moto is patched as the local stack patches it (DynamoDB checked per
     table, every decision recorded), and restored after.
     """
-    monkeypatch.setattr(
-        IAMRequestBase, "check_action_permitted", IAMRequestBase.check_action_permitted
-    )
+    _restore_after(monkeypatch, IAMRequestBase, "check_action_permitted")
     for name in ("_determine_resource", "_authenticate_and_authorize_normal_action"):
         monkeypatch.setattr(DynamoHandler, name, getattr(DynamoHandler, name, None), raising=False)
     authorisations = tmp_path / "authorisations.jsonl"
     record_authorisations(authorisations)
     authorise_dynamodb_by_table()
-    for name in REAL_AWS_POINTERS:
-        monkeypatch.delenv(name, raising=False)
-    use_fake_credentials(monkeypatch, REGION)
-    monkeypatch.setenv(LOAD_MANAGED_POLICIES, "true")
+    _fake_account(monkeypatch)
     template = Template(repo_root() / "template.yaml", NAMES, "facegate-iam", REGION)
     with mock_aws():
         admin = {name: boto3.client(name, region_name=REGION) for name in ("s3", "dynamodb")}
@@ -202,19 +210,10 @@ def queues(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     it for SQS (batch requests checked as their single action), and restored after."""
     from moto.sqs.responses import SQSResponse
 
-    monkeypatch.setattr(
-        SQSResponse,
-        "_authenticate_and_authorize_normal_action",
-        SQSResponse._authenticate_and_authorize_normal_action,
-    )
-    monkeypatch.setattr(
-        IAMRequestBase, "check_action_permitted", IAMRequestBase.check_action_permitted
-    )
+    _restore_after(monkeypatch, SQSResponse, "_authenticate_and_authorize_normal_action")
+    _restore_after(monkeypatch, IAMRequestBase, "check_action_permitted")
     authorise_sqs_batches()
-    for name in REAL_AWS_POINTERS:
-        monkeypatch.delenv(name, raising=False)
-    use_fake_credentials(monkeypatch, REGION)
-    monkeypatch.setenv(LOAD_MANAGED_POLICIES, "true")
+    _fake_account(monkeypatch)
     template = Template(repo_root() / "template.yaml", NAMES, "facegate-iam", REGION)
     with mock_aws():
         admin = boto3.client("sqs", region_name=REGION)
