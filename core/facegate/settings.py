@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     #: A gallery erasure that would list more object versions than this runs as a job
     #: (``202``, ``GET /erasures/{id}``) instead of in the request; 0: always a job.
     erasure_inline_max_objects: int = Field(default=5000, ge=0)
+    #: Tasks (tables, photo sets) per message when such a job fans out over the workers.
+    erasure_chunk_size: int = Field(default=100, ge=1, le=200)
     #: The dead-letter queues an erasure scans for messages naming the person.
     ingest_dlq_url: str | None = None
     jobs_dlq_url: str | None = None
@@ -109,6 +111,11 @@ class Settings(BaseSettings):
     uploads_retention_days: int = Field(default=30, ge=0)
     jobs_retention_days: int = Field(default=30, ge=0)
     noncurrent_version_days: int = Field(default=1, ge=1)
+    #: An enrolment photo that no face item references is destroyed by the hourly compaction
+    #: once nothing has written it for this long (:mod:`facegate.storage.orphans`); at least
+    #: Lambda's 15-minute invocation limit plus 5 for clock skew, so that no enrolment still
+    #: running can lose its photo.
+    orphan_photo_min_age_minutes: int = Field(default=60, ge=20)
     #: An ingest ledger entry only has to outlive every delivery of its source's notification
     #: (at most :data:`DEAD_LETTER_RETENTION_DAYS` after the upload, redrives included).
     ledger_retention_days: int = Field(default=30, gt=DEAD_LETTER_RETENTION_DAYS)

@@ -16,6 +16,7 @@ from facegate.batch.aggregate_job import AggregateWorker
 from facegate.settings import get_settings
 from facegate.storage.clients import aws_client
 from facegate.storage.jobs import JobStore
+from facegate.storage.tombstones import Tombstones
 
 logger = Logger(service="facegate")
 settings = get_settings()
@@ -24,6 +25,7 @@ worker = AggregateWorker(
     settings.bucket,
     JobStore(aws_client("dynamodb", settings), settings.table),
     settings.model_id,
+    Tombstones.from_settings(settings),
 )
 
 

@@ -13,10 +13,18 @@ One gallery's failure (parts of mixed models, an unreadable part) does not stop 
 it is logged and returned under ``failed``, and the next scheduled run tries again. The
 tombstones are read once per invocation, before any gallery, and an invocation that cannot
 read them fails as a whole: compacting without them would bring deleted subjects back.
+
+A scheduled run then sweeps orphaned enrolment photos (:mod:`facegate.storage.orphans`:
+photos no face item references, left by an enrolment killed between its photo and its
+items, older than ``FACEGATE_ORPHAN_PHOTO_MIN_AGE_MINUTES``), answered and logged as counts
+only (keys name subjects). A manual ``{"gallery": ...}`` run does not sweep. The sweep stops
+before a subject when the invocation is about to time out; a failure of it is logged by its
+code and leaves the compaction's answer as it is: the next hour sweeps again.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -28,6 +36,9 @@ from facegate.settings import get_settings
 from facegate.storage.clients import aws_client
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.keys import GALLERY_PREFIX, parts_prefix
+from facegate.storage.orphans import OrphanPhotoSweeper
+from facegate.storage.photos import PhotoStore
+from facegate.storage.subjects import SubjectStore
 from facegate.storage.tombstones import Tombstones
 
 logger = Logger(service="facegate")
@@ -35,6 +46,14 @@ settings = get_settings()
 s3 = aws_client("s3", settings)
 store = GalleryStore(s3, settings.bucket)
 tombstones = Tombstones.from_settings(settings)
+orphans = OrphanPhotoSweeper(
+    PhotoStore(s3, settings.bucket),
+    SubjectStore.from_settings(settings),
+    min_age=timedelta(minutes=settings.orphan_photo_min_age_minutes),
+)
+#: Stop sweeping (before the next subject) when less than this is left of the invocation:
+#: enough to answer, so a long sweep never turns a compaction that worked into a timeout.
+SWEEP_MARGIN_MS = 10_000
 
 
 def galleries_with_parts() -> list[str]:
@@ -69,7 +88,8 @@ def requested_gallery(event: Any) -> str | None:
 
 
 def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
-    """Compact the requested gallery or every gallery with parts; one entry per gallery."""
+    """Compact the requested gallery or every gallery with parts; one entry per gallery.
+    (:func:`handler` adds the orphan sweep of a scheduled run.)"""
     named = requested_gallery(event)
     deleted = tombstones.all()
     names = [named] if named is not None else galleries_with_parts()
@@ -97,8 +117,29 @@ def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
     return {"compacted": compacted, "failed": failed}
 
 
+def sweep_orphans(context: LambdaContext) -> dict[str, Any]:
+    """Sweep orphaned enrolment photos until done or nearly out of time; counts only, in the
+    answer and the log. A failure is one error code: its message could name a key."""
+    try:
+        swept = orphans.sweep(
+            should_stop=lambda: context.get_remaining_time_in_millis() < SWEEP_MARGIN_MS
+        )
+    except FaceGateError as exc:
+        logger.error(
+            "orphan sweep failed", extra={"code": exc.code, "error_type": type(exc).__name__}
+        )
+        return {"error": {"code": exc.code}}
+    logger.info("swept orphaned enrolment photos", extra=swept.to_dict())
+    return swept.to_dict()
+
+
 # Never the event, whatever POWERTOOLS_LOGGER_LOG_EVENT says: events can carry photo keys
 # (which name subjects), subject ids or API keys.
 @logger.inject_lambda_context(log_event=False)
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[dict[str, Any]]]:
-    return compact(event)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Compaction, then (a scheduled run only) the orphan sweep: ``orphan_photos`` holds its
+    counts, None on a manual ``{"gallery": ...}`` run."""
+    answer: dict[str, Any] = dict(compact(event))
+    scheduled = requested_gallery(event) is None
+    answer["orphan_photos"] = sweep_orphans(context) if scheduled else None
+    return answer

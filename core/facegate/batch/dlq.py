@@ -1,10 +1,12 @@
-"""Erasing a subject from the dead-letter queues: which bodies name them, and the purge. Torch-free.
+"""Dead letters naming a subject: which bodies do, the purge, the read-only look. Torch-free.
 
 The DLQs (``IngestDLQ``, ``JobsDLQ``, ``CompactDLQ`` in template.yaml) keep failed messages
 for 14 days, and some of them name people: an S3 notification of
 ``uploads/<gallery>/<subject>/<photo>``, an archive chunk's ``(path, subject_id)`` members, a
 job chunk's rows with their claimed subjects and probe keys. An erasure deletes those and
-leaves every other message where it was, at once visible again.
+leaves every other message where it was, at once visible again
+(:func:`purge_dead_letters`); a data-subject access export only counts them and leaves every
+message where it was (:func:`find_dead_letters`). Both scan the same way.
 
 :func:`body_names_subject` decides one body by its kind, read with the project's own parsers
 (:mod:`facegate.batch.messages`, :mod:`facegate.batch.events`,
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import (
         ChangeMessageVisibilityBatchRequestEntryTypeDef,
         DeleteMessageBatchRequestEntryTypeDef,
+        MessageTypeDef,
     )
 
 #: How long a scanned message stays hidden: long enough for the whole scan (a kept message
@@ -99,10 +102,65 @@ def purge_dead_letters(
     the scan ends (``ChangeMessageVisibility`` 0), also when it fails, so that none is
     delayed by the scan. A delete SQS refuses is a :class:`StorageError` (run it again).
     """
+    deleted = 0
+
+    def settle(messages: list[MessageTypeDef]) -> list[str]:
+        nonlocal deleted
+        doomed = [m for m in messages if names_subject(m.get("Body", ""))]
+        deleted += _delete(sqs, queue_url, [m["ReceiptHandle"] for m in doomed])
+        return [m["MessageId"] for m in doomed]
+
+    _scan(sqs, queue_url, settle, max_messages, visibility_seconds, wait_seconds, "an erasure")
+    return deleted
+
+
+def find_dead_letters(
+    sqs: SQSClient,
+    queue_url: str,
+    names_subject: Callable[[str], bool],
+    *,
+    max_messages: int | None = None,
+    visibility_seconds: int = SCAN_VISIBILITY_SECONDS,
+    wait_seconds: int = SCAN_WAIT_SECONDS,
+) -> list[str]:
+    """The ids of the queue's messages whose body ``names_subject``, in the order received;
+    nothing is deleted.
+
+    For a data-subject access export: the scan is :func:`purge_dead_letters`'s (the same
+    receive, hiding and bounds), but every message, naming the subject or not, is made
+    visible again when it ends, also when it fails. Hiding them meanwhile is what makes the
+    scan see each message once; a consumer of the queue (a redrive) waits at most for the
+    scan. Ids only, never bodies: a body may hold the person's keys and ids.
+    """
+    found: dict[str, None] = {}
+
+    def settle(messages: list[MessageTypeDef]) -> list[str]:
+        found.update(
+            dict.fromkeys(m["MessageId"] for m in messages if names_subject(m.get("Body", "")))
+        )
+        return []
+
+    _scan(sqs, queue_url, settle, max_messages, visibility_seconds, wait_seconds, "an export")
+    return list(found)
+
+
+def _scan(
+    sqs: SQSClient,
+    queue_url: str,
+    settle: Callable[[list[MessageTypeDef]], list[str]],
+    max_messages: int | None,
+    visibility_seconds: int,
+    wait_seconds: int,
+    purpose: str,
+) -> None:
+    """Receive every message (at most ``max_messages``), hidden for ``visibility_seconds``,
+    and hand each batch to ``settle``, which answers the ids it took care of (deleted); all
+    the others are released when the scan ends, also when ``settle`` or SQS fails, so that
+    no scan leaves a message hidden. ``purpose`` names the scan in the release warning."""
     if max_messages is not None:
         check_positive(max_messages, "max_messages")
     kept: dict[str, str] = {}
-    deleted = received = 0
+    received = 0
     try:
         while max_messages is None or received < max_messages:
             want = _BATCH if max_messages is None else min(_BATCH, max_messages - received)
@@ -117,15 +175,12 @@ def purge_dead_letters(
             if not messages:
                 break
             received += len(messages)
-            # Kept until deleted: a failing decision or delete still releases the batch.
+            # Kept until settled: a failing decision or delete still releases the batch.
             kept.update({m["MessageId"]: m["ReceiptHandle"] for m in messages})
-            doomed = [m["MessageId"] for m in messages if names_subject(m.get("Body", ""))]
-            deleted += _delete(sqs, queue_url, [kept[i] for i in doomed])
-            for message_id in doomed:
+            for message_id in settle(messages):
                 del kept[message_id]
     finally:
-        _release(sqs, queue_url, list(kept.values()))
-    return deleted
+        _release(sqs, queue_url, list(kept.values()), purpose)
 
 
 # --------------------------------------------------------------------------------------
@@ -214,9 +269,10 @@ def _delete(sqs: SQSClient, queue_url: str, handles: list[str]) -> int:
     return len(handles)
 
 
-def _release(sqs: SQSClient, queue_url: str, handles: list[str]) -> None:
+def _release(sqs: SQSClient, queue_url: str, handles: list[str], purpose: str) -> None:
     """Make kept messages visible now. A release SQS refuses only delays that message until
-    its scan visibility ends, so it is logged (a count and a code), not raised."""
+    its scan visibility ends, so it is logged (a count and a code), not raised; ``purpose``
+    says which scan (an erasure's, an export's)."""
     refused: list[str] = []
     for start in range(0, len(handles), _BATCH):
         entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
@@ -232,6 +288,6 @@ def _release(sqs: SQSClient, queue_url: str, handles: list[str]) -> None:
         ]
     if refused:
         logger.warning(
-            "dead letters not released after an erasure scan",
+            f"dead letters not released after {purpose} scan",
             extra={"count": len(refused), "code": refused[0]},
         )

@@ -33,8 +33,12 @@ error code and a message that never quotes an id).
 A rewritten manifest notifies the jobs queue like any upload; it carries
 :data:`~facegate.storage.scrub.ERASURE_METADATA` and the job worker skips such versions
 (:func:`is_erasure_rewrite`), so an erasure never starts a job again. A job still running
-when its rows are erased may still write chunk results naming the subject, and then fails
-its aggregation (rows missing): erase after jobs finish, or again once they have.
+when its rows are erased writes nothing of the subject afterwards (its chunks and its
+aggregation check the tombstones: :mod:`facegate.batch.results_guard`), but its chunk tables
+scrubbed here lack rows, so its aggregation fails (rows missing).
+
+:func:`find_in_jobs` is the read-only twin, for the data-subject access export: the same
+rows, probes and result rows, decided by the same functions, listed instead of erased.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ import csv
 import io
 from collections.abc import Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+
+import pyarrow as pa
 
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES, decode_manifest, read_manifest
 from facegate.batch.manifest import MAX_JOB_ROWS, resolve_probe
@@ -155,17 +161,27 @@ def _probes_identified_as(
             table = results_from_parquet(body, key)
         except ValidationError:
             continue
-        for probe, gallery, best, ranks in zip(
-            table["probe"].to_pylist(),
-            table["gallery"].to_pylist(),
-            table["best_subject"].to_pylist(),
-            table["ranks"].to_pylist(),
-            strict=True,
-        ):
-            ranked = any(rank["subject_id"] == scope.subject_id for rank in ranks or ())
-            if scope.covers(gallery) and (best == scope.subject_id or ranked) and probe:
-                found.setdefault(job_id, set()).add(str(probe))
+        probes = _identified_probes(table, scope)
+        if probes:
+            found.setdefault(job_id, set()).update(probes)
     return {job: frozenset(probes) for job, probes in found.items()}
+
+
+def _identified_probes(table: pa.Table, scope: _Scope) -> set[str]:
+    """The probe keys of a results table's rows of a scope gallery that identified the
+    subject (best subject, or in the ranks)."""
+    found: set[str] = set()
+    for probe, gallery, best, ranks in zip(
+        table["probe"].to_pylist(),
+        table["gallery"].to_pylist(),
+        table["best_subject"].to_pylist(),
+        table["ranks"].to_pylist(),
+        strict=True,
+    ):
+        ranked = any(rank["subject_id"] == scope.subject_id for rank in ranks or ())
+        if scope.covers(gallery) and (best == scope.subject_id or ranked) and probe:
+            found.add(str(probe))
+    return found
 
 
 def is_erasure_rewrite(s3: S3Client, ref: ObjectRef) -> bool:
@@ -246,32 +262,50 @@ def _manifest_rewrite(
 
     The cheap test first: a manifest whose bytes do not hold the id names nobody by it.
     """
-    if scope.subject_id.encode("ascii") not in body and not identified:
+    if not _may_name(body, scope, identified):
         return None
     try:
         header, rows, columns = _manifest_lines(body)
     except ValidationError:
         return b"", 0, frozenset()
-    kept: list[list[str]] = []
-    dropped: set[str] = set()
-    for line in rows:
+    named = _named_rows(job_id, rows, columns, scope, bucket, identified)
+    if not named:
+        return None
+    dropped = frozenset(probe for probe in named.values() if probe is not None)
+    kept = [line for index, line in enumerate(rows) if index not in named]
+    if not kept:
+        return b"", len(named), dropped
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([header, *kept])
+    return out.getvalue().encode("utf-8"), len(named), dropped
+
+
+def _may_name(body: bytes, scope: _Scope, identified: frozenset[str]) -> bool:
+    """Whether a manifest is worth parsing: its bytes hold the id, or a result identified
+    one of its probes as the subject."""
+    return scope.subject_id.encode("ascii") in body or bool(identified)
+
+
+def _named_rows(
+    job_id: str,
+    rows: list[list[str]],
+    columns: dict[str, int],
+    scope: _Scope,
+    bucket: str,
+    identified: frozenset[str],
+) -> dict[int, str | None]:
+    """The subject's rows, by their number (the ``row`` of their results), with the probe key
+    each names (None: none the worker could read): the rows claiming the subject in a scope
+    gallery, and those whose probe a result identified as them."""
+    named: dict[int, str | None] = {}
+    for index, line in enumerate(rows):
         claimed = _cell(line, columns, _CLAIMED)
         probe = _probe_key(job_id, _cell(line, columns, "probe"), bucket)
         if (claimed == scope.subject_id and scope.covers(_cell(line, columns, "gallery"))) or (
             probe is not None and probe in identified
         ):
-            if probe is not None:
-                dropped.add(probe)
-        else:
-            kept.append(line)
-    removed = len(rows) - len(kept)
-    if not removed:
-        return None
-    if not kept:
-        return b"", removed, frozenset(dropped)
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows([header, *kept])
-    return out.getvalue().encode("utf-8"), removed, frozenset(dropped)
+            named[index] = probe
+    return named
 
 
 def _manifest_lines(body: bytes) -> tuple[list[str], list[list[str]], dict[str, int]]:
@@ -348,14 +382,21 @@ def _results_rewrite(body: bytes, scope: _Scope, key: str) -> tuple[bytes | None
     ``(None, 0)`` if none do. An emptied table is still written (aggregation reads every
     chunk table; a job's ``results.parquet`` stays where its status points)."""
     table = results_from_parquet(body, key)
+    keep = [not named for named in _naming_results(table, scope)]
+    removed = keep.count(False)
+    if not removed:
+        return None, 0
+    return results_to_parquet(table.filter(keep)), removed
+
+
+def _naming_results(table: pa.Table, scope: _Scope) -> list[bool]:
+    """Per row of a results table, whether it is a scope gallery's naming the subject: as the
+    claimed or best subject, or in the ranks."""
     subject = scope.subject_id
-    keep = [
-        not (
-            scope.covers(gallery)
-            and (
-                subject in (claimed, best)
-                or any(rank["subject_id"] == subject for rank in ranks or ())
-            )
+    return [
+        scope.covers(gallery)
+        and (
+            subject in (claimed, best) or any(rank["subject_id"] == subject for rank in ranks or ())
         )
         for gallery, claimed, best, ranks in zip(
             table["gallery"].to_pylist(),
@@ -365,10 +406,143 @@ def _results_rewrite(body: bytes, scope: _Scope, key: str) -> tuple[bytes | None
             strict=True,
         )
     ]
-    removed = keep.count(False)
-    if not removed:
-        return None, 0
-    return results_to_parquet(table.filter(keep)), removed
+
+
+# --------------------------------------------------------------------------------------
+# Finding, read-only: what an erasure would look at, for the data-subject access export
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestRowFound:
+    """One manifest row of the subject's. ``row`` is the number the job gives it (the
+    ``row`` of its result); ``gallery`` and ``mode`` are the cells as written (None when
+    empty); ``probe`` is the key the row's probe names, or the cell as written when it names
+    none the worker could read. ``claimed``: the row claims the subject; otherwise a result
+    identified its probe as them (a photo of the person all the same)."""
+
+    row: int
+    gallery: str | None
+    mode: str | None
+    probe: str | None
+    claimed: bool
+
+
+@dataclass(frozen=True)
+class JobFound:
+    """A job whose current manifest holds the subject: its rows and the probe photos of those
+    rows lying in the job folder, ``(key, versions)`` (delete markers counted, as the bucket
+    lists them). Not ``readable``: the manifest holds the id as text but the worker cannot
+    read it (an erasure destroys it whole), so no row is told apart."""
+
+    job_id: str
+    manifest: str
+    rows: tuple[ManifestRowFound, ...] = ()
+    probes: tuple[tuple[str, int], ...] = ()
+    readable: bool = True
+
+
+@dataclass(frozen=True)
+class ResultsFound:
+    """A table under ``results/`` with rows naming the subject: their ``row`` values."""
+
+    key: str
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class JobsFound:
+    """What :func:`find_in_jobs` found: jobs and results tables in key order, and what it
+    could not read (:class:`Remaining`: a manifest :data:`TOO_LARGE`, a table
+    :data:`UNREADABLE`), which may or may not hold the subject."""
+
+    jobs: list[JobFound] = field(default_factory=list)
+    results: list[ResultsFound] = field(default_factory=list)
+    remaining: list[Remaining] = field(default_factory=list)
+
+
+def find_in_jobs(
+    objects: ObjectStore, subject_id: str, galleries: Set[str] | None = None
+) -> JobsFound:
+    """Where the jobs of the bucket hold ``subject_id`` for ``galleries`` (None: every
+    gallery), changing nothing: the rows, probes and result rows :func:`erase_from_jobs`
+    would erase, decided by the same functions, in the current version of each object (older
+    versions expire after ``NoncurrentVersionDays``; an erasure destroys them sooner).
+
+    Every results table is read once, first: its rows naming the subject, and the probes it
+    identified as them, which makes their manifest rows the subject's too.
+    """
+    scope = _Scope(validate_id(subject_id), galleries)
+    found = JobsFound()
+    if galleries is not None and not galleries:
+        return found
+    job_versions = _versions_by_key(objects, JOBS_PREFIX)
+    identified: dict[str, set[str]] = {}
+    tables = sorted(k for k in _versions_by_key(objects, RESULTS_PREFIX) if k.endswith(".parquet"))
+    for key in tables:
+        try:
+            table = results_from_parquet(objects.get(key).body, key)
+        except ObjectNotFoundError:  # deleted: a delete marker is current
+            continue
+        except ValidationError:
+            found.remaining.append(Remaining(key, RESULTS_TABLE, UNREADABLE))
+            continue
+        of_job = key.removeprefix(RESULTS_PREFIX).partition("/")[0]
+        identified.setdefault(of_job, set()).update(_identified_probes(table, scope))
+        named = _naming_results(table, scope)
+        numbers = cast(list[int], table["row"].to_pylist())  # the schema: never null
+        rows = [r for r, hit in zip(numbers, named, strict=True) if hit]
+        if rows:
+            found.results.append(ResultsFound(key, tuple(rows)))
+    for key in sorted(job_versions):
+        job_id = job_id_from_manifest_key(key)
+        if job_id is None:
+            continue
+        try:
+            body = objects.get(key, max_bytes=MAX_MANIFEST_BYTES).body
+        except ObjectNotFoundError:
+            continue
+        except ObjectTooLargeError:
+            found.remaining.append(Remaining(key, JOB_MANIFEST, TOO_LARGE))
+            continue
+        probes = frozenset(identified.get(job_id, ()))
+        job = _find_in_manifest(job_id, key, body, scope, objects.bucket, probes, job_versions)
+        if job is not None:
+            found.jobs.append(job)
+    return found
+
+
+def _find_in_manifest(
+    job_id: str,
+    key: str,
+    body: bytes,
+    scope: _Scope,
+    bucket: str,
+    identified: frozenset[str],
+    job_versions: dict[str, list[str]],
+) -> JobFound | None:
+    """The subject's rows of one manifest, as :func:`_manifest_rewrite` would drop them."""
+    if not _may_name(body, scope, identified):
+        return None
+    try:
+        _, lines, columns = _manifest_lines(body)
+    except ValidationError:
+        return JobFound(job_id, key, readable=False)
+    named = _named_rows(job_id, lines, columns, scope, bucket, identified)
+    if not named:
+        return None
+    rows = []
+    for index, probe in sorted(named.items()):
+        line = lines[index]
+        gallery = _cell(line, columns, "gallery")
+        claimed = _cell(line, columns, _CLAIMED) == scope.subject_id and scope.covers(gallery)
+        shown = probe if probe is not None else _cell(line, columns, "probe")
+        rows.append(ManifestRowFound(index, gallery, _cell(line, columns, "mode"), shown, claimed))
+    in_folder = sorted(
+        {p for p in named.values() if p and p.startswith(job_prefix(job_id)) and p in job_versions}
+    )
+    probes = tuple((p, len(job_versions[p])) for p in in_folder)
+    return JobFound(job_id, key, tuple(rows), probes)
 
 
 def _versions_by_key(objects: ObjectStore, prefix: str) -> dict[str, list[str]]:

@@ -25,43 +25,32 @@ what makes the erasure hold against work in flight:
 The receipt lists every object, table and queue the person was removed from, with counts, and
 what remains by design. It names the person's keys: it is the caller's answer, never a log.
 
-A gallery erasure that would scan more object versions than the deployment answers inline
-(``Settings.erasure_inline_max_objects``) runs as a job instead (:meth:`Eraser.submit`): an
-:class:`ErasureRequest` on the jobs queue, run by the jobs worker (:meth:`Eraser.run`), its
-state and then its receipt in ``erasures/<id>.json`` (encrypted like every object, expiring
-with the jobs). The tombstone is recorded before the request is queued, so from the moment
-the API answers 202 no part written from an older photo holds the person.
+An erasure is planned as :class:`Task` units (:meth:`Eraser.prepare`: the tombstone, then
+one listing); one that lists more object versions than the deployment answers inline
+(``Settings.erasure_inline_max_objects``) is run by the jobs workers instead, its tasks fanned
+out over several of them (:mod:`facegate.batch.erasure_job`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from facegate.batch.dlq import body_names_subject, purge_dead_letters
 from facegate.batch.erase_jobs import erase_from_jobs
-from facegate.batch.messages import ERASURE, Message
 from facegate.batch.scrub_uploads import rewrite_archive, rewrite_manifest_csv
-from facegate.common import utc_now, validate_id
-from facegate.errors import (
-    FaceGateError,
-    ObjectNotFoundError,
-    StorageError,
-    UnknownErasureError,
-    UnknownGalleryError,
-)
+from facegate.common import validate_id
+from facegate.errors import ObjectNotFoundError, UnknownGalleryError, ValidationError
 from facegate.gallery.cache import GalleryCache
 from facegate.storage import keys as layout
-from facegate.storage.aws_errors import aws_errors
 from facegate.storage.galleries import GalleryStore
-from facegate.storage.objects import JSON_TYPE, ObjectInfo, ObjectStore
+from facegate.storage.objects import ObjectInfo, ObjectStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.scrub import Scrubbed, erase_prefix, rewrite_table
 from facegate.storage.subjects import SubjectStore
@@ -104,6 +93,18 @@ class Removed:
             scrubbed.rewritten,
         )
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Self:
+        """Inverse of :func:`dataclasses.asdict` (a partial receipt read back)."""
+        return cls(
+            str(doc["store"]),
+            str(doc["kind"]),
+            str(doc["key"]),
+            int(doc.get("versions_deleted", 0)),
+            int(doc.get("rows_removed", 0)),
+            bool(doc.get("rewritten", False)),
+        )
+
 
 @dataclass
 class Receipt:
@@ -142,29 +143,62 @@ class Receipt:
         }
 
 
+#: :attr:`Task.kind` values: one table of a gallery (part, rejects, ``gallery.parquet``); a
+#: gallery's upload folder of the person; a photo set (the zip, then its CSV manifest, which
+#: says which members are the person's); a manifest with no zip beside it; the verification
+#: jobs of the scope's galleries; the dead-letter queues.
+TABLE, UPLOAD_PHOTOS, PHOTO_SET, MANIFEST_CSV, JOBS, DEAD_LETTERS = (
+    "table",
+    "upload_photos",
+    "photo_set",
+    "manifest_csv",
+    "jobs",
+    "dead_letters",
+)
+TASK_KINDS = frozenset({TABLE, UPLOAD_PHOTOS, PHOTO_SET, MANIFEST_CSV, JOBS, DEAD_LETTERS})
+
+
 @dataclass(frozen=True)
-class ErasureRequest(Message):
-    """Erase ``subject_id`` in ``scope`` as a job; a :data:`~facegate.batch.messages.ERASURE`
-    message. Its body names the person, as the request did: a dead-lettered one is found and
-    deleted by the next erasure of them."""
+class Task:
+    """One unit of an erasure's work, done whole by one worker and safe to do again (a
+    second run finds nothing). ``key`` is the object (or prefix) for the kinds that have
+    one, ``gallery`` the gallery it belongs to."""
 
-    MESSAGE_TYPE: ClassVar[str] = ERASURE
-
-    erasure_id: str
-    subject_id: str
-    scope: str
+    kind: str
+    key: str = ""
+    gallery: str = ""
 
     def __post_init__(self) -> None:
-        validate_id(self.erasure_id, "erasure_id")
-        validate_id(self.subject_id)
-        check_scope(self.scope)
+        if self.kind not in TASK_KINDS:
+            raise ValidationError(f"unknown erasure task {self.kind!r}")
+        if not isinstance(self.key, str) or not isinstance(self.gallery, str):
+            raise ValidationError("an erasure task's key and gallery must be strings")
 
-    def fields(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_list(self) -> list[str]:
+        return [self.kind, self.key, self.gallery]
 
     @classmethod
-    def from_fields(cls, doc: Mapping[str, Any]) -> Self:
-        return cls(doc.get("erasure_id", ""), doc.get("subject_id", ""), doc.get("scope", ""))
+    def from_list(cls, item: Any) -> Task:
+        if not isinstance(item, list) or len(item) != 3:
+            raise ValidationError("an erasure task is [kind, key, gallery]")
+        return cls(*item)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An erasure whose tombstone is recorded, and the work it takes: ``tasks`` in the order
+    an inline erasure runs them; ``objects`` the object versions its listing saw (what
+    decides whether it is answered inline)."""
+
+    subject_id: str
+    scope: str
+    erased_at: str
+    galleries: list[str]
+    tasks: list[Task]
+    objects: int
+
+    def receipt(self) -> Receipt:
+        return Receipt(self.subject_id, self.scope, self.erased_at, list(self.galleries))
 
 
 class Eraser:
@@ -197,89 +231,89 @@ class Eraser:
         :class:`UnknownGalleryError` for a gallery FaceGate holds nothing of (a typo must not
         look like a done erasure). Safe to run again: what was removed stays removed, and a
         second run finds nothing."""
+        return self.execute(self.prepare(subject_id, scope), enrolment)
+
+    def prepare(self, subject_id: str, scope: str) -> Plan:
+        """Record the tombstone, then list what the erasure will go through. The scope is
+        checked first (an unknown gallery records nothing); the listing comes after the
+        tombstone, so that whatever it misses was written after the tombstone and drops the
+        person by itself (the embedding job's check after its write)."""
         validate_id(subject_id)
         scope = check_scope(scope)
         galleries = self.galleries_in_scope(scope)
         erased_at = self.tombstones.record(scope, subject_id)
-        receipt = Receipt(subject_id, scope, erased_at, galleries)
-        if enrolment is not None:
-            receipt.removed.extend(enrolment(subject_id))
+        return self.plan(subject_id, scope, erased_at, galleries)
+
+    def plan(self, subject_id: str, scope: str, erased_at: str, galleries: Sequence[str]) -> Plan:
+        """The tasks of an erasure whose tombstone was recorded at ``erased_at``: one listing
+        of each gallery's tables and, for a gallery's own scope, of its uploads."""
+        tasks: list[Task] = []
+        listed = 0
         for gallery in galleries:
-            self._erase_gallery(subject_id, gallery, receipt)
-        if scope != API_SCOPE:
-            self._erase_uploads(subject_id, scope.removeprefix("gallery:"), receipt)
-        if galleries:
-            jobs = erase_from_jobs(self.s3, self.bucket, subject_id, set(galleries))
-            receipt.removed.extend(Removed.from_scrub(s) for s in jobs.scrubbed)
-            receipt.remaining.extend(
-                {"store": "s3", "kind": r.kind, "key": r.key, "reason": r.reason}
-                for r in jobs.remaining
-            )
-        self._purge_dead_letters(subject_id, set(galleries), scope == API_SCOPE, receipt)
-        self._drop_cached(galleries, receipt)
-        receipt.remaining.extend(self._by_design(scope))
-        return receipt
-
-    # -- as a job ---------------------------------------------------------------------------
-
-    def objects_in_scope(self, scope: str) -> int:
-        """How many object versions an erasure in ``scope`` lists and may read: its galleries'
-        tables and, for a gallery, its uploads (one listing each; jobs and results, shared by
-        every gallery, are not counted). What decides whether it is answered inline."""
-        galleries = self.galleries_in_scope(scope)
-        count = sum(len(self.objects.versions(layout.gallery_prefix(g))) for g in galleries)
+            versions = self.objects.versions(layout.gallery_prefix(gallery))
+            listed += len(versions)
+            tables = sorted({k for k, _ in versions if k.endswith(".parquet")})
+            tasks.extend(Task(TABLE, key, gallery) for key in tables)
         if scope != API_SCOPE:
             own = scope.removeprefix("gallery:")
-            count += len(self.objects.versions(f"{layout.UPLOADS_PREFIX}{own}/"))
-        return count
+            prefix = f"{layout.UPLOADS_PREFIX}{own}/"
+            versions = self.objects.versions(prefix)
+            listed += len(versions)
+            top = sorted({k for k, _ in versions if "/" not in k[len(prefix) :]})
+            tasks.append(Task(UPLOAD_PHOTOS, f"{prefix}{subject_id}/", own))
+            sets = {k.removesuffix(".zip") for k in top if k.endswith(".zip")}
+            tasks.extend(Task(PHOTO_SET, f"{base}.zip", own) for base in sorted(sets))
+            tasks.extend(
+                Task(MANIFEST_CSV, k, own)
+                for k in top
+                if k.endswith(".csv") and k.removesuffix(".csv") not in sets
+            )
+        if galleries:
+            tasks.append(Task(JOBS))
+        tasks.append(Task(DEAD_LETTERS))
+        return Plan(subject_id, scope, erased_at, list(galleries), tasks, listed)
 
-    def submit(self, subject_id: str, scope: str, queue_url: str | None) -> dict[str, Any]:
-        """Record the tombstone, then queue the erasure for the jobs worker; returns the
-        ``queued`` state (``GET /erasures/{erasure_id}`` follows it)."""
-        if self.sqs is None or not queue_url:
-            raise StorageError("no jobs queue configured (FACEGATE_JOBS_QUEUE_URL)")
-        request = ErasureRequest(uuid.uuid4().hex, validate_id(subject_id), check_scope(scope))
-        self.galleries_in_scope(request.scope)  # an unknown gallery is refused before anything
-        erased_at = self.tombstones.record(request.scope, subject_id)
-        status = {
-            "erasure_id": request.erasure_id,
-            "status": "queued",
-            "scope": request.scope,
-            "erased_at": erased_at,
-            "queued_at": utc_now(),
-        }
-        self._put_status(request.erasure_id, status)
-        with aws_errors("queueing the erasure"):
-            self.sqs.send_message(QueueUrl=queue_url, MessageBody=request.to_message())
-        return status
+    def execute(self, plan: Plan, enrolment: EnrolmentEraser | None = None) -> Receipt:
+        """Every task of the plan in order, in this process, then the receipt."""
+        receipt = plan.receipt()
+        if enrolment is not None:
+            receipt.removed.extend(enrolment(plan.subject_id))
+        for task in plan.tasks:
+            removed, remaining = self.run_task(plan.subject_id, plan.scope, plan.galleries, task)
+            receipt.removed.extend(removed)
+            receipt.remaining.extend(remaining)
+        return self.finish(receipt)
 
-    def run(self, request: ErasureRequest) -> Receipt | None:
-        """The jobs worker's side: the erasure, then its receipt as the request's state. A
-        permanent failure is recorded there (and returns None); a storage failure raises, so
-        the message is retried (what was removed stays removed)."""
-        try:
-            receipt = self.erase(request.subject_id, request.scope)
-        except FaceGateError as exc:
-            if isinstance(exc, StorageError):
-                raise
-            failed = {"erasure_id": request.erasure_id, "status": "failed", "scope": request.scope}
-            self._put_status(request.erasure_id, failed | {"error": exc.to_dict()})
-            return None
-        done = {"erasure_id": request.erasure_id, "status": "done", "finished_at": utc_now()}
-        self._put_status(request.erasure_id, done | {"receipt": receipt.to_dict()})
+    def finish(self, receipt: Receipt) -> Receipt:
+        """What ends every erasure: this process's cached galleries dropped, and what remains
+        by design."""
+        self._drop_cached(receipt.galleries, receipt)
+        receipt.remaining.extend(self._by_design(receipt.scope))
         return receipt
 
-    def status(self, erasure_id: str) -> dict[str, Any]:
-        """``queued``, then ``done`` with the receipt or ``failed`` with the error."""
-        try:
-            found = self.objects.get(layout.erasure_status_key(erasure_id))
-        except ObjectNotFoundError as exc:
-            raise UnknownErasureError(f"no erasure {erasure_id!r}") from exc
-        return _json(found.body)
-
-    def _put_status(self, erasure_id: str, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc).encode()
-        self.objects.put(layout.erasure_status_key(erasure_id), body, content_type=JSON_TYPE)
+    def run_task(
+        self, subject_id: str, scope: str, galleries: Sequence[str], task: Task
+    ) -> tuple[list[Removed], list[dict[str, Any]]]:
+        """One task: what it removed, and what it left for the caller."""
+        validate_id(subject_id)
+        if task.kind == TABLE:
+            return self._erase_table(subject_id, task.gallery, task.key), []
+        if task.kind == UPLOAD_PHOTOS:
+            done = erase_prefix(self.objects, task.key, "upload_photos")
+            return ([Removed.from_scrub(done)] if done is not None else []), []
+        if task.kind == PHOTO_SET:
+            return self._erase_photo_set(subject_id, task.key), []
+        if task.kind == MANIFEST_CSV:
+            done = rewrite_manifest_csv(self.objects, task.key, subject_id)
+            return ([Removed.from_scrub(done)] if done is not None else []), []
+        if task.kind == JOBS:
+            jobs = erase_from_jobs(self.s3, self.bucket, subject_id, set(galleries))
+            remaining = [
+                {"store": "s3", "kind": r.kind, "key": r.key, "reason": r.reason}
+                for r in jobs.remaining
+            ]
+            return [Removed.from_scrub(s) for s in jobs.scrubbed], remaining
+        return self._purge_dead_letters(subject_id, set(galleries), scope == API_SCOPE), []
 
     # -- scope -----------------------------------------------------------------------------
 
@@ -322,25 +356,19 @@ class Eraser:
                 out[target] = None if source == "subjects" else source
         return out
 
-    # -- galleries ---------------------------------------------------------------------------
+    # -- galleries and uploads -----------------------------------------------------------
 
-    def _erase_gallery(self, subject_id: str, gallery: str, receipt: Receipt) -> None:
-        """Parts, rejects and ``gallery.parquet`` of one gallery, every key that ever existed
-        (a part whose current version is a delete marker may still have old versions)."""
-        uploads = f"{layout.UPLOADS_PREFIX}{gallery}/{subject_id}/"
-        keys = sorted({k for k, _ in self.objects.versions(layout.gallery_prefix(gallery))})
-        for key in keys:
-            if not key.endswith(".parquet"):
-                continue
-            if key.startswith(layout.rejects_prefix(gallery)):
-                kind = "gallery_rejects"
-                drop = _rejects_of(subject_id, uploads)
-            else:
-                kind = "gallery" if key == layout.gallery_key(gallery) else "gallery_part"
-                drop = _rows_of(subject_id)
-            done = rewrite_table(self.objects, key, kind, drop, self._writer(key))
-            if done is not None:
-                receipt.removed.append(Removed.from_scrub(done))
+    def _erase_table(self, subject_id: str, gallery: str, key: str) -> list[Removed]:
+        """A part, rejects table or ``gallery.parquet``, every version that ever existed (a
+        part whose current version is a delete marker may still have old versions)."""
+        if key.startswith(layout.rejects_prefix(gallery)):
+            kind = "gallery_rejects"
+            drop = _rejects_of(subject_id, f"{layout.UPLOADS_PREFIX}{gallery}/{subject_id}/")
+        else:
+            kind = "gallery" if key == layout.gallery_key(gallery) else "gallery_part"
+            drop = _rows_of(subject_id)
+        done = rewrite_table(self.objects, key, kind, drop, self._writer(key))
+        return [Removed.from_scrub(done)] if done is not None else []
 
     def _writer(self, key: str) -> Callable[[pa.Table], ObjectInfo]:
         def write(table: pa.Table) -> ObjectInfo:
@@ -348,25 +376,18 @@ class Eraser:
 
         return write
 
-    def _erase_uploads(self, subject_id: str, gallery: str, receipt: Receipt) -> None:
-        """The person's single-photo uploads, then the photo sets (before their manifests:
-        a set's manifest says which members are the person's)."""
-        photos = erase_prefix(
-            self.objects, f"{layout.UPLOADS_PREFIX}{gallery}/{subject_id}/", "upload_photos"
-        )
-        if photos is not None:
-            receipt.removed.append(Removed.from_scrub(photos))
-        prefix = f"{layout.UPLOADS_PREFIX}{gallery}/"
-        keys = sorted({k for k, _ in self.objects.versions(prefix)})
-        for key in (k for k in keys if k.endswith(".zip") and "/" not in k[len(prefix) :]):
-            manifest = self._current_manifest(key.removesuffix(".zip") + ".csv")
-            done = rewrite_archive(self.objects, key, subject_id, manifest)
-            if done is not None:
-                receipt.removed.append(Removed.from_scrub(done))
-        for key in (k for k in keys if k.endswith(".csv") and "/" not in k[len(prefix) :]):
-            done = rewrite_manifest_csv(self.objects, key, subject_id)
-            if done is not None:
-                receipt.removed.append(Removed.from_scrub(done))
+    def _erase_photo_set(self, subject_id: str, key: str) -> list[Removed]:
+        """A zip photo set without the person's members, then its CSV manifest without their
+        rows (in that order: the manifest says which members are the person's)."""
+        csv_key = key.removesuffix(".zip") + ".csv"
+        removed = []
+        done = rewrite_archive(self.objects, key, subject_id, self._current_manifest(csv_key))
+        if done is not None:
+            removed.append(Removed.from_scrub(done))
+        manifest = rewrite_manifest_csv(self.objects, csv_key, subject_id)
+        if manifest is not None:
+            removed.append(Removed.from_scrub(manifest))
+        return removed
 
     def _current_manifest(self, key: str) -> bytes | None:
         try:
@@ -376,11 +397,10 @@ class Eraser:
 
     # -- queues and caches -----------------------------------------------------------------
 
-    def _purge_dead_letters(
-        self, subject_id: str, galleries: set[str], api: bool, receipt: Receipt
-    ) -> None:
+    def _purge_dead_letters(self, subject_id: str, galleries: set[str], api: bool) -> list[Removed]:
         if self.sqs is None:
-            return
+            return []
+        removed = []
         for url in self.dead_letter_queues:
             deleted = purge_dead_letters(
                 self.sqs,
@@ -389,7 +409,8 @@ class Eraser:
             )
             if deleted:
                 name = url.rstrip("/").rsplit("/", 1)[-1]
-                receipt.removed.append(Removed("sqs", "dead_letters", name, 0, deleted))
+                removed.append(Removed("sqs", "dead_letters", name, 0, deleted))
+        return removed
 
     def _drop_cached(self, galleries: Sequence[str], receipt: Receipt) -> None:
         if self.cache is None:

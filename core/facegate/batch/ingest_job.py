@@ -36,7 +36,6 @@ from typing import Any
 import pyarrow as pa
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from botocore.exceptions import BotoCoreError, ClientError
 
 from facegate.batch.archives import MAX_ARCHIVE_READ, open_archive, read_archive, read_member
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
@@ -78,6 +77,7 @@ from facegate.storage.keys import (
 from facegate.storage.ledger import IngestLedger, safe_part_name
 from facegate.storage.objects import ObjectInfo, ObjectRef, ObjectStore
 from facegate.storage.photos import PhotoStore
+from facegate.storage.queues import send_messages
 from facegate.storage.tombstones import Tombstones, gallery_scope
 from facegate.types import FaceProcessor
 
@@ -267,17 +267,8 @@ class EmbedJob:
         work.photos[chunk.gallery].extend(photos)
 
     def _fan_out(self, chunks: list[ArchiveChunk]) -> None:
-        if not self.config.queue_url:
-            raise RetryableError("archive needs fan-out but FACEGATE_INGEST_QUEUE_URL is unset")
-        for start in range(0, len(chunks), 10):
-            batch = chunks[start : start + 10]
-            entries = [{"Id": str(i), "MessageBody": c.to_message()} for i, c in enumerate(batch)]
-            try:
-                sent = self.sqs.send_message_batch(QueueUrl=self.config.queue_url, Entries=entries)
-            except (ClientError, BotoCoreError) as exc:
-                raise RetryableError(f"cannot queue archive chunks: {exc}") from exc
-            if sent.get("Failed"):
-                raise RetryableError(f"{len(sent['Failed'])} chunk messages were not queued")
+        bodies = [c.to_message() for c in chunks]
+        send_messages(self.sqs, self.config.queue_url, bodies, "archive chunks")
 
     def _manifest(self, upload: ArchiveUpload) -> bytes | None:
         """The manifest uploaded beside the archive, if any (decoded by ``read_archive``)."""

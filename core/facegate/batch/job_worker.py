@@ -32,17 +32,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from botocore.exceptions import BotoCoreError, ClientError
 
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.erase_jobs import is_erasure_rewrite
-from facegate.batch.erasure import Eraser, ErasureRequest
+from facegate.batch.erasure_job import ErasureChunk, ErasureJobs, ErasureRequest
 from facegate.batch.events import notification_refs
 from facegate.batch.manifest import JobRow, parse_job_manifest
 from facegate.batch.messages import (
     ERASURE,
+    ERASURE_CHUNK,
     JOB_CHUNK,
     REEMBED,
     AggregateRequest,
@@ -62,6 +63,7 @@ from facegate.batch.results import (
     results_to_parquet,
     verify_record,
 )
+from facegate.batch.results_guard import Check, guard, write_checked
 from facegate.errors import (
     FaceGateError,
     ImageTooLargeError,
@@ -87,7 +89,9 @@ from facegate.storage.keys import (
 )
 from facegate.storage.objects import PARQUET_TYPE, ObjectStore
 from facegate.storage.photos import PhotoStore
+from facegate.storage.queues import send_messages
 from facegate.storage.subjects import SubjectStore
+from facegate.storage.tombstones import Tombstones, gallery_scope
 from facegate.types import FaceProcessor, FaceResult
 
 #: Builds, warm, the pipeline of another installed model (a re-embedding's target model).
@@ -118,17 +122,18 @@ class JobWorker:
         config: WorkerConfig,
         cache: GalleryCache | None = None,
         subjects: SubjectStore | None = None,
-        tombstones: Any | None = None,
+        tombstones: Tombstones | None = None,
         *,
         pipeline_factory: PipelineFactory | None = None,
-        eraser: Eraser | None = None,
+        erasures: ErasureJobs | None = None,
     ) -> None:
         self.pipeline, self.s3, self.sqs, self.jobs, self.config = pipeline, s3, sqs, jobs, config
         self.cache = cache or GalleryCache(expected_model_id=pipeline.model_id)
         self.subjects, self.tombstones = subjects, tombstones
         self.pipeline_factory = pipeline_factory
-        #: Runs the erasures too large to answer inline (``facegate.erasure`` messages).
-        self.eraser = eraser
+        #: Runs the erasures too large to answer inline (``facegate.erasure`` messages and
+        #: their ``facegate.erasure_chunk`` fan-out).
+        self.erasures = erasures
         self._pipelines: dict[str, FaceProcessor] = {pipeline.model_id: pipeline}
 
     def handle(self, event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
@@ -145,7 +150,9 @@ class JobWorker:
             elif kind == REEMBED:
                 self.reembed(ReembedRequest.from_message(doc))
             elif kind == ERASURE:
-                self.erase(ErasureRequest.from_message(doc))
+                self._erasures().run(ErasureRequest.from_message(doc))
+            elif kind == ERASURE_CHUNK:
+                self._erasures().run_chunk(ErasureChunk.from_message(doc))
             elif kind is not None:
                 raise ValidationError(f"unexpected message type {kind!r} on the jobs queue")
             else:
@@ -238,12 +245,37 @@ class JobWorker:
             result = next(outcomes) if isinstance(probe, bytes) else probe
             records.append(self._decide(row, result))
         table = build_results_table(records)
-        self._put(chunk_result_key(chunk.job_id, chunk.index), results_to_parquet(table))
+        key = chunk_result_key(chunk.job_id, chunk.index)
+        objects = ObjectStore(self.s3, self.config.bucket)
+        if self.tombstones is None:
+            objects.put(key, results_to_parquet(table), content_type=PARQUET_TYPE)
+        else:
+            write_checked(objects, key, table, self._erasure_check(chunk.job_id, self.tombstones))
         done, total = self.jobs.chunk_done(chunk.job_id, chunk.index)
         if done == total:
             self._send(
                 self.config.aggregate_queue_url, [AggregateRequest(chunk.job_id).to_message()]
             )
+
+    def _erasure_check(self, job_id: str, tombstones: Tombstones) -> Check:
+        """Rows naming a person erased from their gallery since the job was created go
+        (:mod:`facegate.batch.results_guard`); the scope is the served gallery's."""
+        since = self.jobs.get(job_id).created_at
+
+        def scope_of(gallery: str) -> str:
+            try:
+                meta = self._gallery(gallery).meta
+            except FaceGateError as exc:  # the rows of a gallery that cannot load failed
+                if is_retryable(exc):
+                    raise
+                return gallery_scope(gallery)
+            scope = meta.subject_scope if meta is not None else None
+            return scope or gallery_scope(gallery)
+
+        def check(table: pa.Table) -> tuple[pa.Table, int]:
+            return guard(table, tombstones, since, scope_of)
+
+        return check
 
     def _decide(self, row: JobRow, result: FaceResult | FaceGateError) -> dict[str, Any]:
         if not isinstance(result, FaceResult):
@@ -280,11 +312,10 @@ class JobWorker:
 
         return self.cache.get(self.config.bucket, key, load)
 
-    def erase(self, request: ErasureRequest) -> None:
-        """Run a queued erasure (:meth:`Eraser.run` records its receipt or its failure)."""
-        if self.eraser is None:
+    def _erasures(self) -> ErasureJobs:
+        if self.erasures is None:
             raise StorageError("this worker was built without an eraser")
-        self.eraser.run(request)
+        return self.erasures
 
     def reembed(self, request: ReembedRequest) -> None:
         """Run a re-embedding; a permanent failure is recorded where its report would be."""
@@ -334,18 +365,7 @@ class JobWorker:
         ObjectStore(self.s3, self.config.bucket).put(key, body, content_type=PARQUET_TYPE)
 
     def _send(self, queue_url: str | None, bodies: list[str]) -> None:
-        if not queue_url:
-            raise StorageError("no queue configured for this step (FACEGATE_*_QUEUE_URL)")
-        for start in range(0, len(bodies), 10):
-            entries = [
-                {"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start : start + 10])
-            ]
-            try:
-                sent = self.sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-            except (ClientError, BotoCoreError) as exc:
-                raise StorageError(f"cannot queue job messages: {exc}") from exc
-            if sent.get("Failed"):
-                raise StorageError(f"{len(sent['Failed'])} job messages were not queued")
+        send_messages(self.sqs, queue_url, bodies, "job messages")
 
 
 def _subject_rows(gallery: GalleryIndex, subject: str | None) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Every message FaceGate itself sends is compact ASCII JSON ``{"type", "version", ...}``:
 archive chunks (:class:`ArchiveChunk`, ingest queue), job chunks (:class:`JobChunk`) and
-re-embedding requests (:class:`facegate.batch.reembed.ReembedRequest`, jobs queue), and
+re-embedding requests (:class:`facegate.batch.reembed.ReembedRequest`, jobs queue), erasure
+requests and their chunks (:mod:`facegate.batch.erasure_job`, jobs queue), and
 aggregation requests (:class:`AggregateRequest`, aggregate queue). A body without ``type`` is
 not ours (an S3 notification: :mod:`facegate.batch.events`). A type or version this code does
 not know, or a message that does not validate, is a :class:`ValidationError`: a poison
@@ -35,6 +36,7 @@ JOB_CHUNK = "facegate.job_chunk"
 JOB_AGGREGATE = "facegate.job_aggregate"
 REEMBED = "facegate.reembed"
 ERASURE = "facegate.erasure"
+ERASURE_CHUNK = "facegate.erasure_chunk"
 
 T = TypeVar("T")
 

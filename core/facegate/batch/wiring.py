@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from facegate.batch.erasure import Eraser
+from facegate.batch.erasure_job import ErasureJobs
 from facegate.batch.ingest_job import EmbedJob, JobConfig
 from facegate.batch.job_worker import JobWorker, PipelineFactory, WorkerConfig
 from facegate.settings import Settings
@@ -104,5 +105,7 @@ def job_worker(settings: Settings, pipeline_class: PipelineClass) -> JobWorker:
         subjects=SubjectStore.from_settings(settings),
         tombstones=tombstones,
         pipeline_factory=model_pipelines(pipeline_class, settings, pipeline),
-        eraser=eraser,
+        erasures=ErasureJobs(
+            eraser, settings.jobs_queue_url, chunk_size=settings.erasure_chunk_size
+        ),
     )

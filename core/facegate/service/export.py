@@ -12,25 +12,41 @@ data, so it looks wherever FaceGate writes a subject, not only where the API enr
 - every upload filed under the subject's folder (``uploads/<g>/<subject>/...``), with its
   version count: the photos a gallery was built from;
 - the tombstones: the enrolled subject's (``tombstone``) and each gallery's
-  (``erasures``), whose time says that older rows are pending compaction.
+  (``erasures``), whose time says that older rows are pending compaction;
+- every verification job (``jobs/<job_id>/manifest.csv``) whose manifest rows claim the
+  subject, or whose probes a result identified as them, with those rows' probe photos in the
+  job folder, and every results table under ``results/`` with rows naming them (claimed,
+  best, or ranked): the rows an erasure would drop, found by the erasure's own decisions
+  (:func:`facegate.batch.erase_jobs.find_in_jobs`);
+- the messages of the dead-letter queues naming them, by id, found by the erasure's
+  decision (:func:`facegate.batch.dlq.body_names_subject`) and left in the queue, visible
+  again once the scan ends (:func:`facegate.batch.dlq.find_dead_letters`).
 
-A subject known only to a batch gallery is found too; only a subject found nowhere is an
-:class:`UnknownSubjectError`. Photo bytes are never returned (the keys say where they are);
-embeddings only when asked, rounded to 6 decimals. Gallery tables are read through ranged
-GETs of the footer and the two string columns only: the embedding column, the bulk of a
-part, is never downloaded.
+A subject known only to a batch gallery, a job or a dead letter is found too; only a subject
+found nowhere is an :class:`UnknownSubjectError`. Objects that could not be read
+(``unchecked``: a manifest over the worker's limit, a ``.parquet`` under ``results/`` that
+is no results table) are listed but make no subject known: nothing says they hold them.
+
+Photo bytes are never returned (the keys say where they are); embeddings only when asked,
+rounded to 6 decimals. Gallery tables are read through ranged GETs of the footer and the two
+string columns only: the embedding column, the bulk of a part, is never downloaded. Result
+rows are listed by number only (their scores stay out), and dead letters by id only (a body
+may name other people).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from facegate.batch.dlq import body_names_subject, find_dead_letters
+from facegate.batch.erase_jobs import JobFound, JobsFound, find_in_jobs
 from facegate.common import validate_id
 from facegate.errors import ObjectNotFoundError, StorageError, UnknownSubjectError
 from facegate.storage.galleries import GalleryStore
@@ -39,9 +55,16 @@ from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import StoredFace, Subject, SubjectStore
 from facegate.storage.tombstones import API_SCOPE, Tombstones, gallery_scope
 
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
 #: Decimals of an exported embedding: float32 carries about 7 significant digits.
 EMBEDDING_DECIMALS = 6
 _GALLERY_FILE = "gallery.parquet"
+#: How long the export's scan hides a dead letter: past the API's 30 s limit, so one request
+#: sees each message once, yet short, so that a request killed mid-scan (its release never
+#: sent) delays the queue's messages by a minute, not by an erasure's quarter of an hour.
+DEAD_LETTER_SCAN_SECONDS = 60
 
 
 @dataclass
@@ -84,9 +107,35 @@ def _rounded(vector: Any) -> list[float]:
     return [round(float(v), EMBEDDING_DECIMALS) for v in vector]
 
 
+def _job(job: JobFound) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "manifest": job.manifest,
+        "readable": job.readable,
+        "rows": [
+            {
+                "row": r.row,
+                "gallery": r.gallery,
+                "mode": r.mode,
+                "probe": r.probe,
+                "claimed": r.claimed,
+            }
+            for r in job.rows
+        ],
+        "probes": [{"key": k, "versions": n} for k, n in job.probes],
+    }
+
+
+def queue_name(url: str) -> str:
+    """A queue's name, the last segment of its URL: what the answer shows, not the URL with
+    its account id."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
 class SubjectExport:
-    """What is held on one subject across the subject, photo and gallery stores and the
-    tombstones of one deployment (one table, one bucket)."""
+    """What is held on one subject across the subject, photo and gallery stores, the jobs
+    and results of the bucket, the tombstones and the dead-letter queues of one deployment
+    (one table, one bucket). Without ``sqs`` no queue is scanned."""
 
     def __init__(
         self,
@@ -94,15 +143,21 @@ class SubjectExport:
         photos: PhotoStore,
         galleries: GalleryStore,
         tombstones: Tombstones | None = None,
+        *,
+        sqs: SQSClient | None = None,
+        dead_letter_queues: Sequence[str] = (),
     ) -> None:
         self.subjects = subjects
         self.photos = photos
         self.galleries = galleries
         self.tombstones = tombstones
+        self.sqs = sqs
+        self.dead_letter_queues = list(dead_letter_queues)
 
     def export(self, subject_id: str, *, embeddings: bool = False) -> dict[str, Any]:
-        """The subject's enrolment, faces, photos, gallery and rejects rows and tombstone;
-        :class:`UnknownSubjectError` when none of them holds anything."""
+        """The subject's enrolment, faces, photos, gallery and rejects rows, tombstones, job
+        manifest rows and probes, result rows and dead letters; :class:`UnknownSubjectError`
+        when none of them holds anything."""
         validate_id(subject_id)
         subject, faces = self._enrolment(subject_id)
         versions = Counter(
@@ -112,7 +167,10 @@ class SubjectExport:
         uploads = self._uploads(subject_id)
         deleted_at = self.tombstones.deleted_at(API_SCOPE, subject_id) if self.tombstones else None
         erasures = self._erasures(subject_id, galleries, uploads)
-        if not (subject or versions or galleries or uploads or erasures or deleted_at):
+        jobs = find_in_jobs(self.galleries.objects, subject_id)
+        dead_letters = self._dead_letters(subject_id)
+        held = (subject, versions, galleries, uploads, erasures, deleted_at)
+        if not (any(held) or jobs.jobs or jobs.results or dead_letters):
             raise UnknownSubjectError(f"nothing is held on subject {subject_id!r}")
         return {
             "subject_id": subject_id,
@@ -123,8 +181,38 @@ class SubjectExport:
             "uploads": uploads,
             "tombstone": None if deleted_at is None else {"deleted_at": deleted_at},
             "erasures": erasures,
+            **self._jobs_entries(jobs),
+            "dead_letters": dead_letters,
             "embeddings_included": embeddings,
         }
+
+    @staticmethod
+    def _jobs_entries(found: JobsFound) -> dict[str, Any]:
+        return {
+            "jobs": [_job(job) for job in found.jobs],
+            "results": [
+                {"key": r.key, "rows": len(r.rows), "row_numbers": list(r.rows)}
+                for r in found.results
+            ],
+            "unchecked": [{"key": r.key, "reason": r.reason} for r in found.remaining],
+        }
+
+    def _dead_letters(self, subject_id: str) -> list[dict[str, Any]]:
+        """Per dead-letter queue holding messages naming the subject (in any scope: the
+        enrolled subjects and every gallery), their ids; every message stays in its queue."""
+        if self.sqs is None:
+            return []
+        found = []
+        for url in self.dead_letter_queues:
+            ids = find_dead_letters(
+                self.sqs,
+                url,
+                lambda body: body_names_subject(body, subject_id, None, True),
+                visibility_seconds=DEAD_LETTER_SCAN_SECONDS,
+            )
+            if ids:
+                found.append({"queue": queue_name(url), "messages": len(ids), "message_ids": ids})
+        return found
 
     def _enrolment(self, subject_id: str) -> tuple[Subject | None, list[StoredFace]]:
         try:
@@ -236,4 +324,4 @@ class SubjectExport:
         return {"key": key, "rows": len(hits), "image_keys": hits}
 
 
-__all__ = ["EMBEDDING_DECIMALS", "SubjectExport", "names_subject"]
+__all__ = ["EMBEDDING_DECIMALS", "SubjectExport", "names_subject", "queue_name"]

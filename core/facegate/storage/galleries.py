@@ -170,9 +170,27 @@ def subject_scope(gallery: str, tables: Sequence[pa.Table] = ()) -> str:
     """Whose subjects the gallery's rows are, for erasure: the ``subject_scope`` its newest
     table's metadata names (a gallery re-embedded from the enrolled subjects or from another
     gallery), else its own, ``gallery:<g>``."""
+    return _scope_of(gallery, [table.schema for table in tables])
+
+
+def served_subject_scope(objects: ObjectStore, gallery: str) -> str:
+    """:func:`subject_scope` of the gallery as served, from ``gallery.parquet``'s footer only
+    (ranged reads; the embeddings are never fetched); the gallery's own scope when it has
+    not been compacted yet."""
+    try:
+        with objects.open(layout.gallery_key(gallery)) as reader:
+            schema = pq.ParquetFile(pa.PythonFile(reader, mode="r")).schema_arrow
+    except ObjectNotFoundError:
+        return gallery_scope(gallery)
+    except pa.ArrowException as exc:
+        raise ValidationError(f"gallery {gallery!r} is not a Parquet table") from exc
+    return _scope_of(gallery, [schema])
+
+
+def _scope_of(gallery: str, schemas: Sequence[pa.Schema]) -> str:
     newest: GalleryMeta | None = None
-    for table in tables:
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    for schema in schemas:
+        raw = (schema.metadata or {}).get(METADATA_KEY)
         if raw is None:
             continue
         meta = GalleryMeta.from_json(raw)

@@ -120,6 +120,12 @@ def erasure_status_key(erasure_id: str) -> str:
     return f"{ERASURES_PREFIX}{validate_id(erasure_id, 'erasure_id')}.json"
 
 
+def erasure_work_prefix(erasure_id: str) -> str:
+    """``erasures/<erasure_id>/``: a fanned-out erasure's plan, its chunks' partial receipts
+    (``chunks/<n>.json``) and done markers (``done/<n>``); deleted once the receipt is kept."""
+    return f"{ERASURES_PREFIX}{validate_id(erasure_id, 'erasure_id')}/"
+
+
 def reembed_status_key(target: str) -> str:
     """``reembed/<target>.json``: ``queued`` (by the API), then the job's report or error."""
     return f"{REEMBED_PREFIX}{validate_id(target, 'gallery')}.json"

@@ -23,8 +23,9 @@ meaning: an unreadable photo, a gallery never built, nothing requested.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from botocore.exceptions import ClientError
@@ -115,6 +116,22 @@ class ObjectInfo:
     #: Keyword-only so that :class:`StoredObject` keeps its positional ``body``; out of the
     #: hash, which a dict cannot take part in.
     metadata: Mapping[str, str] = field(default_factory=dict, kw_only=True, hash=False)
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One entry of a version listing: an object version or a delete marker.
+
+    ``version_id`` is as listings spell it (``"null"`` for the unversioned version), ready for
+    :meth:`ObjectStore.delete_versions`. ``last_modified`` is S3's (timezone-aware): when the
+    version or marker was written, which is what tells a finished write from one whose writer
+    may still be running.
+    """
+
+    key: str
+    version_id: str
+    last_modified: datetime
+    delete_marker: bool
 
 
 @dataclass(frozen=True)
@@ -305,6 +322,39 @@ class ObjectStore:
                 for page in pages
                 for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
             ]
+
+    def iter_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        """Every version and delete marker under ``prefix``, one page at a time, in key order
+        (a key's entries newest first): a sweep of a large prefix holds one page, not the
+        whole listing.
+
+        Unlike :meth:`versions`, the caller may delete while iterating, but only entries of
+        keys it has already passed: S3 continues each page after the last entry of the page
+        before, so destroying earlier keys never moves what is still to come.
+        """
+        pages = iter(
+            self._s3.get_paginator("list_object_versions").paginate(
+                Bucket=self.bucket,
+                Prefix=prefix,
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
+        )
+        while True:
+            # Only the request is S3's: the caller's own errors, raised at the yield, stay theirs.
+            with aws_errors(f"listing versions under {self.uri(prefix)}"):
+                page = next(pages, None)
+            if page is None:
+                return
+            entries = [
+                ObjectVersion(v["Key"], v["VersionId"], v["LastModified"], False)
+                for v in page.get("Versions", [])
+            ] + [
+                ObjectVersion(m["Key"], m["VersionId"], m["LastModified"], True)
+                for m in page.get("DeleteMarkers", [])
+            ]
+            # A page lists versions and markers apart: merged back into key order (stable, so
+            # each key's entries keep S3's newest-first order within their kind).
+            yield from sorted(entries, key=lambda e: e.key)
 
     # -- writes ------------------------------------------------------------------------
 

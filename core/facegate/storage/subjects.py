@@ -382,11 +382,23 @@ class SubjectStore:
             return np.empty((0, 0), dtype=np.float32), []
         return np.stack([f.embedding for f in faces]), faces
 
+    def image_keys(self, subject_id: str) -> set[str]:
+        """The photo keys the subject's face items name; empty when it has no items at all.
+
+        What the orphan sweep (:mod:`facegate.storage.orphans`) keeps. Read consistently, so
+        an enrolment that committed before the call is seen; any ``FACE#`` item counts, with
+        or without a META item (a DELETE interrupted midway still references its photos).
+        """
+        items = self._subject_items(subject_id, image_keys_only=True, must_exist=False)
+        return {
+            str(i["image_key"]) for i in items if i["sk"].startswith(FACE_SK) and "image_key" in i
+        }
+
     def _subject_items(
-        self, subject_id: str, *, image_keys_only: bool = False
+        self, subject_id: str, *, image_keys_only: bool = False, must_exist: bool = True
     ) -> list[dict[str, Any]]:
         """Every item under the subject's partition key, decoded; :class:`UnknownSubjectError`
-        if there is no META item."""
+        if there is no META item (unless not ``must_exist``)."""
         validate_id(subject_id)
         kwargs: dict[str, Any] = {
             "TableName": self.table,
@@ -400,7 +412,7 @@ class SubjectStore:
         with aws_errors(f"reading subject {subject_id}"):
             pages = self._db.get_paginator("query").paginate(**kwargs)
             items = [from_attributes(i) for page in pages for i in page.get("Items", [])]
-        if not any(i["sk"] == META_SK for i in items):
+        if must_exist and not any(i["sk"] == META_SK for i in items):
             raise UnknownSubjectError(f"unknown subject {subject_id!r}")
         return items
 

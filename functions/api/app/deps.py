@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from facegate.batch.erasure import Eraser
+from facegate.batch.erasure_job import ErasureJobs
 from facegate.gallery.cache import GalleryCache
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService, GalleryService
@@ -26,6 +27,9 @@ from facegate.storage.jobs import JobStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import SubjectStore
 from facegate.storage.tombstones import ErasureKey, Tombstones
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 
 @lru_cache(maxsize=1)
@@ -46,6 +50,9 @@ class Stores:
     keys: ApiKeyStore
     galleries: GalleryStore
     tombstones: Tombstones
+    #: For the export's look into the dead-letter queues: one client per process, not one
+    #: per request.
+    sqs: SQSClient
 
 
 @lru_cache(maxsize=4)
@@ -62,6 +69,7 @@ def _stores(settings: Settings) -> Stores:
             ErasureKey.from_settings(settings),
             settings.tombstone_retention,
         ),
+        aws_client("sqs", settings),
     )
 
 
@@ -102,6 +110,11 @@ def get_eraser(settings: SettingsDep, pipeline: PipelineDep) -> Eraser:
     return _eraser(settings, pipeline.model_id)
 
 
+def get_erasure_jobs(settings: SettingsDep, pipeline: PipelineDep) -> ErasureJobs:
+    """Erasures too large for a request: queued here, run by the jobs workers."""
+    return ErasureJobs(_eraser(settings, pipeline.model_id), settings.jobs_queue_url)
+
+
 @lru_cache(maxsize=4)
 def _gallery_service(settings: Settings) -> GalleryService:
     stores = _stores(settings)
@@ -120,8 +133,17 @@ def get_gallery_service(settings: SettingsDep) -> GalleryService:
 
 
 def get_export(settings: SettingsDep) -> SubjectExport:
+    """The export reads the dead-letter queues an erasure purges (it deletes nothing): a
+    message naming the person is data held on them until it expires or is erased."""
     stores = _stores(settings)
-    return SubjectExport(stores.subjects, stores.photos, stores.galleries, stores.tombstones)
+    return SubjectExport(
+        stores.subjects,
+        stores.photos,
+        stores.galleries,
+        stores.tombstones,
+        sqs=stores.sqs,
+        dead_letter_queues=[q for q in (settings.ingest_dlq_url, settings.jobs_dlq_url) if q],
+    )
 
 
 @lru_cache(maxsize=4)
@@ -167,3 +189,4 @@ GalleryServiceDep = Annotated[GalleryService, Depends(get_gallery_service)]
 ExportDep = Annotated[SubjectExport, Depends(get_export)]
 PhotoStoreDep = Annotated[PhotoStore, Depends(get_photo_store)]
 EraserDep = Annotated[Eraser, Depends(get_eraser)]
+ErasureJobsDep = Annotated[ErasureJobs, Depends(get_erasure_jobs)]

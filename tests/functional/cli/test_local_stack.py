@@ -320,11 +320,15 @@ NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
         "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",
         "sqs:SendMessage*": "an archive over one chunk fans out to the ingest queue",
     },
-    "CompactFunction": {"sqs:SendMessage": "its asynchronous invocations' dead-letter queue"},
+    "CompactFunction": {
+        "sqs:SendMessage": "its asynchronous invocations' dead-letter queue",
+        # The demo invokes it by hand ({"gallery": "demo"}), which does not sweep.
+        "s3:ListBucketVersions": "the scheduled sweep of orphaned enrolment photos lists them",
+        "s3:DeleteObject": "... and destroys every version (moto checks DeleteObject)",
+        "s3:DeleteObjectVersion": "... as IAM checks each version it destroys",
+    },
     "JobFunction": {
-        "dynamodb:GetItem": "a chunk of a job that already failed or finished",
         "dynamodb:Query": "re-embedding drops the rows of deleted subjects (tombstones)",
-        "secretsmanager:GetSecretValue": "... matched by their keyed hash (the erasure key)",
         "s3:GetObjectVersion": "manifests and probes are read at the notified version",
         "s3:ListBucket": "a missing probe is a 404 (a failed row), not a 403",
         "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",
@@ -335,6 +339,7 @@ NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
     },
     "AggregateFunction": {
         "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",
+        "s3:DeleteObjectVersion": "results written while an erasure ran are replaced",
     },
     "JobStatusFunction": {},
 }

@@ -10,7 +10,7 @@ import importlib.util
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 
 import numpy as np
@@ -20,7 +20,7 @@ from facegate_local.config import LocalConfig
 from facegate_local.stack import LambdaContext
 from tests_support import keys_of, repo_root, unit_rows
 
-from facegate.errors import NoFaceError, ValidationError
+from facegate.errors import NoFaceError, StorageError, ValidationError
 from facegate.gallery.format import (
     GalleryMeta,
     build_gallery_table,
@@ -32,6 +32,8 @@ from facegate.gallery.format import (
 from facegate.settings import get_settings
 from facegate.storage.clients import aws_client
 from facegate.storage.galleries import GalleryStore
+from facegate.storage.photos import PhotoStore
+from facegate.storage.subjects import StoredFace, SubjectStore
 from facegate.storage.tombstones import TOMBSTONE_PK, Tombstones
 
 REPO = repo_root()
@@ -116,8 +118,9 @@ def clean(aws) -> None:
         dynamodb.delete_item(TableName=aws.table, Key={"pk": item["pk"], "sk": item["sk"]})
 
 
-def invoke(compact: ModuleType, event: dict) -> dict:
-    answer = compact.handler(event, LambdaContext(FUNCTION, "us-east-1"))
+def invoke(compact: ModuleType, event: dict, timeout_s: float = 300.0) -> dict:
+    """The handler with the template's timeout (the sweep stops short of it)."""
+    answer = compact.handler(event, LambdaContext(FUNCTION, "us-east-1", timeout_s=timeout_s))
     json.dumps(answer)  # what `facegate local invoke` prints
     return answer
 
@@ -277,3 +280,127 @@ def test_every_page_of_the_listing_is_read(aws, compact, clean, monkeypatch):
     reports = {r["gallery"]: r for r in answer["compacted"]}
     assert sorted(reports) == ["g1", "g2", "g3"] and answer["failed"] == []
     assert {r["parts_read"] for r in reports.values()} == {2}
+
+
+# ----------------------------------------------------------------------------- orphan sweep
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
+#: Subject ids distinctive enough to be searched for in every log record.
+ORPHANED, ENROLLED = "zed_orphaned", "yan_enrolled"
+
+
+@pytest.fixture
+def enrolments(aws) -> Iterator[tuple[PhotoStore, SubjectStore]]:
+    """The photo and subject stores on the module's moto, with no enrolment photo (no
+    version, no marker) and no subject item before and after the test."""
+    photos, subjects = PhotoStore.from_settings(aws), SubjectStore.from_settings(aws)
+
+    def wipe() -> None:
+        photos.objects.delete_versions(photos.objects.versions("enrolments/"))
+        dynamodb = aws_client("dynamodb", aws)
+        for item in dynamodb.scan(TableName=aws.table)["Items"]:
+            if item["pk"]["S"].startswith("SUBJECT#"):
+                dynamodb.delete_item(TableName=aws.table, Key={"pk": item["pk"], "sk": item["sk"]})
+
+    wipe()
+    yield photos, subjects
+    wipe()
+
+
+def enrol_two(photos: PhotoStore, subjects: SubjectStore) -> tuple[str, str]:
+    """One enrolment killed between its photo and its items, one that finished."""
+    orphan = photos.put(ORPHANED, "f1", JPEG, "image/jpeg")
+    photos.put(ORPHANED, "f1", JPEG + b"2", "image/jpeg")  # a retried put: two versions
+    kept = photos.put(ENROLLED, "f1", JPEG, "image/jpeg")
+    (vector,) = unit_rows(np.random.default_rng(1), 1, DIM)
+    face = StoredFace(face_id="f1", embedding=vector, image_key=kept)
+    subjects.write_faces(ENROLLED, [face], "sface", weights_sha256="ab" * 32)
+    return orphan, kept
+
+
+def keys_left(photos: PhotoStore) -> set[str]:
+    return {key for key, _ in photos.objects.versions("enrolments/")}
+
+
+def test_schedule_sweeps_orphaned_enrolment_photos(
+    aws, compact, clean, enrolments, monkeypatch, caplog
+):
+    """The hourly run destroys a photo no face item names once it is older than the minimum
+    age, every version; a referenced photo stays; the answer and the log carry counts."""
+    photos, subjects = enrolments
+    orphan, kept = enrol_two(photos, subjects)
+
+    young = invoke(compact, SCHEDULE)["orphan_photos"]  # an enrolment may still be running
+
+    assert (young["subjects"], young["versions_deleted"], young["complete"]) == (2, 0, True)
+    assert keys_left(photos) == {orphan, kept}
+
+    an_hour_on = datetime.now(UTC) + compact.orphans.min_age + timedelta(minutes=1)
+    monkeypatch.setattr(compact.orphans, "clock", lambda: an_hour_on)
+    answer = invoke(compact, SCHEDULE)
+
+    assert answer["orphan_photos"] == {
+        "subjects": 2,
+        "subjects_touched": 1,
+        "objects_deleted": 1,
+        "versions_deleted": 2,
+        "keys_skipped": 0,
+        "complete": True,
+    }
+    assert answer["failed"] == [] and keys_left(photos) == {kept}
+    assert subjects.image_keys(ENROLLED) == {kept}
+    logged = [r for r in caplog.records if r.getMessage() == "swept orphaned enrolment photos"]
+    assert [r.versions_deleted for r in logged] == [0, 2]  # one line a run, counts only
+    for record in caplog.records:
+        shown = f"{record.getMessage()} {vars(record)}"
+        assert ORPHANED not in shown and ENROLLED not in shown and "enrolments/" not in shown
+
+
+def test_the_sweep_uses_the_deployment_s_minimum_age(compact):
+    configured = compact.settings.orphan_photo_min_age_minutes
+    assert compact.orphans.min_age == timedelta(minutes=configured)
+    assert compact.orphans.min_age == timedelta(hours=1)
+
+
+def test_a_manual_invoke_does_not_sweep(aws, compact, clean, enrolments, monkeypatch):
+    photos, subjects = enrolments
+    orphan, kept = enrol_two(photos, subjects)
+    write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0)], T1, 1)
+    monkeypatch.setattr(compact.orphans, "clock", lambda: datetime.now(UTC) + timedelta(days=1))
+
+    answer = invoke(compact, {"gallery": "g1"})
+
+    assert [r["gallery"] for r in answer["compacted"]] == ["g1"]
+    assert answer["orphan_photos"] is None
+    assert keys_left(photos) == {orphan, kept}
+
+
+def test_a_sweep_short_of_time_stops_before_the_first_subject(
+    aws, compact, clean, enrolments, monkeypatch
+):
+    photos, subjects = enrolments
+    orphan, kept = enrol_two(photos, subjects)
+    monkeypatch.setattr(compact.orphans, "clock", lambda: datetime.now(UTC) + timedelta(days=1))
+
+    answer = invoke(compact, SCHEDULE, timeout_s=compact.SWEEP_MARGIN_MS / 1000 - 1)
+
+    assert answer["orphan_photos"]["complete"] is False
+    assert answer["orphan_photos"]["subjects"] == 0
+    assert keys_left(photos) == {orphan, kept}
+
+
+def test_a_failed_sweep_is_logged_by_its_code_and_compaction_still_answers(
+    aws, compact, clean, monkeypatch, caplog
+):
+    write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0)], T1, 1)
+
+    def broken(**_: object) -> None:
+        raise StorageError(f"deleting enrolments/{ORPHANED}/f1.jpg failed: SlowDown")
+
+    monkeypatch.setattr(compact.orphans, "sweep", broken)
+    answer = invoke(compact, SCHEDULE)
+
+    assert [r["gallery"] for r in answer["compacted"]] == ["g1"]
+    assert answer["orphan_photos"] == {"error": {"code": "storage_error"}}
+    (logged,) = [r for r in caplog.records if r.getMessage() == "orphan sweep failed"]
+    assert logged.code == "storage_error" and ORPHANED not in str(vars(logged))

@@ -34,6 +34,7 @@ from tests_support import clear_app_caches, drain_queue, repo_root, zip_of
 from app import deps
 from app.main import create_app
 from facegate.batch.aggregate_job import run_aggregation
+from facegate.batch.erasure_job import ErasureJobs
 from facegate.batch.ingest_job import EmbedJob, JobConfig
 from facegate.batch.job_worker import JobWorker, WorkerConfig
 from facegate.settings import Settings, get_settings
@@ -444,8 +445,12 @@ def test_a_large_gallery_is_erased_by_the_jobs_worker_with_its_receipt_kept(
         sqs,
         JobStore.from_settings(settings),
         WorkerConfig(settings.bucket, stack["JobsQueue"], stack["AggregateQueue"]),
-        eraser=eraser,
+        erasures=ErasureJobs(eraser, stack["JobsQueue"], chunk_size=1),
     )
+    # The request fans out one task a chunk; the chunks, run together, merge the receipt.
+    assert worker.handle(_drain(settings, stack["JobsQueue"])) == {"batchItemFailures": []}
+    running = client.get(f"/erasures/{queued['erasure_id']}").json()
+    assert running["status"] == "running" and running["chunks"] > 1, running
     assert worker.handle(_drain(settings, stack["JobsQueue"])) == {"batchItemFailures": []}
     done = client.get(f"/erasures/{queued['erasure_id']}").json()
     assert done["status"] == "done", done

@@ -1,4 +1,5 @@
-"""The API function's role, exactly as the SAM transform expands it, against moto with IAM on.
+"""The API function's role (and the compaction function's, which sweeps orphaned enrolment
+photos), exactly as the SAM transform expands it, against moto with IAM on.
 
 moto allows every call by default, so a permission missing from template.yaml (or one too
 many) is invisible to a permissive moto. Here the role is created as the local stack creates
@@ -63,6 +64,9 @@ class Stack:
     role_dynamodb: Any
     operator_dynamodb: Any
     authorisations: Path
+    #: Clients with the compaction function's role (the orphan sweep).
+    compact_s3: Any = None
+    compact_dynamodb: Any = None
 
 
 def _s3(credentials: Credentials) -> Any:
@@ -107,8 +111,10 @@ def stack(monkeypatch: pytest.MonkeyPatch, faces_dir: Path, tmp_path: Path) -> I
         admin = {name: boto3.client(name, region_name=REGION) for name in ("s3", "dynamodb")}
         create_resources(template, admin["dynamodb"], admin["s3"])
         iam, sts = (boto3.client(name, region_name=REGION) for name in ("iam", "sts"))
-        role = function_roles(template)["ApiFunction"]
-        role_keys, auditor = create_role(iam, sts, role), create_operator(iam, "auditor")
+        roles = function_roles(template)
+        role_keys = create_role(iam, sts, roles["ApiFunction"])
+        auditor = create_operator(iam, "auditor")
+        compact_keys = create_role(iam, sts, roles["CompactFunction"])
         role_s3, auditor_s3 = _s3(role_keys), _s3(auditor)
         bucket = NAMES["PhotoBucket"]
         photos = PhotoStore(admin["s3"], bucket)
@@ -131,6 +137,8 @@ def stack(monkeypatch: pytest.MonkeyPatch, faces_dir: Path, tmp_path: Path) -> I
             _dynamodb(role_keys),
             _dynamodb(auditor),
             authorisations,
+            _s3(compact_keys),
+            _dynamodb(compact_keys),
         )
 
 
@@ -202,6 +210,57 @@ def test_a_missing_permission_is_refused_and_recorded(stack: Stack) -> None:
     assert usage.refused == {"s3:GetBucketPolicy"}
     assert "s3:ListBucketVersions" in usage.used
     assert "s3:ListBucketVersions" not in usage.unused
+
+
+@set_initial_no_auth_action_count(0)
+def test_compaction_role_sweeps_orphaned_enrolment_photos(stack: Stack) -> None:
+    """The hourly sweep under the compaction role: it lists every version, queries each
+    subject's face items and destroys the orphans (alice's versions and delete marker, bob's
+    failed enrolment), nothing it is not granted is refused, carol's enrolled photo stays."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+    from tests_support import unit_rows
+
+    from facegate.storage.orphans import OrphanPhotoSweeper
+    from facegate.storage.subjects import StoredFace
+
+    (carol,) = stack.keys["carol"]
+    (vector,) = unit_rows(np.random.default_rng(3), 1, 8)
+    face = StoredFace(face_id="f1", embedding=vector, image_key=carol)
+    SubjectStore(stack.operator_dynamodb, NAMES["SubjectsTable"]).write_faces(
+        "carol", [face], "sface", weights_sha256="ab" * 32
+    )
+    later = datetime.now(UTC) + timedelta(hours=2)
+    sweeper = OrphanPhotoSweeper(
+        PhotoStore(stack.compact_s3, stack.bucket),
+        SubjectStore(stack.compact_dynamodb, NAMES["SubjectsTable"]),
+        clock=lambda: later,
+    )
+
+    swept = sweeper.sweep()
+
+    assert (swept.subjects, swept.subjects_touched, swept.objects_deleted) == (3, 2, 4)
+    assert swept.versions_deleted == 6  # alice: 2 + 1 and a marker; bob: 2
+    assert _versions(stack.auditor_s3, stack.bucket) == [carol]
+    template = Template(repo_root() / "template.yaml", NAMES, "facegate-iam", REGION)
+    usage = permission_usage(template, read_authorisations(stack.authorisations))
+    compact = usage["CompactFunction"]
+    assert compact.refused == set()
+    assert {"s3:ListBucketVersions", "s3:DeleteObject", "dynamodb:Query"} <= compact.used
+
+
+@set_initial_no_auth_action_count(0)
+def test_compaction_role_deletes_only_enrolment_photos(stack: Stack) -> None:
+    """Its deletes are scoped to ``enrolments/``: a gallery upload is refused to it."""
+    auditor, role = stack.auditor_s3, stack.compact_s3
+    auditor.put_object(Bucket=stack.bucket, Key="uploads/g/pat/1.jpg", Body=b"photo")
+    with pytest.raises(ClientError) as refused:
+        role.delete_object(Bucket=stack.bucket, Key="uploads/g/pat/1.jpg")
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    (bob, _) = stack.keys["bob"]
+    role.delete_object(Bucket=stack.bucket, Key=bob)  # a marker, under enrolments/: allowed
+    assert "uploads/g/pat/1.jpg" in _versions(auditor, stack.bucket)
 
 
 @pytest.fixture

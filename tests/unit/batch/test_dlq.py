@@ -1,6 +1,7 @@
 """Dead letters naming a subject: the decision per message kind, on the sample events of
 ``events/`` and messages built by the project's own classes, and the purge on moto's SQS
-(deleted, and every other message receivable again at once)."""
+(deleted, and every other message receivable again at once), and the export's read-only
+look (found by id, and every message receivable again at once, none deleted)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from functools import partial
 import pytest
 from tests_support import repo_root
 
-from facegate.batch.dlq import body_names_subject, purge_dead_letters
+from facegate.batch.dlq import body_names_subject, find_dead_letters, purge_dead_letters
 from facegate.batch.manifest import JobRow
 from facegate.batch.messages import AggregateRequest, ArchiveChunk, JobChunk
 from facegate.batch.reembed import ReembedRequest
@@ -146,9 +147,9 @@ def queue(sqs) -> str:
     return sqs.create_queue(QueueName="facegate-dlq")["QueueUrl"]
 
 
-def send(sqs, queue: str, bodies: list[str]) -> None:
-    for body in bodies:
-        sqs.send_message(QueueUrl=queue, MessageBody=body)
+def send(sqs, queue: str, bodies: list[str]) -> list[str]:
+    """Send each body; their message ids, in order."""
+    return [sqs.send_message(QueueUrl=queue, MessageBody=body)["MessageId"] for body in bodies]
 
 
 def drain(sqs, queue: str) -> list[str]:
@@ -213,3 +214,47 @@ def test_a_failing_decision_still_releases_every_message(sqs, queue):
 
 def test_an_empty_queue_deletes_nothing(sqs, queue):
     assert purge_dead_letters(sqs, queue, lambda body: True, wait_seconds=0) == 0
+
+
+# --------------------------------------------------------------------------------------
+# The read-only look, on moto's SQS
+# --------------------------------------------------------------------------------------
+
+
+def test_find_lists_the_subjects_messages_and_leaves_every_one_visible(sqs, queue):
+    naming = send(sqs, queue, NAMING)
+    send(sqs, queue, OTHERS)
+    names = partial(body_names_subject, subject_id=SUBJECT, galleries={GALLERY}, api=False)
+
+    found = find_dead_letters(sqs, queue, names)
+
+    assert len(found) == len(set(found)) and set(found) == set(naming)
+    # Nothing deleted, nothing left hidden: a second look finds the same, and every
+    # message is receivable at once.
+    assert set(find_dead_letters(sqs, queue, names)) == set(naming)
+    assert sorted(drain(sqs, queue)) == sorted(NAMING + OTHERS)
+
+
+def test_a_bounded_find_receives_at_most_max_messages(sqs, queue):
+    send(sqs, queue, NAMING)
+    names = partial(body_names_subject, subject_id=SUBJECT, galleries={GALLERY}, api=False)
+
+    assert len(find_dead_letters(sqs, queue, names, max_messages=5)) == 5
+    assert len(drain(sqs, queue)) == len(NAMING)
+
+
+def test_a_failing_decision_in_a_find_still_releases_every_message(sqs, queue):
+    send(sqs, queue, NAMING)
+
+    def names(body: str) -> bool:
+        if body == NAMING[-1]:
+            raise RuntimeError("the decision failed")
+        return True
+
+    with pytest.raises(RuntimeError):
+        find_dead_letters(sqs, queue, names)
+    assert sorted(drain(sqs, queue)) == sorted(NAMING)
+
+
+def test_find_in_an_empty_queue_finds_nothing(sqs, queue):
+    assert find_dead_letters(sqs, queue, lambda body: True, wait_seconds=0) == []

@@ -9,7 +9,13 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from app.deps import EraserDep, GalleryServiceDep, SettingsDep, require_api_key
+from app.deps import (
+    EraserDep,
+    ErasureJobsDep,
+    GalleryServiceDep,
+    SettingsDep,
+    require_api_key,
+)
 from app.openapi import ID, KEYED, IdPath, error_responses
 from app.requests import require_json
 from facegate.storage.tombstones import gallery_scope
@@ -30,7 +36,11 @@ def show_gallery(gallery: IdPath, service: GalleryServiceDep) -> dict[str, objec
     responses={**error_responses(404), 202: {"description": "queued as an erasure job"}},
 )
 def erase_gallery_subject(
-    gallery: IdPath, subject_id: IdPath, eraser: EraserDep, settings: SettingsDep
+    gallery: IdPath,
+    subject_id: IdPath,
+    eraser: EraserDep,
+    jobs: ErasureJobsDep,
+    settings: SettingsDep,
 ) -> Any:
     """Erase a person from the gallery (and every gallery re-embedded from it): rows, rejects,
     uploaded photos and photo-set members, verification results naming them, dead-letter
@@ -38,20 +48,21 @@ def erase_gallery_subject(
     Another gallery's subject of the same id is untouched. 404: no such gallery.
 
     A gallery with more object versions than ``FACEGATE_ERASURE_INLINE_MAX_OBJECTS`` is
-    erased by the jobs worker instead: 202 with the ``queued`` state, whose receipt
-    ``GET /erasures/{erasure_id}`` gives once done (the tombstone is recorded first)."""
-    scope = gallery_scope(gallery)
-    if eraser.objects_in_scope(scope) > settings.erasure_inline_max_objects:
-        queued = eraser.submit(subject_id, scope, settings.jobs_queue_url)
-        return JSONResponse(queued, status_code=202)
-    return eraser.erase(subject_id, scope).to_dict()
+    erased by the jobs workers instead, fanned out over several: 202 with the ``queued``
+    state, whose progress and then receipt ``GET /erasures/{erasure_id}`` gives (the
+    tombstone is recorded first, and the gallery listed once)."""
+    plan = eraser.prepare(subject_id, gallery_scope(gallery))
+    if plan.objects > settings.erasure_inline_max_objects:
+        return JSONResponse(jobs.submit(plan), status_code=202)
+    return eraser.execute(plan).to_dict()
 
 
 @router.get("/erasures/{erasure_id}", responses=error_responses(404))
-def erasure_status(erasure_id: IdPath, eraser: EraserDep) -> dict[str, object]:
-    """An erasure run as a job: ``queued``, then ``done`` with its receipt, or ``failed``
-    with the error; 404 ``unknown_erasure`` for an id never queued (or expired with jobs)."""
-    return eraser.status(erasure_id)
+def erasure_status(erasure_id: IdPath, jobs: ErasureJobsDep) -> dict[str, object]:
+    """An erasure run as a job: ``queued``; ``running`` with ``chunks`` and ``chunks_done``;
+    then ``done`` with its receipt, or ``failed`` with the error; 404 ``unknown_erasure`` for
+    an id never queued (or expired with jobs)."""
+    return jobs.status(erasure_id)
 
 
 @router.post("/galleries/{gallery}/compact", responses=error_responses(404))

@@ -129,6 +129,56 @@ class GalleryErasure(BaseModel):
     deleted_at: str
 
 
+class ExportedJobRow(BaseModel):
+    """A manifest row of the person's: ``row`` is its number in the job (its result's
+    ``row``); ``probe`` the key its probe names (the cell as written if it names none);
+    ``claimed`` false: a result identified the row's probe as the person."""
+
+    row: int
+    gallery: str | None
+    mode: str | None
+    probe: str | None
+    claimed: bool
+
+
+class ExportedJob(BaseModel):
+    """A verification job whose manifest names the person, with those rows' probe photos in
+    the job folder; ``readable`` false: the manifest holds the id but cannot be read as a job
+    manifest, so no row is told apart."""
+
+    job_id: str
+    manifest: str
+    readable: bool
+    rows: list[ExportedJobRow]
+    probes: list[ExportedPhoto]
+
+
+class ExportedResults(BaseModel):
+    """A results table under ``results/`` with rows naming the person (claimed, best or
+    ranked subject): their count and ``row`` numbers, never their scores."""
+
+    key: str
+    rows: int
+    row_numbers: list[int]
+
+
+class ExportedDeadLetters(BaseModel):
+    """Messages of one dead-letter queue naming the person, by id (left in the queue)."""
+
+    queue: str
+    messages: int
+    message_ids: list[str]
+
+
+class Unchecked(BaseModel):
+    """An object that may hold the person but could not be read: ``too_large`` (a manifest
+    over the worker's limit), ``unreadable`` (a ``.parquet`` under ``results/`` that is no
+    results table)."""
+
+    key: str
+    reason: str
+
+
 class SubjectExportAnswer(BaseModel):
     """What FaceGate holds on a person; ``embedding`` is null unless ``embeddings=true``."""
 
@@ -140,6 +190,10 @@ class SubjectExportAnswer(BaseModel):
     uploads: list[ExportedPhoto]
     tombstone: Tombstone | None
     erasures: list[GalleryErasure]
+    jobs: list[ExportedJob]
+    results: list[ExportedResults]
+    unchecked: list[Unchecked]
+    dead_letters: list[ExportedDeadLetters]
     embeddings_included: bool
 
 
@@ -151,7 +205,10 @@ class SubjectExportAnswer(BaseModel):
 def export_subject(
     subject_id: IdPath, export: ExportDep, embeddings: bool = False
 ) -> dict[str, object]:
-    """Data-subject access: the enrolment, faces, photo keys, gallery and rejects rows and
-    tombstone of a subject, API-enrolled or only in a batch gallery; never photo bytes, and
-    embeddings (6 decimals) only with ``embeddings=true``."""
+    """Data-subject access: the enrolment, faces, photo keys, gallery and rejects rows,
+    tombstones, verification-job manifest rows and probes, result rows and dead-letter
+    messages of a subject, API-enrolled or only in a batch gallery or a job; never photo
+    bytes, scores or message bodies, and embeddings (6 decimals) only with
+    ``embeddings=true``. The dead-letter queues are read, not changed: each message is
+    visible again once the scan ends."""
     return export.export(subject_id, embeddings=embeddings)
