@@ -130,7 +130,7 @@ VECTORS = {
 def photo_versions(fresh_aws: Any, subject_id: str) -> list[str]:
     """Every version and delete marker left under the subject's enrolment photos."""
     listed = fresh_aws.s3.list_object_versions(
-        Bucket=fresh_aws.bucket, Prefix=f"enrolments/{subject_id}/"
+        Bucket=fresh_aws.bucket, Prefix=f"enrolments/default/{subject_id}/"
     )
     return [v["Key"] for v in listed.get("Versions", []) + listed.get("DeleteMarkers", [])]
 
@@ -140,7 +140,7 @@ def subject_items(fresh_aws: Any, subject_id: str) -> list[str]:
     answer = fresh_aws.dynamodb.query(
         TableName=fresh_aws.settings.table,
         KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": f"SUBJECT#{subject_id}"}},
+        ExpressionAttributeValues={":pk": {"S": f"SUBJECT#default#{subject_id}"}},
         ConsistentRead=True,
     )
     return sorted(i["sk"]["S"] for i in answer["Items"])

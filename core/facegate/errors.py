@@ -84,6 +84,27 @@ class SubjectDeletedError(FaceGateError):
     code = "subject_deleted"
 
 
+class CollectionExistsError(FaceGateError):
+    """A collection of that name already exists (``default`` always does): a conflict with
+    what is stored, so creating it again will not help; pick another name or use it."""
+
+    code = "collection_exists"
+
+
+class DefaultCollectionError(FaceGateError):
+    """The ``default`` collection, which holds every subject enrolled without naming one,
+    cannot be deleted: erase its subjects instead."""
+
+    code = "default_collection"
+
+
+class CollectionNotEmptyError(FaceGateError):
+    """A collection that still holds enrolled subjects is not deleted: its deletion would
+    have to erase them, which is refused until subjects are keyed by collection."""
+
+    code = "collection_not_empty"
+
+
 class UnknownJobError(FaceGateError):
     """No batch verification job with that id."""
 
@@ -100,6 +121,12 @@ class UnknownGalleryError(FaceGateError):
     """No such gallery (nothing uploaded to it, or never compacted where that is needed)."""
 
     code = "unknown_gallery"
+
+
+class UnknownCollectionError(FaceGateError):
+    """No collection of that name (never created, or deleted)."""
+
+    code = "unknown_collection"
 
 
 class ModelMismatchError(FaceGateError):

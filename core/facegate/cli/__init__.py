@@ -6,7 +6,8 @@ one line on stderr, ``error: <code>: <message>``, never a stack trace (set
 
 One module per command group, each registering its own sub-commands: :mod:`.models` (setup,
 models), :mod:`.verify` (verify, embed, identify), :mod:`.evaluate` (eval, plot, calibrate),
-:mod:`.cloud` (upload, gallery, reembed, jobs, keys), :mod:`.train` (prepare, train, export).
+:mod:`.cloud` (upload, gallery, reembed, jobs, keys), :mod:`.collections` (collections),
+:mod:`.train` (prepare, train, export).
 Installed extensions add groups and AWS targets (:mod:`.extensions`): the local stack's
 ``local`` commands and ``--local`` come from ``infra/facegate_local/cli.py`` that way.
 """
@@ -18,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from facegate.cli import cloud, evaluate, models, train, verify
+from facegate.cli import cloud, collections, evaluate, models, train, verify
 from facegate.cli.extensions import Register, load_extensions
 from facegate.cli.options import EXIT_ERROR
 from facegate.errors import FaceGateError
@@ -29,6 +30,7 @@ GROUPS: tuple[Register, ...] = (
     verify.register,
     evaluate.register,
     cloud.register,
+    collections.register,
     train.register,
 )
 

@@ -206,6 +206,23 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Move subjects enrolled before collections into the default collection (idempotent);
+    prints the counts as JSON."""
+    from facegate.storage.clients import aws_client
+    from facegate.storage.migrate import migrate_to_collections
+
+    settings = aws_settings(args)
+    report = migrate_to_collections(
+        aws_client("dynamodb", settings),
+        settings.table,
+        aws_client("s3", settings),
+        settings.bucket,
+    )
+    print(json.dumps(report.to_dict()))
+    return EXIT_OK
+
+
 #: ``keys list`` columns and their widths.
 _WIDTHS = {"id": 12, "name": 24, "scopes": 19, "created": 20, "expires": 0}
 #: ``--expires-in`` units: seconds, minutes, hours, days, weeks.
@@ -299,6 +316,14 @@ def register(sub: Subcommands, targets: Sequence[Target]) -> None:
     )
     add_target_options(p, targets, "on")
     p.set_defaults(func=cmd_erase)
+
+    p = sub.add_parser(
+        "migrate",
+        help="move subjects enrolled before collections into the default collection "
+        "(run once after deploying; safe to run again)",
+    )
+    add_target_options(p, targets, "on")
+    p.set_defaults(func=cmd_migrate)
 
     keys = sub.add_parser("keys", help="API keys of a deployed stack (FACEGATE_KEYS_TABLE)")
     key_actions = keys.add_subparsers(dest="action", required=True)

@@ -40,6 +40,8 @@ MANIFEST_NAME = "manifest.csv"
 GALLERY_PREFIX = "galleries/"
 #: Private to the service: :meth:`PhotoStore.fetch` refuses caller URIs under it.
 ENROLMENT_PREFIX = "enrolments/"
+#: The collection of every subject enrolled through the routes that name none.
+DEFAULT_COLLECTION = "default"
 #: Outside ``galleries/``, which holds only Parquet tables.
 REEMBED_PREFIX = "reembed/"
 ERASURES_PREFIX = "erasures/"
@@ -105,14 +107,29 @@ def safe_part_name(source_id: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def subject_prefix(subject_id: str) -> str:
-    """``enrolments/<subject_id>/``: the trailing slash keeps ``al`` from matching ``alice``."""
+def collection_prefix(collection: str = DEFAULT_COLLECTION) -> str:
+    """``enrolments/<collection>/``: every enrolment photo of one collection."""
+    return f"{ENROLMENT_PREFIX}{validate_id(collection, 'collection')}/"
+
+
+def subject_prefix(subject_id: str, collection: str = DEFAULT_COLLECTION) -> str:
+    """``enrolments/<collection>/<subject_id>/``: the trailing slash keeps ``al`` from
+    matching ``alice``."""
+    return f"{collection_prefix(collection)}{validate_id(subject_id)}/"
+
+
+def enrolment_photo_key(
+    subject_id: str, face_id: str, extension: str, collection: str = DEFAULT_COLLECTION
+) -> str:
+    """``enrolments/<collection>/<subject_id>/<face_id>.<extension>``."""
+    prefix = subject_prefix(subject_id, collection)
+    return f"{prefix}{validate_id(face_id, 'face_id')}.{extension}"
+
+
+def legacy_subject_prefix(subject_id: str) -> str:
+    """``enrolments/<subject_id>/``: where photos lay before collections (what
+    :mod:`facegate.storage.migrate` moves into the default collection)."""
     return f"{ENROLMENT_PREFIX}{validate_id(subject_id)}/"
-
-
-def enrolment_photo_key(subject_id: str, face_id: str, extension: str) -> str:
-    """``enrolments/<subject_id>/<face_id>.<extension>``."""
-    return f"{subject_prefix(subject_id)}{validate_id(face_id, 'face_id')}.{extension}"
 
 
 def erasure_status_key(erasure_id: str) -> str:

@@ -392,6 +392,25 @@ class ObjectStore:
         with aws_errors(f"deleting {self.uri(key)}"):
             self._s3.delete_object(Bucket=self.bucket, Key=key)
 
+    def copy(self, key: str, to: str) -> ObjectInfo:
+        """The current version of ``key`` copied, server-side, to ``to`` (content type and
+        user metadata kept; encrypted like every object). A missing ``key`` is an
+        :class:`ObjectNotFoundError`."""
+        source = self._args(key, None)
+        with aws_errors(f"copying {self.uri(key)}"):
+            try:
+                answer = self._s3.copy_object(
+                    Bucket=self.bucket,
+                    Key=self._args(to, None)["Key"],
+                    CopySource={"Bucket": self.bucket, "Key": source["Key"]},
+                    MetadataDirective="COPY",
+                    ServerSideEncryption=SERVER_SIDE_ENCRYPTION,
+                )
+            except ClientError as exc:
+                self._raise_if_missing(exc, key, None)
+                raise
+        return self.head(to, version_id=answer.get("VersionId"))
+
     def delete_versions(self, targets: Sequence[tuple[str, str]]) -> None:
         """Delete these ``(key, version_id)`` pairs for good (erasing a person means every
         version, not a delete marker), 1000 per request."""

@@ -1,12 +1,13 @@
 """Enrolment photos that no face item references, destroyed for good. Torch-free.
 
-An enrolment stores its photos under ``enrolments/<subject_id>/`` first and writes the
+An enrolment stores its photos under ``enrolments/<collection>/<subject_id>/`` first and writes the
 subject's items after (:meth:`FaceService.enrol`); on a failure it erases the photos it
 stored. A process killed in between (a Lambda timeout, out of memory) cannot, and leaves a
 photo that no item names: biometric data past its purpose, which no erasure finds either
 (``DELETE /subjects/{id}`` of a subject without items answers 404). The hourly compaction
 sweeps them (:class:`OrphanPhotoSweeper`): every version and delete marker of a key that no
-``FACE#`` item of its subject references and that nothing has written for ``min_age``.
+``FACE#`` item of its subject (in its collection) references and that nothing has written
+for ``min_age``.
 
 Races. A sweep reads the clock (``now``) first, then lists a subject's versions, then
 queries the subject's items (strongly consistent), then destroys only the versions it
@@ -61,7 +62,8 @@ class OrphanSweep:
     ``subjects``: subject folders examined; ``subjects_touched``: those with an orphan
     destroyed; ``objects_deleted``: distinct keys destroyed; ``versions_deleted``: their
     versions and delete markers; ``keys_skipped``: keys outside any valid
-    ``enrolments/<subject_id>/`` folder (not FaceGate's, left alone); ``complete``: False
+    ``enrolments/<collection>/<subject_id>/`` folder (not FaceGate's, or of the layout before
+    collections: left alone); ``complete``: False
     when the sweep stopped early (out of time), the rest waiting for the next run.
     """
 
@@ -80,11 +82,14 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _subject_of(entry: ObjectVersion) -> str | None:
-    """The subject folder of ``enrolments/<subject_id>/<name>``; None for a key outside any
-    valid one (``enrolments/loose.jpg``, a folder that is no id)."""
-    folder, slash, _ = entry.key[len(ENROLMENT_PREFIX) :].partition("/")
-    return folder if slash and ID_PATTERN.match(folder) else None
+def _subject_of(entry: ObjectVersion) -> tuple[str, str] | None:
+    """``(collection, subject_id)`` of ``enrolments/<collection>/<subject_id>/<name>``; None
+    for a key outside any valid one (``enrolments/loose.jpg``, a folder that is no id, a
+    photo of the layout before collections, which :mod:`facegate.storage.migrate` moves)."""
+    parts = entry.key[len(ENROLMENT_PREFIX) :].split("/")
+    if len(parts) != 3 or not all(ID_PATTERN.match(p) for p in parts[:2]):
+        return None
+    return parts[0], parts[1]
 
 
 class OrphanPhotoSweeper:
@@ -127,16 +132,16 @@ class OrphanPhotoSweeper:
         counts = {"subjects": 0, "touched": 0, "objects": 0, "versions": 0, "skipped": 0}
         complete = True
         listing = self.photos.objects.iter_versions(ENROLMENT_PREFIX)
-        for subject, group in groupby(listing, key=_subject_of):
+        for folder, group in groupby(listing, key=_subject_of):
             entries = list(group)
-            if subject is None:
+            if folder is None:
                 counts["skipped"] += len({e.key for e in entries})
                 continue
             if should_stop is not None and should_stop():
                 complete = False
                 break
             counts["subjects"] += 1
-            destroyed = self._sweep_subject(subject, entries, cutoff)
+            destroyed = self._sweep_subject(folder, entries, cutoff)
             if destroyed:
                 counts["touched"] += 1
                 counts["objects"] += len({key for key, _ in destroyed})
@@ -151,7 +156,7 @@ class OrphanPhotoSweeper:
         )
 
     def _sweep_subject(
-        self, subject_id: str, entries: list[ObjectVersion], cutoff: datetime
+        self, folder: tuple[str, str], entries: list[ObjectVersion], cutoff: datetime
     ) -> list[tuple[str, str]]:
         """Destroy the subject's listed versions of keys last written before ``cutoff`` that
         no face item references; return what was destroyed. No query when no key is old
@@ -166,7 +171,8 @@ class OrphanPhotoSweeper:
             return []
         # After the listing and after ``now``: an enrolment that wrote an old key and
         # committed has its item here (the ordering argued in the module docstring).
-        orphans = old - self.subjects.image_keys(subject_id)
+        collection, subject_id = folder
+        orphans = old - self.subjects.in_collection(collection).image_keys(subject_id)
         targets = [(e.key, e.version_id) for e in entries if e.key in orphans]
         self.photos.objects.delete_versions(targets)
         return targets

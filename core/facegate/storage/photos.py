@@ -15,7 +15,12 @@ from facegate.errors import (
 )
 from facegate.settings import Settings
 from facegate.storage.clients import aws_client
-from facegate.storage.keys import PROBES_PREFIX, enrolment_photo_key, subject_prefix
+from facegate.storage.keys import (
+    DEFAULT_COLLECTION,
+    PROBES_PREFIX,
+    enrolment_photo_key,
+    subject_prefix,
+)
 from facegate.storage.objects import ObjectStore
 from facegate.storage.scrub import Scrubbed, erase_prefix
 
@@ -47,16 +52,24 @@ class PhotoStore:
     and one over the byte limit an :class:`ImageTooLargeError`, refused before the download.
     """
 
-    def __init__(self, client: S3Client, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str, collection: str = DEFAULT_COLLECTION) -> None:
         self.objects = ObjectStore(client, bucket)
         self.bucket = bucket
+        self._client = client
+        #: The collection whose photos this store writes and erases.
+        self.collection = validate_id(collection, "collection")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PhotoStore:
         return cls(aws_client("s3", settings), settings.bucket)
 
-    #: ``enrolments/<subject_id>/`` (:func:`facegate.storage.keys.subject_prefix`).
-    subject_prefix = staticmethod(subject_prefix)
+    def in_collection(self, collection: str) -> PhotoStore:
+        """The same bucket's photos of ``collection``."""
+        return PhotoStore(self._client, self.bucket, collection)
+
+    def subject_prefix(self, subject_id: str) -> str:
+        """``enrolments/<collection>/<subject_id>/``: every photo of one subject."""
+        return subject_prefix(subject_id, self.collection)
 
     def photo_key(self, subject_id: str, face_id: str, content_type: str) -> str:
         """Where :meth:`put` stores this photo, known before the write: an enrolment that
@@ -66,10 +79,11 @@ class PhotoStore:
         ext = _EXTENSIONS.get(_mime(content_type))
         if ext is None:
             raise ValidationError(f"unsupported photo content type {content_type!r}")
-        return enrolment_photo_key(subject_id, face_id, ext)
+        return enrolment_photo_key(subject_id, face_id, ext, self.collection)
 
     def put(self, subject_id: str, face_id: str, data: bytes, content_type: str) -> str:
-        """Store one enrolment photo; return its key ``enrolments/<subject>/<face>.<ext>``."""
+        """Store one enrolment photo; return its key
+        ``enrolments/<collection>/<subject>/<face>.<ext>``."""
         key = self.photo_key(subject_id, face_id, content_type)
         if not isinstance(data, bytes) or not data:
             raise ValidationError("photo data must be non-empty bytes")

@@ -1,8 +1,12 @@
 """Subject and face records, their DynamoDB items and listing cursors. Torch-free.
 
-The item layout (one partition per subject, ``pk=SUBJECT#<id>``: a ``META`` item and one
-``FACE#<face_id>`` item per face) is fixed by tables already in use, so it is spelled here
-once; values are encoded by :mod:`facegate.storage.dynamo`. Embeddings are stored as
+The item layout: one partition per subject of a collection, ``pk=SUBJECT#<collection>#<id>``
+(ids never hold ``#``), with a ``META`` item, whose ``kind`` is ``SUBJECT#<collection>`` (the
+sparse ``subjects`` index lists one collection), and one ``FACE#<face_id>`` item per face. It
+is spelled here once; values are encoded by :mod:`facegate.storage.dynamo`. Tables written
+before collections keyed subjects ``SUBJECT#<id>`` with ``kind=SUBJECT``
+(:data:`LEGACY_SUBJECT_KIND`): :mod:`facegate.storage.migrate` moves them into the default
+collection. Embeddings are stored as
 little-endian float32 bytes, so they round-trip bit for bit.
 """
 
@@ -17,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from facegate.common import parse_json
+from facegate.common import parse_json, validate_id
 from facegate.errors import StorageError, ValidationError
 from facegate.storage.dynamo import to_attributes
 
-SUBJECT_KIND = "SUBJECT"
+LEGACY_SUBJECT_KIND = "SUBJECT"
 META_SK = "META"
 FACE_SK = "FACE#"
 SUBJECT_PK = "SUBJECT#"
@@ -91,16 +95,28 @@ def validate_metadata(metadata: Any) -> dict[str, str]:
 # --------------------------------------------------------------------------------------
 
 
-def subject_key(subject_id: str, sk: str = META_SK) -> dict[str, Any]:
+def subject_kind(collection: str) -> str:
+    """The ``kind`` of a collection's META items (the ``subjects`` index's partition)."""
+    return f"{SUBJECT_PK}{validate_id(collection, 'collection')}"
+
+
+def subject_pk(subject_id: str, collection: str) -> str:
+    """``SUBJECT#<collection>#<subject_id>``."""
+    return f"{subject_kind(collection)}#{validate_id(subject_id)}"
+
+
+def subject_key(subject_id: str, collection: str, sk: str = META_SK) -> dict[str, Any]:
     """The primary key of one of the subject's items (its ``META`` item by default)."""
-    return to_attributes({"pk": SUBJECT_PK + subject_id, "sk": sk})
+    return to_attributes({"pk": subject_pk(subject_id, collection), "sk": sk})
 
 
-def face_item(subject_id: str, face: StoredFace, embedding: np.ndarray) -> dict[str, Any]:
+def face_item(
+    subject_id: str, collection: str, face: StoredFace, embedding: np.ndarray
+) -> dict[str, Any]:
     """The ``FACE#`` item of a stamped face; ``embedding`` is its checked ``(D,)`` vector."""
     return to_attributes(
         {
-            "pk": SUBJECT_PK + subject_id,
+            "pk": subject_pk(subject_id, collection),
             "sk": FACE_SK + face.face_id,
             "face_id": face.face_id,
             "embedding": embedding.astype("<f4").tobytes(),

@@ -27,11 +27,10 @@ from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
 from facegate.storage.dynamo import from_attributes, to_attributes
+from facegate.storage.keys import DEFAULT_COLLECTION
 from facegate.storage.subject_items import (
     FACE_SK,
     META_SK,
-    SUBJECT_KIND,
-    SUBJECT_PK,
     StoredFace,
     Subject,
     decode_cursor,
@@ -41,6 +40,8 @@ from facegate.storage.subject_items import (
     face_item,
     subject_from_item,
     subject_key,
+    subject_kind,
+    subject_pk,
     validate_metadata,
 )
 from facegate.storage.tombstones import EnrolmentFence
@@ -175,13 +176,21 @@ class SubjectStore:
     Reads of one subject are strongly consistent: a verify right after an enrol sees the faces.
     """
 
-    def __init__(self, client: DynamoDBClient, table: str) -> None:
+    def __init__(
+        self, client: DynamoDBClient, table: str, collection: str = DEFAULT_COLLECTION
+    ) -> None:
         self._db = client
         self.table = table
+        #: The collection this store reads and writes: subjects of another are not seen.
+        self.collection = validate_id(collection, "collection")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SubjectStore:
         return cls(aws_client("dynamodb", settings), settings.table)
+
+    def in_collection(self, collection: str) -> SubjectStore:
+        """The same table's subjects of ``collection``."""
+        return SubjectStore(self._db, self.table, collection)
 
     # -- writes ---------------------------------------------------------------------
 
@@ -238,7 +247,7 @@ class SubjectStore:
             {
                 "Put": {
                     "TableName": self.table,
-                    "Item": face_item(subject_id, face, emb),
+                    "Item": face_item(subject_id, self.collection, face, emb),
                     "ConditionExpression": "attribute_not_exists(pk)",
                 }
             }
@@ -279,7 +288,7 @@ class SubjectStore:
         }
         values: dict[str, Any] = {
             ":subject": subject_id,
-            ":kind": SUBJECT_KIND,
+            ":kind": subject_kind(self.collection),
             ":model": model_id,
             ":now": now,
             ":added": added,
@@ -292,7 +301,7 @@ class SubjectStore:
         return {
             "Update": {
                 "TableName": self.table,
-                "Key": subject_key(subject_id),
+                "Key": subject_key(subject_id, self.collection),
                 "UpdateExpression": f"SET {', '.join(sets)} ADD #count :added",
                 "ConditionExpression": (
                     "attribute_not_exists(pk) OR #model = :model OR #count = :zero"
@@ -338,10 +347,12 @@ class SubjectStore:
         that still exists and can be deleted again, never orphaned faces.
         """
         items = self._subject_items(subject_id, image_keys_only=True)
-        faces = [subject_key(subject_id, i["sk"]) for i in items if i["sk"] != META_SK]
+        faces = [
+            subject_key(subject_id, self.collection, i["sk"]) for i in items if i["sk"] != META_SK
+        ]
         for start in range(0, len(faces), _BATCH_WRITE_SIZE):
             self._batch_delete(faces[start : start + _BATCH_WRITE_SIZE])
-        self._batch_delete([subject_key(subject_id)])
+        self._batch_delete([subject_key(subject_id, self.collection)])
         return [i["image_key"] for i in items if "image_key" in i]
 
     def _batch_delete(self, keys: list[dict[str, Any]]) -> None:
@@ -367,7 +378,7 @@ class SubjectStore:
         with aws_errors(f"reading subject {subject_id}"):
             item = self._db.get_item(
                 TableName=self.table,
-                Key=subject_key(subject_id),
+                Key=subject_key(subject_id, self.collection),
                 ConsistentRead=True,
             ).get("Item")
         if item is None:
@@ -403,7 +414,9 @@ class SubjectStore:
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": to_attributes({":pk": SUBJECT_PK + subject_id}),
+            "ExpressionAttributeValues": to_attributes(
+                {":pk": subject_pk(subject_id, self.collection)}
+            ),
             "ConsistentRead": True,
         }
         if image_keys_only:
@@ -436,7 +449,7 @@ class SubjectStore:
             "IndexName": SUBJECTS_INDEX,
             "KeyConditionExpression": "#kind = :kind",
             "ExpressionAttributeNames": {"#kind": "kind"},
-            "ExpressionAttributeValues": to_attributes({":kind": SUBJECT_KIND}),
+            "ExpressionAttributeValues": to_attributes({":kind": subject_kind(self.collection)}),
             "Limit": limit,
         }
         if cursor is not None:
@@ -456,14 +469,18 @@ class SubjectStore:
         """
         kwargs: dict[str, Any] = {
             "TableName": self.table,
-            "FilterExpression": "begins_with(sk, :face) AND #model = :model",
+            "FilterExpression": (
+                "begins_with(pk, :pk) AND begins_with(sk, :face) AND #model = :model"
+            ),
             "ProjectionExpression": "pk, #embedding, #dim",
             "ExpressionAttributeNames": {
                 "#model": "model_id",
                 "#embedding": "embedding",
                 "#dim": "dim",
             },
-            "ExpressionAttributeValues": to_attributes({":face": FACE_SK, ":model": model_id}),
+            "ExpressionAttributeValues": to_attributes(
+                {":pk": f"{subject_kind(self.collection)}#", ":face": FACE_SK, ":model": model_id}
+            ),
         }
         with aws_errors("scanning embeddings"):
             pages = self._db.get_paginator("scan").paginate(**kwargs)
@@ -473,5 +490,6 @@ class SubjectStore:
         vectors = [decode_embedding(i) for i in items]
         if len({v.shape[0] for v in vectors}) != 1:
             raise ModelMismatchError(f"faces of {model_id!r} have different embedding dims")
-        subject_ids = [i["pk"].removeprefix(SUBJECT_PK) for i in items]
+        prefix = f"{subject_kind(self.collection)}#"
+        subject_ids = [i["pk"].removeprefix(prefix) for i in items]
         return subject_ids, np.stack(vectors)

@@ -18,10 +18,12 @@ from facegate.batch.erasure_job import ErasureJobs
 from facegate.gallery.cache import GalleryCache
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService, GalleryService
+from facegate.service.collections import CollectionService, enrolled_counts
 from facegate.service.export import SubjectExport
 from facegate.settings import Settings, get_settings
 from facegate.storage.apikeys import ApiKeyStore, route_scope
 from facegate.storage.clients import aws_client
+from facegate.storage.collections import CollectionStore
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.jobs import JobStore
 from facegate.storage.photos import PhotoStore
@@ -155,6 +157,26 @@ def get_photo_store(settings: SettingsDep) -> PhotoStore:
     return _stores(settings).photos
 
 
+@lru_cache(maxsize=4)
+def _collection_service(settings: Settings, stores: Stores) -> CollectionService:
+    """Collections in the subjects table; ``default`` counts the enrolled subjects (read
+    only), every other collection nothing until subjects are keyed by collection.
+
+    Cached with the process's stores as part of the key, so that whatever drops those
+    (a test's moto, a new client) drops this service's client too."""
+    return CollectionService(
+        CollectionStore(
+            aws_client("dynamodb", settings), settings.table, default_model_id=settings.model_id
+        ),
+        enrolled_counts(stores.subjects),
+        model_dir=settings.model_dir,
+    )
+
+
+def get_collection_service(settings: SettingsDep) -> CollectionService:
+    return _collection_service(settings, _stores(settings))
+
+
 #: The key header as an OpenAPI security scheme (clients and schemathesis see how to
 #: authenticate); checked below, not by FastAPI, so a missing key gets the API's own 401.
 API_KEY = APIKeyHeader(
@@ -190,3 +212,4 @@ ExportDep = Annotated[SubjectExport, Depends(get_export)]
 PhotoStoreDep = Annotated[PhotoStore, Depends(get_photo_store)]
 EraserDep = Annotated[Eraser, Depends(get_eraser)]
 ErasureJobsDep = Annotated[ErasureJobs, Depends(get_erasure_jobs)]
+CollectionServiceDep = Annotated[CollectionService, Depends(get_collection_service)]

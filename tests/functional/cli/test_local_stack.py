@@ -311,6 +311,7 @@ NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
         "sqs:SendMessage*": "POST /reembed queues the re-embedding",
         "sqs:DeleteMessage": "an erasure deletes the person's dead-lettered messages",
         "sqs:ChangeMessageVisibility": "... and makes the others visible again at once",
+        "dynamodb:DeleteItem": "DELETE /collections/{collection} deletes the collection's item",
     },
     "EmbedFunction": {
         "dynamodb:GetItem": "the ledger's entry of a source already claimed",

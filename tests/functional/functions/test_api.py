@@ -191,7 +191,7 @@ def test_enrol_compare_identify_delete(client, photo, aws):
     assert miss["match"] is False and miss["best"] is None and miss["candidates"] == []
 
     s3 = aws_client("s3", aws)
-    prefix = {"Bucket": aws.bucket, "Prefix": "enrolments/macron/"}
+    prefix = {"Bucket": aws.bucket, "Prefix": "enrolments/default/macron/"}
     assert s3.list_object_versions(**prefix).get("Versions")
     deleted = client.delete("/subjects/macron")
     assert deleted.status_code == 200 and deleted.json()["deleted_faces"] == 1
@@ -206,7 +206,7 @@ def test_enrol_compare_identify_delete(client, photo, aws):
 
 def test_failed_enrolment_leaves_no_photo_behind(client, photo, aws):
     s3 = aws_client("s3", aws)
-    prefix = {"Bucket": aws.bucket, "Prefix": "enrolments/ghost/"}
+    prefix = {"Bucket": aws.bucket, "Prefix": "enrolments/default/ghost/"}
     bad_metadata = {"image": b64(photo("person_a_1")), "metadata": {"age": 3}}
     answer = client.post("/subjects/ghost/faces", json=bad_metadata)
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "validation_error"
@@ -224,7 +224,7 @@ def test_failed_enrolment_leaves_no_photo_behind(client, photo, aws):
     )
     refused = client.post("/subjects/mixed/faces", json={"image": b64(photo("person_a_1"))})
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_mismatch"
-    mixed = {"Bucket": aws.bucket, "Prefix": "enrolments/mixed/"}
+    mixed = {"Bucket": aws.bucket, "Prefix": "enrolments/default/mixed/"}
     assert not s3.list_object_versions(**mixed).get("Versions")
 
 

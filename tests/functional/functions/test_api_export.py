@@ -102,7 +102,7 @@ def test_an_enrolled_subject_s_faces_and_photos_without_embeddings_unless_asked(
     for face in body["faces"]:
         assert face["embedding"] is None
         assert face["image_key"] == stored[face["face_id"]].image_key
-        assert face["image_key"].startswith("enrolments/dsar.alice@example.org/")
+        assert face["image_key"].startswith("enrolments/default/dsar.alice@example.org/")
         assert face["photo_versions"] == 1 and face["model_id"] == "sface+dlib"
         assert len(face["bbox"]) == 4 and face["det_score"] > 0
     assert sorted(p["key"] for p in body["photos"]) == sorted(f.image_key for f in stored.values())

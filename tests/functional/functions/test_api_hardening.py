@@ -182,7 +182,7 @@ def test_a_subject_with_no_faces_left_is_a_409(client, photo, aws):
     face_id = enrolled.json()["photos"][0]["face_id"]
     aws_client("dynamodb", aws).delete_item(
         TableName=aws.table,
-        Key={"pk": {"S": "SUBJECT#halfgone"}, "sk": {"S": f"FACE#{face_id}"}},
+        Key={"pk": {"S": "SUBJECT#default#halfgone"}, "sk": {"S": f"FACE#{face_id}"}},
     )
     probe = {"image": b64(photo("person_a_2")), "subject_id": "halfgone"}
     error = assert_error(client.post("/compare", json=probe), 409, "no_enrolled_faces")

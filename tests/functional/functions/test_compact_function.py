@@ -395,7 +395,7 @@ def test_a_failed_sweep_is_logged_by_its_code_and_compaction_still_answers(
     write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0)], T1, 1)
 
     def broken(**_: object) -> None:
-        raise StorageError(f"deleting enrolments/{ORPHANED}/f1.jpg failed: SlowDown")
+        raise StorageError(f"deleting enrolments/default/{ORPHANED}/f1.jpg failed: SlowDown")
 
     monkeypatch.setattr(compact.orphans, "sweep", broken)
     answer = invoke(compact, SCHEDULE)

@@ -301,7 +301,7 @@ def test_an_erased_person_is_gone_from_every_store_and_the_receipt_says_where(
         "galleries/staff/gallery.parquet",
         "galleries/lab/gallery.parquet",
     } <= held
-    assert any(k.startswith(f"enrolments/{PAT}/") for k in held)
+    assert any(k.startswith(f"enrolments/default/{PAT}/") for k in held)
     assert any(k.startswith("galleries/lab/rejects/") for k in held)
     assert _scan_dynamodb(settings) and _scan_queues(settings, stack)
 

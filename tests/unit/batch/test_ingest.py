@@ -334,7 +334,7 @@ def test_only_storage_and_aws_errors_are_retried():
         ("uploads/staff/Batch 2.ZIP", ArchiveUpload("staff", "Batch 2")),
         ("uploads/staff/batch-1.csv", ManifestUpload("staff", "batch-1")),
         ("galleries/staff/part-1.parquet", IgnoredKey("not under uploads/")),
-        ("enrolments/alice/f1.jpg", IgnoredKey("not under uploads/")),
+        ("enrolments/default/alice/f1.jpg", IgnoredKey("not under uploads/")),
         ("uploads/staff/alice/", IgnoredKey("a folder marker, not a file")),
         ("uploads/", IgnoredKey("a folder marker, not a file")),
         ("uploads/readme.txt", IgnoredKey("directly under uploads/, outside any gallery folder")),

@@ -166,7 +166,7 @@ def test_parse_manifest_records_every_invalid_row_kind():
             ",alice,staff,verify",  # 1 missing probe
             "../escape.jpg,alice,staff,verify",  # 2 leaves the job folder
             "a/../../escape.jpg,alice,staff,verify",  # 3 same, nested
-            "/enrolments/alice/f1.jpg,alice,staff,verify",  # 4 private enrolment photo
+            "/enrolments/default/alice/f1.jpg,alice,staff,verify",  # 4 private enrolment photo
             "s3://other-bucket/x.jpg,alice,staff,verify",  # 5 foreign bucket
             "a//b.jpg,alice,staff,verify",  # 6 empty path segment
             "ok.jpg,alice,staff,compare",  # 7 unknown mode
@@ -274,7 +274,7 @@ def test_job_row_validates_itself():
     with pytest.raises(ValidationError):
         JobRow(0, "jobs/x/../y.jpg", None, "g", "identify")
     with pytest.raises(ValidationError):
-        JobRow(0, "enrolments/alice/f.jpg", None, "g", "identify")
+        JobRow(0, "enrolments/default/alice/f.jpg", None, "g", "identify")
     with pytest.raises(ValidationError):
         JobRow(0, "a.jpg", None, "g", "verify")
     with pytest.raises(ValidationError):

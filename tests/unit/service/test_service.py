@@ -198,7 +198,7 @@ def test_a_subject_with_no_faces_left_is_a_conflict_not_a_crash(fresh_aws, proce
     for face_id in [p.face_id for p in subjects.get_embeddings("ann")[1]]:
         fresh_aws.dynamodb.delete_item(
             TableName=settings.table,
-            Key={"pk": {"S": "SUBJECT#ann"}, "sk": {"S": f"FACE#{face_id}"}},
+            Key={"pk": {"S": "SUBJECT#default#ann"}, "sk": {"S": f"FACE#{face_id}"}},
         )
     processor.policies.clear()
     with pytest.raises(FaceGateError, match="'ann' has no enrolled faces") as raised:

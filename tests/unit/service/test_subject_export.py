@@ -37,7 +37,7 @@ def stores(fresh_aws):
         ("uploads/g/set.zip/top/ann/1.jpg", True),
         ("uploads/g/annie/1.jpg", False),
         ("uploads/ann/1.jpg", False),  # a loose file in gallery "ann" names no subject
-        ("enrolments/ann/1.jpg", False),
+        ("enrolments/default/ann/1.jpg", False),
     ],
 )
 def test_a_reject_names_the_subject_by_its_photo_s_folder(key, expected):
@@ -120,7 +120,7 @@ def test_an_orphan_photo_alone_is_held_data_and_nothing_at_all_is_unknown(fresh_
     fresh_aws.s3.put_object(Bucket=fresh_aws.bucket, Key="galleries/g/notes.txt", Body=b"x")
     export = SubjectExport(subjects, photos, galleries, tombstones)
     found = export.export("ann")
-    assert found["photos"] == [{"key": "enrolments/ann/f1.png", "versions": 2}]
+    assert found["photos"] == [{"key": "enrolments/default/ann/f1.png", "versions": 2}]
     assert found["enrolment"] is None and found["galleries"] == []
     with pytest.raises(UnknownSubjectError):
         export.export("nobody")

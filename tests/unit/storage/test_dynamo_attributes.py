@@ -21,7 +21,7 @@ def test_values_get_the_wire_types_the_tables_hold():
     embedding = np.arange(4, dtype="<f4").tobytes()
     assert to_attributes(
         {
-            "pk": "SUBJECT#alice",
+            "pk": "SUBJECT#default#alice",
             "dim": 128,
             "det_score": 0.998,
             "embedding": embedding,
@@ -32,7 +32,7 @@ def test_values_get_the_wire_types_the_tables_hold():
             "absent": None,
         }
     ) == {
-        "pk": {"S": "SUBJECT#alice"},
+        "pk": {"S": "SUBJECT#default#alice"},
         "dim": {"N": "128"},
         "det_score": {"N": "0.998"},
         "embedding": {"B": embedding},

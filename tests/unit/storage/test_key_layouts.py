@@ -22,7 +22,14 @@ def test_gallery_layout():
     # The stores' names for the same layouts, which their callers keep using.
     assert GalleryStore.part_key("staff", "p1") == keys.part_key("staff", "p1")
     assert GalleryStore.gallery_key("staff") == keys.gallery_key("staff")
-    assert PhotoStore.subject_prefix("al") == keys.subject_prefix("al") == "enrolments/al/"
+    photos = PhotoStore(None, "bucket")  # type: ignore[arg-type]  # no call is made
+    assert photos.subject_prefix("al") == keys.subject_prefix("al") == "enrolments/default/al/"
+    lobby = photos.in_collection("lobby")
+    assert (
+        lobby.subject_prefix("al") == keys.subject_prefix("al", "lobby") == "enrolments/lobby/al/"
+    )
+    assert lobby.photo_key("al", "f1", "image/png") == "enrolments/lobby/al/f1.png"
+    assert keys.legacy_subject_prefix("al") == "enrolments/al/"
 
 
 def test_ingest_parts_are_named_after_their_source():
@@ -37,7 +44,7 @@ def test_ingest_parts_are_named_after_their_source():
 
 
 def test_enrolment_and_reembed_layouts():
-    assert keys.enrolment_photo_key("alice", "f1", "jpg") == "enrolments/alice/f1.jpg"
+    assert keys.enrolment_photo_key("alice", "f1", "jpg") == "enrolments/default/alice/f1.jpg"
     assert keys.reembed_status_key("g2") == "reembed/g2.json"
     assert not keys.reembed_status_key("g2").startswith(keys.GALLERY_PREFIX)
 

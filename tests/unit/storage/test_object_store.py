@@ -244,18 +244,18 @@ def test_list_keys_follows_pagination(store, fresh_aws):
 
 
 def test_delete_versions_erases_every_version(versioned, fresh_aws):
-    versioned.put("enrolments/al/f1.jpg", b"1", content_type="image/jpeg")
-    versioned.put("enrolments/al/f1.jpg", b"2", content_type="image/jpeg")
-    versioned.put("enrolments/alice/f1.jpg", b"3", content_type="image/jpeg")
-    versioned.delete("enrolments/al/f1.jpg")  # a delete marker on top
-    targets = versioned.versions("enrolments/al/")
+    versioned.put("enrolments/default/al/f1.jpg", b"1", content_type="image/jpeg")
+    versioned.put("enrolments/default/al/f1.jpg", b"2", content_type="image/jpeg")
+    versioned.put("enrolments/default/alice/f1.jpg", b"3", content_type="image/jpeg")
+    versioned.delete("enrolments/default/al/f1.jpg")  # a delete marker on top
+    targets = versioned.versions("enrolments/default/al/")
     assert len(targets) == 3
 
     versioned.delete_versions(targets)
 
     listing = fresh_aws.s3.list_object_versions(Bucket=fresh_aws.bucket)
     left = [v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
-    assert left == ["enrolments/alice/f1.jpg"]
+    assert left == ["enrolments/default/alice/f1.jpg"]
 
 
 def test_an_error_listing_is_a_storage_error(fresh_aws):

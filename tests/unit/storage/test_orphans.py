@@ -159,12 +159,16 @@ def test_a_subject_spread_over_several_pages(photos, subjects, monkeypatch):
         subjects=3, subjects_touched=3, objects_deleted=6, versions_deleted=15
     )
     assert {k for k, _ in remaining(photos)} == {
-        f"enrolments/{s}/keep.jpg" for s in ("ann", "ben", "cat")
+        f"enrolments/default/{s}/keep.jpg" for s in ("ann", "ben", "cat")
     }
 
 
 def test_keys_outside_the_enrolment_layout_are_left_alone(photos, subjects, fresh_aws):
-    for key in ("enrolments/loose.jpg", "enrolments/not an id!/x.jpg", "uploads/g/a/1.jpg"):
+    for key in (
+        "enrolments/default/loose.jpg",
+        "enrolments/default/not an id!/x.jpg",
+        "uploads/g/a/1.jpg",
+    ):
         fresh_aws.s3.put_object(Bucket=fresh_aws.bucket, Key=key, Body=JPEG)
     photos.put("alice", "f1", JPEG, "image/jpeg")
 
@@ -172,8 +176,8 @@ def test_keys_outside_the_enrolment_layout_are_left_alone(photos, subjects, fres
 
     assert (swept.keys_skipped, swept.subjects, swept.objects_deleted) == (2, 1, 1)
     assert {k for k, _ in remaining(photos, "")} == {
-        "enrolments/loose.jpg",
-        "enrolments/not an id!/x.jpg",
+        "enrolments/default/loose.jpg",
+        "enrolments/default/not an id!/x.jpg",
         "uploads/g/a/1.jpg",
     }
 
@@ -194,7 +198,7 @@ def test_a_sweep_told_to_stop_leaves_the_rest_for_the_next_run(photos, subjects)
     swept = sweeper(photos, subjects, OLD).sweep(should_stop=stop_after_one)
 
     assert (swept.subjects, swept.objects_deleted, swept.complete) == (1, 1, False)
-    assert [k for k, _ in remaining(photos)] == ["enrolments/ben/f1.jpg"]
+    assert [k for k, _ in remaining(photos)] == ["enrolments/default/ben/f1.jpg"]
     assert sweeper(photos, subjects, OLD).sweep().complete is True
     assert remaining(photos) == []
 
@@ -223,6 +227,9 @@ def test_the_minimum_age_cannot_undercut_an_invocation(photos, subjects):
 
 def test_image_keys_of_a_subject(subjects):
     assert subjects.image_keys("nobody") == set()
-    enrol(subjects, "alice", "enrolments/alice/f1.jpg", "enrolments/alice/f2.png")
-    assert subjects.image_keys("alice") == {"enrolments/alice/f1.jpg", "enrolments/alice/f2.png"}
+    enrol(subjects, "alice", "enrolments/default/alice/f1.jpg", "enrolments/default/alice/f2.png")
+    assert subjects.image_keys("alice") == {
+        "enrolments/default/alice/f1.jpg",
+        "enrolments/default/alice/f2.png",
+    }
     assert subjects.image_keys("alic") == set()

@@ -154,7 +154,7 @@ def test_subjects_enrolled_again_after_a_delete_never_expire(fresh_aws) -> None:
     face = StoredFace(
         face_id="f1",
         embedding=vector,
-        image_key="enrolments/bob/f1.jpg",
+        image_key="enrolments/default/bob/f1.jpg",
         bbox=(1.0, 2.0, 30.0, 40.0),
         det_score=0.99,
     )

@@ -59,7 +59,7 @@ def make_faces(rng: np.random.Generator, subject: str, ids: list[str]) -> list[S
         StoredFace(
             face_id=face_id,
             embedding=vec,
-            image_key=f"enrolments/{subject}/{face_id}.jpg",
+            image_key=f"enrolments/default/{subject}/{face_id}.jpg",
             bbox=(10.5, 20.25, 110.0, 140.75),
             det_score=0.998,
         )
@@ -71,7 +71,7 @@ def items_of(ddb, subject: str) -> list[dict]:
     pages = ddb.get_paginator("query").paginate(
         TableName=TABLE,
         KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": f"SUBJECT#{subject}"}},
+        ExpressionAttributeValues={":pk": {"S": f"SUBJECT#default#{subject}"}},
     )
     return [item for page in pages for item in page["Items"]]
 
@@ -132,7 +132,7 @@ def test_put_faces_creates_subject_and_face_items(store, ddb, rng):
     assert face["dim"] == {"N": str(DIM)}
     assert face["model_id"] == {"S": MODEL}
     assert face["weights_sha256"] == {"S": SHA}
-    assert face["image_key"] == {"S": "enrolments/alice/f1.jpg"}
+    assert face["image_key"] == {"S": "enrolments/default/alice/f1.jpg"}
     assert [float(v["N"]) for v in face["bbox"]["L"]] == [10.5, 20.25, 110.0, 140.75]
     assert float(face["det_score"]["N"]) == 0.998
 
@@ -301,7 +301,7 @@ def test_list_subjects_validates_limit(store, limit):
 
 
 def test_cursor_round_trip():
-    key = {"pk": {"S": "SUBJECT#a"}, "sk": {"S": "META"}, "kind": {"S": "SUBJECT"}}
+    key = {"pk": {"S": "SUBJECT#default#a"}, "sk": {"S": "META"}, "kind": {"S": "SUBJECT"}}
     key["subject_id"] = {"S": "a"}
     cursor = encode_cursor(key)
     assert cursor.isascii() and "=" not in cursor and "/" not in cursor
@@ -358,7 +358,7 @@ def test_botocore_errors_become_storage_errors(fresh_aws, settings):
 def test_put_stores_encrypted_photo_under_private_prefix(photos, s3):
     key = photos.put("alice", "f1", JPEG, "image/jpeg; charset=binary")
 
-    assert key == "enrolments/alice/f1.jpg"
+    assert key == "enrolments/default/alice/f1.jpg"
     head = s3.head_object(Bucket=BUCKET, Key=key)
     assert head["ServerSideEncryption"] == "AES256"
     assert head["ContentType"] == "image/jpeg"
@@ -378,7 +378,7 @@ def test_put_validates_input(photos, s3):
 
 def test_get_missing_photo_is_invalid_image(photos):
     with pytest.raises(InvalidImageError):
-        photos.get("enrolments/alice/none.jpg")
+        photos.get("enrolments/default/alice/none.jpg")
 
 
 def _versions_under(s3, prefix: str) -> list[str]:
@@ -395,14 +395,14 @@ def test_delete_subject_removes_every_version(photos, s3, versioned):
     photos.put("al", "f2", JPEG, "image/png")
     photos.put("alice", "f1", JPEG, "image/jpeg")
     if versioned:
-        s3.delete_object(Bucket=BUCKET, Key="enrolments/al/f2.png")
-        assert len(_versions_under(s3, "enrolments/al/")) == 4
+        s3.delete_object(Bucket=BUCKET, Key="enrolments/default/al/f2.png")
+        assert len(_versions_under(s3, "enrolments/default/al/")) == 4
 
     removed = photos.delete_subject("al")
     assert removed is not None and removed.rows_removed == 2
 
-    assert _versions_under(s3, "enrolments/al/") == []
-    assert _versions_under(s3, "enrolments/alice/") == ["enrolments/alice/f1.jpg"]
+    assert _versions_under(s3, "enrolments/default/al/") == []
+    assert _versions_under(s3, "enrolments/default/alice/") == ["enrolments/default/alice/f1.jpg"]
     assert photos.delete_subject("al") is None
 
 
@@ -436,14 +436,14 @@ def test_fetch(photos, s3):
     with pytest.raises(ValidationError):
         photos.fetch("s3://other-bucket/probes/p.jpg", max_bytes=1024)
     with pytest.raises(ValidationError):
-        photos.fetch(f"s3://{BUCKET}/enrolments/alice/f1.jpg", max_bytes=1024)
+        photos.fetch(f"s3://{BUCKET}/enrolments/default/alice/f1.jpg", max_bytes=1024)
 
 
 @pytest.mark.parametrize(
     "key",
     [
         "uploads/staff/alice/1.jpg",  # a gallery subject's photo (fault 7)
-        "enrolments/alice/f1.jpg",
+        "enrolments/default/alice/f1.jpg",
         "jobs/j1/probe.jpg",
         "samples/p.jpg",
         "probes",

@@ -1,0 +1,136 @@
+"""Collections as the API and the CLI offer them: create, describe, list, delete.
+
+``POST /collections`` and ``facegate collections create`` are one call,
+:meth:`CollectionService.create`: the same checks (an installed model, a calibrated FAR)
+and the same answer. Torch-free: models are known by their cards, never loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from facegate.errors import CollectionNotEmptyError, DefaultCollectionError, ValidationError
+from facegate.models.card import ModelCard, list_cards
+from facegate.settings import MultiFacePolicy
+from facegate.storage.collections import DEFAULT_COLLECTION, Collection, CollectionStore
+from facegate.storage.subjects import MAX_LIST_LIMIT, SubjectStore
+
+#: ``counts(collection) -> (subjects, faces)``: what a collection holds.
+Counts = Callable[[str], tuple[int, int]]
+
+
+def enrolled_counts(subjects: SubjectStore) -> Counts:
+    """The counts of each collection, read from the enrolled subjects.
+
+    Pages of the collection's :meth:`SubjectStore.list_subjects`, summing their
+    ``face_count`` (the index it reads is eventually consistent, so a subject enrolled a
+    moment ago may be missing). Reads every subject's META item: the cost grows with the
+    subjects enrolled.
+    """
+
+    def counts(name: str) -> tuple[int, int]:
+        members = subjects.in_collection(name)
+        total_subjects = total_faces = 0
+        cursor: str | None = None
+        while True:
+            page, cursor = members.list_subjects(MAX_LIST_LIMIT, cursor)
+            total_subjects += len(page)
+            total_faces += sum(s.face_count for s in page)
+            if cursor is None:
+                return total_subjects, total_faces
+
+    return counts
+
+
+class CollectionService:
+    """Collections in one table, checked against the models installed in ``model_dir`` (the
+    API's image and the CLI's machine hold the models they can embed with)."""
+
+    def __init__(self, store: CollectionStore, counts: Counts, *, model_dir: Path) -> None:
+        self.store = store
+        self.counts = counts
+        self.model_dir = model_dir
+
+    def _answer(self, collection: Collection) -> dict[str, Any]:
+        subjects, faces = self.counts(collection.name)
+        return collection.to_dict() | {"subjects": subjects, "faces": faces}
+
+    def _installed_card(self, model_id: str) -> ModelCard:
+        """The card of ``model_id``; :class:`ValidationError` naming the installed models
+        when it is not one of them (as ``POST /reembed`` refuses a model it cannot run)."""
+        cards = {card.model_id: card for card in list_cards(self.model_dir)}
+        if model_id not in cards:
+            raise ValidationError(
+                f"model {model_id!r} is not installed here; installed: {', '.join(cards)}"
+            )
+        return cards[model_id]
+
+    def create(
+        self,
+        name: str,
+        model_id: str | None = None,
+        *,
+        description: str | None = None,
+        threshold: float | None = None,
+        far: float | None = None,
+        multi_face: MultiFacePolicy | None = None,
+    ) -> dict[str, Any]:
+        """Create a collection of ``model_id`` (None: the deployment's) and answer it.
+
+        Refused before anything is written when the model is not installed or the card has
+        no threshold calibrated for ``far``: a collection whose rule cannot be applied would
+        fail every later decision instead. A ``threshold`` is not checked against the
+        deployment's minimum here: that floor is a setting that may change, and decisions
+        apply it when they are made.
+        """
+        collection = Collection(
+            name,
+            self.store.default_model_id if model_id is None else model_id,
+            description=description,
+            threshold=threshold,
+            far=far,
+            multi_face=multi_face,
+        )
+        card = self._installed_card(collection.model_id)
+        if collection.far is not None:
+            card.threshold_at_far(collection.far)
+        return self._answer(self.store.create(collection))
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """The collection with its ``subjects`` and ``faces`` counts."""
+        return self._answer(self.store.get(name))
+
+    def list(self, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """One page of collections (``default`` first) and the cursor of the next."""
+        collections, next_cursor = self.store.list(limit, cursor)
+        return {
+            "collections": [self._answer(c) for c in collections],
+            "next_cursor": next_cursor,
+        }
+
+    def delete(self, name: str) -> dict[str, Any]:
+        """Delete an empty collection; the answer is shaped as an erasure receipt.
+
+        A collection that holds subjects is refused (:class:`CollectionNotEmptyError`):
+        erasing each of them comes with subjects keyed by collection, and will fill
+        ``subjects_erased`` and ``receipts``. Until then no subject can be added to a
+        collection other than ``default``, which is never deleted, so the check cannot race
+        an enrolment.
+        """
+        if name == DEFAULT_COLLECTION:
+            raise DefaultCollectionError(f"collection {DEFAULT_COLLECTION!r} cannot be deleted")
+        collection = self.store.get(name)
+        subjects, _ = self.counts(collection.name)
+        if subjects:
+            raise CollectionNotEmptyError(
+                f"collection {name!r} holds {subjects} subjects: erase them first"
+            )
+        self.store.delete(collection.name)
+        return {
+            "collection": collection.name,
+            "deleted": True,
+            "subjects_erased": 0,
+            "receipts": [],
+        }
