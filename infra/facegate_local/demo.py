@@ -3,7 +3,9 @@
 Starts the stack (unless one is running), enrols the two sample people from one photo each,
 compares every pair of sample photos, identifies each photo that was not enrolled (the
 impostors must come back "no match"), deletes a subject and checks that it is gone with its
-photos, prints a report, and stops what it started. The last line is one JSON summary.
+photos, shows a second collection whose subject of the same id is another person and that
+identify in one collection never sees the other, prints a report, and stops what it started.
+The last line is one JSON summary.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def run_demo(config: LocalConfig) -> dict[str, Any]:
     print(f"local stack up in {time.perf_counter() - t0:.1f} s: {state.api_url}")
     try:
         summary = _exercise(state.api_url, state.api_key, config.root)
+        summary |= _collections(state, config.root)
         summary |= _batch(state, config.root)
         summary |= _job(state)
         summary |= _erase(state, config.root)
@@ -107,6 +110,43 @@ def _exercise(url: str, key: str, root: Path) -> dict[str, Any]:
         "identify_correct": identify_correct,
         "probes": len(probes),
         "deleted": int(gone),
+    }
+
+
+def _collections(state: StackState, root: Path) -> dict[str, Any]:
+    """A second collection, ``lobby``, whose ``person_b`` is person A: the same id in two
+    collections is two people, and identify in one never sees the other. Then lobby's
+    person_b is erased (the default collection's stays) and lobby deleted."""
+    photos = {p.stem: p.read_bytes() for p in sample_photos(root)}
+    client = httpx.Client(base_url=state.api_url, headers={"x-api-key": state.api_key}, timeout=120)
+    print("\ncollections")
+    client.post("/collections", json={"name": "lobby", "description": "lobby kiosks"})
+    files = {"image": ("person_a_1.jpg", photos["person_a_1"], "image/jpeg")}
+    client.post("/collections/lobby/subjects/person_b/faces", files=files)
+    names = [c["name"] for c in client.get("/collections").json()["collections"]]
+    print(f"  {', '.join(names)}; lobby's person_b <- person_a_1")
+    correct = 0
+    expected = {
+        ("lobby", "person_a_2"): "person_b",  # lobby's person_b is person A
+        ("default", "person_a_2"): None,  # default's person_a was deleted above
+        ("lobby", "person_b_2"): None,  # default's person_b is not in lobby
+        ("default", "person_b_2"): "person_b",
+    }
+    for (collection, stem), want in expected.items():
+        files = {"image": (f"{stem}.jpg", photos[stem], "image/jpeg")}
+        path = "/identify" if collection == "default" else f"/collections/{collection}/identify"
+        best = client.post(path, files=files).json()["best"]
+        got = best["subject_id"] if best else None
+        correct += got == want
+        shown = got or "no match"
+        print(f"  identify {stem:<10} in {collection:<7} -> {shown:<9} {_mark(got == want)}")
+    erased = client.delete("/collections/lobby/subjects/person_b").json()
+    kept = client.get("/subjects/person_b").status_code == 200
+    dropped = client.delete("/collections/lobby").status_code == 200
+    print(f"  erase lobby's person_b: scope {erased['scope']}; default's person_b kept: {kept}")
+    return {
+        "collections": len(names),
+        "isolation_correct": correct == len(expected) and kept and dropped,
     }
 
 
@@ -278,5 +318,7 @@ def main(root: Path) -> int:
         and summary["job_correct"] == summary["job_rows"] == len(JOB_ROWS)
         and summary["invoked"] == 2
         and summary["memory_within_limits"]
+        and summary["collections"] == 2
+        and summary["isolation_correct"]
     )
     return 0 if ok else 1

@@ -31,7 +31,16 @@ OPERATIONS = [
     for path, methods in SCHEMA["paths"].items()
     for method, operation in methods.items()
 ]
-PHOTO_ROUTES = {"/compare", "/identify", "/embedding", "/subjects/{subject_id}/faces", "/enroll"}
+PHOTO_ROUTES = {
+    "/compare",
+    "/identify",
+    "/embedding",
+    "/subjects/{subject_id}/faces",
+    "/enroll",
+    "/collections/{collection}/compare",
+    "/collections/{collection}/identify",
+    "/collections/{collection}/subjects/{subject_id}/faces",
+}
 
 
 def _error_class(code: str) -> type[errors.FaceGateError] | None:

@@ -53,7 +53,13 @@ from facegate.batch.reembed import ReembedRequest
 from facegate.common import check_positive, validate_id
 from facegate.errors import StorageError, ValidationError
 from facegate.storage.aws_errors import aws_errors
-from facegate.storage.keys import UPLOADS_PREFIX, PhotoUpload, classify, subject_prefix
+from facegate.storage.keys import (
+    DEFAULT_COLLECTION,
+    UPLOADS_PREFIX,
+    PhotoUpload,
+    classify,
+    subject_prefix,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -73,13 +79,19 @@ _BATCH = 10
 _ALREADY_VISIBLE = frozenset({"MessageNotInflight", "ReceiptHandleIsInvalid"})
 
 
-def body_names_subject(body: str, subject_id: str, galleries: Set[str] | None, api: bool) -> bool:
+def body_names_subject(
+    body: str,
+    subject_id: str,
+    galleries: Set[str] | None,
+    api: bool,
+    collection: str = DEFAULT_COLLECTION,
+) -> bool:
     """Whether a DLQ message body names ``subject_id`` within the scope: ``galleries`` (None:
     every gallery; an empty set: none) and, with ``api``, the enrolled subjects. See the
     module docstring for each kind of message."""
     validate_id(subject_id)
     try:
-        return _names(parse_body(body), subject_id, galleries, api)
+        return _names(parse_body(body), subject_id, galleries, api, collection)
     except ValidationError:
         return _appears(body, subject_id)
 
@@ -188,7 +200,9 @@ def _scan(
 # --------------------------------------------------------------------------------------
 
 
-def _names(doc: dict[str, Any], subject: str, galleries: Set[str] | None, api: bool) -> bool:
+def _names(
+    doc: dict[str, Any], subject: str, galleries: Set[str] | None, api: bool, collection: str
+) -> bool:
     """The decision for a body that is a JSON object; :class:`ValidationError` when it is
     not one of the kinds FaceGate sends (the caller then falls back to the text)."""
 
@@ -212,13 +226,17 @@ def _names(doc: dict[str, Any], subject: str, galleries: Set[str] | None, api: b
         raise ValidationError(f"not a message FaceGate sends: {kind!r}")
     if _is_compaction_event(doc):
         return False
-    return any(_key_names(ref.key, subject, covers, api) for ref in notification_refs(doc))
+    return any(
+        _key_names(ref.key, subject, covers, api, collection) for ref in notification_refs(doc)
+    )
 
 
-def _key_names(key: str, subject: str, covers: Callable[[str], bool], api: bool) -> bool:
+def _key_names(
+    key: str, subject: str, covers: Callable[[str], bool], api: bool, collection: str
+) -> bool:
     """Whether an object key lies in the subject's folder of a scope gallery's uploads, or
     (``api``) among the subject's enrolment photos."""
-    if api and key.startswith(subject_prefix(subject)):
+    if api and key.startswith(subject_prefix(subject, collection)):
         return True
     upload = classify(key)
     if isinstance(upload, PhotoUpload):

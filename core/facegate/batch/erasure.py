@@ -54,7 +54,14 @@ from facegate.storage.objects import ObjectInfo, ObjectStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.scrub import Scrubbed, erase_prefix, rewrite_table
 from facegate.storage.subjects import SubjectStore
-from facegate.storage.tombstones import API_SCOPE, Deletion, Tombstones, check_scope
+from facegate.storage.tombstones import (
+    API_SCOPE,
+    Deletion,
+    Tombstones,
+    check_scope,
+    collection_scope,
+    scope_collection,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -254,7 +261,7 @@ class Eraser:
             listed += len(versions)
             tables = sorted({k for k, _ in versions if k.endswith(".parquet")})
             tasks.extend(Task(TABLE, key, gallery) for key in tables)
-        if scope != API_SCOPE:
+        if scope_collection(scope) is None:
             own = scope.removeprefix("gallery:")
             prefix = f"{layout.UPLOADS_PREFIX}{own}/"
             versions = self.objects.versions(prefix)
@@ -313,7 +320,7 @@ class Eraser:
                 for r in jobs.remaining
             ]
             return [Removed.from_scrub(s) for s in jobs.scrubbed], remaining
-        return self._purge_dead_letters(subject_id, set(galleries), scope == API_SCOPE), []
+        return self._purge_dead_letters(subject_id, set(galleries), scope_collection(scope)), []
 
     # -- scope -----------------------------------------------------------------------------
 
@@ -322,6 +329,8 @@ class Eraser:
         gallery re-embedded from one of them (``reembed/<target>.json`` names its source),
         transitively. :class:`UnknownGalleryError` for a gallery with nothing under
         ``galleries/`` or ``uploads/``."""
+        if scope_collection(scope) not in (None, layout.DEFAULT_COLLECTION):
+            return []  # re-embedding reads the default collection's subjects only
         sources = self._reembed_sources()
         found: list[str] = []
         if scope != API_SCOPE:
@@ -397,7 +406,11 @@ class Eraser:
 
     # -- queues and caches -----------------------------------------------------------------
 
-    def _purge_dead_letters(self, subject_id: str, galleries: set[str], api: bool) -> list[Removed]:
+    def _purge_dead_letters(
+        self, subject_id: str, galleries: set[str], collection: str | None
+    ) -> list[Removed]:
+        """Dead letters naming the person: in the scope's galleries and, for a collection's
+        scope, among its enrolment photos."""
         if self.sqs is None:
             return []
         removed = []
@@ -405,7 +418,13 @@ class Eraser:
             deleted = purge_dead_letters(
                 self.sqs,
                 url,
-                lambda body: body_names_subject(body, subject_id, galleries, api),
+                lambda body: body_names_subject(
+                    body,
+                    subject_id,
+                    galleries,
+                    collection is not None,
+                    collection or layout.DEFAULT_COLLECTION,
+                ),
             )
             if deleted:
                 name = url.rstrip("/").rsplit("/", 1)[-1]
@@ -432,7 +451,7 @@ class Eraser:
                 + (f"; expires {days} days after the erasure" if days else "; kept"),
             },
         ]
-        if scope == API_SCOPE:
+        if scope_collection(scope) is not None:
             left.append(
                 {
                     "store": "dynamodb",
@@ -506,10 +525,13 @@ def erase_enrolled(
     """Erase an enrolled subject (:class:`UnknownSubjectError` if there is none) inside its
     deletion fence (:meth:`Tombstones.begin_deletion`; the interleavings with an enrolment
     are argued at :meth:`FaceService.delete_subject`)."""
+    if photos.collection != subjects.collection:
+        raise ValidationError("the subject and photo stores are of different collections")
     subjects.get_subject(subject_id)
-    deletion = eraser.tombstones.begin_deletion(subject_id)
+    scope = collection_scope(subjects.collection)
+    deletion = eraser.tombstones.begin_deletion(subject_id, scope)
     try:
-        return eraser.erase(subject_id, API_SCOPE, enrolment_eraser(subjects, photos))
+        return eraser.erase(subject_id, scope, enrolment_eraser(subjects, photos))
     finally:
         end_deletion(eraser.tombstones, deletion)
 

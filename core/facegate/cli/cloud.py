@@ -156,10 +156,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
     settings = aws_settings(args)
     store = ApiKeyStore(aws_client("dynamodb", settings), settings.keys_table)
     if args.action == "create":
-        issued = store.issue(args.name, args.scopes, _expiry(args.expires_in, args.expires_at))
+        issued = store.issue(
+            args.name,
+            args.scopes,
+            _expiry(args.expires_in, args.expires_at),
+            collections=args.collections,
+        )
         for label, value in _columns(issued.record.to_dict()).items():
-            print(f"{label:<8} {value}")
-        print(f"{'key':<8} {issued.key}")
+            print(f"{label:<11} {value}")
+        print(f"{'key':<11} {issued.key}")
         print("the key is shown once: only its hash is stored", file=sys.stderr)
     elif args.action == "list":
         keys = [key.to_dict() for key in store.all()]
@@ -224,7 +229,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 #: ``keys list`` columns and their widths.
-_WIDTHS = {"id": 12, "name": 24, "scopes": 19, "created": 20, "expires": 0}
+_WIDTHS = {"id": 12, "name": 24, "scopes": 19, "collections": 24, "created": 20, "expires": 0}
+#: ``keys list``'s collections of an unbound key: not an id, so never read as a collection.
+_EVERY_COLLECTION = "*"
 #: ``--expires-in`` units: seconds, minutes, hours, days, weeks.
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -232,11 +239,14 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def _columns(key: dict[str, object]) -> dict[str, str]:
     """What is shown of a key (:meth:`ApiKey.to_dict`), never the key or its hash."""
     expires = str(key["expires_at"] or "never") + (" (expired)" if key["expired"] else "")
-    scopes = key["scopes"]
+    scopes, collections = key["scopes"], key["collections"]
     return {
         "id": str(key["id"]),
         "name": str(key["name"]),
         "scopes": ",".join(scopes) if isinstance(scopes, list) else "",
+        "collections": (
+            ",".join(collections) if isinstance(collections, list) else _EVERY_COLLECTION
+        ),
         "created": str(key["created_at"]),
         "expires": expires,
     }
@@ -336,6 +346,15 @@ def register(sub: Subcommands, targets: Sequence[Target]) -> None:
         required=True,
         help="what the key may do, repeated for several: verify, enrol, admin",
     )
+    p.add_argument(
+        "--collection",
+        dest="collections",
+        action="append",
+        metavar="COLLECTION",
+        help="bind the key to this collection (repeat for several; 'default' included): its "
+        "scopes then apply there only, and no deployment-wide route is open to it. "
+        "Without it, the key acts on every collection",
+    )
     expiry = p.add_mutually_exclusive_group()
     expiry.add_argument("--expires-in", help="lifetime from now: 3600s, 90m, 12h, 30d, 4w")
     expiry.add_argument(
@@ -343,7 +362,9 @@ def register(sub: Subcommands, targets: Sequence[Target]) -> None:
     )
     add_target_options(p, targets, "on")
     p.set_defaults(func=cmd_keys)
-    p = key_actions.add_parser("list", help="id, name, scopes, created, expires of every key")
+    p = key_actions.add_parser(
+        "list", help="id, name, scopes, collections (* for all), created, expires of every key"
+    )
     p.add_argument("--json", action="store_true")
     add_target_options(p, targets, "on")
     p.set_defaults(func=cmd_keys)

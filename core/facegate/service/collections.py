@@ -7,14 +7,28 @@ and the same answer. Torch-free: models are known by their cards, never loaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import builtins
+from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
 
-from facegate.errors import CollectionNotEmptyError, DefaultCollectionError, ValidationError
+from facegate.errors import (
+    CollectionNotEmptyError,
+    DefaultCollectionError,
+    UnknownCollectionError,
+    ValidationError,
+)
 from facegate.models.card import ModelCard, list_cards
 from facegate.settings import MultiFacePolicy
-from facegate.storage.collections import DEFAULT_COLLECTION, Collection, CollectionStore
+from facegate.storage.collections import (
+    COLLECTION_SK,
+    DEFAULT_COLLECTION,
+    Collection,
+    CollectionStore,
+    collection_key,
+    decode_collection_cursor,
+)
+from facegate.storage.subject_items import encode_cursor
 from facegate.storage.subjects import MAX_LIST_LIMIT, SubjectStore
 
 #: ``counts(collection) -> (subjects, faces)``: what a collection holds.
@@ -102,13 +116,55 @@ class CollectionService:
         """The collection with its ``subjects`` and ``faces`` counts."""
         return self._answer(self.store.get(name))
 
-    def list(self, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
-        """One page of collections (``default`` first) and the cursor of the next."""
-        collections, next_cursor = self.store.list(limit, cursor)
+    def list(
+        self, limit: int = 100, cursor: str | None = None, only: Set[str] | None = None
+    ) -> dict[str, Any]:
+        """One page of collections (``default`` first) and the cursor of the next; with
+        ``only`` (a bound API key's collections), those of them that exist and nothing else."""
+        if only is None:
+            collections, next_cursor = self.store.list(limit, cursor)
+        else:
+            collections, next_cursor = self._list_only(only, limit, cursor)
         return {
             "collections": [self._answer(c) for c in collections],
             "next_cursor": next_cursor,
         }
+
+    def _list_only(
+        self, only: Set[str], limit: int, cursor: str | None
+    ) -> tuple[builtins.list[Collection], str | None]:
+        """A page of ``only``'s existing collections, in the store's order (``default``
+        first, then by name), read one by one.
+
+        Not the store's listing filtered: its pages run over every tenant's collections, and
+        its cursor is the last key it read, which could name a collection of another tenant.
+        Here a cursor only ever names a collection of the page (or, after ``default``, no
+        name), in the store's cursor format, so either listing's cursor reads in the other.
+        A key is bound to at most a hundred collections: one read each is fine.
+        """
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= MAX_LIST_LIMIT
+        ):
+            raise ValidationError(f"limit must be an int in 1..{MAX_LIST_LIMIT}, got {limit!r}")
+        others = sorted(n for n in only if n != DEFAULT_COLLECTION)
+        if cursor is None:
+            names = ([DEFAULT_COLLECTION] if DEFAULT_COLLECTION in only else []) + others
+        else:
+            after = decode_collection_cursor(cursor)["sk"]["S"].removeprefix(COLLECTION_SK)
+            names = [n for n in others if n > after]
+        page: builtins.list[Collection] = []
+        for name in names:
+            if len(page) == limit:
+                # "" after ``default``: before every name, as the store's own first cursor.
+                last = "" if page[-1].name == DEFAULT_COLLECTION else page[-1].name
+                return page, encode_cursor(collection_key(last))
+            try:
+                page.append(self.store.get(name))
+            except UnknownCollectionError:
+                continue  # bound before it was made, or since deleted
+        return page, None
 
     def delete(self, name: str) -> dict[str, Any]:
         """Delete an empty collection; the answer is shaped as an erasure receipt.

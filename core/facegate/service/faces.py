@@ -68,7 +68,7 @@ from facegate.storage.subjects import (
     SubjectStore,
     validate_metadata,
 )
-from facegate.storage.tombstones import API_SCOPE, Tombstones
+from facegate.storage.tombstones import Tombstones, collection_scope
 from facegate.types import FaceProcessor, FaceResult
 
 logger = logging.getLogger("facegate.service")
@@ -120,6 +120,36 @@ class FaceService:
         self.min_threshold = min_threshold
         #: Erases the person from every other store on DELETE (None: the enrolment only).
         self.eraser = eraser
+        if photos.collection != subjects.collection:
+            raise ValidationError("the subject and photo stores are of different collections")
+        #: The tombstone scope of this service's collection (its subjects' fence, erasures).
+        self.scope = collection_scope(subjects.collection)
+        #: The collection's decision rule, used when a request gives none (None: the
+        #: deployment's).
+        self.default_threshold: float | None = None
+        self.default_far: float | None = None
+
+    @property
+    def collection(self) -> str:
+        return self.subjects.collection
+
+    def in_collection(
+        self, collection: str, *, threshold: float | None = None, far: float | None = None
+    ) -> FaceService:
+        """The same service over ``collection``'s subjects and photos, deciding at the
+        collection's ``threshold`` or ``far`` when a request names neither. Subjects of other
+        collections are neither seen, nor searched, nor deleted by it."""
+        bound = FaceService(
+            self.pipeline,
+            self.subjects.in_collection(collection),
+            self.photos.in_collection(collection),
+            self.tombstones,
+            self.galleries,
+            min_threshold=self.min_threshold,
+            eraser=self.eraser,
+        )
+        bound.default_threshold, bound.default_far = threshold, far
+        return bound
 
     # -- enrolment -----------------------------------------------------------------------
 
@@ -143,7 +173,9 @@ class FaceService:
             raise ValidationError("no photos to enrol")
         if len(photos) > MAX_FACES_PER_PUT:  # one transaction holds at most this many faces
             raise ValidationError(f"enrol at most {MAX_FACES_PER_PUT} photos at a time")
-        fence = self.tombstones.fence(subject_id) if self.tombstones is not None else None
+        fence = (
+            self.tombstones.fence(subject_id, self.scope) if self.tombstones is not None else None
+        )
         results = self.pipeline.process_many(list(photos))
         outcomes: list[PhotoOutcome] = []
         faces: list[StoredFace] = []
@@ -215,7 +247,10 @@ class FaceService:
 
     def decision_threshold(self, threshold: float | None = None, far: float | None = None) -> float:
         """A request's own threshold or target FAR, else the deployment's; never below the
-        deployment's floor (a request asking for less is refused)."""
+        deployment's floor (a request asking for less is refused). A collection's own rule
+        stands in for the deployment's."""
+        if threshold is None and far is None:
+            threshold, far = self.default_threshold, self.default_far
         return decision_threshold(self.pipeline, threshold, far, min_threshold=self.min_threshold)
 
     def compare_photos(
@@ -418,9 +453,9 @@ class FaceService:
         erase = enrolment_eraser(self.subjects, self.photos)
         if self.tombstones is None:
             return self._counts(subject_id, erase(subject_id))
-        deletion = self.tombstones.begin_deletion(subject_id)
+        deletion = self.tombstones.begin_deletion(subject_id, self.scope)
         try:
-            self.tombstones.record(API_SCOPE, subject_id)
+            self.tombstones.record(self.scope, subject_id)
             return self._counts(subject_id, erase(subject_id))
         finally:
             end_deletion(self.tombstones, deletion)

@@ -6,29 +6,50 @@ up, so a leaked table never leaks a usable key. The functions that check keys ma
 the table (the template grants them ``DynamoDBReadPolicy``): no request can mint a key.
 
 Each key has a public id (for listing and revoking), a name, one or more scopes, a creation
-time and an optional expiry. The id is 12 random hex digits, drawn apart from the key, so it
-can be shown, logged or pasted in a ticket without saying anything about the key or its
-hash (a prefix of the hash would be a partial hash of the secret). The expiry is also the
-table's TTL attribute (epoch seconds); DynamoDB removes an expired item only some time
-later, so a key past its expiry is refused here, not by the TTL.
+time, an optional expiry and, optionally, the collections it is bound to. The id is 12
+random hex digits, drawn apart from the key, so it can be shown, logged or pasted in a ticket
+without saying anything about the key or its hash (a prefix of the hash would be a partial
+hash of the secret). The expiry is also the table's TTL attribute (epoch seconds); DynamoDB
+removes an expired item only some time later, so a key past its expiry is refused here,
+not by the TTL.
 
 :data:`ROUTE_SCOPES` is the one place that says which scope each route needs; the API and
 the job-status function both check keys against it.
+
+A key bound to collections (a tenant's key) holds its scopes in those collections only.
+:func:`route_reach` says what a request acts on: the route's ``{collection}``, ``default``
+for the routes that name none (:data:`DEFAULT_COLLECTION_ROUTES`), every collection for a
+listing that answers only the key's own (:data:`LISTING_ROUTES`), or the whole deployment
+(everything else). :meth:`ApiKeyStore.authorize` refuses a bound key a collection not its own
+as ``404 unknown_collection``, word for word what a collection that does not exist gets, so
+that a tenant cannot tell another tenant's collection from no collection; and it refuses a
+bound key every route of the deployment as ``403 insufficient_scope``: galleries, jobs,
+erasures, re-embedding, a subject's export (it searches every gallery and dead-letter queue),
+the schema and creating a collection are the operator's, whoever the tenant. A 403 there
+says nothing a tenant could not know (the routes are public, their paths name no
+collection), and it tells the caller why, where a 404 would read as a missing route.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, Literal, get_args
 
-from facegate.common import iso_seconds, utc_now
-from facegate.errors import InsufficientScopeError, UnauthorizedError, ValidationError
+from facegate.common import ID_PATTERN, iso_seconds, utc_now, validate_id
+from facegate.errors import (
+    InsufficientScopeError,
+    UnauthorizedError,
+    UnknownCollectionError,
+    ValidationError,
+)
 from facegate.storage.aws_errors import aws_errors
 from facegate.storage.dynamo import from_attributes, to_attributes
+from facegate.storage.keys import DEFAULT_COLLECTION
 
 KEY_PREFIX = "fg_"
 
@@ -56,6 +77,12 @@ ROUTE_SCOPES: dict[str, Scope] = {
     "GET /collections": "admin",
     "GET /collections/{collection}": "admin",
     "DELETE /collections/{collection}": "admin",
+    "POST /collections/{collection}/subjects/{subject_id}/faces": "enrol",
+    "GET /collections/{collection}/subjects": "admin",
+    "GET /collections/{collection}/subjects/{subject_id}": "admin",
+    "DELETE /collections/{collection}/subjects/{subject_id}": "admin",
+    "POST /collections/{collection}/compare": "verify",
+    "POST /collections/{collection}/identify": "verify",
     "GET /galleries/{gallery}": "admin",
     "DELETE /galleries/{gallery}/subjects/{subject_id}": "admin",
     "POST /galleries/{gallery}/compact": "admin",
@@ -68,18 +95,75 @@ ROUTE_SCOPES: dict[str, Scope] = {
     "GET /redoc": "admin",
 }
 
+#: The routes that name no collection and act on ``default``: a key bound to collections
+#: opens them only when ``default`` is one of its collections.
+DEFAULT_COLLECTION_ROUTES: frozenset[str] = frozenset(
+    {
+        "POST /compare",
+        "POST /identify",
+        "POST /embedding",
+        "POST /subjects/{subject_id}/faces",
+        "POST /enroll",
+        "POST /register",
+        "GET /subjects",
+        "GET /subjects/{subject_id}",
+        "DELETE /subjects/{subject_id}",
+    }
+)
+#: The routes that span collections but answer a bound key with its own collections only
+#: (the route filters; :class:`Reach.LISTING`).
+LISTING_ROUTES: frozenset[str] = frozenset({"GET /collections"})
+
 #: Longest key name: names are for people ("ci", "kiosk-lobby"), not data.
 MAX_NAME = 128
+#: Most collections one key is bound to: the key's item is read on every request, and
+#: listing collections reads each of a bound key's own.
+MAX_KEY_COLLECTIONS = 100
+
+
+class Reach(Enum):
+    """What a request acts on when it is not one collection (:func:`route_reach`)."""
+
+    #: The whole deployment: no collection owns it, so no key bound to collections opens it.
+    DEPLOYMENT = "deployment"
+    #: Every collection, each shown only to a key that may see it (``GET /collections``).
+    LISTING = "listing"
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _route_key(method: str, path: str) -> str:
+    """``METHOD path`` as :data:`ROUTE_SCOPES` spells it (``HEAD`` as ``GET``)."""
+    method = method.upper()
+    return f"{'GET' if method == 'HEAD' else method} {path}"
+
+
 def route_scope(method: str, path: str) -> Scope | None:
     """The scope ``METHOD path`` needs (``HEAD`` as ``GET``); None for a route not listed."""
-    method = method.upper()
-    return ROUTE_SCOPES.get(f"{'GET' if method == 'HEAD' else method} {path}")
+    return ROUTE_SCOPES.get(_route_key(method, path))
+
+
+def route_reach(method: str, path: str, path_params: Mapping[str, Any]) -> str | Reach:
+    """What a request of route ``METHOD path`` (the path as declared) acts on: the name in
+    its ``{collection}`` parameter, ``default`` for :data:`DEFAULT_COLLECTION_ROUTES`,
+    :attr:`Reach.LISTING` for :data:`LISTING_ROUTES`, else :attr:`Reach.DEPLOYMENT`.
+
+    A route is the deployment's unless it is listed or names its collection, so a new route
+    is closed to bound keys until someone says which collection it acts on. A
+    ``{collection}`` route whose parameter is missing (never, from a router) is the
+    deployment's too: refused, not guessed.
+    """
+    if "{collection}" in path:
+        name = path_params.get("collection")
+        return name if isinstance(name, str) else Reach.DEPLOYMENT
+    route = _route_key(method, path)
+    if route in DEFAULT_COLLECTION_ROUTES:
+        return DEFAULT_COLLECTION
+    if route in LISTING_ROUTES:
+        return Reach.LISTING
+    return Reach.DEPLOYMENT
 
 
 def check_scopes(scopes: Iterable[str]) -> frozenset[Scope]:
@@ -92,6 +176,34 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[Scope]:
             + (f"; unknown: {', '.join(unknown)}" if unknown else "")
         )
     return frozenset(s for s in SCOPES if s in chosen)
+
+
+def check_collections(collections: Iterable[str] | None) -> frozenset[str] | None:
+    """None (an unbound key: every collection) or 1-:data:`MAX_KEY_COLLECTIONS` collection
+    ids (``default`` among them if it is meant).
+
+    An empty list is refused rather than read as None: a caller who means "no collections"
+    must not get a key that opens all of them. A plain string is refused too (it would be
+    read as its letters). The collections need not exist yet: an operator may make a
+    tenant's key before the tenant's collection, and a binding only narrows a key.
+    """
+    if collections is None:
+        return None
+    if isinstance(collections, str | bytes):
+        raise ValidationError("collections must be a list of collection ids, not one string")
+    chosen = frozenset(validate_id(c, "collection") for c in collections)
+    if not 1 <= len(chosen) <= MAX_KEY_COLLECTIONS:
+        raise ValidationError(
+            f"a key is bound to 1-{MAX_KEY_COLLECTIONS} collections, or to none (every collection)"
+        )
+    return chosen
+
+
+def unknown_collection(name: str) -> UnknownCollectionError:
+    """The refusal of a collection a bound key may not see: the same code and message as
+    :meth:`~facegate.storage.collections.CollectionStore.get` gives a collection that does
+    not exist (a test compares the two answers byte for byte)."""
+    return UnknownCollectionError(f"unknown collection {name!r}")
 
 
 def _check_name(name: Any) -> str:
@@ -109,15 +221,24 @@ class ApiKey:
     scopes: frozenset[Scope]
     created_at: str
     expires_at: datetime | None = None
+    #: The collections the key is bound to; None: unbound, every collection (and the
+    #: deployment's routes), as every key made before keys had collections.
+    collections: frozenset[str] | None = None
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and (now or datetime.now(UTC)) >= self.expires_at
+
+    def sees(self, collection: str) -> bool:
+        """Whether the key's scopes apply in ``collection``."""
+        return self.collections is None or collection in self.collections
 
     def to_dict(self) -> dict[str, object]:
         return {
             "id": self.key_id,
             "name": self.name,
             "scopes": [s for s in SCOPES if s in self.scopes],
+            # null: unbound (every collection); sorted, so listings are stable.
+            "collections": None if self.collections is None else sorted(self.collections),
             "created_at": self.created_at,
             "expires_at": None if self.expires_at is None else iso_seconds(self.expires_at),
             "expired": self.expired(),
@@ -134,7 +255,19 @@ class ApiKey:
             scopes=frozenset(s for s in SCOPES if s in values.get("scopes", set())),
             created_at=str(values.get("created_at", "")),
             expires_at=None if expires is None else datetime.fromtimestamp(int(expires), UTC),
+            collections=_bound_collections(values),
         )
+
+
+def _bound_collections(values: Mapping[str, Any]) -> frozenset[str] | None:
+    """The item's collections. Absent: unbound. Present, the valid ids in it and nothing
+    else, so an attribute this version cannot read (a newer version's, a hand edit) binds
+    the key to fewer collections, never frees it of its binding."""
+    if "collections" not in values:
+        return None
+    stored = values["collections"]
+    names = stored if isinstance(stored, set | list | tuple) else ()
+    return frozenset(n for n in names if isinstance(n, str) and ID_PATTERN.match(n))
 
 
 @dataclass(frozen=True)
@@ -162,16 +295,21 @@ class ApiKeyStore:
         name: str,
         scopes: Iterable[str] = SCOPES,
         expires_at: datetime | None = None,
+        collections: Iterable[str] | None = None,
     ) -> IssuedKey:
         """A new random key with these scopes, valid until ``expires_at`` (aware, in the
-        future) or revoked. The key is returned once and never stored in clear."""
+        future) or revoked, in ``collections`` only (:func:`check_collections`; None: in
+        every collection). The key is returned once and never stored in clear."""
         chosen = check_scopes(scopes)
+        bound = check_collections(collections)
         if expires_at is not None and (
             expires_at.utcoffset() is None or expires_at <= datetime.now(UTC)
         ):
             raise ValidationError("a key's expiry must be a future time with a time zone")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        record = ApiKey(secrets.token_hex(6), _check_name(name), chosen, utc_now(), expires_at)
+        record = ApiKey(
+            secrets.token_hex(6), _check_name(name), chosen, utc_now(), expires_at, bound
+        )
         item = to_attributes(
             {
                 "pk": hash_key(key),
@@ -181,6 +319,8 @@ class ApiKeyStore:
                 "created_at": record.created_at,
                 # Epoch seconds: the table's TTL attribute.
                 "expires_at": None if expires_at is None else int(expires_at.timestamp()),
+                # A string set; absent (never empty: DynamoDB has no empty sets) if unbound.
+                "collections": None if bound is None else set(bound),
             }
         )
         with aws_errors("storing an API key"):
@@ -194,9 +334,11 @@ class ApiKeyStore:
         name: str,
         scopes: Iterable[str] = SCOPES,
         expires_at: datetime | None = None,
+        collections: Iterable[str] | None = None,
     ) -> str:
-        """:meth:`issue`, the key only (by default with every scope, as the local stack's)."""
-        return self.issue(name, scopes, expires_at).key
+        """:meth:`issue`, the key only (by default with every scope in every collection, as
+        the local stack's)."""
+        return self.issue(name, scopes, expires_at, collections).key
 
     def lookup(self, key: str | None) -> ApiKey | None:
         """The key's record; None for no key, an unknown one or one past its expiry."""
@@ -213,9 +355,20 @@ class ApiKeyStore:
         record = ApiKey.from_item(item)
         return None if record.expired() else record
 
-    def authorize(self, key: str | None, scope: Scope | None) -> ApiKey:
-        """The key's record if it holds ``scope``: 401 without a usable key, 403 with a key
-        that lacks the scope (``None``: a route no scope grants, refused to every key)."""
+    def authorize(
+        self, key: str | None, scope: Scope | None, reach: str | Reach = Reach.DEPLOYMENT
+    ) -> ApiKey:
+        """The key's record (its collections with it, for the route to filter by) if it
+        holds ``scope`` where the request acts (``reach``, :func:`route_reach`).
+
+        401 without a usable key; 403 ``insufficient_scope`` with a key that lacks the scope
+        (``None``: a route no scope grants, refused to every key), and for a bound key on a
+        route of the deployment; 404 ``unknown_collection`` for a bound key in a collection
+        not its own (:func:`unknown_collection`). The scope is checked first: it depends on
+        the route alone, so its 403 tells nothing about any collection. ``reach`` defaults
+        to the deployment, so a caller that does not say what a request acts on (the
+        job-status function) admits unbound keys only.
+        """
         if not key:
             raise UnauthorizedError("missing x-api-key header")
         record = self.lookup(key)
@@ -225,6 +378,14 @@ class ApiKeyStore:
             raise InsufficientScopeError(
                 f"this API key lacks the {scope!r} scope" if scope else "no key may call this"
             )
+        if record.collections is None or reach is Reach.LISTING:
+            return record
+        if reach is Reach.DEPLOYMENT:
+            raise InsufficientScopeError(
+                "this API key is bound to collections; this route belongs to none"
+            )
+        if not record.sees(reach):
+            raise unknown_collection(reach)
         return record
 
     def all(self) -> list[ApiKey]:

@@ -46,6 +46,7 @@ from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
 from facegate.storage.dynamo import TTL_ATTRIBUTE, expires_at, from_attributes, to_attributes
+from facegate.storage.keys import DEFAULT_COLLECTION
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -67,14 +68,35 @@ def gallery_scope(gallery: str) -> str:
     return f"gallery:{validate_id(gallery, 'gallery')}"
 
 
+def collection_scope(collection: str) -> str:
+    """The scope of a collection's enrolled subjects: :data:`API_SCOPE` for the default
+    collection (the scope the enrolled subjects had before collections, so that their
+    tombstones still hold), ``collection:<c>`` for any other."""
+    validate_id(collection, "collection")
+    return API_SCOPE if collection == DEFAULT_COLLECTION else f"collection:{collection}"
+
+
+def scope_collection(scope: str) -> str | None:
+    """The collection whose enrolled subjects ``scope`` is (None: a gallery's scope)."""
+    if scope == API_SCOPE:
+        return DEFAULT_COLLECTION
+    if scope.startswith("collection:"):
+        return scope.removeprefix("collection:")
+    return None
+
+
 def check_scope(scope: str) -> str:
-    """``scope`` when it is :data:`API_SCOPE` or a gallery's, else :class:`ValidationError`."""
+    """``scope`` when it is :data:`API_SCOPE`, a collection's or a gallery's, else
+    :class:`ValidationError`."""
     if scope == API_SCOPE:
         return scope
     if isinstance(scope, str) and scope.startswith("gallery:"):
         return gallery_scope(scope.removeprefix("gallery:"))
+    if isinstance(scope, str) and scope.startswith("collection:"):
+        return collection_scope(scope.removeprefix("collection:"))
     raise ValidationError(
-        f"an erasure scope is {API_SCOPE!r} or 'gallery:<name>'", detail=repr(scope)
+        f"an erasure scope is {API_SCOPE!r}, 'collection:<name>' or 'gallery:<name>'",
+        detail=repr(scope),
     )
 
 
@@ -284,14 +306,15 @@ class Tombstones:
                 return str(from_attributes(item["Item"])["deleted_at"])
         return stamp
 
-    def begin_deletion(self, subject_id: str) -> Deletion:
+    def begin_deletion(self, subject_id: str, scope: str = API_SCOPE) -> Deletion:
         """Move the enrolled subject's fence before a DELETE touches its photos or items: one
         update increments ``generation`` (cancelling every enrolment that read the old one)
         and adds this DELETE's mark (refusing every enrolment that starts before
-        :meth:`end_deletion`). The item is a whole tombstone even without :meth:`record`
+        :meth:`end_deletion`), in ``scope`` (the subject's collection's:
+        :func:`collection_scope`). The item is a whole tombstone even without :meth:`record`
         (``deleted_at`` set if absent).
         """
-        digest = self.key.digest(API_SCOPE, subject_id)
+        digest = self.key.digest(check_scope(scope), subject_id)
         now = datetime.now(UTC)
         mark = f"{iso_micros(now + DELETION_LEASE)} {uuid.uuid4().hex}"
         set_ttl, remove_ttl, expires = self._ttl()
@@ -312,7 +335,7 @@ class Tombstones:
                 ExpressionAttributeValues=to_attributes(
                     {
                         ":now": iso_micros(now),
-                        ":scope": API_SCOPE,
+                        ":scope": scope,
                         ":one": 1,
                         ":mark": {mark},
                         ":expires": expires,
@@ -346,11 +369,12 @@ class Tombstones:
                 if error_code(exc) != "ConditionalCheckFailedException":
                     raise
 
-    def fence(self, subject_id: str) -> EnrolmentFence:
+    def fence(self, subject_id: str, scope: str = API_SCOPE) -> EnrolmentFence:
         """The fence an enrolment of ``subject_id`` commits under; :class:`SubjectDeletedError`
         while a DELETE of the subject is running (read consistently: a DELETE that has moved
-        the fence is seen)."""
-        digest = self.key.digest(API_SCOPE, subject_id)
+        the fence is seen). ``scope``: the subject's collection's
+        (:func:`collection_scope`)."""
+        digest = self.key.digest(check_scope(scope), subject_id)
         found = self._read(digest, "generation", "deleting")
         now = datetime.now(UTC)
         if any(_mark_is_live(m, now) for m in found.get("deleting", set())):

@@ -13,15 +13,17 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from app.openapi import IdPath
 from facegate.batch.erasure import Eraser
 from facegate.batch.erasure_job import ErasureJobs
+from facegate.errors import ModelMismatchError
 from facegate.gallery.cache import GalleryCache
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService, GalleryService
 from facegate.service.collections import CollectionService, enrolled_counts
 from facegate.service.export import SubjectExport
 from facegate.settings import Settings, get_settings
-from facegate.storage.apikeys import ApiKeyStore, route_scope
+from facegate.storage.apikeys import ApiKey, ApiKeyStore, route_reach, route_scope
 from facegate.storage.clients import aws_client
 from facegate.storage.collections import CollectionStore
 from facegate.storage.galleries import GalleryStore
@@ -177,6 +179,23 @@ def get_collection_service(settings: SettingsDep) -> CollectionService:
     return _collection_service(settings, _stores(settings))
 
 
+def get_collection_faces(
+    collection: IdPath,
+    service: Annotated[FaceService, Depends(get_service)],
+    collections: Annotated[CollectionService, Depends(get_collection_service)],
+) -> FaceService:
+    """The face service over the collection named in the path, at its decision rule:
+    404 ``unknown_collection`` for one never created, 409 ``model_mismatch`` for one of a
+    model this deployment does not serve (its embeddings cannot be compared here)."""
+    found = collections.store.get(collection)
+    if found.model_id != service.pipeline.model_id:
+        raise ModelMismatchError(
+            f"collection {found.name!r} is of model {found.model_id!r}; this deployment "
+            f"serves {service.pipeline.model_id!r}"
+        )
+    return service.in_collection(found.name, threshold=found.threshold, far=found.far)
+
+
 #: The key header as an OpenAPI security scheme (clients and schemathesis see how to
 #: authenticate); checked below, not by FastAPI, so a missing key gets the API's own 401.
 API_KEY = APIKeyHeader(
@@ -190,20 +209,28 @@ def require_api_key(
     request: Request,
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Security(API_KEY)] = None,
-) -> None:
+) -> ApiKey | None:
     """``x-api-key`` must be a stored, unexpired key holding the scope the matched route
-    needs (:data:`~facegate.storage.apikeys.ROUTE_SCOPES`, the one place that says which);
-    IAM mode leaves auth to API Gateway.
+    needs (:data:`~facegate.storage.apikeys.ROUTE_SCOPES`, the one place that says which),
+    in the collection the request acts on when the key is bound to collections; IAM mode
+    leaves auth to API Gateway (None: no key, nothing to narrow).
 
-    Every router takes this as its dependency, so the scope is looked up from the route
-    FastAPI matched rather than declared route by route: a route missing from the mapping is
-    refused to every key, never open to all.
+    Every router takes this as its dependency, so the scope and the collection are found
+    from the route FastAPI matched rather than declared route by route: a route missing from
+    the mapping is refused to every key, never open to all, and a route that names no
+    ``{collection}`` and is not listed as acting on ``default`` is the deployment's, refused
+    to bound keys (:func:`~facegate.storage.apikeys.route_reach`). The key's record is
+    answered so that a route may narrow what it shows (``GET /collections``): FastAPI runs a
+    dependency once per request, so a route that asks for it again reads the key once.
     """
     if settings.auth_mode != "api_key":
-        return
-    route = request.scope.get("route")
-    scope = route_scope(request.method, getattr(route, "path", ""))
-    _stores(settings).keys.authorize(x_api_key, scope)
+        return None
+    path = getattr(request.scope.get("route"), "path", "")
+    return _stores(settings).keys.authorize(
+        x_api_key,
+        route_scope(request.method, path),
+        route_reach(request.method, path, request.path_params),
+    )
 
 
 ServiceDep = Annotated[FaceService, Depends(get_service)]
@@ -213,3 +240,5 @@ PhotoStoreDep = Annotated[PhotoStore, Depends(get_photo_store)]
 EraserDep = Annotated[Eraser, Depends(get_eraser)]
 ErasureJobsDep = Annotated[ErasureJobs, Depends(get_erasure_jobs)]
 CollectionServiceDep = Annotated[CollectionService, Depends(get_collection_service)]
+CollectionFacesDep = Annotated[FaceService, Depends(get_collection_faces)]
+ApiKeyDep = Annotated[ApiKey | None, Depends(require_api_key)]

@@ -7,7 +7,16 @@ from fastapi import FastAPI
 from app.errors import install_error_handlers
 from app.observability import install_request_logging
 from app.openapi import openapi_schema
-from app.routers import collections, docs, faces, galleries, health, jobs, subjects
+from app.routers import (
+    collection_faces,
+    collections,
+    docs,
+    faces,
+    galleries,
+    health,
+    jobs,
+    subjects,
+)
 from facegate import __version__
 
 
@@ -29,6 +38,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(subjects.router)
     app.include_router(collections.router)
+    app.include_router(collection_faces.router)
     app.include_router(faces.router)
     app.include_router(galleries.router)
     app.include_router(jobs.router)

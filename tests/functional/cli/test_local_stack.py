@@ -251,6 +251,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     assert summary["job_rows"] == 5 and summary["job_correct"] == 5
     assert summary["invoked"] == 2 and summary["functions"] == 5
     assert summary["memory_within_limits"] is True
+    assert summary["collections"] == 2 and summary["isolation_correct"] is True
     assert _survivors(tmp_path) == ""
     config = LocalConfig(root=REPO, state_dir=tmp_path / "state")
     entries = read_authorisations(config.authorisations_file)
@@ -311,7 +312,6 @@ NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
         "sqs:SendMessage*": "POST /reembed queues the re-embedding",
         "sqs:DeleteMessage": "an erasure deletes the person's dead-lettered messages",
         "sqs:ChangeMessageVisibility": "... and makes the others visible again at once",
-        "dynamodb:DeleteItem": "DELETE /collections/{collection} deletes the collection's item",
     },
     "EmbedFunction": {
         "dynamodb:GetItem": "the ledger's entry of a source already claimed",

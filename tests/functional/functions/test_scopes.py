@@ -78,6 +78,7 @@ REQUESTS = {
         ("POST", "/subjects/newcomer/faces", {"image": "PHOTO"}),
         ("POST", "/enroll", {"subject_id": "newcomer", "image": "PHOTO"}),
         ("POST", "/register", {"subject_id": "newcomer", "image": "PHOTO"}),
+        ("POST", "/collections/lobby/subjects/newcomer/faces", {"image": "PHOTO"}),
     ],
     "admin": [
         ("GET", "/subjects", None),
@@ -88,6 +89,9 @@ REQUESTS = {
         ("GET", "/collections", None),
         ("GET", "/collections/lobby", None),
         ("DELETE", "/collections/lobby", None),
+        ("GET", "/collections/lobby/subjects", None),
+        ("GET", "/collections/lobby/subjects/resident", None),
+        ("DELETE", "/collections/lobby/subjects/resident", None),
         ("GET", "/galleries/staff", None),
         ("DELETE", "/galleries/staff/subjects/resident", None),
         ("POST", "/galleries/staff/compact", None),
@@ -103,6 +107,8 @@ REQUESTS = {
         ("POST", "/compare", {"image_a": "PHOTO", "image_b": "PHOTO"}),
         ("POST", "/identify", {"image": "PHOTO"}),
         ("POST", "/embedding", {"image": "PHOTO"}),
+        ("POST", "/collections/lobby/compare", {"image_a": "PHOTO", "image_b": "PHOTO"}),
+        ("POST", "/collections/lobby/identify", {"image": "PHOTO"}),
     ],
 }
 

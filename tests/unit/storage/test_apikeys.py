@@ -1,5 +1,6 @@
 """API keys: only hashes are stored, in their own table; each key has an id, a name, scopes,
-a creation time and an optional expiry; it is checked against the scope a route needs."""
+a creation time, an optional expiry and optional collections; it is checked against the
+scope a route needs and, when bound, the collection the request acts on."""
 
 from __future__ import annotations
 
@@ -12,14 +13,20 @@ from facegate.errors import (
     InsufficientScopeError,
     StorageError,
     UnauthorizedError,
+    UnknownCollectionError,
     ValidationError,
 )
 from facegate.storage.apikeys import (
+    DEFAULT_COLLECTION_ROUTES,
+    LISTING_ROUTES,
+    MAX_KEY_COLLECTIONS,
     ROUTE_SCOPES,
     SCOPES,
     ApiKeyStore,
+    Reach,
     create_keys_table,
     hash_key,
+    route_reach,
     route_scope,
 )
 from facegate.storage.clients import aws_client
@@ -130,6 +137,7 @@ def test_listing_shows_every_key_but_never_a_key_or_its_hash(keys):
         "id",
         "name",
         "scopes",
+        "collections",
         "created_at",
         "expires_at",
         "expired",
@@ -173,3 +181,131 @@ def test_route_scopes():
     assert route_scope("GET", "/health") is None  # needs no key: never checked
     assert route_scope("PUT", "/compare") is None
     assert set(ROUTE_SCOPES.values()) == set(SCOPES)
+
+
+# -- keys bound to collections ---------------------------------------------------------
+
+
+def test_a_bound_key_stores_its_collections_and_an_unbound_one_none(keys, fresh_aws):
+    bound = keys.issue("kiosk-lobby", ["verify"], collections=["lobby", "default", "lobby"])
+    unbound = keys.issue("ops", ["admin"])
+    assert keys.lookup(bound.key) == bound.record
+    assert bound.record.collections == {"lobby", "default"}
+    assert bound.record.to_dict()["collections"] == ["default", "lobby"]
+    assert keys.lookup(unbound.key).collections is None
+    assert unbound.record.to_dict()["collections"] is None
+    items = {i["name"]["S"]: i for i in fresh_aws.dynamodb.scan(TableName=KEYS_TABLE)["Items"]}
+    assert sorted(items["kiosk-lobby"]["collections"]["SS"]) == ["default", "lobby"]
+    # Unbound is no attribute at all (every key made before bindings reads the same).
+    assert "collections" not in items["ops"]
+    assert {k.name: k.collections for k in keys.all()} == {
+        "kiosk-lobby": {"lobby", "default"},
+        "ops": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "collections,message",
+    [
+        ([], "1-100 collections"),  # never read as "unbound"
+        ("lobby", "not one string"),  # would be l, o, b, y
+        (["lobby", "-rf"], "collection must be"),
+        (["a/b"], "collection must be"),
+        ([""], "collection must be"),
+        ([f"c{n}" for n in range(MAX_KEY_COLLECTIONS + 1)], "1-100 collections"),
+    ],
+)
+def test_collections_are_one_or_more_ids(keys, fresh_aws, collections, message):
+    with pytest.raises(ValidationError, match=message):
+        keys.create("x", ["verify"], collections=collections)
+    assert not fresh_aws.dynamodb.scan(TableName=KEYS_TABLE)["Items"]
+
+
+def test_up_to_the_limit_of_collections(keys):
+    many = [f"c{n}" for n in range(MAX_KEY_COLLECTIONS)]
+    assert keys.lookup(keys.create("wide", ["verify"], collections=many)).collections == set(many)
+
+
+def test_authorize_narrows_a_bound_key_to_its_collections(keys):
+    bound = keys.create("tenant", SCOPES, collections=["lobby"])
+    unbound = keys.create("ops", SCOPES)
+    assert keys.authorize(bound, "verify", "lobby").collections == {"lobby"}
+    assert keys.authorize(bound, "admin", Reach.LISTING).collections == {"lobby"}
+    for other in ("office", "default", "nowhere"):
+        # The store's own refusal of a collection that does not exist, word for word.
+        with pytest.raises(UnknownCollectionError) as refused:
+            keys.authorize(bound, "enrol", other)
+        assert (refused.value.code, refused.value.message) == (
+            "unknown_collection",
+            f"unknown collection {other!r}",
+        )
+    with pytest.raises(InsufficientScopeError, match="bound to collections"):
+        keys.authorize(bound, "admin", Reach.DEPLOYMENT)
+    with pytest.raises(InsufficientScopeError, match="bound to collections"):
+        keys.authorize(bound, "admin")  # a caller that names no reach: the deployment
+    for reach in ("lobby", "office", Reach.LISTING, Reach.DEPLOYMENT):
+        assert keys.authorize(unbound, "admin", reach).collections is None
+    assert keys.authorize(unbound, "admin").name == "ops"
+
+
+def test_the_scope_is_checked_before_the_collection(keys):
+    """A 403 for the scope depends on the route only: it says nothing of a collection."""
+    verify = keys.create("kiosk", ["verify"], collections=["lobby"])
+    with pytest.raises(InsufficientScopeError, match="'admin' scope"):
+        keys.authorize(verify, "admin", "office")
+    with pytest.raises(UnauthorizedError):
+        keys.authorize(verify + "x", "verify", "lobby")
+
+
+@pytest.mark.parametrize(
+    "stored,bound",
+    [
+        ({"SS": ["lobby", "../x"]}, {"lobby"}),  # an id this version refuses is dropped
+        ({"S": "lobby"}, set()),  # not a set: bound to nothing, never unbound
+        ({"L": [{"S": "lobby"}, {"N": "1"}]}, {"lobby"}),
+    ],
+)
+def test_a_binding_this_version_cannot_read_narrows_never_widens(keys, fresh_aws, stored, bound):
+    key = keys.create("tenant", ["verify"], collections=["lobby"])
+    fresh_aws.dynamodb.update_item(
+        TableName=KEYS_TABLE,
+        Key=to_attributes({"pk": hash_key(key)}),
+        UpdateExpression="SET collections = :c",
+        ExpressionAttributeValues={":c": stored},
+    )
+    assert keys.lookup(key).collections == bound
+    with pytest.raises(UnknownCollectionError):
+        keys.authorize(key, "verify", "office")
+    with pytest.raises(InsufficientScopeError):
+        keys.authorize(key, "verify", Reach.DEPLOYMENT)
+
+
+def test_route_reach():
+    """What each route acts on, for a bound key: its ``{collection}``, ``default``, every
+    collection (a listing that filters) or the deployment (everything else)."""
+    params = {"collection": "lobby", "subject_id": "pat"}
+    assert route_reach("POST", "/collections/{collection}/compare", params) == "lobby"
+    assert route_reach("head", "/collections/{collection}", params) == "lobby"
+    assert route_reach("DELETE", "/collections/{collection}/subjects/{subject_id}", params) == (
+        "lobby"
+    )
+    assert route_reach("GET", "/collections/{collection}", {}) is Reach.DEPLOYMENT
+    assert route_reach("POST", "/compare", params) == "default"
+    assert route_reach("HEAD", "/subjects/{subject_id}", params) == "default"
+    assert route_reach("GET", "/collections", {}) is Reach.LISTING
+    for route in (
+        "POST /collections",
+        "GET /subjects/{subject_id}/export",
+        "GET /galleries/{gallery}",
+        "POST /reembed",
+        "GET /jobs/{job_id}",
+        "GET /erasures/{erasure_id}",
+        "GET /openapi.json",
+        "GET /somewhere/new",  # a route nobody placed: the deployment's, closed to tenants
+    ):
+        method, path = route.split(" ")
+        assert route_reach(method, path, params) is Reach.DEPLOYMENT, route
+    # Both lists name routes that exist, and no route is in both or names a collection.
+    assert (DEFAULT_COLLECTION_ROUTES | LISTING_ROUTES).issubset(ROUTE_SCOPES)
+    assert not DEFAULT_COLLECTION_ROUTES & LISTING_ROUTES
+    assert not any("{collection}" in r for r in DEFAULT_COLLECTION_ROUTES | LISTING_ROUTES)

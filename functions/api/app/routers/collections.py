@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import CollectionServiceDep, require_api_key
+from app.deps import ApiKeyDep, CollectionServiceDep, require_api_key
 from app.openapi import ID, KEYED, IdPath, error_responses
 from app.requests import require_json
 from facegate.settings import MultiFacePolicy
@@ -99,11 +99,13 @@ def create_collection(body: CollectionBody, service: CollectionServiceDep) -> di
 @router.get("/collections", response_model=CollectionPage)
 def list_collections(
     service: CollectionServiceDep,
+    key: ApiKeyDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 100,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    """One page of collections, ``default`` first, with their subject and face counts."""
-    return service.list(limit, cursor)
+    """One page of collections, ``default`` first, with their subject and face counts; a
+    key bound to collections sees its own only (the others' names are theirs)."""
+    return service.list(limit, cursor, only=None if key is None else key.collections)
 
 
 @router.get(

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends
 
 from app.deps import ServiceDep, require_api_key
 from app.openapi import ID, KEYED, PHOTOS, error_responses, photo_body
-from app.requests import BodyDep
+from app.requests import Body, BodyDep
+from facegate.service.faces import FaceService
 
 router = APIRouter(
     tags=["faces"],
@@ -37,23 +38,31 @@ DECISION_FIELDS: dict[str, object] = {
 }
 
 
-@router.post(
-    "/compare",
-    responses=error_responses(409),
-    openapi_extra=photo_body(
-        {"image_a": "first photo", "image_b": "second photo", "image": "photo to verify"},
-        {
-            "subject_id": {**ID, "description": "verify image against this subject"},
-            "embedding": {"type": "array", "items": {"type": "number"}},
-            "model_id": {"type": "string", "description": "model of the reference embedding"},
-            **DECISION_FIELDS,
-        },
-        one_of=[["image_a", "image_b"], ["image", "subject_id"], ["image", "embedding"]],
-    ),
+COMPARE_BODY = photo_body(
+    {"image_a": "first photo", "image_b": "second photo", "image": "photo to verify"},
+    {
+        "subject_id": {**ID, "description": "verify image against this subject"},
+        "embedding": {"type": "array", "items": {"type": "number"}},
+        "model_id": {"type": "string", "description": "model of the reference embedding"},
+        **DECISION_FIELDS,
+    },
+    one_of=[["image_a", "image_b"], ["image", "subject_id"], ["image", "embedding"]],
 )
-def compare(body: BodyDep, service: ServiceDep) -> dict[str, object]:
-    """``image_a`` + ``image_b``; or ``image`` + ``subject_id`` (best of the subject's
-    enrolled faces); or ``image`` + a reference ``embedding`` (with its ``model_id``)."""
+IDENTIFY_BODY = photo_body(
+    {"image": "probe photo"},
+    {
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
+        "gallery": {**ID, "description": "name of a Parquet gallery"},
+        "subjects": {"type": "boolean", "default": True},
+        **DECISION_FIELDS,
+    },
+    ["image"],
+)
+
+
+def compare_with(body: Body, service: FaceService) -> dict[str, object]:
+    """A compare request's answer from ``service`` (the default collection's, or another's:
+    ``subject_id`` is looked up in the service's collection)."""
     threshold, far = body.number("threshold"), body.number("far")
     if "subject_id" in body.fields:
         subject_id = str(body.fields["subject_id"])
@@ -73,23 +82,9 @@ def compare(body: BodyDep, service: ServiceDep) -> dict[str, object]:
     )
 
 
-@router.post(
-    "/identify",
-    responses=error_responses(409),
-    openapi_extra=photo_body(
-        {"image": "probe photo"},
-        {
-            "top_k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
-            "gallery": {**ID, "description": "name of a Parquet gallery"},
-            "subjects": {"type": "boolean", "default": True},
-            **DECISION_FIELDS,
-        },
-        ["image"],
-    ),
-)
-def identify(body: BodyDep, service: ServiceDep) -> dict[str, object]:
-    """Top-k subjects for ``image`` among enrolled subjects and/or a named ``gallery``: only
-    those at or above the decision threshold are listed, scores to 3 decimals."""
+def identify_with(body: Body, service: FaceService) -> dict[str, object]:
+    """An identify request's answer from ``service``: its collection's subjects and/or a
+    named gallery."""
     return service.identify(
         body.photo("image"),
         top_k=body.integer("top_k", 5, 1, 100),
@@ -98,6 +93,22 @@ def identify(body: BodyDep, service: ServiceDep) -> dict[str, object]:
         threshold=body.number("threshold"),
         far=body.number("far"),
     )
+
+
+@router.post("/compare", responses=error_responses(409), openapi_extra=COMPARE_BODY)
+def compare(body: BodyDep, service: ServiceDep) -> dict[str, object]:
+    """``image_a`` + ``image_b``; or ``image`` + ``subject_id`` (best of the subject's
+    enrolled faces, in the default collection); or ``image`` + a reference ``embedding``
+    (with its ``model_id``)."""
+    return compare_with(body, service)
+
+
+@router.post("/identify", responses=error_responses(409), openapi_extra=IDENTIFY_BODY)
+def identify(body: BodyDep, service: ServiceDep) -> dict[str, object]:
+    """Top-k subjects for ``image`` among the default collection's enrolled subjects and/or
+    a named ``gallery``: only those at or above the decision threshold are listed, scores
+    to 3 decimals."""
+    return identify_with(body, service)
 
 
 @router.post(
