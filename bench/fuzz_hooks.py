@@ -15,13 +15,32 @@ under which the same file names are stored; empty: no ``s3://`` photos).
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import schemathesis
+
+# schemathesis runs its workers as threads, and Hypothesis describes strategies by parsing
+# their lambdas' source (``ast.parse``). CPython 3.11 keeps the AST constructor's recursion
+# counter in interpreter-wide state, so two threads converting trees at once corrupt it:
+# "SystemError: AST constructor recursion depth mismatch", reported by schemathesis as a
+# runtime error of whichever operation was being generated (POST /compare and its collection
+# twin, the largest body schemas). One parse at a time; nothing sent to the API changes.
+_PARSE = threading.Lock()
+_ast_parse = ast.parse
+
+
+def _serial_parse(*args: Any, **kwargs: Any) -> Any:
+    with _PARSE:
+        return _ast_parse(*args, **kwargs)
+
+
+ast.parse = _serial_parse  # type: ignore[assignment]
 
 PHOTOS = sorted(Path(os.environ["FACEGATE_FUZZ_PHOTOS"]).glob("*.jpg"))
 S3_PREFIX = os.environ.get("FACEGATE_FUZZ_S3", "")
