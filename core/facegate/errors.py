@@ -128,6 +128,12 @@ class UnknownCollectionError(FaceGateError):
 
     code = "unknown_collection"
 
+    @classmethod
+    def named(cls, name: str) -> UnknownCollectionError:
+        """The one refusal of a collection by name: the same words whether it does not exist
+        or belongs to another tenant's key, so that the two cannot be told apart."""
+        return cls(f"unknown collection {name!r}")
+
 
 class ModelMismatchError(FaceGateError):
     """Embeddings from different models (or dims) must never be compared."""

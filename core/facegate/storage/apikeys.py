@@ -203,7 +203,7 @@ def unknown_collection(name: str) -> UnknownCollectionError:
     """The refusal of a collection a bound key may not see: the same code and message as
     :meth:`~facegate.storage.collections.CollectionStore.get` gives a collection that does
     not exist (a test compares the two answers byte for byte)."""
-    return UnknownCollectionError(f"unknown collection {name!r}")
+    return UnknownCollectionError.named(name)
 
 
 def _check_name(name: Any) -> str:

@@ -262,7 +262,7 @@ class CollectionStore:
             return collection_from_item(from_attributes(item))
         if name == DEFAULT_COLLECTION:
             return self.implicit_default()
-        raise UnknownCollectionError(f"unknown collection {name!r}")
+        raise UnknownCollectionError.named(name)
 
     def delete(self, name: str) -> None:
         """Delete a collection's item; :class:`DefaultCollectionError` for ``default``,
@@ -282,7 +282,7 @@ class CollectionStore:
             except ClientError as exc:
                 if error_code(exc) != "ConditionalCheckFailedException":
                     raise
-                raise UnknownCollectionError(f"unknown collection {name!r}") from exc
+                raise UnknownCollectionError.named(name) from exc
 
     def list(
         self, limit: int = 100, cursor: str | None = None
