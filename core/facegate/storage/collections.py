@@ -19,8 +19,6 @@ The items carry neither ``kind`` nor ``subject_id``: they stay out of the sparse
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
 import math
 from collections.abc import Mapping
@@ -29,7 +27,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from botocore.exceptions import ClientError
 
-from facegate.common import ID_PATTERN, parse_json, utc_now, validate_id
+from facegate.common import ID_PATTERN, utc_now, validate_id
 from facegate.errors import (
     CollectionExistsError,
     DefaultCollectionError,
@@ -41,7 +39,7 @@ from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
 from facegate.storage.dynamo import from_attributes, to_attributes
 from facegate.storage.keys import DEFAULT_COLLECTION
-from facegate.storage.subject_items import encode_cursor
+from facegate.storage.subject_items import decode_start_key, encode_cursor
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -177,23 +175,14 @@ def decode_collection_cursor(cursor: str) -> dict[str, Any]:
     ``ValidationException``, a :class:`~facegate.errors.StorageError` (503, "retry later");
     refused here, it is the caller's ``validation_error``.
     """
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        key: Any = parse_json(base64.urlsafe_b64decode(padded.encode("ascii")), "cursor")
-    except (AttributeError, TypeError, ValueError, binascii.Error, ValidationError) as exc:
-        raise ValidationError("invalid cursor") from exc
-    valid = (
-        isinstance(key, dict)
-        and set(key) == _CURSOR_KEYS
-        and all(isinstance(v, dict) and list(v) == ["S"] for v in key.values())
-        and all(isinstance(v["S"], str) for v in key.values())
-        and key["pk"]["S"] == COLLECTIONS_PK
+    key = decode_start_key(cursor, _CURSOR_KEYS)
+    if not (
+        key["pk"]["S"] == COLLECTIONS_PK
         and key["sk"]["S"].startswith(COLLECTION_SK)
         and _start_name(key["sk"]["S"].removeprefix(COLLECTION_SK))
-    )
-    if not valid:
+    ):
         raise ValidationError("invalid cursor")
-    return dict(key)
+    return key
 
 
 # --------------------------------------------------------------------------------------

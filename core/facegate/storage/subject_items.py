@@ -184,11 +184,17 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     """Inverse of :func:`encode_cursor`, refusing anything that is not a key of the index.
 
     The cursor comes from a caller: checking its shape keeps a forged one from reaching
-    DynamoDB as anything but a start key of the ``subjects`` index, and
-    :func:`~facegate.common.parse_json` bounds its nesting (JSON nested past Python's
-    recursion limit would escape as a ``RecursionError``). It stays DynamoDB's own
+    DynamoDB as anything but a start key of the ``subjects`` index. It stays DynamoDB's own
     wire format (four string attributes), so cursors handed out earlier keep working.
     """
+    return decode_start_key(cursor, _CURSOR_KEYS)
+
+
+def decode_start_key(cursor: str, names: frozenset[str]) -> dict[str, Any]:
+    """The start key a cursor of :func:`encode_cursor` carries, when it is exactly the string
+    attributes ``names``; else ``invalid cursor``. :func:`~facegate.common.parse_json` bounds
+    its nesting (JSON nested past Python's recursion limit would escape as a
+    ``RecursionError``); the caller checks what its own keys must hold."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         key: Any = parse_json(base64.urlsafe_b64decode(padded.encode("ascii")), "cursor")
@@ -196,7 +202,7 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         raise ValidationError("invalid cursor") from exc
     valid = (
         isinstance(key, dict)
-        and set(key) == _CURSOR_KEYS
+        and set(key) == names
         and all(isinstance(v, dict) and list(v) == ["S"] for v in key.values())
         and all(isinstance(v["S"], str) for v in key.values())
     )
