@@ -98,11 +98,22 @@ class DefaultCollectionError(FaceGateError):
     code = "default_collection"
 
 
-class CollectionNotEmptyError(FaceGateError):
-    """A collection that still holds enrolled subjects is not deleted: its deletion would
-    have to erase them, which is refused until subjects are keyed by collection."""
+class CollectionDeletingError(FaceGateError):
+    """The collection is being deleted: nothing is enrolled into it, searched in it or
+    attached to it any more; its deletion finishes by itself (``GET /erasures/{id}``)."""
 
-    code = "collection_not_empty"
+    code = "collection_deleting"
+
+    @classmethod
+    def named(cls, name: str) -> CollectionDeletingError:
+        return cls(f"collection {name!r} is being deleted")
+
+
+class CollectionBusyError(FaceGateError):
+    """The collection cannot be deleted while verification jobs run on a gallery exported
+    from it: the deletion destroys that gallery under them. Retry when they have finished."""
+
+    code = "collection_busy"
 
 
 class UnknownJobError(FaceGateError):
@@ -121,6 +132,13 @@ class UnknownGalleryError(FaceGateError):
     """No such gallery (nothing uploaded to it, or never compacted where that is needed)."""
 
     code = "unknown_gallery"
+
+
+class GalleryExistsError(FaceGateError):
+    """A gallery of that name holds something else (uploads, or another collection's
+    export): a collection is exported into a new gallery or into its own export only."""
+
+    code = "gallery_exists"
 
 
 class UnknownCollectionError(FaceGateError):

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     erasure_inline_max_objects: int = Field(default=5000, ge=0)
     #: Tasks (tables, photo sets) per message when such a job fans out over the workers.
     erasure_chunk_size: int = Field(default=100, ge=1, le=200)
+    #: A collection of more subjects than this is deleted by the jobs workers (``202``,
+    #: ``GET /erasures/{id}``), this many per message; 0: always by the workers.
+    collection_delete_inline_max: int = Field(default=25, ge=0)
+    collection_delete_batch: int = Field(default=200, ge=1, le=10_000)
     #: The dead-letter queues an erasure scans for messages naming the person.
     ingest_dlq_url: str | None = None
     jobs_dlq_url: str | None = None

@@ -4,7 +4,9 @@ Starts the stack (unless one is running), enrols the two sample people from one 
 compares every pair of sample photos, identifies each photo that was not enrolled (the
 impostors must come back "no match"), deletes a subject and checks that it is gone with its
 photos, shows a second collection whose subject of the same id is another person and that
-identify in one collection never sees the other, prints a report, and stops what it started.
+identify in one collection never sees the other (then deletes it with its export), exports
+the enrolled subjects as a gallery a batch job verifies against, prints a report, and stops
+what it started.
 The last line is one JSON summary.
 """
 
@@ -115,16 +117,19 @@ def _exercise(url: str, key: str, root: Path) -> dict[str, Any]:
 
 def _collections(state: StackState, root: Path) -> dict[str, Any]:
     """A second collection, ``lobby``, whose ``person_b`` is person A: the same id in two
-    collections is two people, and identify in one never sees the other. Then lobby's
-    person_b is erased (the default collection's stays) and lobby deleted."""
+    collections is two people, and identify in one never sees the other. Lobby's person_b
+    is erased (the default collection's stays); lobby, still holding a visitor, is exported
+    as a gallery and then deleted with everything in it, its export included. The default
+    collection is exported as gallery ``enrolled``, which the batch job verifies against."""
     photos = {p.stem: p.read_bytes() for p in sample_photos(root)}
     client = httpx.Client(base_url=state.api_url, headers={"x-api-key": state.api_key}, timeout=120)
     print("\ncollections")
     client.post("/collections", json={"name": "lobby", "description": "lobby kiosks"})
-    files = {"image": ("person_a_1.jpg", photos["person_a_1"], "image/jpeg")}
-    client.post("/collections/lobby/subjects/person_b/faces", files=files)
+    for subject, stem in (("person_b", "person_a_1"), ("visitor", "impostor_1")):
+        files = {"image": (f"{stem}.jpg", photos[stem], "image/jpeg")}
+        client.post(f"/collections/lobby/subjects/{subject}/faces", files=files)
     names = [c["name"] for c in client.get("/collections").json()["collections"]]
-    print(f"  {', '.join(names)}; lobby's person_b <- person_a_1")
+    print(f"  {', '.join(names)}; lobby's person_b <- person_a_1, visitor <- impostor_1")
     correct = 0
     expected = {
         ("lobby", "person_a_2"): "person_b",  # lobby's person_b is person A
@@ -142,11 +147,27 @@ def _collections(state: StackState, root: Path) -> dict[str, Any]:
         print(f"  identify {stem:<10} in {collection:<7} -> {shown:<9} {_mark(got == want)}")
     erased = client.delete("/collections/lobby/subjects/person_b").json()
     kept = client.get("/subjects/person_b").status_code == 200
-    dropped = client.delete("/collections/lobby").status_code == 200
     print(f"  erase lobby's person_b: scope {erased['scope']}; default's person_b kept: {kept}")
+    exported = client.post("/collections/lobby/export", json={"gallery": "lobby-export"}).json()
+    print(f"  export lobby -> gallery lobby-export: {exported['rows']} row(s)")
+    receipt = client.delete("/collections/lobby").json()
+    dropped = (
+        receipt.get("deleted") is True
+        and receipt["subjects_erased"] == 1
+        and receipt["galleries_destroyed"] == ["lobby-export"]
+        and client.get("/collections/lobby").status_code == 404
+        and client.get("/galleries/lobby-export").status_code == 404
+    )
+    print(
+        f"  delete lobby: {receipt.get('subjects_erased')} subject(s) erased, galleries "
+        f"destroyed {receipt.get('galleries_destroyed')}; gone: {dropped}"
+    )
+    enrolled = client.post("/collections/default/export", json={"gallery": "enrolled"}).json()
+    print(f"  export default -> gallery enrolled: {enrolled['rows']} row(s) for the batch job")
     return {
         "collections": len(names),
         "isolation_correct": correct == len(expected) and kept and dropped,
+        "exported_rows": enrolled["rows"],
     }
 
 
@@ -197,6 +218,8 @@ JOB_ROWS = [
     ("/probes/samples/impostor_2.jpg,person_a,demo,verify", "no_match"),
     ("/probes/samples/person_b_2.jpg,,demo,identify", "identified"),
     ("/probes/samples/no-such-photo.jpg,person_a,demo,verify", "failed"),
+    # Against the API-enrolled people, exported from the default collection.
+    ("/probes/samples/person_b_2.jpg,person_b,enrolled,verify", "match"),
 ]
 
 
@@ -320,5 +343,6 @@ def main(root: Path) -> int:
         and summary["memory_within_limits"]
         and summary["collections"] == 2
         and summary["isolation_correct"]
+        and summary["exported_rows"] == 1
     )
     return 0 if ok else 1

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence, Set
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Self, cast
 
 import pyarrow as pa
@@ -48,14 +48,15 @@ from facegate.batch.scrub_uploads import rewrite_archive, rewrite_manifest_csv
 from facegate.common import validate_id
 from facegate.errors import ObjectNotFoundError, UnknownGalleryError, ValidationError
 from facegate.gallery.cache import GalleryCache
+from facegate.settings import Settings
 from facegate.storage import keys as layout
+from facegate.storage.clients import aws_client
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.objects import ObjectInfo, ObjectStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.scrub import Scrubbed, erase_prefix, rewrite_table
 from facegate.storage.subjects import SubjectStore
 from facegate.storage.tombstones import (
-    API_SCOPE,
     Deletion,
     Tombstones,
     check_scope,
@@ -113,6 +114,21 @@ class Removed:
         )
 
 
+def add_totals(
+    totals: dict[str, dict[str, int]], removed: Sequence[Removed]
+) -> dict[str, dict[str, int]]:
+    """Add ``removed`` to ``totals`` (per kind: objects, tables or queues touched, versions
+    destroyed, rows removed) and answer it."""
+    for entry in removed:
+        total = totals.setdefault(
+            entry.kind, {"objects": 0, "versions_deleted": 0, "rows_removed": 0}
+        )
+        total["objects"] += 1
+        total["versions_deleted"] += entry.versions_deleted
+        total["rows_removed"] += entry.rows_removed
+    return totals
+
+
 @dataclass
 class Receipt:
     """What one erasure did: ``removed`` in the order it happened, ``remaining`` what it left
@@ -127,15 +143,7 @@ class Receipt:
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Per kind: objects (or tables, queues) touched, versions destroyed, rows removed."""
-        out: dict[str, dict[str, int]] = {}
-        for entry in self.removed:
-            total = out.setdefault(
-                entry.kind, {"objects": 0, "versions_deleted": 0, "rows_removed": 0}
-            )
-            total["objects"] += 1
-            total["versions_deleted"] += entry.versions_deleted
-            total["rows_removed"] += entry.rows_removed
-        return dict(sorted(out.items()))
+        return dict(sorted(add_totals({}, self.removed).items()))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -230,26 +238,66 @@ class Eraser:
         self.dead_letter_queues = [q for q in dead_letter_queues if q]
         self.cache = cache
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        tombstones: Tombstones | None = None,
+        cache: GalleryCache | None = None,
+    ) -> Eraser:
+        """The deployment's eraser: its bucket, tombstones and dead-letter queues."""
+        return cls(
+            aws_client("s3", settings),
+            settings.bucket,
+            tombstones if tombstones is not None else Tombstones.from_settings(settings),
+            sqs=aws_client("sqs", settings),
+            dead_letter_queues=[q for q in (settings.ingest_dlq_url, settings.jobs_dlq_url) if q],
+            cache=cache,
+        )
+
     def erase(
-        self, subject_id: str, scope: str, enrolment: EnrolmentEraser | None = None
+        self,
+        subject_id: str,
+        scope: str,
+        enrolment: EnrolmentEraser | None = None,
+        *,
+        galleries: Sequence[str] | None = None,
+        dead_letters: bool = True,
     ) -> Receipt:
         """Erase ``subject_id`` in ``scope`` (see the module docstring); ``enrolment`` removes
         an enrolled subject's photos and items once the tombstone is recorded (``api``).
         :class:`UnknownGalleryError` for a gallery FaceGate holds nothing of (a typo must not
         look like a done erasure). Safe to run again: what was removed stays removed, and a
-        second run finds nothing."""
-        return self.execute(self.prepare(subject_id, scope), enrolment)
+        second run finds nothing. ``galleries`` and ``dead_letters`` are
+        :meth:`prepare`'s."""
+        plan = self.prepare(subject_id, scope, galleries=galleries, dead_letters=dead_letters)
+        return self.execute(plan, enrolment)
 
-    def prepare(self, subject_id: str, scope: str) -> Plan:
+    def prepare(
+        self,
+        subject_id: str,
+        scope: str,
+        *,
+        galleries: Sequence[str] | None = None,
+        dead_letters: bool = True,
+    ) -> Plan:
         """Record the tombstone, then list what the erasure will go through. The scope is
         checked first (an unknown gallery records nothing); the listing comes after the
         tombstone, so that whatever it misses was written after the tombstone and drops the
-        person by itself (the embedding job's check after its write)."""
+        person by itself (the embedding job's check after its write).
+
+        A collection's deletion, which erases every subject of it, passes the ``galleries``
+        it found once (those exported from it, already destroyed whole: their jobs are left
+        to each erasure) and purges the dead letters once for all (``dead_letters=False``).
+        """
         validate_id(subject_id)
         scope = check_scope(scope)
-        galleries = self.galleries_in_scope(scope)
+        found = self.galleries_in_scope(scope) if galleries is None else list(galleries)
         erased_at = self.tombstones.record(scope, subject_id)
-        return self.plan(subject_id, scope, erased_at, galleries)
+        plan = self.plan(subject_id, scope, erased_at, found)
+        if not dead_letters:
+            plan = replace(plan, tasks=[t for t in plan.tasks if t.kind != DEAD_LETTERS])
+        return plan
 
     def plan(self, subject_id: str, scope: str, erased_at: str, galleries: Sequence[str]) -> Plan:
         """The tasks of an erasure whose tombstone was recorded at ``erased_at``: one listing
@@ -295,7 +343,7 @@ class Eraser:
         """What ends every erasure: this process's cached galleries dropped, and what remains
         by design."""
         self._drop_cached(receipt.galleries, receipt)
-        receipt.remaining.extend(self._by_design(receipt.scope))
+        receipt.remaining.extend(self.by_design(receipt.scope))
         return receipt
 
     def run_task(
@@ -325,15 +373,17 @@ class Eraser:
     # -- scope -----------------------------------------------------------------------------
 
     def galleries_in_scope(self, scope: str) -> list[str]:
-        """The galleries whose rows are the scope's subjects: a gallery's own, and every
-        gallery re-embedded from one of them (``reembed/<target>.json`` names its source),
+        """The galleries whose rows are the scope's subjects: a gallery's own; for a
+        collection, the galleries exported from it (``exports/<g>.json`` names the
+        collection); and every gallery re-embedded from one of them, or for ``default``
+        from its enrolled subjects (``reembed/<target>.json`` names the source),
         transitively. :class:`UnknownGalleryError` for a gallery with nothing under
         ``galleries/`` or ``uploads/``."""
-        if scope_collection(scope) not in (None, layout.DEFAULT_COLLECTION):
-            return []  # re-embedding reads the default collection's subjects only
+        collection = scope_collection(scope)
         sources = self._reembed_sources()
         found: list[str] = []
-        if scope != API_SCOPE:
+        frontier: list[str | None] = []
+        if collection is None:
             own = scope.removeprefix("gallery:")
             if not (
                 self.objects.versions(layout.gallery_prefix(own))
@@ -341,8 +391,13 @@ class Eraser:
             ):
                 raise UnknownGalleryError(f"gallery {own!r} not found")
             found.append(own)
-        source = None if scope == API_SCOPE else found[0]
-        frontier = [source]
+            frontier.append(own)
+        else:
+            exported = sorted(g for g, of in self.export_sources().items() if of == collection)
+            found += exported
+            frontier += exported
+            if collection == layout.DEFAULT_COLLECTION:
+                frontier.append(None)  # re-embedding reads the default collection's subjects
         while frontier:
             origin = frontier.pop()
             for target, of in sorted(sources.items()):
@@ -350,6 +405,19 @@ class Eraser:
                     found.append(target)
                     frontier.append(target)
         return found
+
+    def export_sources(self) -> dict[str, str]:
+        """``gallery -> collection`` of every collection export."""
+        out: dict[str, str] = {}
+        for key in self.objects.list_keys(layout.EXPORTS_PREFIX):
+            gallery = key.removeprefix(layout.EXPORTS_PREFIX).removesuffix(".json")
+            try:
+                doc = _json(self.objects.get(key).body)
+            except ObjectNotFoundError:
+                continue
+            if isinstance(doc.get("collection"), str):
+                out[gallery] = doc["collection"]
+        return out
 
     def _reembed_sources(self) -> dict[str, str | None]:
         """``target -> source gallery`` (None: the enrolled subjects) of every re-embedding."""
@@ -411,21 +479,31 @@ class Eraser:
     ) -> list[Removed]:
         """Dead letters naming the person: in the scope's galleries and, for a collection's
         scope, among its enrolment photos."""
-        if self.sqs is None:
+        return self.purge_dead_letters({subject_id}, galleries, collection)
+
+    def purge_dead_letters(
+        self, subject_ids: Set[str], galleries: Set[str], collection: str | None
+    ) -> list[Removed]:
+        """Dead letters naming any of ``subject_ids`` (each queue read once, whatever their
+        number: a collection's deletion purges for all its subjects at the end)."""
+        if self.sqs is None or not subject_ids:
             return []
         removed = []
-        for url in self.dead_letter_queues:
-            deleted = purge_dead_letters(
-                self.sqs,
-                url,
-                lambda body: body_names_subject(
+
+        def names_one(body: str) -> bool:
+            return any(
+                body_names_subject(
                     body,
                     subject_id,
-                    galleries,
+                    set(galleries),
                     collection is not None,
                     collection or layout.DEFAULT_COLLECTION,
-                ),
+                )
+                for subject_id in subject_ids
             )
+
+        for url in self.dead_letter_queues:
+            deleted = purge_dead_letters(self.sqs, url, names_one)
             if deleted:
                 name = url.rstrip("/").rsplit("/", 1)[-1]
                 removed.append(Removed("sqs", "dead_letters", name, 0, deleted))
@@ -439,7 +517,7 @@ class Eraser:
             if self.cache.invalidate(self.bucket, key):
                 receipt.removed.append(Removed("cache", "gallery_cache", key, 0, 1))
 
-    def _by_design(self, scope: str) -> list[dict[str, Any]]:
+    def by_design(self, scope: str) -> list[dict[str, Any]]:
         """What stays after any erasure, and until when."""
         days = self.tombstones.retention_days
         left = [
@@ -520,18 +598,34 @@ def enrolment_eraser(subjects: SubjectStore, photos: PhotoStore) -> EnrolmentEra
 
 
 def erase_enrolled(
-    eraser: Eraser, subjects: SubjectStore, photos: PhotoStore, subject_id: str
+    eraser: Eraser,
+    subjects: SubjectStore,
+    photos: PhotoStore,
+    subject_id: str,
+    *,
+    must_exist: bool = True,
+    galleries: Sequence[str] | None = None,
+    dead_letters: bool = True,
 ) -> Receipt:
-    """Erase an enrolled subject (:class:`UnknownSubjectError` if there is none) inside its
-    deletion fence (:meth:`Tombstones.begin_deletion`; the interleavings with an enrolment
-    are argued at :meth:`FaceService.delete_subject`)."""
+    """Erase an enrolled subject (:class:`UnknownSubjectError` if there is none, unless not
+    ``must_exist``: a collection's deletion also erases what an interrupted DELETE left)
+    inside its deletion fence (:meth:`Tombstones.begin_deletion`; the interleavings with an
+    enrolment are argued at :meth:`FaceService.delete_subject`). ``galleries`` and
+    ``dead_letters`` are :meth:`Eraser.prepare`'s."""
     if photos.collection != subjects.collection:
         raise ValidationError("the subject and photo stores are of different collections")
-    subjects.get_subject(subject_id)
+    if must_exist:
+        subjects.get_subject(subject_id)
     scope = collection_scope(subjects.collection)
     deletion = eraser.tombstones.begin_deletion(subject_id, scope)
     try:
-        return eraser.erase(subject_id, scope, enrolment_eraser(subjects, photos))
+        return eraser.erase(
+            subject_id,
+            scope,
+            enrolment_eraser(subjects, photos),
+            galleries=galleries,
+            dead_letters=dead_letters,
+        )
     finally:
         end_deletion(eraser.tombstones, deletion)
 

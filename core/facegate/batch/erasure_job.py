@@ -228,11 +228,13 @@ class ErasureJobs:
 
     def status(self, erasure_id: str) -> dict[str, Any]:
         """``queued``; ``running`` with its chunks and how many are done; ``done`` with the
-        receipt; or ``failed`` with the error."""
+        receipt; or ``failed`` with the error. A collection's deletion run by the workers
+        (:mod:`facegate.batch.collection_deletion`) keeps its state here too: ``running``
+        with ``subjects_erased``, ``done`` with its receipt."""
         state = self._status(erasure_id)
         if state is None:
             raise UnknownErasureError(f"no erasure {erasure_id!r}")
-        if state.get("status") == RUNNING:
+        if state.get("status") == RUNNING and "chunks" in state:  # not a collection's
             state["chunks_done"] = len(self.objects.list_keys(_done_prefix(erasure_id)))
         return state
 

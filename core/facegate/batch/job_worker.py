@@ -36,12 +36,14 @@ import pyarrow as pa
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from facegate.batch.collection_deletion import CollectionDeleter, CollectionDeletionRequest
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.erase_jobs import is_erasure_rewrite
 from facegate.batch.erasure_job import ErasureChunk, ErasureJobs, ErasureRequest
 from facegate.batch.events import notification_refs
 from facegate.batch.manifest import JobRow, parse_job_manifest
 from facegate.batch.messages import (
+    COLLECTION_DELETION,
     ERASURE,
     ERASURE_CHUNK,
     JOB_CHUNK,
@@ -126,6 +128,7 @@ class JobWorker:
         *,
         pipeline_factory: PipelineFactory | None = None,
         erasures: ErasureJobs | None = None,
+        collections: CollectionDeleter | None = None,
     ) -> None:
         self.pipeline, self.s3, self.sqs, self.jobs, self.config = pipeline, s3, sqs, jobs, config
         self.cache = cache or GalleryCache(expected_model_id=pipeline.model_id)
@@ -134,6 +137,8 @@ class JobWorker:
         #: Runs the erasures too large to answer inline (``facegate.erasure`` messages and
         #: their ``facegate.erasure_chunk`` fan-out).
         self.erasures = erasures
+        #: Deletes the collections too large to delete inline (``facegate.collection_deletion``).
+        self.collections = collections
         self._pipelines: dict[str, FaceProcessor] = {pipeline.model_id: pipeline}
 
     def handle(self, event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
@@ -153,6 +158,10 @@ class JobWorker:
                 self._erasures().run(ErasureRequest.from_message(doc))
             elif kind == ERASURE_CHUNK:
                 self._erasures().run_chunk(ErasureChunk.from_message(doc))
+            elif kind == COLLECTION_DELETION:
+                if self.collections is None:
+                    raise StorageError("this worker was built without a collection deleter")
+                self.collections.run(CollectionDeletionRequest.from_message(doc))
             elif kind is not None:
                 raise ValidationError(f"unexpected message type {kind!r} on the jobs queue")
             else:
@@ -191,7 +200,10 @@ class JobWorker:
                 raise
             self._refuse(job_id, exc)
             return
-        if not self.jobs.create(job_id, len(rows) + len(refused), len(chunks), len(refused)):
+        galleries = {row.gallery for row in rows}
+        if not self.jobs.create(
+            job_id, len(rows) + len(refused), len(chunks), len(refused), galleries
+        ):
             return
         if refused:
             table = build_results_table(failure_records(refused))

@@ -37,6 +37,7 @@ JOB_AGGREGATE = "facegate.job_aggregate"
 REEMBED = "facegate.reembed"
 ERASURE = "facegate.erasure"
 ERASURE_CHUNK = "facegate.erasure_chunk"
+COLLECTION_DELETION = "facegate.collection_deletion"
 
 T = TypeVar("T")
 

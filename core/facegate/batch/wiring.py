@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from facegate.batch.collection_deletion import CollectionDeleter
 from facegate.batch.erasure import Eraser
 from facegate.batch.erasure_job import ErasureJobs
 from facegate.batch.ingest_job import EmbedJob, JobConfig
@@ -81,13 +82,7 @@ def job_worker(settings: Settings, pipeline_class: PipelineClass) -> JobWorker:
     """The verification worker: manifests, chunks and re-embedding requests."""
     pipeline = warm_pipeline(pipeline_class, settings)
     tombstones = Tombstones.from_settings(settings)
-    eraser = Eraser(
-        aws_client("s3", settings),
-        settings.bucket,
-        tombstones,
-        sqs=aws_client("sqs", settings),
-        dead_letter_queues=[q for q in (settings.ingest_dlq_url, settings.jobs_dlq_url) if q],
-    )
+    eraser = Eraser.from_settings(settings, tombstones)
     return JobWorker(
         pipeline,
         aws_client("s3", settings),
@@ -108,4 +103,5 @@ def job_worker(settings: Settings, pipeline_class: PipelineClass) -> JobWorker:
         erasures=ErasureJobs(
             eraser, settings.jobs_queue_url, chunk_size=settings.erasure_chunk_size
         ),
+        collections=CollectionDeleter.from_settings(settings, eraser),
     )

@@ -185,21 +185,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
     credentials; prints one receipt per scope (JSON lines). The receipts name the person's
     keys: they are the operator's record, not a log."""
     from facegate.batch.erasure import Eraser, erase_enrolled
-    from facegate.storage.clients import aws_client
     from facegate.storage.photos import PhotoStore
     from facegate.storage.subjects import SubjectStore
-    from facegate.storage.tombstones import Tombstones, gallery_scope
+    from facegate.storage.tombstones import gallery_scope
 
     if not args.enrolled and not args.galleries:
         raise ValidationError("say where to erase: --enrolled and/or --gallery NAME")
     settings = aws_settings(args)
-    eraser = Eraser(
-        aws_client("s3", settings),
-        settings.bucket,
-        Tombstones.from_settings(settings),
-        sqs=aws_client("sqs", settings),
-        dead_letter_queues=[q for q in (settings.ingest_dlq_url, settings.jobs_dlq_url) if q],
-    )
+    eraser = Eraser.from_settings(settings)
     receipts = []
     if args.enrolled:
         subjects, photos = SubjectStore.from_settings(settings), PhotoStore.from_settings(settings)

@@ -1,5 +1,5 @@
-"""``facegate collections create | list | show``: the collections of a deployed (or the
-local) stack.
+"""``facegate collections create | list | show | delete | export | attach | detach``: the
+collections of a deployed (or the local) stack.
 
 They run with the operator's own AWS credentials against the table the ``FACEGATE_*``
 settings name (or ``--local``: the running local stack), as ``facegate keys`` does, and go
@@ -25,16 +25,9 @@ _WIDTHS = {"name": 24, "model": 12, "subjects": 9, "faces": 9, "rule": 16, "crea
 
 
 def _service(args: argparse.Namespace) -> CollectionService:
-    from facegate.service.collections import CollectionService, enrolled_counts
-    from facegate.storage.collections import CollectionStore
-    from facegate.storage.subjects import SubjectStore
+    from facegate.service.collections import CollectionService
 
-    settings = aws_settings(args)
-    return CollectionService(
-        CollectionStore.from_settings(settings),
-        enrolled_counts(SubjectStore.from_settings(settings)),
-        model_dir=settings.model_dir,
-    )
+    return CollectionService.from_settings(aws_settings(args))
 
 
 def _rule(collection: dict[str, Any]) -> str:
@@ -69,6 +62,14 @@ def cmd_collections(args: argparse.Namespace) -> int:
             multi_face=args.multi_face,
         )
         print(json.dumps(created))
+    elif args.action == "delete":
+        _, answer = service.delete(args.name)
+        print(json.dumps(answer))
+    elif args.action == "export":
+        print(json.dumps(service.export(args.name, args.gallery)))
+    elif args.action in ("attach", "detach"):
+        act = service.attach if args.action == "attach" else service.detach
+        print(json.dumps(act(args.name, args.gallery)))
     elif args.action == "show":
         shown = service.describe(args.name)
         if args.json:
@@ -130,3 +131,27 @@ def register(sub: Subcommands, targets: Sequence[Target]) -> None:
     p.add_argument("--json", action="store_true")
     add_target_options(p, targets, "on")
     p.set_defaults(func=cmd_collections)
+    p = actions.add_parser(
+        "delete",
+        help="delete a collection, erasing every subject in it; prints the receipt (or, "
+        "for a large one, the queued deletion to poll at GET /erasures/{id})",
+    )
+    p.add_argument("name")
+    add_target_options(p, targets, "on")
+    p.set_defaults(func=cmd_collections)
+    p = actions.add_parser(
+        "export", help="export a collection's enrolled faces as a Parquet gallery"
+    )
+    p.add_argument("name")
+    p.add_argument("--gallery", required=True, help="the gallery to write (new, or its export)")
+    add_target_options(p, targets, "on")
+    p.set_defaults(func=cmd_collections)
+    for action, text in (
+        ("attach", "search a built gallery in the collection's identify too"),
+        ("detach", "stop searching a gallery in the collection's identify"),
+    ):
+        p = actions.add_parser(action, help=text)
+        p.add_argument("name")
+        p.add_argument("gallery")
+        add_target_options(p, targets, "on")
+        p.set_defaults(func=cmd_collections)

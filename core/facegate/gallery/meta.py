@@ -58,7 +58,8 @@ class GalleryMeta:
     schema_version: int = SCHEMA_VERSION
     #: Whose subjects the rows are, for erasure: None for the gallery's own (an erasure in the
     #: gallery), else the scope the rows were re-embedded from (``"api"`` for the enrolled
-    #: subjects, ``"gallery:<source>"``), so that erasing a person there reaches this copy too.
+    #: subjects, ``"gallery:<source>"``, ``"collection:<c>"`` for a collection's export), so
+    #: that erasing a person there reaches this copy too.
     subject_scope: str | None = None
 
     def __post_init__(self) -> None:
@@ -87,12 +88,13 @@ class GalleryMeta:
             scope == "api"
             or (
                 isinstance(scope, str)
-                and scope.startswith("gallery:")
-                and ID_PATTERN.match(scope[8:])
+                and scope.partition(":")[0] in ("gallery", "collection")
+                and ID_PATTERN.match(scope.partition(":")[2])
             )
         ):
             raise ValidationError(
-                "gallery metadata: subject_scope must be 'api' or 'gallery:<name>'",
+                "gallery metadata: subject_scope must be 'api', 'gallery:<name>' or "
+                "'collection:<name>'",
                 detail=repr(scope),
             )
         if self.metric != METRIC:

@@ -1,8 +1,10 @@
-"""Collections as the API and the CLI offer them: create, describe, list, delete.
+"""Collections as the API and the CLI offer them: create, describe, list, delete, export as
+a gallery, attach galleries.
 
 ``POST /collections`` and ``facegate collections create`` are one call,
 :meth:`CollectionService.create`: the same checks (an installed model, a calibrated FAR)
-and the same answer. Torch-free: models are known by their cards, never loaded.
+and the same answer; so for the others. Torch-free: models are known by their cards, never
+loaded.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
 
+from facegate.batch.collection_deletion import CollectionDeleter
+from facegate.batch.erasure import Eraser
 from facegate.errors import (
-    CollectionNotEmptyError,
-    DefaultCollectionError,
+    CollectionDeletingError,
+    ModelMismatchError,
     UnknownCollectionError,
     ValidationError,
 )
 from facegate.models.card import ModelCard, list_cards
-from facegate.settings import MultiFacePolicy
+from facegate.service.collection_export import CollectionExporter
+from facegate.settings import MultiFacePolicy, Settings
 from facegate.storage.collections import (
     COLLECTION_SK,
     DEFAULT_COLLECTION,
@@ -28,8 +33,10 @@ from facegate.storage.collections import (
     collection_key,
     decode_collection_cursor,
 )
+from facegate.storage.galleries import GalleryStore, served_meta
 from facegate.storage.subject_items import encode_cursor
 from facegate.storage.subjects import MAX_LIST_LIMIT, SubjectStore
+from facegate.storage.tombstones import Tombstones
 
 #: ``counts(collection) -> (subjects, faces)``: what a collection holds.
 Counts = Callable[[str], tuple[int, int]]
@@ -62,10 +69,36 @@ class CollectionService:
     """Collections in one table, checked against the models installed in ``model_dir`` (the
     API's image and the CLI's machine hold the models they can embed with)."""
 
-    def __init__(self, store: CollectionStore, counts: Counts, *, model_dir: Path) -> None:
+    def __init__(
+        self,
+        store: CollectionStore,
+        counts: Counts,
+        *,
+        model_dir: Path,
+        deleter: CollectionDeleter,
+        exporter: CollectionExporter,
+    ) -> None:
         self.store = store
         self.counts = counts
         self.model_dir = model_dir
+        self.deleter = deleter
+        self.exporter = exporter
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CollectionService:
+        """The deployment's collections, as the CLI reaches them with the operator's
+        credentials (the API builds its own from the process's cached stores)."""
+        subjects = SubjectStore.from_settings(settings)
+        tombstones = Tombstones.from_settings(settings)
+        return cls(
+            CollectionStore.from_settings(settings),
+            enrolled_counts(subjects),
+            model_dir=settings.model_dir,
+            deleter=CollectionDeleter.from_settings(
+                settings, Eraser.from_settings(settings, tombstones)
+            ),
+            exporter=CollectionExporter(subjects, GalleryStore.from_settings(settings), tombstones),
+        )
 
     def _answer(self, collection: Collection) -> dict[str, Any]:
         subjects, faces = self.counts(collection.name)
@@ -166,27 +199,38 @@ class CollectionService:
                 continue  # bound before it was made, or since deleted
         return page, None
 
-    def delete(self, name: str) -> dict[str, Any]:
-        """Delete an empty collection; the answer is shaped as an erasure receipt.
+    def delete(self, name: str) -> tuple[bool, dict[str, Any]]:
+        """Delete the collection and erase every subject in it
+        (:class:`~facegate.batch.collection_deletion.CollectionDeleter`): ``(True, receipt)``
+        when done in the call, ``(False, state)`` when the jobs workers do it."""
+        return self.deleter.delete(name)
 
-        A collection that holds subjects is refused (:class:`CollectionNotEmptyError`):
-        erasing each of them comes with subjects keyed by collection, and will fill
-        ``subjects_erased`` and ``receipts``. Until then no subject can be added to a
-        collection other than ``default``, which is never deleted, so the check cannot race
-        an enrolment.
-        """
-        if name == DEFAULT_COLLECTION:
-            raise DefaultCollectionError(f"collection {DEFAULT_COLLECTION!r} cannot be deleted")
+    def _live(self, name: str) -> Collection:
+        """The collection; :class:`CollectionDeletingError` while its deletion runs."""
         collection = self.store.get(name)
-        subjects, _ = self.counts(collection.name)
-        if subjects:
-            raise CollectionNotEmptyError(
-                f"collection {name!r} holds {subjects} subjects: erase them first"
+        if collection.deleting is not None:
+            raise CollectionDeletingError.named(collection.name)
+        return collection
+
+    def export(self, name: str, gallery: str) -> dict[str, Any]:
+        """Export the collection's enrolled faces as Parquet gallery ``gallery``
+        (:mod:`facegate.service.collection_export`)."""
+        collection = self._live(name)
+        return self.exporter.export(collection, gallery, self._installed_card(collection.model_id))
+
+    def attach(self, name: str, gallery: str) -> dict[str, Any]:
+        """Search ``gallery`` in the collection's identify too: it must be built
+        (:class:`~facegate.errors.UnknownGalleryError`) and of the collection's model
+        (:class:`ModelMismatchError`: its embeddings could not be compared)."""
+        collection = self._live(name)
+        meta = served_meta(self.exporter.objects, gallery)
+        if meta.model_id != collection.model_id:
+            raise ModelMismatchError(
+                f"gallery {gallery!r} is of model {meta.model_id!r}; collection "
+                f"{collection.name!r} is of {collection.model_id!r}"
             )
-        self.store.delete(collection.name)
-        return {
-            "collection": collection.name,
-            "deleted": True,
-            "subjects_erased": 0,
-            "receipts": [],
-        }
+        return self._answer(self.store.attach(collection.name, gallery))
+
+    def detach(self, name: str, gallery: str) -> dict[str, Any]:
+        """Stop searching ``gallery`` in the collection's identify (the gallery stays)."""
+        return self._answer(self.store.detach(self._live(name).name, gallery))

@@ -26,7 +26,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,6 +60,7 @@ from facegate.service.probes import (
     shown_score,
     verification_response,
 )
+from facegate.storage.collections import DEFAULT_COLLECTION, collection_guard
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import (
@@ -70,6 +71,9 @@ from facegate.storage.subjects import (
 )
 from facegate.storage.tombstones import Tombstones, collection_scope
 from facegate.types import FaceProcessor, FaceResult
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
 logger = logging.getLogger("facegate.service")
 
@@ -128,16 +132,26 @@ class FaceService:
         #: deployment's).
         self.default_threshold: float | None = None
         self.default_far: float | None = None
+        #: The galleries identify may search (None: any gallery a request names; a
+        #: collection's own: its attached galleries, searched by default too).
+        self.attached: tuple[str, ...] | None = None
 
     @property
     def collection(self) -> str:
         return self.subjects.collection
 
     def in_collection(
-        self, collection: str, *, threshold: float | None = None, far: float | None = None
+        self,
+        collection: str,
+        *,
+        threshold: float | None = None,
+        far: float | None = None,
+        galleries: Sequence[str] = (),
     ) -> FaceService:
         """The same service over ``collection``'s subjects and photos, deciding at the
-        collection's ``threshold`` or ``far`` when a request names neither. Subjects of other
+        collection's ``threshold`` or ``far`` when a request names neither, identifying among
+        its subjects and its attached ``galleries`` (and no other gallery: a tenant's key
+        must not search another tenant's gallery by naming it). Subjects of other
         collections are neither seen, nor searched, nor deleted by it."""
         bound = FaceService(
             self.pipeline,
@@ -149,6 +163,7 @@ class FaceService:
             eraser=self.eraser,
         )
         bound.default_threshold, bound.default_far = threshold, far
+        bound.attached = tuple(galleries)
         return bound
 
     # -- enrolment -----------------------------------------------------------------------
@@ -199,6 +214,7 @@ class FaceService:
                     weights_sha256=self.pipeline.card.weights_sha256,
                     metadata=checked,
                     fence=fence,
+                    guard=self._collection_guard(),
                 )
         except BaseException:
             self._erase_photos(written)
@@ -212,6 +228,13 @@ class FaceService:
             "face_count": subject.face_count if subject else None,
             "photos": [o.to_dict() for o in outcomes],
         }
+
+    def _collection_guard(self) -> TransactWriteItemTypeDef | None:
+        """The commit's check that the collection is not being deleted (``default`` never
+        is, and may have no item)."""
+        if self.collection == DEFAULT_COLLECTION:
+            return None
+        return collection_guard(self.subjects.table, self.collection)
 
     def _store_photo(
         self, subject_id: str, data: bytes, result: FaceResult, written: list[str]
@@ -345,9 +368,11 @@ class FaceService:
         far: float | None = None,
     ) -> dict[str, Any]:
         """Up to ``top_k`` subjects at or above the decision threshold, best first, among the
-        enrolled subjects and/or ``gallery``. Subjects below it are never named: a ranked
-        list of non-matches would tell a caller who looks most like a face."""
-        if not subjects and gallery is None:
+        enrolled subjects and/or ``gallery`` (in a collection: one of its attached galleries,
+        all of them when none is named). Subjects below it are never named: a ranked list of
+        non-matches would tell a caller who looks most like a face."""
+        galleries = self._searched_galleries(gallery)
+        if not subjects and not galleries:
             raise ValidationError("nothing to search: name a gallery or include subjects")
         decided = self.decision_threshold(threshold, far)
         face = self.pipeline.process(photo, policy="largest").primary
@@ -356,8 +381,15 @@ class FaceService:
             ids, matrix = self.subjects.all_embeddings(self.pipeline.model_id)
             if ids:
                 found.append(search_gallery(face.vector, matrix, top_k, decided, subject_ids=ids))
-        if gallery is not None:
-            found.append(self._search_named_gallery(face.vector, gallery, top_k, decided))
+        for name in galleries:
+            try:
+                found.append(self._search_named_gallery(face.vector, name, top_k, decided))
+            except UnknownGalleryError:
+                # An attached gallery destroyed since (its collection deleted) must not fail
+                # the collection's own identify; a gallery the request named must.
+                if gallery is not None:
+                    raise
+                logger.warning("an attached gallery is gone; identify skipped it")
         ranked = sorted(
             (c for result in found for c in result.candidates),
             key=lambda c: c.similarity,
@@ -380,6 +412,17 @@ class FaceService:
             "model_id": self.pipeline.model_id,
             "face": shown_face(face.detection),
         }
+
+    def _searched_galleries(self, gallery: str | None) -> list[str]:
+        if self.attached is None:
+            return [] if gallery is None else [gallery]
+        if gallery is None:
+            return list(self.attached)
+        if gallery not in self.attached:
+            raise UnknownGalleryError(
+                f"gallery {gallery!r} is not attached to collection {self.collection!r}"
+            )
+        return [gallery]
 
     def _search_named_gallery(
         self, vector: np.ndarray, name: str, top_k: int, threshold: float

@@ -83,6 +83,9 @@ ROUTE_SCOPES: dict[str, Scope] = {
     "DELETE /collections/{collection}/subjects/{subject_id}": "admin",
     "POST /collections/{collection}/compare": "verify",
     "POST /collections/{collection}/identify": "verify",
+    "POST /collections/{collection}/export": "admin",
+    "PUT /collections/{collection}/galleries/{gallery}": "admin",
+    "DELETE /collections/{collection}/galleries/{gallery}": "admin",
     "GET /galleries/{gallery}": "admin",
     "DELETE /galleries/{gallery}/subjects/{subject_id}": "admin",
     "POST /galleries/{gallery}/compact": "admin",
@@ -108,6 +111,16 @@ DEFAULT_COLLECTION_ROUTES: frozenset[str] = frozenset(
         "GET /subjects",
         "GET /subjects/{subject_id}",
         "DELETE /subjects/{subject_id}",
+    }
+)
+#: The routes that name a collection but also write or attach a gallery, which is the
+#: deployment's (gallery names are one namespace, read by batch jobs of every tenant): they
+#: are the deployment's, closed to keys bound to collections.
+GALLERY_COLLECTION_ROUTES: frozenset[str] = frozenset(
+    {
+        "POST /collections/{collection}/export",
+        "PUT /collections/{collection}/galleries/{gallery}",
+        "DELETE /collections/{collection}/galleries/{gallery}",
     }
 )
 #: The routes that span collections but answer a bound key with its own collections only
@@ -147,7 +160,8 @@ def route_scope(method: str, path: str) -> Scope | None:
 
 def route_reach(method: str, path: str, path_params: Mapping[str, Any]) -> str | Reach:
     """What a request of route ``METHOD path`` (the path as declared) acts on: the name in
-    its ``{collection}`` parameter, ``default`` for :data:`DEFAULT_COLLECTION_ROUTES`,
+    its ``{collection}`` parameter (but :data:`GALLERY_COLLECTION_ROUTES` are the
+    deployment's), ``default`` for :data:`DEFAULT_COLLECTION_ROUTES`,
     :attr:`Reach.LISTING` for :data:`LISTING_ROUTES`, else :attr:`Reach.DEPLOYMENT`.
 
     A route is the deployment's unless it is listed or names its collection, so a new route
@@ -155,6 +169,8 @@ def route_reach(method: str, path: str, path_params: Mapping[str, Any]) -> str |
     ``{collection}`` route whose parameter is missing (never, from a router) is the
     deployment's too: refused, not guessed.
     """
+    if _route_key(method, path) in GALLERY_COLLECTION_ROUTES:
+        return Reach.DEPLOYMENT
     if "{collection}" in path:
         name = path_params.get("collection")
         return name if isinstance(name, str) else Reach.DEPLOYMENT

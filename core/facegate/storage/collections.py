@@ -1,9 +1,9 @@
 """Collections: the named groups enrolled subjects belong to, on DynamoDB. Torch-free.
 
 A collection is what AWS Rekognition calls a collection and CompreFace a face service: a
-set of subjects embedded with one model and decided with one rule. This is its first
-increment, the resource itself; subjects are not keyed by collection yet, and every
-enrolled subject belongs to the implicit ``default`` collection.
+set of subjects embedded with one model and decided with one rule. Its subjects are keyed by
+it (:mod:`facegate.storage.subject_items`); every subject enrolled without naming one belongs
+to the implicit ``default`` collection.
 
 Item layout, in the subjects table (:func:`facegate.storage.subjects.table_definition`):
 one item per collection, all in one partition, so that listing them is one ``Query`` sorted
@@ -11,7 +11,8 @@ by name::
 
     pk = "COLLECTIONS", sk = "COLLECTION#<name>"
     name, model_id, created_at (ISO-8601 UTC) and, when set, description, threshold, far,
-    multi_face
+    multi_face, galleries (a string set: the batch galleries attached for identify) and
+    deleting (when its deletion began: from then on nothing is enrolled into it)
 
 The items carry neither ``kind`` nor ``subject_id``: they stay out of the sparse
 ``subjects`` index and out of every subject query.
@@ -23,12 +24,13 @@ import builtins
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, cast, get_args
 
 from botocore.exceptions import ClientError
 
 from facegate.common import ID_PATTERN, utc_now, validate_id
 from facegate.errors import (
+    CollectionDeletingError,
     CollectionExistsError,
     DefaultCollectionError,
     UnknownCollectionError,
@@ -43,11 +45,13 @@ from facegate.storage.subject_items import decode_start_key, encode_cursor
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
 __all__ = [
     "COLLECTIONS_PK",
     "COLLECTION_SK",
     "DEFAULT_COLLECTION",
+    "MAX_ATTACHED_GALLERIES",
     "MAX_DESCRIPTION_CHARS",
     "MAX_LIST_LIMIT",
     "Collection",
@@ -61,6 +65,8 @@ COLLECTION_SK = "COLLECTION#"
 #: A description is a label for people ("lobby kiosks, building 2"), not a document.
 MAX_DESCRIPTION_CHARS = 256
 MAX_LIST_LIMIT = 1000
+#: Galleries one collection searches besides its subjects: each is loaded per identify.
+MAX_ATTACHED_GALLERIES = 10
 MULTI_FACE_POLICIES: tuple[str, ...] = get_args(MultiFacePolicy)
 _CURSOR_KEYS = frozenset({"pk", "sk"})
 
@@ -75,7 +81,9 @@ class Collection:
     deployment's rule. ``multi_face`` None likewise means the deployment's policy.
     ``created_at`` is ISO-8601 UTC, stamped by :meth:`CollectionStore.create`; None for
     ``default`` while it is the implicit collection (it was never created: it is as old as
-    the deployment).
+    the deployment). ``galleries`` are the batch galleries ``identify`` in the collection
+    searches besides its subjects, sorted; ``deleting`` is when the collection's deletion
+    began (None: it is not being deleted).
     """
 
     name: str
@@ -85,6 +93,8 @@ class Collection:
     far: float | None = None
     multi_face: MultiFacePolicy | None = None
     created_at: str | None = None
+    galleries: tuple[str, ...] = ()
+    deleting: str | None = None
 
     def __post_init__(self) -> None:
         validate_id(self.name, "collection")
@@ -112,9 +122,17 @@ class Collection:
             raise ValidationError(f"multi_face must be one of {', '.join(MULTI_FACE_POLICIES)}")
         if self.created_at is not None and not isinstance(self.created_at, str):
             raise ValidationError("created_at must be an ISO-8601 string")
+        if isinstance(self.galleries, str):
+            raise ValidationError("galleries must be a list of gallery names")
+        galleries = tuple(sorted({validate_id(g, "gallery") for g in self.galleries}))
+        if len(galleries) > MAX_ATTACHED_GALLERIES:
+            raise ValidationError(f"at most {MAX_ATTACHED_GALLERIES} galleries per collection")
+        object.__setattr__(self, "galleries", galleries)
+        if self.deleting is not None and not isinstance(self.deleting, str):
+            raise ValidationError("deleting must be an ISO-8601 string")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"galleries": list(self.galleries)}
 
 
 def _number(value: Any, what: str) -> float:
@@ -135,8 +153,25 @@ def collection_key(name: str) -> dict[str, Any]:
 
 
 def collection_item(collection: Collection) -> dict[str, Any]:
-    """The item of a collection (None fields are left out, as absent attributes)."""
-    return {**collection_key(collection.name), **to_attributes(collection.to_dict())}
+    """The item of a collection (None fields are left out, as absent attributes; so are
+    no galleries: DynamoDB holds no empty set)."""
+    doc = collection.to_dict() | {"galleries": set(collection.galleries) or None}
+    return {**collection_key(collection.name), **to_attributes(doc)}
+
+
+def collection_guard(table: str, name: str) -> TransactWriteItemTypeDef:
+    """The condition an enrolment into collection ``name`` commits on: the collection exists
+    and its deletion has not begun. Checked in the enrolment's own transaction, so that a
+    deletion that lists the collection's subjects after marking it cannot miss one: either
+    the enrolment committed before the mark (and is listed) or it is cancelled."""
+    return {
+        "ConditionCheck": {
+            "TableName": table,
+            "Key": collection_key(name),
+            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(deleting)",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
 
 
 def collection_from_item(item: Mapping[str, Any]) -> Collection:
@@ -150,6 +185,8 @@ def collection_from_item(item: Mapping[str, Any]) -> Collection:
         far=None if far is None else float(far),
         multi_face=item.get("multi_face"),
         created_at=item.get("created_at"),
+        galleries=tuple(item.get("galleries") or ()),
+        deleting=item.get("deleting"),
     )
 
 
@@ -272,6 +309,87 @@ class CollectionStore:
                 if error_code(exc) != "ConditionalCheckFailedException":
                     raise
                 raise UnknownCollectionError.named(name) from exc
+
+    def begin_deletion(self, name: str) -> Collection:
+        """Mark the collection as being deleted (once: a retried deletion keeps the first
+        time) and answer it; :class:`UnknownCollectionError` when there is none,
+        :class:`DefaultCollectionError` for ``default``. From the mark on, every enrolment
+        into it is cancelled by :func:`collection_guard`."""
+        validate_id(name, "collection")
+        if name == DEFAULT_COLLECTION:
+            raise DefaultCollectionError(f"collection {DEFAULT_COLLECTION!r} cannot be deleted")
+        with aws_errors(f"deleting collection {name}"):
+            try:
+                answer = self._db.update_item(
+                    TableName=self.table,
+                    Key=collection_key(name),
+                    UpdateExpression="SET deleting = if_not_exists(deleting, :now)",
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeValues=to_attributes({":now": utc_now()}),
+                    ReturnValues="ALL_NEW",
+                )
+            except ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                raise UnknownCollectionError.named(name) from exc
+        return collection_from_item(from_attributes(answer["Attributes"]))
+
+    def attach(self, name: str, gallery: str) -> Collection:
+        """Add ``gallery`` to what identify in the collection searches (again: no change);
+        at most :data:`MAX_ATTACHED_GALLERIES`. ``default`` gets its item on its first
+        attachment, with the deployment's model."""
+        return self._galleries(name, gallery, add=True)
+
+    def detach(self, name: str, gallery: str) -> Collection:
+        """Take ``gallery`` out of the collection's identify (not attached: no change)."""
+        return self._galleries(name, gallery, add=False)
+
+    def _galleries(self, name: str, gallery: str, *, add: bool) -> Collection:
+        """One conditional update of the ``galleries`` set: the collection exists (or is
+        ``default``), is not being deleted and, when adding, has room for one more."""
+        validate_id(name, "collection")
+        validate_id(gallery, "gallery")
+        values: dict[str, Any] = {":g": {gallery}}
+        kwargs: dict[str, Any] = {}
+        update = f"{'ADD' if add else 'DELETE'} galleries :g"
+        condition = "attribute_not_exists(deleting)"
+        if name == DEFAULT_COLLECTION:
+            update += " SET #name = if_not_exists(#name, :name)"
+            update += ", model_id = if_not_exists(model_id, :model)"
+            kwargs["ExpressionAttributeNames"] = {"#name": "name"}
+            values |= {":name": name, ":model": self.default_model_id}
+        else:
+            condition = "attribute_exists(pk) AND " + condition
+        if add:
+            condition += (
+                " AND (attribute_not_exists(galleries) OR contains(galleries, :one)"
+                " OR size(galleries) < :max)"
+            )
+            values |= {":one": gallery, ":max": MAX_ATTACHED_GALLERIES}
+        with aws_errors(f"updating collection {name}"):
+            try:
+                answer = self._db.update_item(
+                    TableName=self.table,
+                    Key=collection_key(name),
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=to_attributes(values),
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    **kwargs,
+                )
+            except ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                old = from_attributes(cast("dict[str, Any]", exc.response.get("Item") or {}))
+                if not old:
+                    raise UnknownCollectionError.named(name) from exc
+                if old.get("deleting"):
+                    raise CollectionDeletingError.named(name) from exc
+                raise ValidationError(
+                    f"at most {MAX_ATTACHED_GALLERIES} galleries per collection"
+                ) from exc
+        return collection_from_item(from_attributes(answer["Attributes"]))
 
     def list(
         self, limit: int = 100, cursor: str | None = None

@@ -17,6 +17,7 @@ from facegate.gallery.compaction import CompactionReport, _compact
 from facegate.gallery.format import (
     METADATA_KEY,
     GalleryMeta,
+    gallery_meta_from_schema,
     rejects_schema,
     write_gallery,
 )
@@ -25,7 +26,7 @@ from facegate.storage import keys as layout
 from facegate.storage.clients import aws_client
 from facegate.storage.keys import GALLERY_PREFIX
 from facegate.storage.objects import PARQUET_TYPE, ObjectInfo, ObjectStore
-from facegate.storage.tombstones import Erasures, gallery_scope
+from facegate.storage.tombstones import ErasureLookup, gallery_scope
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -130,7 +131,7 @@ class GalleryStore:
         self,
         gallery: str,
         *,
-        erasures: Erasures | None = None,
+        erasures: ErasureLookup | None = None,
         expected_model_id: str | None = None,
     ) -> CompactionReport:
         """Rebuild ``gallery.parquet`` from every part (see :func:`compact_tables`), without
@@ -185,6 +186,19 @@ def served_subject_scope(objects: ObjectStore, gallery: str) -> str:
     except pa.ArrowException as exc:
         raise ValidationError(f"gallery {gallery!r} is not a Parquet table") from exc
     return _scope_of(gallery, [schema])
+
+
+def served_meta(objects: ObjectStore, gallery: str) -> GalleryMeta:
+    """The footer metadata of the gallery as served (``gallery.parquet``, ranged reads);
+    :class:`UnknownGalleryError` when it has not been compacted (or does not exist)."""
+    try:
+        with objects.open(layout.gallery_key(gallery)) as reader:
+            schema = pq.ParquetFile(pa.PythonFile(reader, mode="r")).schema_arrow
+    except ObjectNotFoundError as exc:
+        raise UnknownGalleryError(f"gallery {gallery!r} has not been built") from exc
+    except pa.ArrowException as exc:
+        raise ValidationError(f"gallery {gallery!r} is not a Parquet table") from exc
+    return gallery_meta_from_schema(schema)
 
 
 def _scope_of(gallery: str, schemas: Sequence[pa.Schema]) -> str:

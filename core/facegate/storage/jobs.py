@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from facegate.common import check_index, utc_now, validate_id
+from facegate.common import check_index, parse_instant, utc_now, validate_id
 from facegate.errors import UnknownJobError, ValidationError
 from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
@@ -92,12 +92,21 @@ class JobStore:
     def _key(job_id: str) -> dict[str, Any]:
         return to_attributes({"pk": _JOB_PK + validate_id(job_id, "job_id"), "sk": _META_SK})
 
-    def create(self, job_id: str, rows: int, chunks: int, failed_rows: int) -> bool:
+    def create(
+        self,
+        job_id: str,
+        rows: int,
+        chunks: int,
+        failed_rows: int,
+        galleries: Iterable[str] = (),
+    ) -> bool:
         """Register a running job; False if it already exists (a duplicate notification).
 
         ``rows`` is every manifest row, ``failed_rows`` those refused by the manifest, and
         ``chunks`` the chunk messages the valid rows went out in (0 only when none is valid).
+        ``galleries`` are those its rows verify against (:meth:`running_on` reads them).
         """
+        names = {validate_id(g, "gallery") for g in galleries}
         _check_counts(rows, chunks, failed_rows)
         now = utc_now()
         item = {
@@ -111,6 +120,7 @@ class JobStore:
                     "failed_rows": failed_rows,
                     "created_at": now,
                     "updated_at": now,
+                    "galleries": names or None,
                     TTL_ATTRIBUTE: expires_at(self.retention_days, time.time()),
                 }
             ),
@@ -250,6 +260,33 @@ class JobStore:
                 if condition is None:
                     raise UnknownJobError(f"unknown job {job_id!r}") from exc
                 raise _Refused from exc
+
+    def running_on(self, galleries: Iterable[str], stalled_after_s: float = 3600.0) -> list[str]:
+        """Ids of the running jobs that verify against any of ``galleries``, read by a
+        strongly consistent scan of the job items. A job that has not moved for
+        ``stalled_after_s`` (a chunk finished, a status change) is not counted: its worker is
+        gone, and it must not block what waits for running jobs for ever."""
+        wanted = set(galleries)
+        if not wanted:
+            return []
+        cutoff = time.time() - stalled_after_s
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :job) AND #status = :running",
+            "ProjectionExpression": "job_id, galleries, updated_at",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": to_attributes({":job": _JOB_PK, ":running": RUNNING}),
+            "ConsistentRead": True,
+        }
+        with aws_errors("listing running jobs"):
+            pages = self._db.get_paginator("scan").paginate(**kwargs)
+            items = [from_attributes(i) for page in pages for i in page.get("Items", [])]
+        return sorted(
+            str(i["job_id"])
+            for i in items
+            if wanted & set(i.get("galleries") or ())
+            and parse_instant(str(i.get("updated_at")), "updated_at").timestamp() >= cutoff
+        )
 
     def get(self, job_id: str) -> JobStatus:
         """The job's status, strongly consistent; :class:`UnknownJobError` if there is none."""

@@ -44,6 +44,9 @@ ENROLMENT_PREFIX = "enrolments/"
 DEFAULT_COLLECTION = "default"
 #: Outside ``galleries/``, which holds only Parquet tables.
 REEMBED_PREFIX = "reembed/"
+#: ``exports/<gallery>.json``: which collection a gallery was exported from (its lineage, for
+#: erasure), written before the export reads a subject.
+EXPORTS_PREFIX = "exports/"
 ERASURES_PREFIX = "erasures/"
 #: The only prefix an API request may name as ``s3://<bucket>/<key>``
 #: (:meth:`PhotoStore.fetch`): every other prefix holds photos of enrolled or gallery
@@ -130,6 +133,11 @@ def legacy_subject_prefix(subject_id: str) -> str:
     """``enrolments/<subject_id>/``: where photos lay before collections (what
     :mod:`facegate.storage.migrate` moves into the default collection)."""
     return f"{ENROLMENT_PREFIX}{validate_id(subject_id)}/"
+
+
+def export_lineage_key(gallery: str) -> str:
+    """``exports/<gallery>.json``."""
+    return f"{EXPORTS_PREFIX}{validate_id(gallery, 'gallery')}.json"
 
 
 def erasure_status_key(erasure_id: str) -> str:

@@ -17,8 +17,10 @@ from botocore.exceptions import ClientError
 
 from facegate.common import utc_now, validate_id
 from facegate.errors import (
+    CollectionDeletingError,
     ModelMismatchError,
     StorageError,
+    UnknownCollectionError,
     UnknownSubjectError,
     ValidationError,
 )
@@ -218,6 +220,7 @@ class SubjectStore:
         weights_sha256: str,
         metadata: Mapping[str, str] | None = None,
         fence: EnrolmentFence | None = None,
+        guard: TransactWriteItemTypeDef | None = None,
     ) -> None:
         """Add faces to a subject, creating it if absent, in one transaction: when it raises,
         nothing was written (barring an answer lost after a commit), so an enrolment that
@@ -229,7 +232,11 @@ class SubjectStore:
         already uses ``model_id`` (else :class:`ModelMismatchError`: embeddings of different
         models must never be compared). ``metadata``, when given, replaces the stored one.
         With a ``fence``, the transaction also checks that no DELETE of the subject began
-        since the fence was read (else :class:`~facegate.errors.SubjectDeletedError`).
+        since the fence was read (else :class:`~facegate.errors.SubjectDeletedError`). With a
+        ``guard`` (:func:`~facegate.storage.collections.collection_guard`), that the
+        collection exists and is not being deleted (else
+        :class:`~facegate.errors.CollectionDeletingError`, or
+        :class:`~facegate.errors.UnknownCollectionError` when it is gone).
         """
         validate_id(subject_id)
         if not isinstance(model_id, str) or not model_id:
@@ -255,13 +262,17 @@ class SubjectStore:
         ]
         if fence is not None:
             items.append(fence.condition_check())
+        if guard is not None:
+            items.append(guard)
         with aws_errors(f"enrolling subject {subject_id}"):
             try:
                 self._db.transact_write_items(TransactItems=items)
             except ClientError as exc:
                 if error_code(exc) != "TransactionCanceledException":
                     raise
-                self._raise_refusal(exc, subject_id, model_id, stamped, fence)
+                self._raise_refusal(
+                    exc, subject_id, model_id, stamped, fence, self.collection if guard else None
+                )
 
     def _meta_update(
         self,
@@ -319,20 +330,28 @@ class SubjectStore:
         model_id: str,
         faces: Sequence[StoredFace],
         fence: EnrolmentFence | None,
+        collection: str | None = None,
     ) -> None:
         """Name the condition that cancelled the transaction; anything else is a StorageError.
-        A DELETE that moved the fence is named first: whatever else failed, the subject the
-        enrolment wrote to is gone."""
+        A collection being deleted is named first, then a DELETE that moved the fence:
+        whatever else failed, what the enrolment wrote to is going."""
         reasons = exc.response.get("CancellationReasons", [])
         failed = [r.get("Code") == "ConditionalCheckFailed" for r in reasons]
-        if fence is not None and len(failed) == len(faces) + 2 and failed[-1]:
+        guarded = collection is not None
+        expected = len(faces) + 1 + (fence is not None) + guarded
+        if collection is not None and len(failed) == expected and failed[-1]:
+            if reasons[-1].get("Item"):
+                raise CollectionDeletingError.named(collection) from exc
+            raise UnknownCollectionError.named(collection) from exc
+        fence_at = len(faces) + 1
+        if fence is not None and len(failed) == expected and failed[fence_at]:
             raise fence.refused() from exc
         if failed and failed[0]:
             stored = from_attributes(reasons[0].get("Item", {})).get("model_id", "another model")
             raise ModelMismatchError(
                 f"subject {subject_id!r} is enrolled with {stored!r}, not {model_id!r}"
             ) from exc
-        taken = [f.face_id for f, hit in zip(faces, failed[1:], strict=False) if hit]
+        taken = [f.face_id for f, hit in zip(faces, failed[1:fence_at], strict=False) if hit]
         if taken:
             raise ValidationError(
                 f"subject {subject_id!r} already has face ids {taken}: faces are never overwritten"
@@ -459,6 +478,40 @@ class SubjectStore:
         subjects = [subject_from_item(from_attributes(i)) for i in page.get("Items", [])]
         last = page.get("LastEvaluatedKey")
         return subjects, encode_cursor(last) if last else None
+
+    def subject_ids(self) -> list[str]:
+        """Every subject of the collection with any item, sorted: a strongly consistent scan
+        of the table (an enrolment committed before the call is seen, unlike the
+        ``subjects`` index), for the collection's deletion. A subject whose DELETE was
+        interrupted (faces left, no META item) is listed too: it must go with the rest."""
+        prefix = f"{subject_kind(self.collection)}#"
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :pk)",
+            "ProjectionExpression": "pk",
+            "ExpressionAttributeValues": to_attributes({":pk": prefix}),
+            "ConsistentRead": True,
+        }
+        with aws_errors("listing a collection's subjects"):
+            pages = self._db.get_paginator("scan").paginate(**kwargs)
+            keys = {i["pk"]["S"] for page in pages for i in page.get("Items", [])}
+        return sorted(k.removeprefix(prefix) for k in keys)
+
+    def all_faces(self) -> list[tuple[str, StoredFace]]:
+        """Every enrolled face of the collection with its subject id, sorted by subject and
+        face: a strongly consistent scan (a collection's export as a gallery)."""
+        prefix = f"{subject_kind(self.collection)}#"
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "begins_with(pk, :pk) AND begins_with(sk, :face)",
+            "ExpressionAttributeValues": to_attributes({":pk": prefix, ":face": FACE_SK}),
+            "ConsistentRead": True,
+        }
+        with aws_errors("reading a collection's faces"):
+            pages = self._db.get_paginator("scan").paginate(**kwargs)
+            items = [from_attributes(i) for page in pages for i in page.get("Items", [])]
+        faces = [(str(i["pk"]).removeprefix(prefix), face_from_item(i)) for i in items]
+        return sorted(faces, key=lambda pair: (pair[0], pair[1].face_id))
 
     def all_embeddings(self, model_id: str) -> tuple[list[str], np.ndarray]:
         """Every enrolled face of ``model_id``: ``(subject_ids, (N, D) float32)`` for 1:N search.

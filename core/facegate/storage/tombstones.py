@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -155,6 +155,13 @@ def _checked_secret(secret: bytes | str) -> bytes:
 
 def _tombstone_key(digest: str) -> dict[str, Any]:
     return to_attributes({"pk": TOMBSTONE_PK, "sk": _TOMBSTONE_SK + digest})
+
+
+class ErasureLookup(Protocol):
+    """Whatever answers the erasure times of subjects in a scope: a snapshot of every
+    tombstone (:class:`Erasures`) or the table itself (:class:`Tombstones`)."""
+
+    def in_scope(self, scope: str, subject_ids: Iterable[str]) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from app.openapi import IdPath
+from facegate.batch.collection_deletion import CollectionDeleter
 from facegate.batch.erasure import Eraser
 from facegate.batch.erasure_job import ErasureJobs
-from facegate.errors import ModelMismatchError
+from facegate.errors import CollectionDeletingError, ModelMismatchError
 from facegate.gallery.cache import GalleryCache
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService, GalleryService
+from facegate.service.collection_export import CollectionExporter
 from facegate.service.collections import CollectionService, enrolled_counts
 from facegate.service.export import SubjectExport
 from facegate.settings import Settings, get_settings
@@ -87,14 +89,7 @@ def _gallery_cache(model_id: str) -> GalleryCache:
 def _eraser(settings: Settings, model_id: str) -> Eraser:
     """Erasures over the bucket, the table and the dead-letter queues; it drops what this
     process's gallery cache holds of the galleries it rewrites."""
-    return Eraser(
-        aws_client("s3", settings),
-        settings.bucket,
-        _stores(settings).tombstones,
-        sqs=aws_client("sqs", settings),
-        dead_letter_queues=[q for q in (settings.ingest_dlq_url, settings.jobs_dlq_url) if q],
-        cache=_gallery_cache(model_id),
-    )
+    return Eraser.from_settings(settings, _stores(settings).tombstones, _gallery_cache(model_id))
 
 
 def get_service(settings: SettingsDep, pipeline: PipelineDep) -> FaceService:
@@ -161,17 +156,20 @@ def get_photo_store(settings: SettingsDep) -> PhotoStore:
 
 @lru_cache(maxsize=4)
 def _collection_service(settings: Settings, stores: Stores) -> CollectionService:
-    """Collections in the subjects table; ``default`` counts the enrolled subjects (read
-    only), every other collection nothing until subjects are keyed by collection.
+    """Collections in the subjects table, counted from their enrolled subjects; deleted
+    through the erasure path, exported into the bucket's galleries.
 
     Cached with the process's stores as part of the key, so that whatever drops those
     (a test's moto, a new client) drops this service's client too."""
+    eraser = _eraser(settings, settings.model_id)
     return CollectionService(
         CollectionStore(
             aws_client("dynamodb", settings), settings.table, default_model_id=settings.model_id
         ),
         enrolled_counts(stores.subjects),
         model_dir=settings.model_dir,
+        deleter=CollectionDeleter.from_settings(settings, eraser),
+        exporter=CollectionExporter(stores.subjects, stores.galleries, stores.tombstones),
     )
 
 
@@ -184,16 +182,21 @@ def get_collection_faces(
     service: Annotated[FaceService, Depends(get_service)],
     collections: Annotated[CollectionService, Depends(get_collection_service)],
 ) -> FaceService:
-    """The face service over the collection named in the path, at its decision rule:
-    404 ``unknown_collection`` for one never created, 409 ``model_mismatch`` for one of a
-    model this deployment does not serve (its embeddings cannot be compared here)."""
+    """The face service over the collection named in the path, at its decision rule and
+    with its attached galleries: 404 ``unknown_collection`` for one never created, 409
+    ``collection_deleting`` while it is deleted, 409 ``model_mismatch`` for one of a model
+    this deployment does not serve (its embeddings cannot be compared here)."""
     found = collections.store.get(collection)
+    if found.deleting is not None:
+        raise CollectionDeletingError.named(found.name)
     if found.model_id != service.pipeline.model_id:
         raise ModelMismatchError(
             f"collection {found.name!r} is of model {found.model_id!r}; this deployment "
             f"serves {service.pipeline.model_id!r}"
         )
-    return service.in_collection(found.name, threshold=found.threshold, far=found.far)
+    return service.in_collection(
+        found.name, threshold=found.threshold, far=found.far, galleries=found.galleries
+    )
 
 
 #: The key header as an OpenAPI security scheme (clients and schemathesis see how to

@@ -1,6 +1,7 @@
 """Subjects within a collection, through HTTP on the real app, real photos and moto: the same
 id in two collections is two people, identify in one never sees the other, a delete erases
-from its own collection only (with its receipt), and a collection's decision rule applies."""
+from its own collection only (with its receipt), deleting a collection erases everyone in it,
+and a collection's decision rule applies."""
 
 from __future__ import annotations
 
@@ -66,9 +67,8 @@ def test_two_collections_hold_two_people_of_one_id(client, photo, aws):
     assert (shown["subjects"], shown["faces"]) == (1, 1)
     assert _ok(client.get("/collections/default"))["subjects"] >= 1
 
-    # A collection that holds someone is not deleted; its subject's delete is an erasure in
-    # the collection's own scope, and the default collection's pat stays whole.
-    assert client.delete(lobby).json()["error"]["code"] == "collection_not_empty"
+    # A subject's delete is an erasure in the collection's own scope, and the default
+    # collection's pat stays whole.
     erased = _ok(client.delete(f"{lobby}/subjects/pat"))
     assert erased["scope"] == "collection:lobby" and erased["deleted_faces"] == 1
     assert client.get(f"{lobby}/subjects/pat").json()["error"]["code"] == "unknown_subject"
@@ -76,7 +76,36 @@ def test_two_collections_hold_two_people_of_one_id(client, photo, aws):
     s3 = aws_client("s3", aws)
     left = s3.list_object_versions(Bucket=aws.bucket, Prefix="enrolments/lobby/")
     assert not left.get("Versions") and not left.get("DeleteMarkers")
-    _ok(client.delete(lobby))
+
+    # A collection that holds someone is deleted with them: one erasure receipt each, in its
+    # scope; the default collection's pat is untouched again.
+    for subject, face in (("kim", "impostor_1"), ("pat", "person_a_1")):
+        _ok(client.post(f"{lobby}/subjects/{subject}/faces", json={"image": photo(face)}), 201)
+    held = s3.list_object_versions(Bucket=aws.bucket, Prefix="enrolments/lobby/")["Versions"]
+    assert len(held) == 2
+    deleted = _ok(client.delete(lobby))
+    assert (deleted["collection"], deleted["deleted"], deleted["subjects_erased"]) == (
+        "lobby",
+        True,
+        2,
+    )
+    assert sorted(r["subject_id"] for r in deleted["receipts"]) == ["kim", "pat"]
+    assert {r["scope"] for r in deleted["receipts"]} == {"collection:lobby"}
+    assert deleted["totals"]["enrolment_photos"]["versions_deleted"] == len(held)
+    left = s3.list_object_versions(Bucket=aws.bucket, Prefix="enrolments/lobby/")
+    assert not left.get("Versions") and not left.get("DeleteMarkers")
+    assert client.get(lobby).json()["error"]["code"] == "unknown_collection"
+    assert SubjectStore(aws_client("dynamodb", aws), aws.table).get_subject("pat").face_count == 1
+    # Made again, lobby holds nobody: its old subjects are gone, not hidden.
+    _ok(client.post("/collections", json={"name": "lobby"}), 201)
+    for subject in ("kim", "pat"):
+        gone = client.get(f"{lobby}/subjects/{subject}")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_subject"
+    assert _ok(client.get(f"{lobby}/subjects"))["subjects"] == []
+    assert (
+        _ok(client.post(f"{lobby}/identify", json={"image": photo("person_a_2")}))["match"] is False
+    )
+    assert _ok(client.delete(lobby))["subjects_erased"] == 0
     assert _ok(client.delete("/subjects/pat"))["deleted_faces"] == 1
 
 

@@ -43,8 +43,22 @@ DEFAULT_ROUTES = {
     "GET /subjects/{subject_id}",
     "DELETE /subjects/{subject_id}",
 }
-#: Path parameters other than ``{collection}``: ``pat`` is enrolled in every collection.
+#: The routes that name a collection but belong to the deployment: they write or attach a
+#: gallery (written out here too, apart from the code's own list).
+GALLERY_ROUTES = {
+    "POST /collections/{collection}/export",
+    "PUT /collections/{collection}/galleries/{gallery}",
+    "DELETE /collections/{collection}/galleries/{gallery}",
+}
+#: Path parameters other than ``{collection}``: ``pat`` is enrolled in every collection,
+#: ``staff`` is the default collection's export, attached to every tenant.
 PARAMS = {"subject_id": "pat", "gallery": "staff", "job_id": "job-1", "erasure_id": "erasure-1"}
+SCOPE_REFUSAL = {
+    "error": {
+        "code": "insufficient_scope",
+        "message": "this API key is bound to collections; this route belongs to none",
+    }
+}
 TENANTS = ("lobby", "office")
 
 
@@ -63,6 +77,11 @@ def app_routes() -> list[tuple[str, str]]:
 
 def collection_routes() -> list[tuple[str, str]]:
     return [(m, p) for m, p in app_routes() if "{collection}" in p]
+
+
+def tenant_routes() -> list[tuple[str, str]]:
+    """The routes of a collection that a key bound to it may use."""
+    return [(m, p) for m, p in collection_routes() if f"{m} {p}" not in GALLERY_ROUTES]
 
 
 def matches(template: str, path: str) -> bool:
@@ -89,6 +108,8 @@ def request_for(
         return path, {"name": "intruder"}
     if template == "/reembed":
         return path, {"target": "stolen", "model_id": model_id}
+    if template.endswith("/export"):
+        return path, {"gallery": "stolen"}
     return path, None
 
 
@@ -131,7 +152,8 @@ def store(aws) -> ApiKeyStore:
 def clients(api_client, store, photo) -> dict[str, TestClient]:
     """``admin`` (unbound, every scope) and one client per tenant (bound to its collection,
     every scope); ``lobby``'s pat is person A, ``office``'s person B, ``default``'s
-    another photo of person B."""
+    another photo of person B, exported as gallery ``staff`` and attached to both tenants
+    (so that a detach, an attach or an export let through would change something)."""
     made = {"admin": api_client(store.create("ops", SCOPES), raise_server_exceptions=False)}
     admin = made["admin"]
     for tenant, face in zip(TENANTS, ("person_a_1", "person_b_1"), strict=True):
@@ -144,6 +166,11 @@ def clients(api_client, store, photo) -> dict[str, TestClient]:
         made[tenant] = api_client(key, raise_server_exceptions=False)
     enrolled = admin.post("/subjects/pat/faces", json={"image": photo("person_b_2")})
     assert enrolled.status_code == 201, enrolled.text
+    exported = admin.post("/collections/default/export", json={"gallery": "staff"})
+    assert exported.status_code == 200 and exported.json()["rows"] == 1, exported.text
+    for tenant in TENANTS:
+        attached = admin.put(f"/collections/{tenant}/galleries/staff")
+        assert attached.json()["galleries"] == ["staff"], attached.text
     return made
 
 
@@ -159,7 +186,10 @@ def test_every_route_refuses_a_bound_key_outside_its_collection(clients, aws, ph
         path, body = request_for(method, template, other, photo, aws.model_id)
         answer = send(clients[tenant], path, method, body)
         where = (tenant, method, path, answer.status_code, answer.text)
-        if "{collection}" in template:
+        if f"{method} {template}" in GALLERY_ROUTES:
+            assert answer.status_code == 403, where
+            assert answer.json() == SCOPE_REFUSAL
+        elif "{collection}" in template:
             assert answer.status_code == 404, where
             assert answer.json() == error("unknown_collection", f"unknown collection '{other}'")
         elif f"{method} {template}" in DEFAULT_ROUTES:
@@ -171,10 +201,7 @@ def test_every_route_refuses_a_bound_key_outside_its_collection(clients, aws, ph
             assert [c["name"] for c in answer.json()["collections"]] == [tenant]
         else:
             assert answer.status_code == 403, where
-            assert answer.json() == error(
-                "insufficient_scope",
-                "this API key is bound to collections; this route belongs to none",
-            )
+            assert answer.json() == SCOPE_REFUSAL
         tried += 1
     assert tried == len(app_routes()) > 20
     assert snapshot(aws) == before  # nothing enrolled, erased, created or queued
@@ -184,6 +211,7 @@ def test_every_route_refuses_a_bound_key_outside_its_collection(clients, aws, ph
     assert shown.status_code == 200 and shown.json()["face_count"] == 1
     assert admin.get("/subjects/pat").json()["face_count"] == 1
     assert admin.get("/collections/intruder").json()["error"]["code"] == "unknown_collection"
+    assert admin.get(f"/collections/{other}").json()["galleries"] == ["staff"]
     # Health stays open, with a bound key or none.
     assert clients[tenant].get("/health").status_code == 200
     assert TestClient(clients[tenant].app).get("/health").status_code == 200
@@ -192,7 +220,8 @@ def test_every_route_refuses_a_bound_key_outside_its_collection(clients, aws, ph
 def test_a_refusal_reads_byte_for_byte_as_a_collection_that_does_not_exist(clients, aws, photo):
     """``annex`` exists, with a subject: the lobby key's answers on it are recorded, then
     ``annex`` is deleted and the unbound admin key asks the same; the two must not differ
-    in status, headers or a single byte (nor for ``attic``, never created)."""
+    in status, headers or a single byte (nor for ``attic``, never created). The gallery
+    routes refuse the lobby key as the deployment's whether ``annex`` exists or not."""
     admin, lobby = clients["admin"], clients["lobby"]
     assert admin.post("/collections", json={"name": "annex"}).status_code == 201
     enrolled = admin.post(
@@ -200,9 +229,11 @@ def test_a_refusal_reads_byte_for_byte_as_a_collection_that_does_not_exist(clien
     )
     assert enrolled.status_code == 201, enrolled.text
 
-    def answers(client: TestClient, collection: str) -> dict[str, Any]:
+    def answers(
+        client: TestClient, collection: str, routes: list[tuple[str, str]] | None = None
+    ) -> dict[str, Any]:
         found = {}
-        for method, template in collection_routes():
+        for method, template in tenant_routes() if routes is None else routes:
             path, body = request_for(method, template, collection, photo, aws.model_id)
             answer = send(client, path, method, body)
             found[f"{method} {template}"] = (
@@ -214,20 +245,28 @@ def test_a_refusal_reads_byte_for_byte_as_a_collection_that_does_not_exist(clien
 
     while_it_exists = answers(lobby, "annex")
     assert {status for status, _, _ in while_it_exists.values()} == {404}
-    assert admin.delete("/collections/annex/subjects/pat").status_code == 200
-    assert admin.delete("/collections/annex").status_code == 200
+    galleries = [(m, p) for m, p in collection_routes() if f"{m} {p}" in GALLERY_ROUTES]
+    assert len(galleries) == len(GALLERY_ROUTES)
+    gallery_answers = answers(lobby, "annex", galleries)
+    assert {status for status, _, _ in gallery_answers.values()} == {403}
+    deleted = admin.delete("/collections/annex")  # with its subject
+    assert deleted.status_code == 200 and deleted.json()["subjects_erased"] == 1, deleted.text
     assert answers(admin, "annex") == while_it_exists
     assert answers(lobby, "annex") == while_it_exists
     assert answers(lobby, "attic") == answers(admin, "attic")
+    assert answers(lobby, "annex", galleries) == gallery_answers
+    assert answers(lobby, "attic", galleries) == gallery_answers
 
 
-def test_a_bound_key_works_in_its_own_collection(clients, photo):
+def test_a_bound_key_works_in_its_own_collection(clients, photo, aws):
     lobby = clients["lobby"]
     exercised = []
 
     def call(method: str, path: str, body: dict[str, Any] | None = None, status: int = 200):
         answer = lobby.request(method, path, json=body)
         assert answer.status_code == status, (method, path, answer.text)
+        if status == 403:
+            assert answer.json() == SCOPE_REFUSAL
         (route,) = [f"{m} {p}" for m, p in app_routes() if m == method and matches(p, path)]
         exercised.append(route)
         return answer.json()
@@ -247,12 +286,30 @@ def test_a_bound_key_works_in_its_own_collection(clients, photo):
     page = call("GET", "/collections")
     assert [c["name"] for c in page["collections"]] == ["lobby"] and page["next_cursor"] is None
     assert call("DELETE", f"{home}/subjects/newcomer")["scope"] == "collection:lobby"
-    # It reaches the route: lobby still holds pat, so it is not deleted.
-    refused = call("DELETE", home, status=409)
-    assert refused["error"]["code"] == "collection_not_empty"
+    # The gallery routes are the deployment's, even in its own collection: refused, and
+    # lobby's attachment stays.
+    call("POST", f"{home}/export", {"gallery": "lobby-export"}, status=403)
+    call("PUT", f"{home}/galleries/staff", status=403)
+    call("DELETE", f"{home}/galleries/staff", status=403)
+    assert call("GET", home)["galleries"] == ["staff"]
+    gallery = aws_client("s3", aws).list_object_versions(
+        Bucket=aws.bucket, Prefix="galleries/lobby-export/"
+    )
+    assert not gallery.get("Versions")
+    # It deletes its own collection, and everyone in it, with the receipt.
+    deleted = call("DELETE", home)
+    assert (deleted["collection"], deleted["subjects_erased"]) == ("lobby", 1)
+    assert [(r["subject_id"], r["scope"]) for r in deleted["receipts"]] == [
+        ("pat", "collection:lobby")
+    ]
     assert sorted(set(exercised)) == sorted(
         {f"{m} {p}" for m, p in collection_routes()} | {"GET /collections"}
     )
+    # Made again by the admin, lobby is the key's again, and holds nobody.
+    assert clients["admin"].post("/collections", json={"name": "lobby"}).status_code == 201
+    gone = lobby.get(f"{home}/subjects/pat")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_subject"
+    assert lobby.get(home).json()["subjects"] == 0
 
 
 def test_a_key_bound_to_default_opens_the_routes_that_name_no_collection(

@@ -1,8 +1,11 @@
-"""Collections: the named groups of enrolled subjects (create, list, describe, delete).
+"""Collections: the named groups of enrolled subjects (create, list, describe, delete),
+exported as Parquet galleries and searching attached ones.
 
-A first increment: the resource itself. Every enrolled subject belongs to the implicit
-``default`` collection, which always exists and cannot be deleted; subjects are not keyed by
-collection yet, so any other collection holds no subject.
+Every subject enrolled without naming a collection belongs to the implicit ``default``
+collection, which always exists and cannot be deleted. Deleting another erases every subject
+in it through the erasure path (a receipt; ``202`` and ``GET /erasures/{id}`` for a large
+one). Exports and attachments touch galleries, the deployment's: keys bound to collections
+cannot use them.
 
 Plain ``def`` routes, run in FastAPI's threadpool: every one calls boto3, which blocks.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import ApiKeyDep, CollectionServiceDep, require_api_key
@@ -45,7 +48,9 @@ class CollectionBody(BaseModel):
 
 class CollectionAnswer(BaseModel):
     """A collection and what it holds. ``created_at`` is null for ``default`` while it is
-    the implicit collection (never created: as old as the deployment)."""
+    the implicit collection (never created: as old as the deployment); ``galleries`` are
+    the batch galleries its identify searches besides its subjects; ``deleting`` is when its
+    deletion began (null: it is not being deleted)."""
 
     name: str
     model_id: str
@@ -54,6 +59,8 @@ class CollectionAnswer(BaseModel):
     far: float | None
     multi_face: MultiFacePolicy | None
     created_at: str | None
+    galleries: list[str]
+    deleting: str | None
     subjects: int
     faces: int
 
@@ -66,13 +73,45 @@ class CollectionPage(BaseModel):
 
 
 class CollectionDeleted(BaseModel):
-    """The receipt of a deletion: ``subjects_erased`` and ``receipts`` (one erasure receipt
-    per subject) stay empty until subjects are keyed by collection."""
+    """The receipt of a deletion done in the request: one erasure receipt per subject
+    (``receipts``), the ``totals`` over them all (per kind: objects, versions destroyed,
+    rows removed), the exports destroyed, and what remains by design. When the deletion is
+    handed to the jobs workers (``202``), ``deleted`` is false and ``erasure_id`` says what
+    to poll; the receipt is then ``GET /erasures/{id}``'s, with totals only."""
+
+    model_config = ConfigDict(extra="allow")
 
     collection: str
     deleted: bool
-    subjects_erased: int
-    receipts: list[dict[str, Any]]
+    subjects_erased: int | None = None
+    galleries_destroyed: list[str] = []
+    totals: dict[str, dict[str, int]] = {}
+    receipts: list[dict[str, Any]] = []
+    remaining: list[dict[str, Any]] = []
+    erasure_id: str | None = None
+    status: str | None = None
+
+
+class ExportBody(BaseModel):
+    """The gallery to export the collection into: a new name, or its own earlier export."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gallery: Annotated[str, Field(json_schema_extra=ID)]
+
+
+class ExportAnswer(BaseModel):
+    """The export: its gallery and key, rows (faces) and subjects, and the rows dropped for
+    subjects erased while it ran."""
+
+    collection: str
+    gallery: str
+    model_id: str
+    key: str
+    rows: int
+    subjects: int
+    erased_dropped: int
+    exported_at: str
 
 
 @router.post(
@@ -119,9 +158,61 @@ def get_collection(collection: IdPath, service: CollectionServiceDep) -> dict[st
 @router.delete(
     "/collections/{collection}",
     response_model=CollectionDeleted,
+    responses=error_responses(404, 409) | {202: {"description": "handed to the jobs workers"}},
+)
+def delete_collection(
+    collection: IdPath, service: CollectionServiceDep, response: Response
+) -> dict[str, Any]:
+    """Delete the collection and erase every subject in it, with the receipt; a collection
+    of many subjects answers 202 and is deleted by the jobs workers (poll
+    ``GET /erasures/{erasure_id}``). From the call on, its routes answer 409
+    ``collection_deleting``. 409 ``default_collection`` for ``default``, 409
+    ``collection_busy`` while verification jobs run on a gallery exported from it."""
+    done, answer = service.delete(collection)
+    if not done:
+        response.status_code = 202
+        return answer | {"deleted": False}
+    return answer
+
+
+@router.post(
+    "/collections/{collection}/export",
+    response_model=ExportAnswer,
+    dependencies=[Depends(require_json)],
+    responses=error_responses(404, 409, 413, 415),
+)
+def export_collection(
+    collection: IdPath, body: ExportBody, service: CollectionServiceDep
+) -> dict[str, Any]:
+    """Export the collection's enrolled faces as a Parquet gallery (the batch galleries'
+    schema), so that verification jobs match probes against these people; exporting again
+    refreshes it. Erasing a subject of the collection erases them from the export too, and
+    deleting the collection destroys it. 409 ``gallery_exists`` for a gallery that is not
+    this collection's export, 409 ``no_enrolled_faces`` for an empty collection."""
+    return service.export(collection, body.gallery)
+
+
+@router.put(
+    "/collections/{collection}/galleries/{gallery}",
+    response_model=CollectionAnswer,
     responses=error_responses(404, 409),
 )
-def delete_collection(collection: IdPath, service: CollectionServiceDep) -> dict[str, Any]:
-    """Delete an empty collection; 409 ``default_collection`` for ``default``, 409
-    ``collection_not_empty`` for one that holds subjects."""
-    return service.delete(collection)
+def attach_gallery(
+    collection: IdPath, gallery: IdPath, service: CollectionServiceDep
+) -> dict[str, Any]:
+    """Attach a built gallery of the collection's model: identify in the collection then
+    searches its subjects and this gallery (at most 10 galleries). 404 ``unknown_gallery``
+    for a gallery not built, 409 ``model_mismatch`` for another model's."""
+    return service.attach(collection, gallery)
+
+
+@router.delete(
+    "/collections/{collection}/galleries/{gallery}",
+    response_model=CollectionAnswer,
+    responses=error_responses(404, 409),
+)
+def detach_gallery(
+    collection: IdPath, gallery: IdPath, service: CollectionServiceDep
+) -> dict[str, Any]:
+    """Stop searching the gallery in the collection's identify; the gallery itself stays."""
+    return service.detach(collection, gallery)
