@@ -29,7 +29,6 @@ would not fit an answer).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -41,7 +40,6 @@ from facegate.common import check_positive, utc_now, validate_id
 from facegate.errors import (
     CollectionBusyError,
     DefaultCollectionError,
-    ObjectNotFoundError,
     StorageError,
     UnknownCollectionError,
     ValidationError,
@@ -51,7 +49,6 @@ from facegate.storage import keys as layout
 from facegate.storage.clients import aws_client
 from facegate.storage.collections import DEFAULT_COLLECTION, CollectionStore
 from facegate.storage.jobs import JobStore
-from facegate.storage.objects import JSON_TYPE
 from facegate.storage.photos import PhotoStore
 from facegate.storage.queues import send_messages
 from facegate.storage.scrub import erase_prefix
@@ -284,8 +281,9 @@ class CollectionDeleter:
         return {"receipts": receipts}
 
     def _destroy_gallery(self, gallery: str) -> list[Removed]:
-        """Every version under an export's prefix, its cached copy, then its lineage (last:
-        a destruction interrupted is found and finished by the next attempt)."""
+        """Every version under an export's prefix, its cached copy, its attachments to
+        other collections, then its lineage (last: a destruction interrupted is found and
+        finished by the next attempt)."""
         removed = []
         done = erase_prefix(self.objects, layout.gallery_prefix(gallery), "gallery")
         if done is not None:
@@ -294,6 +292,7 @@ class CollectionDeleter:
             self.eraser.bucket, layout.gallery_key(gallery)
         ):
             removed.append(Removed("cache", "gallery_cache", layout.gallery_key(gallery), 0, 1))
+        self.store.detach_everywhere(gallery)
         lineage = layout.export_lineage_key(gallery)
         self.objects.delete_versions([v for v in self.objects.versions(lineage) if v[0] == lineage])
         return removed
@@ -301,16 +300,10 @@ class CollectionDeleter:
     # -- state ------------------------------------------------------------------------------
 
     def _get(self, key: str) -> dict[str, Any] | None:
-        try:
-            doc = json.loads(self.objects.get(key).body)
-        except ObjectNotFoundError:
-            return None
-        except ValueError as exc:
-            raise ValidationError("a collection deletion's state cannot be read") from exc
-        return doc if isinstance(doc, dict) else None
+        return self.objects.get_json(key, "a collection deletion's state")
 
     def _put(self, key: str, doc: Mapping[str, Any]) -> None:
-        self.objects.put(key, json.dumps(doc).encode(), content_type=JSON_TYPE)
+        self.objects.put_json(key, doc)
 
     def _send(self, request: CollectionDeletionRequest) -> None:
         if self.sqs is None:

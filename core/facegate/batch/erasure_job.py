@@ -31,7 +31,6 @@ by its text).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -49,13 +48,11 @@ from facegate.batch.messages import (
 from facegate.common import check_index, check_positive, compact_json, utc_now, validate_id
 from facegate.errors import (
     FaceGateError,
-    ObjectNotFoundError,
     StorageError,
     UnknownErasureError,
     ValidationError,
 )
 from facegate.storage import keys as layout
-from facegate.storage.objects import JSON_TYPE
 from facegate.storage.queues import send_messages
 from facegate.storage.tombstones import check_scope
 
@@ -356,18 +353,10 @@ class ErasureJobs:
         self._put(layout.erasure_status_key(erasure_id), doc)
 
     def _get(self, key: str) -> dict[str, Any] | None:
-        try:
-            doc = json.loads(self.objects.get(key).body)
-        except ObjectNotFoundError:
-            return None
-        except ValueError as exc:
-            raise ValidationError("an erasure's state cannot be read") from exc
-        if not isinstance(doc, dict):
-            raise ValidationError("an erasure's state cannot be read")
-        return doc
+        return self.objects.get_json(key, "an erasure's state")
 
     def _put(self, key: str, doc: Mapping[str, Any]) -> None:
-        self.objects.put(key, json.dumps(doc).encode(), content_type=JSON_TYPE)
+        self.objects.put_json(key, doc)
 
     def _send(self, bodies: Sequence[str]) -> None:
         if self.sqs is None:

@@ -12,7 +12,6 @@ old gallery keeps serving until the new one is checked and switched to.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, NamedTuple, Self
@@ -30,7 +29,7 @@ from facegate.errors import (
 )
 from facegate.storage.galleries import GalleryStore, subject_scope
 from facegate.storage.keys import UPLOADS_PREFIX, reembed_status_key
-from facegate.storage.objects import JSON_TYPE, ObjectStore
+from facegate.storage.objects import ObjectStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import SubjectStore
 from facegate.storage.tombstones import Erasures
@@ -192,15 +191,12 @@ def chunks(items: list[SourcePhoto], size: int) -> Iterator[list[SourcePhoto]]:
 
 def put_status(s3: Any, bucket: str, target: str, doc: dict[str, Any]) -> None:
     """Record a re-embedding's state (``queued``, ``done`` + report, ``failed`` + error)."""
-    body = json.dumps(doc).encode()
-    ObjectStore(s3, bucket).put(reembed_status_key(target), body, content_type=JSON_TYPE)
+    ObjectStore(s3, bucket).put_json(reembed_status_key(target), doc)
 
 
 def get_status(s3: Any, bucket: str, target: str) -> dict[str, Any]:
     """The recorded state; :class:`UnknownGalleryError` when nothing was requested."""
-    try:
-        found = ObjectStore(s3, bucket).get(reembed_status_key(target))
-    except ObjectNotFoundError as exc:
-        raise UnknownGalleryError(f"no re-embedding into {target!r} was requested") from exc
-    doc: dict[str, Any] = json.loads(found.body)
+    doc = ObjectStore(s3, bucket).get_json(reembed_status_key(target), "a re-embedding's state")
+    if doc is None:
+        raise UnknownGalleryError(f"no re-embedding into {target!r} was requested")
     return doc

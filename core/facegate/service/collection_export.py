@@ -22,7 +22,6 @@ before that, so the compaction drops the person.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -32,14 +31,14 @@ from facegate.errors import (
     GalleryExistsError,
     ModelMismatchError,
     NoEnrolledFacesError,
-    ObjectNotFoundError,
+    ValidationError,
 )
 from facegate.gallery.format import GalleryMeta, build_gallery_table
 from facegate.models.card import ModelCard
 from facegate.storage import keys as layout
 from facegate.storage.collections import Collection
 from facegate.storage.galleries import GalleryStore
-from facegate.storage.objects import JSON_TYPE, ObjectStore
+from facegate.storage.objects import ObjectStore
 from facegate.storage.subjects import SubjectStore
 from facegate.storage.tombstones import ErasureLookup, collection_scope
 
@@ -61,10 +60,8 @@ class CollectionExporter:
     def exported_from(self, gallery: str) -> str | None:
         """The collection ``gallery`` was exported from (None: not an export)."""
         try:
-            doc = json.loads(self.objects.get(layout.export_lineage_key(gallery)).body)
-        except ObjectNotFoundError:
-            return None
-        except ValueError:
+            doc = self.objects.get_json(layout.export_lineage_key(gallery), "a lineage")
+        except ValidationError:
             return None
         collection = doc.get("collection") if isinstance(doc, dict) else None
         return collection if isinstance(collection, str) else None
@@ -84,12 +81,18 @@ class CollectionExporter:
                 f"collection {collection.name!r} is of model {collection.model_id!r}, "
                 f"not {card.model_id!r}"
             )
-        self._check_free(collection.name, gallery)
+        again = self._check_free(collection.name, gallery)
         started = utc_now()
+        # The lineage first: an erasure while the faces are read finds the export to fix.
         self._put_lineage(gallery, {"collection": collection.name, "started_at": started})
         faces = self.subjects.in_collection(collection.name).all_faces()
         faces = [(s, f) for s, f in faces if f.model_id == collection.model_id]
         if not faces:
+            if not again:  # no gallery came of it: no lineage may claim the name
+                lineage = layout.export_lineage_key(gallery)
+                self.objects.delete_versions(
+                    [v for v in self.objects.versions(lineage) if v[0] == lineage]
+                )
             raise NoEnrolledFacesError(f"collection {collection.name!r} has no enrolled faces")
         meta = GalleryMeta(
             model_id=card.model_id,
@@ -133,11 +136,12 @@ class CollectionExporter:
         self._put_lineage(gallery, answer | {"started_at": started})
         return answer
 
-    def _check_free(self, collection: str, gallery: str) -> None:
-        """Refuse a gallery that is anything but this collection's export."""
+    def _check_free(self, collection: str, gallery: str) -> bool:
+        """Refuse a gallery that is anything but this collection's export; whether it is
+        that (an export again) rather than a new name."""
         of = self.exported_from(gallery)
         if of == collection:
-            return
+            return True
         if of is not None:
             raise GalleryExistsError(f"gallery {gallery!r} is the export of another collection")
         taken = self.objects.versions(layout.gallery_prefix(gallery)) or self.objects.versions(
@@ -145,10 +149,10 @@ class CollectionExporter:
         )
         if taken:
             raise GalleryExistsError(f"gallery {gallery!r} exists and is not an export")
+        return False
 
     def _put_lineage(self, gallery: str, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc, sort_keys=True).encode()
-        self.objects.put(layout.export_lineage_key(gallery), body, content_type=JSON_TYPE)
+        self.objects.put_json(layout.export_lineage_key(gallery), doc)
 
     def _drop_older_versions(self, key: str, kept: str | None) -> None:
         """A re-export leaves no older version of the part: it may hold people erased since

@@ -344,6 +344,26 @@ class CollectionStore:
         """Take ``gallery`` out of the collection's identify (not attached: no change)."""
         return self._galleries(name, gallery, add=False)
 
+    def detach_everywhere(self, gallery: str) -> int:
+        """Take ``gallery`` out of every collection it is attached to (a gallery destroyed
+        must not stay named by another tenant's collection, to come back as someone else's
+        gallery of that name); how many lost it. A collection being deleted, or deleted
+        meanwhile, is skipped: it goes with its attachments."""
+        validate_id(gallery, "gallery")
+        detached, cursor = 0, None
+        while True:
+            page, cursor = self.list(MAX_LIST_LIMIT, cursor)
+            for collection in page:
+                if gallery not in collection.galleries or collection.deleting is not None:
+                    continue
+                try:
+                    self.detach(collection.name, gallery)
+                except (UnknownCollectionError, CollectionDeletingError):
+                    continue
+                detached += 1
+            if cursor is None:
+                return detached
+
     def _galleries(self, name: str, gallery: str, *, add: bool) -> Collection:
         """One conditional update of the ``galleries`` set: the collection exists (or is
         ``default``), is not being deleted and, when adding, has room for one more."""
@@ -422,6 +442,9 @@ class CollectionStore:
                 {":pk": COLLECTIONS_PK, ":sk": COLLECTION_SK}
             ),
             "Limit": limit,
+            # Read after write: a collection just created or attached to is listed as such
+            # (the detach of a destroyed gallery must not miss a fresh attachment).
+            "ConsistentRead": True,
         }
         if start is not None:
             kwargs["ExclusiveStartKey"] = start

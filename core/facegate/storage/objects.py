@@ -23,6 +23,7 @@ meaning: an unreadable photo, a gallery never built, nothing requested.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -229,6 +230,20 @@ class ObjectStore:
             found = self.get(key)
         return found.etag, found.body
 
+    def get_json(self, key: str, what: str) -> dict[str, Any] | None:
+        """The JSON object at ``key`` (a job's or an erasure's state, a lineage); None when
+        there is none. :class:`ValidationError` naming ``what`` for anything but an object:
+        state that cannot be read must stop its job, not restart it from nothing."""
+        try:
+            doc = json.loads(self.get(key).body)
+        except ObjectNotFoundError:
+            return None
+        except ValueError as exc:
+            raise ValidationError(f"{what} cannot be read") from exc
+        if not isinstance(doc, dict):
+            raise ValidationError(f"{what} cannot be read")
+        return doc
+
     def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo:
         """The object's size, ETag, version and content type, without its bytes."""
         with aws_errors(f"reading {self.uri(key)}"):
@@ -385,6 +400,10 @@ class ObjectStore:
             )
         sent = {**answer, "ContentType": content_type, "Metadata": extra}
         return ObjectInfo(**self._info(key, sent, size=len(body)))
+
+    def put_json(self, key: str, doc: Mapping[str, Any]) -> ObjectInfo:
+        """Write ``doc`` at ``key`` as JSON (:meth:`get_json` reads it back)."""
+        return self.put(key, json.dumps(doc).encode(), content_type=JSON_TYPE)
 
     def delete(self, key: str) -> None:
         """Delete the current version (a delete marker in a versioned bucket); a missing

@@ -10,12 +10,13 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from botocore.exceptions import ClientError
 
-from facegate.common import utc_now, validate_id
+from facegate.common import iso_micros, utc_now, validate_id
 from facegate.errors import (
     CollectionDeletingError,
     ModelMismatchError,
@@ -245,7 +246,9 @@ class SubjectStore:
             raise ValidationError("weights_sha256 must be 64 lowercase hex characters")
         meta = None if metadata is None else validate_metadata(metadata)
         now = utc_now()
-        stamped = _stamped_faces(faces, model_id, weights_sha256, now)
+        # Faces to the microsecond, as tombstones are: a face enrolled after an erasure in
+        # the same second must not read as older than it (and be dropped from an export).
+        stamped = _stamped_faces(faces, model_id, weights_sha256, iso_micros(datetime.now(UTC)))
         embeddings = _face_embeddings(stamped)
         items: list[TransactWriteItemTypeDef] = [
             self._meta_update(subject_id, model_id, len(stamped), now, meta)

@@ -27,7 +27,7 @@ from facegate.service.export import SubjectExport
 from facegate.settings import Settings, get_settings
 from facegate.storage.apikeys import ApiKey, ApiKeyStore, route_reach, route_scope
 from facegate.storage.clients import aws_client
-from facegate.storage.collections import CollectionStore
+from facegate.storage.collections import DEFAULT_COLLECTION, Collection, CollectionStore
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.jobs import JobStore
 from facegate.storage.photos import PhotoStore
@@ -186,7 +186,10 @@ def get_collection_faces(
     with its attached galleries: 404 ``unknown_collection`` for one never created, 409
     ``collection_deleting`` while it is deleted, 409 ``model_mismatch`` for one of a model
     this deployment does not serve (its embeddings cannot be compared here)."""
-    found = collections.store.get(collection)
+    return _bound_to(collections.store.get(collection), service)
+
+
+def _bound_to(found: Collection, service: FaceService) -> FaceService:
     if found.deleting is not None:
         raise CollectionDeletingError.named(found.name)
     if found.model_id != service.pipeline.model_id:
@@ -236,6 +239,21 @@ def require_api_key(
     )
 
 
+def get_identify_service(
+    service: Annotated[FaceService, Depends(get_service)],
+    collections: Annotated[CollectionService, Depends(get_collection_service)],
+    key: Annotated[ApiKey | None, Depends(require_api_key)],
+) -> FaceService:
+    """``POST /identify``'s service. For a key bound to collections it is the ``default``
+    collection's, exactly as ``/collections/default/identify``: its subjects and its
+    attached galleries, none other (gallery names are one namespace: a tenant naming
+    another's gallery must get 404, not its people). An unbound key (or IAM mode) is the
+    deployment's and may name any gallery, as before collections."""
+    if key is None or key.collections is None:
+        return service
+    return _bound_to(collections.store.get(DEFAULT_COLLECTION), service)
+
+
 ServiceDep = Annotated[FaceService, Depends(get_service)]
 GalleryServiceDep = Annotated[GalleryService, Depends(get_gallery_service)]
 ExportDep = Annotated[SubjectExport, Depends(get_export)]
@@ -245,3 +263,4 @@ ErasureJobsDep = Annotated[ErasureJobs, Depends(get_erasure_jobs)]
 CollectionServiceDep = Annotated[CollectionService, Depends(get_collection_service)]
 CollectionFacesDep = Annotated[FaceService, Depends(get_collection_faces)]
 ApiKeyDep = Annotated[ApiKey | None, Depends(require_api_key)]
+IdentifyServiceDep = Annotated[FaceService, Depends(get_identify_service)]

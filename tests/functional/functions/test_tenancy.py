@@ -399,6 +399,39 @@ def status_call(aws, store) -> Iterator[Callable[[str], tuple[int, dict[str, Any
     get_settings.cache_clear()
 
 
+def test_identify_with_a_key_bound_to_default_searches_defaults_galleries_only(
+    api_client, store, clients, photo
+):
+    """``POST /identify`` names a gallery from one namespace: a key bound to ``default``
+    may name only a gallery attached to ``default`` (an unattached one reads as one that
+    does not exist), and searches those by default, as ``/collections/default/identify``."""
+    kiosk = api_client(store.create("kiosk-galleries", SCOPES, collections=["default"]))
+    admin = clients["admin"]
+    probe = {"image": photo("person_b_1")}
+    refused = kiosk.post("/identify", json={**probe, "gallery": "staff", "subjects": False})
+    missing = kiosk.post("/identify", json={**probe, "gallery": "nowhere", "subjects": False})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (404, "unknown_gallery")
+    assert (
+        refused.json()["error"]["message"].replace("staff", "nowhere")
+        == missing.json()["error"]["message"]
+    )
+    # The deployment's key may name any gallery, as before collections.
+    wide = admin.post("/identify", json={**probe, "gallery": "staff", "subjects": False})
+    assert wide.status_code == 200 and wide.json()["best"]["subject_id"] == "pat"
+    assert admin.put("/collections/default/galleries/staff").status_code == 200
+    try:
+        named = kiosk.post("/identify", json={**probe, "gallery": "staff", "subjects": False})
+        assert named.status_code == 200 and named.json()["best"]["subject_id"] == "pat"
+        by_default = kiosk.post("/identify", json={**probe, "subjects": False})
+        assert by_default.json() == named.json()
+        assert (
+            by_default.json()
+            == admin.post("/collections/default/identify", json={**probe, "subjects": False}).json()
+        )
+    finally:
+        assert admin.delete("/collections/default/galleries/staff").status_code == 200
+
+
 def test_the_job_status_function_refuses_a_bound_key(status_call, store):
     """That function checks keys without saying what a request acts on: a job is the
     deployment's, so a bound key is refused there too, and an unbound one is not."""

@@ -211,6 +211,22 @@ def test_an_inline_deletion_erases_every_subject_export_and_dead_letter(world):
         world.deleter().delete("lobby")
 
 
+def test_a_destroyed_export_is_detached_from_every_collection_it_was_attached_to(world):
+    _enrol_lobby(world)
+    world.export("lobby", EXPORT)
+    for name in ("garage", "default", "lobby"):
+        world.store.attach(name, EXPORT)
+    world.store.attach("garage", "other-gallery")
+
+    done, _ = world.deleter().delete("lobby")
+
+    assert done is True
+    assert world.store.get("garage").galleries == ("other-gallery",)
+    assert world.store.get("default").galleries == ()
+    # A gallery of that name made later is not attached anywhere by a leftover name.
+    assert [c.galleries for c in world.store.list()[0]] == [(), ("other-gallery",)]
+
+
 def test_default_is_never_deleted(world):
     world.enrol("default", "ann", [ANN_1])
     with pytest.raises(DefaultCollectionError):

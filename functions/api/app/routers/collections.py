@@ -158,6 +158,7 @@ def get_collection(collection: IdPath, service: CollectionServiceDep) -> dict[st
 @router.delete(
     "/collections/{collection}",
     response_model=CollectionDeleted,
+    response_model_exclude_none=True,
     responses=error_responses(404, 409) | {202: {"description": "handed to the jobs workers"}},
 )
 def delete_collection(

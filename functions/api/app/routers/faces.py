@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.deps import ServiceDep, require_api_key
+from app.deps import IdentifyServiceDep, ServiceDep, require_api_key
 from app.openapi import ID, KEYED, PHOTOS, error_responses, photo_body
 from app.requests import Body, BodyDep
 from facegate.service.faces import FaceService
@@ -104,10 +104,11 @@ def compare(body: BodyDep, service: ServiceDep) -> dict[str, object]:
 
 
 @router.post("/identify", responses=error_responses(409), openapi_extra=IDENTIFY_BODY)
-def identify(body: BodyDep, service: ServiceDep) -> dict[str, object]:
+def identify(body: BodyDep, service: IdentifyServiceDep) -> dict[str, object]:
     """Top-k subjects for ``image`` among the default collection's enrolled subjects and/or
     a named ``gallery``: only those at or above the decision threshold are listed, scores
-    to 3 decimals."""
+    to 3 decimals. A key bound to collections searches as ``/collections/default/identify``
+    does: default's subjects and its attached galleries, and may name no other gallery."""
     return identify_with(body, service)
 
 
