@@ -1,8 +1,9 @@
 """Cold start and peak memory, each against a baseline measured in the same run.
 
 - Cold start: a fresh Python process from spawn to its first embedding returned (import
-  FaceGate, load both models, decode/detect/align/embed one photo) against a process that
-  only runs ``import torch``: what we add on top of the framework we cannot avoid.
+  FaceGate, load both models, decode/detect/align/embed one photo), on the default runtime
+  (ONNX Runtime, no torch loaded) and on ``FACEGATE_RUNTIME=torch``, against a process that
+  only runs ``import torch``.
 - Peak RSS (``VmHWM`` from the child's own ``/proc/self/status``: ``ru_maxrss`` would not
   do, Linux carries it across ``fork`` and ``exec`` from the parent) of the API function (its
   handler module answering ``/compare`` events) and of the embedding job (its handler
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -19,10 +21,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: The runtime a process gets without FACEGATE_RUNTIME (the settings' default).
+DEFAULT_RUNTIME = "onnxruntime"
 
 FIRST_EMBEDDING = """
 import sys
-from facegate.pipeline import FacePipeline
+from facegate.pipeline.face_pipeline import FacePipeline
 FacePipeline().process(open(sys.argv[1], "rb").read())
 """
 
@@ -35,10 +39,14 @@ def peak_mib():
 TORCH_ONLY = PEAK_MIB + "import torch\nprint(peak_mib())\n"
 
 
-def _run(args: list[str]) -> tuple[float, str]:
-    """Wall seconds from spawn to exit, and stdout, of one child process."""
+def _run(args: list[str], runtime: str | None = None) -> tuple[float, str]:
+    """Wall seconds from spawn to exit, and stdout, of one child process (on ``runtime``:
+    ``FACEGATE_RUNTIME``, else the default)."""
+    env = dict(os.environ)
+    if runtime is not None:
+        env["FACEGATE_RUNTIME"] = runtime
     started = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    done = subprocess.run(args, capture_output=True, text=True, check=False, env=env)
     seconds = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"{' '.join(args[:3])} exited {done.returncode}: {done.stderr[-800:]}")
@@ -46,27 +54,35 @@ def _run(args: list[str]) -> tuple[float, str]:
 
 
 def cold_start(photo: Path, runs: int = 3) -> tuple[list[dict[str, object]], float]:
-    """The cold-start row, and the ``import torch`` process's peak RSS for the memory rows."""
-    ours, torch_only, torch_rss = [], [], []
+    """The cold-start rows (the default runtime, and torch's), and the ``import torch``
+    process's peak RSS for the memory rows."""
+    times: dict[str, list[float]] = {"default": [], "torch": []}
+    torch_only, torch_rss = [], []
     for _ in range(runs):
-        ours.append(_run([sys.executable, "-c", FIRST_EMBEDDING, str(photo)])[0])
+        times["default"].append(_run([sys.executable, "-c", FIRST_EMBEDDING, str(photo)])[0])
+        args = [sys.executable, "-c", FIRST_EMBEDDING, str(photo)]
+        times["torch"].append(_run(args, runtime="torch")[0])
         seconds, out = _run([sys.executable, "-c", TORCH_ONLY])
         torch_only.append(seconds)
         torch_rss.append(int(out.split()[-1]))
-    value, base = statistics.median(ours), statistics.median(torch_only)
-    return [
-        {
-            "section": "startup",
-            "measure": "cold start to first embedding",
-            "unit": "s",
-            "value": value,
-            "baseline": base,
-            "baseline_name": "python -c 'import torch'",
-            "ratio": value / base,
-            "higher_is_better": False,
-            "notes": f"median of {runs} fresh processes",
-        }
-    ], statistics.median(torch_rss)
+    base = statistics.median(torch_only)
+    rows = []
+    for runtime, label in (("default", DEFAULT_RUNTIME), ("torch", "torch")):
+        value = statistics.median(times[runtime])
+        rows.append(
+            {
+                "section": "startup",
+                "measure": f"cold start to first embedding, {label}",
+                "unit": "s",
+                "value": value,
+                "baseline": base,
+                "baseline_name": "python -c 'import torch'",
+                "ratio": value / base,
+                "higher_is_better": False,
+                "notes": f"median of {runs} fresh processes",
+            }
+        )
+    return rows, statistics.median(torch_rss)
 
 
 HARNESS = (
@@ -76,7 +92,7 @@ import base64, importlib, json, os, sys
 from pathlib import Path
 from moto import mock_aws
 repo, function, photo_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-repeats = int(sys.argv[4])
+repeats, runtime = int(sys.argv[4]), sys.argv[5]
 sys.path.insert(0, str(repo / "infra"))
 from facegate_local.config import FAKE_CREDENTIALS, LocalConfig, function_environment
 from facegate_local.resources import create_resources
@@ -86,10 +102,13 @@ with mock_aws():
     import boto3
     config = LocalConfig.load(repo)
     template = config.template()
-    clients = {n: boto3.client(n, region_name=config.region) for n in ("dynamodb", "s3", "sqs")}
-    create_resources(template, clients["dynamodb"], clients["s3"], clients["sqs"])
+    names = ("dynamodb", "s3", "sqs", "secretsmanager")
+    clients = {n: boto3.client(n, region_name=config.region) for n in names}
+    create_resources(template, clients["dynamodb"], clients["s3"], clients["sqs"],
+                     clients["secretsmanager"])
     env = function_environment(config, function, "")
     env["FACEGATE_AUTH_MODE"] = "none"
+    env["FACEGATE_RUNTIME"] = runtime  # the template's is the default; a row may ask torch
     os.environ.update(env)
     photos = sorted(photo_dir.glob("*.jpg"))
     if function == "EmbedFunction":
@@ -131,42 +150,46 @@ with mock_aws():
 )
 
 
-def handler_rss(function: str, photo_dir: Path, repeats: int) -> dict[str, object]:
-    """Peak RSS (MiB) of a process running ``function``'s handler, AWS mocked in-process.
+def handler_rss(function: str, photo_dir: Path, repeats: int, runtime: str) -> dict[str, object]:
+    """Peak RSS (MiB) of a process running ``function``'s handler on ``runtime``, AWS mocked
+    in-process.
 
     The harness (Python, boto3, moto holding the bucket) is measured just before the
     handler's module is imported and reported beside the peak.
     """
     args = [sys.executable, "-c", HARNESS, str(REPO), function, str(photo_dir), str(repeats)]
-    _, out = _run(args)
+    _, out = _run([*args, runtime])
     return json.loads(out.strip().splitlines()[-1])
 
 
 def memory_rows(photo_dir: Path, torch_rss: float) -> list[dict[str, object]]:
-    api = handler_rss("ApiFunction", photo_dir, 10)
-    if api["answer"]["statusCode"] != 200:
-        raise RuntimeError(f"ApiFunction answered {str(api['answer'])[:300]}")
-    job = handler_rss("EmbedFunction", photo_dir, 1)
-    if job["answer"]["batchItemFailures"]:
-        raise RuntimeError(f"EmbedFunction failed items: {job['answer']}")
+    """Peak RSS of the API function and of the embedding job, on each runtime."""
     photos = len(list(photo_dir.glob("*.jpg")))
     rows = []
-    for measure, got, notes in (
-        ("peak RSS, API function", api, "10 /compare events, two 640x480 photos each"),
-        ("peak RSS, embedding job", job, f"one SQS batch of {photos} 640x480 uploads"),
-    ):
-        peak = float(got["peak_mib"])
-        rows.append(
-            {
-                "section": "memory",
-                "measure": measure,
-                "unit": "MiB",
-                "value": peak,
-                "baseline": float(torch_rss),
-                "baseline_name": "python -c 'import torch'",
-                "ratio": peak / torch_rss,
-                "higher_is_better": False,
-                "notes": f"{notes}; harness (moto, boto3) {got['harness_mib']} MiB before import",
-            }
-        )
+    for runtime in (DEFAULT_RUNTIME, "torch"):
+        api = handler_rss("ApiFunction", photo_dir, 10, runtime)
+        if api["answer"]["statusCode"] != 200:
+            raise RuntimeError(f"ApiFunction answered {str(api['answer'])[:300]}")
+        job = handler_rss("EmbedFunction", photo_dir, 1, runtime)
+        if job["answer"]["batchItemFailures"]:
+            raise RuntimeError(f"EmbedFunction failed items: {job['answer']}")
+        for measure, got, notes in (
+            ("peak RSS, API function", api, "10 /compare events, two 640x480 photos each"),
+            ("peak RSS, embedding job", job, f"one SQS batch of {photos} 640x480 uploads"),
+        ):
+            peak = float(got["peak_mib"])
+            harness = f"harness (moto, boto3) {got['harness_mib']} MiB before import"
+            rows.append(
+                {
+                    "section": "memory",
+                    "measure": f"{measure}, {runtime}",
+                    "unit": "MiB",
+                    "value": peak,
+                    "baseline": float(torch_rss),
+                    "baseline_name": "python -c 'import torch'",
+                    "ratio": peak / torch_rss,
+                    "higher_is_better": False,
+                    "notes": f"{notes}; {harness}",
+                }
+            )
     return rows

@@ -4,11 +4,13 @@
 - facenet-pytorch as its README shows it: ``Image.open``, ``MTCNN(image_size=160,
   margin=0)(img)``, ``InceptionResnetV1().eval()(crop.unsqueeze(0))`` (untrained weights:
   same cost), batched as a list of same-size images for the batch rows.
+- The same pipeline on ``FACEGATE_RUNTIME=torch`` (the torch modules the graphs came from):
+  what serving on ONNX Runtime gains.
 - The bare embedding networks of the served model (SFace and dlib's ResNet for the fused
-  default; BN folded, channels-last) on ready aligned chips: the compute floor under the whole
+  default) on the served runtime, on ready aligned chips: the compute floor under the whole
   pipeline.
 
-Each (size, batch) row runs the three in turn, after one warm-up call each. 12 MP photos are
+Each (size, batch) row runs the four in turn, after one warm-up call each. 12 MP photos are
 expensive, so their rows use fewer photos (stated in the notes); rates are per photo.
 """
 
@@ -85,22 +87,18 @@ def aligned_faces(pipeline: FacePipeline) -> list[AlignedFace]:
 
 def bare_forward(pipeline: FacePipeline, faces: list[AlignedFace], batch: int, count: int) -> Rate:
     """The model's networks alone (both, for a fused model), each on its own chips, in
-    batches, channels-last, inference mode: no detection, alignment or normalisation."""
+    batches, on the pipeline's own runtime: no detection, alignment or normalisation."""
     parts = getattr(pipeline.embedder, "parts", [pipeline.embedder])
     inputs = []
     for i, part in enumerate(parts):
         chips = np.stack([faces[n % len(faces)].all_chips[i] for n in range(count)])
-        x = torch.from_numpy(chips).permute(0, 3, 1, 2).float().to(part.device)
-        inputs.append((part.network, x.contiguous(memory_format=torch.channels_last)))
-    with torch.inference_mode():
+        inputs.append((part.network, chips))
+    for network, x in inputs:
+        network(x[:batch])
+    started = time.perf_counter()
+    for start in range(0, count, batch):
         for network, x in inputs:
-            network(x[:batch])
-        started = time.perf_counter()
-        for start in range(0, count, batch):
-            for network, x in inputs:
-                network(x[start : start + batch])
-        if inputs[0][1].is_cuda:
-            torch.cuda.synchronize()
+            network(x[start : start + batch])
     return Rate(count, time.perf_counter() - started)
 
 
@@ -119,25 +117,31 @@ def _row(measure: str, ours: Rate, base: Rate, base_name: str, notes: str) -> di
 
 
 def rows(device: str = "cpu") -> list[dict[str, object]]:
-    """Two rows per (size, batch): against facenet-pytorch, and against the floor."""
+    """Three rows per (size, batch) for the served runtime: against the torch runtime,
+    against facenet-pytorch, and against the served runtime's own floor."""
     from facegate.settings import Settings
 
     torch.set_num_threads(2)
     pipeline = FacePipeline(Settings(device=device, num_threads=2))
     pipeline.warm_up()
+    reference = FacePipeline(Settings(device=device, num_threads=2, runtime="torch"))
+    reference.warm_up()
     facenet = FacenetReadme(device)
     faces = aligned_faces(pipeline)
-    floor_name = f"bare {pipeline.model_id} network forward (floor)"
+    runtime = pipeline.settings.runtime
+    floor_name = f"bare {pipeline.model_id} networks on {runtime} (floor)"
     out: list[dict[str, object]] = []
     for size, ours_n, theirs_n in PLAN:
         data = photos(size, ours_n)
         for batch in BATCHES:
             ours = _timed(pipeline.process_many, data, batch)
+            on_torch = _timed(reference.process_many, data, batch)
             theirs = _timed(facenet, data[:theirs_n], batch)
             floor = bare_forward(pipeline, faces, batch, max(64, batch * 2))
             shown = min(batch, ours_n)
-            label = f"{size}, batch {shown}" + (f", {device}" if device != "cpu" else "")
+            label = f"{size}, batch {shown}, {runtime}" + (f", {device}" if device != "cpu" else "")
             notes = f"{ours_n} photos (facenet-pytorch: {theirs_n}, batch {min(batch, theirs_n)})"
+            out.append(_row(label, ours, on_torch, "FACEGATE_RUNTIME=torch", f"{ours_n} photos"))
             out.append(_row(label, ours, theirs, "facenet-pytorch README pipeline", notes))
             out.append(_row(label, ours, floor, floor_name, f"batch {batch} chips"))
     return out

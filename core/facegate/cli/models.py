@@ -17,12 +17,20 @@ DEFAULT_CACHE = REPO_ROOT / ".cache"
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from facegate.models.assets import install_all, install_sface, install_test_photos
+    from facegate.models.assets import (
+        ensure_detector_onnx,
+        ensure_onnx,
+        install_all,
+        install_sface,
+        install_test_photos,
+    )
     from facegate.settings import default_model_dir
 
     model_dir = args.model_dir or default_model_dir()
     if args.onnx is not None:
-        cards = [install_sface(model_dir, args.cache_dir, onnx_path=args.onnx, force=args.force)]
+        sface = install_sface(model_dir, args.cache_dir, onnx_path=args.onnx, force=args.force)
+        cards = [ensure_onnx(model_dir, sface)]
+        ensure_detector_onnx(model_dir)
     else:
         cards = install_all(model_dir, args.cache_dir, force=args.force)
     for card in cards:

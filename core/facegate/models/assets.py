@@ -146,11 +146,40 @@ def install_all(model_dir: Path, cache_dir: Path, *, force: bool = False) -> lis
     from facegate.models.fused import DEFAULT_FUSED_ID, install_fused
 
     cards = [
-        install_sface(model_dir, cache_dir, force=force),
-        install_dlib(model_dir, cache_dir, force=force),
+        ensure_onnx(model_dir, install_sface(model_dir, cache_dir, force=force)),
+        ensure_onnx(model_dir, install_dlib(model_dir, cache_dir, force=force)),
     ]
     cards.append(install_fused(model_dir, find_calibration(DEFAULT_FUSED_ID)))
+    ensure_detector_onnx(model_dir, force=force)
     return cards
+
+
+def ensure_onnx(model_dir: Path, card: ModelCard) -> ModelCard:
+    """The card with its ONNX graph exported (again, if the graph is missing, altered or of
+    other weights): what serving on ONNX Runtime loads. A fused card has none of its own."""
+    from facegate.models.onnx_export import embedder_exported, export_embedder
+    from facegate.models.registry import load_network
+
+    if card.architecture == "fused" or embedder_exported(model_dir, card):
+        return card
+    network, _ = load_network(model_dir, card.model_id)
+    return export_embedder(model_dir, card, network)
+
+
+def ensure_servable(model_dir: Path, card: ModelCard) -> ModelCard:
+    """What a model folder needs to serve ``card`` on ONNX Runtime: its graph, and the
+    detector's beside it (a user's own model folder holds no other model)."""
+    exported = ensure_onnx(model_dir, card)
+    ensure_detector_onnx(model_dir)
+    return exported
+
+
+def ensure_detector_onnx(model_dir: Path, *, force: bool = False) -> None:
+    """MTCNN's three graphs under ``<model_dir>/mtcnn/`` unless intact ones are there."""
+    from facegate.models.onnx_export import export_mtcnn, mtcnn_exported
+
+    if force or not mtcnn_exported(model_dir):
+        export_mtcnn(model_dir)
 
 
 def _dlib_calibration() -> tuple[float, dict[str, Any]]:

@@ -65,6 +65,9 @@ class ModelCard:
     source: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     license: str = ""
+    #: The network's ONNX graph beside its weights (``facegate.models.onnx_export``): file,
+    #: sha256, opset, the weights it was traced from. Empty: not exported (torch only).
+    onnx: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

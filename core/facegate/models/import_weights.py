@@ -49,7 +49,8 @@ def fetch_weights(uri: str, dest: Path) -> Path:
 def import_inception(
     uri: str, model_dir: Path, model_id: str, *, threshold: float, version: str = "user"
 ) -> ModelCard:
-    """Install InceptionResnetV1 weights (a torch state dict) as ``model_id``."""
+    """Install InceptionResnetV1 weights (a torch state dict) as ``model_id``, with the ONNX
+    graphs that serve it."""
     from facegate.models.registry import BUILDERS, load_state
 
     target = model_dir / model_id
@@ -71,4 +72,6 @@ def import_inception(
         license="see the weights' own terms (facenet-pytorch: MIT code, VGGFace2 data terms)",
     )
     write_card(model_dir, card)
-    return card
+    from facegate.models.assets import ensure_servable
+
+    return ensure_servable(model_dir, card)

@@ -1,4 +1,5 @@
-"""MTCNN's three networks, with the weights that ship inside the facenet-pytorch wheel.
+"""MTCNN's three networks, with the weights that ship inside the facenet-pytorch wheel, and
+``TorchMTCNNNets``, the torch implementation of ``facegate.pipeline.mtcnn.MTCNNNets``.
 
 The layers are facenet-pytorch 2.5.3's ``PNet``, ``RNet`` and ``ONet`` (same names, so its
 state dicts load strictly), defined here so that detection does not import the
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from facegate.errors import ModelNotFoundError
@@ -130,41 +132,81 @@ def load_nets() -> tuple[PNet, RNet, ONet]:
     )
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy non-maximum suppression with intersection-over-union, as
-    ``torchvision.ops.nms``: visit boxes by descending score, drop every later box whose IoU
-    with a kept one exceeds ``threshold``; areas without ``+1``. Returns kept indices, best
-    first. NumPy, one vector step per kept box."""
-    if len(boxes) == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    b = boxes.detach().to("cpu", torch.float32).numpy()
-    order = np.argsort(-scores.detach().to("cpu", torch.float32).numpy(), kind="stable")
-    x1, y1, x2, y2 = b[order].T
-    area = (x2 - x1) * (y2 - y1)
-    alive = np.ones(len(order), dtype=bool)
-    keep = []
-    for i in range(len(order)):
-        if not alive[i]:
-            continue
-        keep.append(order[i])
-        w = np.clip(np.minimum(x2[i], x2[i + 1 :]) - np.maximum(x1[i], x1[i + 1 :]), 0, None)
-        h = np.clip(np.minimum(y2[i], y2[i + 1 :]) - np.maximum(y1[i], y1[i + 1 :]), 0, None)
-        inter = w * h
-        alive[i + 1 :] &= ~(inter / (area[i] + area[i + 1 :] - inter) > threshold)
-    return torch.as_tensor(np.array(keep, dtype=np.int64), device=boxes.device)
+class TorchMTCNNNets:
+    """``MTCNNNets`` on torch: facenet-pytorch's ``PNet``, ``RNet`` and ``ONet`` with their
+    bundled weights, on ``device``.
+
+    The NHWC input is viewed (on CPU without a copy) as an NCHW tensor in channels-last memory
+    (the layout facenet-pytorch's permuted input has too, and the faster one for these
+    convolutions on CPU). PNet, which dominates detection, runs its own layers and weights in
+    that memory: PReLU on row views (``_prelu_rows``), its two 1x1 heads as one convolution,
+    the softmax's face output as a sigmoid. RNet and ONet run as defined; of their softmax only
+    the face column is answered.
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        pnet, rnet, onet = load_nets()
+        self._pnet = pnet.to(self.device)
+        self._rnet = rnet.to(self.device)
+        self._onet = onet.to(self.device)
+        # PNet's two 1x1 heads as one convolution: one pass over conv3's output instead of two.
+        heads = (self._pnet.conv4_1, self._pnet.conv4_2)
+        self._pnet_head_weight = torch.cat([conv.weight for conv in heads]).detach()
+        self._pnet_head_bias = torch.cat([_bias(conv) for conv in heads]).detach()
+
+    def _input(self, x: np.ndarray) -> torch.Tensor:
+        """``(N, H, W, 3)`` numpy -> ``(N, 3, H, W)`` on the device, channels-last memory."""
+        return torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2)
+
+    @torch.inference_mode()
+    def pnet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``PNet.forward`` for NHWC input: box offsets ``(N, 4, h, w)`` (a strided view of the
+        heads' channels-last output) and face probabilities ``(N, h, w)``, float32.
+
+        The same layers and weights; PReLU runs on row views (``_prelu_rows``), the two heads
+        run as one convolution, and the face probability is the two-way softmax's second
+        output written as a sigmoid of the logit difference.
+        """
+        pnet = self._pnet
+        y = _prelu_rows(pnet.conv1(self._input(x)), pnet.prelu1.weight)
+        y = pnet.pool1(y)
+        y = _prelu_rows(pnet.conv2(y), pnet.prelu2.weight)
+        y = _prelu_rows(pnet.conv3(y), pnet.prelu3.weight)
+        heads = F.conv2d(y, self._pnet_head_weight, self._pnet_head_bias)
+        return heads[:, 2:].cpu().numpy(), torch.sigmoid(heads[:, 1] - heads[:, 0]).cpu().numpy()
+
+    @torch.inference_mode()
+    def rnet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(K, 24, 24, 3)`` crops: box offsets ``(K, 4)`` and face probability ``(K,)``."""
+        reg, prob = self._rnet(self._input(x))
+        return reg.cpu().numpy(), prob[:, 1].contiguous().cpu().numpy()
+
+    @torch.inference_mode()
+    def onet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(K, 48, 48, 3)`` crops: box offsets ``(K, 4)``, relative landmarks ``(K, 10)``
+        (5 x, then 5 y) and face probability ``(K,)``."""
+        reg, landmarks, prob = self._onet(self._input(x))
+        return (
+            reg.cpu().numpy(),
+            landmarks.cpu().numpy(),
+            prob[:, 1].contiguous().cpu().numpy(),
+        )
 
 
-def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float
-) -> torch.Tensor:
-    """``nms`` within each group (image) independently; kept indices by descending score."""
-    keep = [
-        torch.nonzero(groups == g).flatten()[
-            nms(boxes[groups == g], scores[groups == g], threshold)
-        ]
-        for g in torch.unique(groups)
-    ]
-    if not keep:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    kept = torch.cat(keep)
-    return kept[torch.argsort(scores[kept], descending=True, stable=True)]
+def _prelu_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.prelu`` on a channels-last ``(N, C, H, W)`` tensor, computed on its ``(N*H, W*C)``
+    row view with the weights tiled along the row. Same values; torch's own kernel loops over
+    runs of C (10 to 32) values on channels-last input, this one over whole rows."""
+    n, c, h, w = x.shape
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return F.prelu(x, weight)
+    rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)
+    return F.prelu(rows, weight.repeat(w)).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """A convolution's bias; every MTCNN convolution has one."""
+    if conv.bias is None:
+        raise ValueError("MTCNN convolution without a bias")
+    return conv.bias

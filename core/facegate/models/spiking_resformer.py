@@ -132,7 +132,8 @@ class SpikingMatmul(nn.Module):
 def _seq(module: nn.Module, x: Tensor) -> Tensor:
     """Apply a stateless module to a ``(T, N, ...)`` tensor by flattening time into batch."""
     y = module(x.flatten(0, 1))
-    return y.unflatten(0, x.shape[:2])
+    # -1 for the batch: an ONNX trace keeps it dynamic (a traced x.shape[1] is a constant).
+    return y.unflatten(0, (x.shape[0], -1))
 
 
 def _conv_bn(
@@ -185,12 +186,13 @@ class DSSA(nn.Module):
             buf.copy_(current)
 
     def forward(self, x: Tensor) -> Tensor:
-        T, N, C, H, W = x.shape
+        T, _, C, H, W = x.shape
         h, d = self.num_heads, C // self.num_heads
         s = self.lif_in(x)
-        y = _seq(self.patch, s).reshape(T, N, h, 2 * d, -1)
+        # No reshape naming the batch: an ONNX trace would fix it (see _seq).
+        y = _seq(self.patch, s).flatten(3).unflatten(2, (h, 2 * d))
         y1, y2 = y[:, :, :, :d], y[:, :, :, d:]
-        xs = s.reshape(T, N, h, d, H * W)
+        xs = s.reshape(T, -1, h, d, H * W)
         if self.training:
             self._update_rate(self.rate_x, xs.detach().mean((0, 1, 3, 4)))
         scale1 = (self.rate_x.clamp_min(1e-3) * d).rsqrt().view(1, 1, h, 1, 1)
@@ -199,7 +201,7 @@ class DSSA(nn.Module):
             self._update_rate(self.rate_attn, attn.detach().mean((0, 1, 3, 4)))
             self.rates_initialised.fill_(True)
         scale2 = (self.rate_attn.clamp_min(1e-3) * self.num_patches).rsqrt().view(1, 1, h, 1, 1)
-        out = self.lif_out((self.matmul2(y2, attn) * scale2).reshape(T, N, C, H, W))
+        out = self.lif_out((self.matmul2(y2, attn) * scale2).reshape(T, -1, C, H, W))
         return x + _seq(self.proj, out)
 
 

@@ -1,10 +1,12 @@
 """Detection: MTCNN behind our own types.
 
-MTCNN runs through ``facegate.mtcnn.FastMTCNN``: facenet-pytorch's networks and bundled
-weights (nothing is downloaded) with a faster stage driver than its ``detect_face``, giving
-the same faces, scores and landmarks. Large images are downscaled before detection (MTCNN's
-cost grows with pixels, its accuracy does not) and the coordinates mapped back. Same-size
-images are detected in one batched call.
+MTCNN runs through ``facegate.pipeline.mtcnn.FastMTCNN``, a faster stage driver than
+facenet-pytorch's ``detect_face`` giving the same faces, scores and landmarks, on the
+networks it is given (``MTCNNNets``: facenet-pytorch's, with their bundled weights, on torch
+or ONNX Runtime); neither this module nor the driver imports torch, so detection can serve
+without it. Large images are downscaled before detection (MTCNN's cost grows with pixels,
+its accuracy does not) and the coordinates mapped back. Same-size images are detected in one
+batched call.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import numpy as np
 from PIL import Image
 
 from facegate.errors import FaceTooSmallError, MultipleFacesError, NoFaceError
+from facegate.pipeline.mtcnn import FastMTCNN, MTCNNNets
 from facegate.settings import MultiFacePolicy
 from facegate.types import Detection
 
 
 class FaceDetector:
-    """MTCNN (``FastMTCNN``) returning every face as a ``Detection``, largest first.
+    """MTCNN (``FastMTCNN`` on ``nets``) returning every face as a ``Detection``, largest first.
 
+    ``nets``: MTCNN's three networks on some runtime (``TorchMTCNNNets``, or ONNX Runtime's).
     ``max_side``: images whose longer side exceeds it are downscaled for detection.
     ``min_face_size``: smallest face MTCNN searches for, in detection-image pixels.
     ``threshold``: minimum final-stage probability for a face to be reported.
@@ -30,16 +34,14 @@ class FaceDetector:
 
     def __init__(
         self,
+        nets: MTCNNNets,
         *,
         min_face_size: int = 20,
         threshold: float = 0.9,
         max_side: int = 1024,
         batch_size: int = 16,
-        device: str = "cpu",
     ) -> None:
-        from facegate.pipeline.mtcnn import FastMTCNN
-
-        self._mtcnn = FastMTCNN(min_face_size=min_face_size, device=device)
+        self._mtcnn = FastMTCNN(nets, min_face_size=min_face_size)
         self.threshold = threshold
         self.max_side = max_side
         self.batch_size = batch_size

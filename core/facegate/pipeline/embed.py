@@ -1,8 +1,11 @@
-"""Embedding: aligned chips in, L2-normalised float32 vectors out.
+"""Embedding: aligned chips in, L2-normalised float32 vectors out. Torch-free.
 
-Batched, under ``torch.inference_mode``, channels-last (faster depthwise convs on CPU), with
-an optional horizontal-flip test-time augmentation: the embedding of a face and of its mirror
-image are summed before normalising, which smooths out pose and lighting asymmetry.
+The network is whatever the runtime made of the card (:mod:`facegate.pipeline.runtime`): an
+ONNX Runtime session or a torch module, either called on ``(N, S, S, 3) uint8`` chips and
+answering ``(N, D)`` float32. Batching, the optional horizontal-flip test-time augmentation
+(the embedding of a face and of its mirror image are summed before normalising, which smooths
+out pose and lighting asymmetry) and the normalisation are done here, in numpy, the same for
+every runtime.
 
 ``FusedEmbedder`` runs several such networks on their own chips of the same face and
 concatenates their unit vectors scaled by ``1/sqrt(n)``: the result is again a unit vector,
@@ -12,15 +15,16 @@ search and thresholds treat a fused model like any other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from facegate.models.card import ModelCard
 from facegate.models.templates import template_for
 from facegate.types import AlignedFace
+
+#: A network as the embedder calls it: RGB ``uint8`` chips in, raw ``float32`` embeddings out.
+Network = Callable[[np.ndarray], np.ndarray]
 
 
 class Embedder:
@@ -28,18 +32,16 @@ class Embedder:
 
     def __init__(
         self,
-        network: nn.Module,
+        network: Network,
         card: ModelCard,
         *,
-        device: str = "cpu",
         batch_size: int = 32,
         flip_tta: bool = False,
     ) -> None:
         self.card = card
-        self.device = torch.device(device)
+        self.network = network
         self.batch_size = batch_size
         self.flip_tta = flip_tta
-        self.network = network.to(self.device).to(memory_format=torch.channels_last).eval()
 
     @property
     def model_id(self) -> str:
@@ -73,18 +75,14 @@ class Embedder:
         ]
         return np.concatenate(out)
 
-    @torch.inference_mode()
     def _embed_batch(self, chips: np.ndarray) -> np.ndarray:
-        chips = np.ascontiguousarray(chips)
-        if not chips.flags.writeable:  # e.g. np.asarray of a PIL image: torch wants to own it
-            chips = chips.copy()
-        x = torch.from_numpy(chips).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
-        emb = self.network(x)
+        emb = np.asarray(self.network(np.ascontiguousarray(chips)), dtype=np.float32)
         if self.flip_tta:
-            emb = emb + self.network(torch.flip(x, dims=[3]))
-        emb = torch.nn.functional.normalize(emb.float(), dim=1)
-        return emb.cpu().numpy().astype(np.float32, copy=False)
+            emb = emb + self.network(np.ascontiguousarray(chips[:, :, ::-1]))
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        # torch.nn.functional.normalize's rule: a zero vector stays zero, never NaN.
+        unit: np.ndarray = (emb / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        return unit
 
 
 class FusedEmbedder:
@@ -95,7 +93,6 @@ class FusedEmbedder:
             raise ValueError("a fused model needs at least one part")
         self.parts = list(parts)
         self.card = card
-        self.device = self.parts[0].device
         self.flip_tta = all(p.flip_tta for p in self.parts)
         if sum(p.dim for p in self.parts) != card.embedding_dim:
             raise ValueError(f"{card.model_id}: parts' dims do not add up to the card's")

@@ -59,21 +59,23 @@ class FacePipeline:
 
     @cached_property
     def detector(self) -> FaceDetector:
-        _configure_threads(self.settings.num_threads)
+        """MTCNN on the settings' runtime (:mod:`facegate.pipeline.runtime`)."""
+        from facegate.pipeline.runtime import detector_nets
+
         return FaceDetector(
+            detector_nets(self.settings),
             min_face_size=self.settings.min_face_size,
             threshold=self.settings.det_threshold,
             max_side=self.settings.detect_max_side,
-            device=self.settings.device,
         )
 
     @cached_property
     def embedder(self) -> Embedder | FusedEmbedder:
-        """The model named by the settings; a fused card loads each of its parts."""
+        """The model named by the settings, on the settings' runtime; a fused card loads
+        each of its parts."""
         from facegate.models.card import read_card
         from facegate.models.fused import fused_parts
 
-        _configure_threads(self.settings.num_threads)
         card = read_card(self.settings.model_dir, self.settings.model_id)
         if card.architecture == "fused":
             parts = fused_parts(self.settings.model_dir, card)
@@ -81,13 +83,12 @@ class FacePipeline:
         return self._embedder(card.model_id)
 
     def _embedder(self, model_id: str) -> Embedder:
-        from facegate.models.registry import load_network
+        from facegate.pipeline.runtime import embedding_network
 
-        network, card = load_network(self.settings.model_dir, model_id)
+        network, card = embedding_network(self.settings, model_id)
         return Embedder(
             network,
             card,
-            device=self.settings.device,
             batch_size=self.settings.embed_batch_size,
             flip_tta=self.settings.flip_tta,
         )
@@ -228,10 +229,3 @@ class FacePipeline:
             model_id=self.model_id,
             faces=(first.primary.detection, second.primary.detection),
         )
-
-
-def _configure_threads(num_threads: int | None) -> None:
-    if num_threads:
-        import torch
-
-        torch.set_num_threads(num_threads)

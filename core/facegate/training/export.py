@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from facegate.models.assets import ensure_servable
 from facegate.models.card import ModelCard, write_card
 from facegate.models.registry import save_weights
 
@@ -57,4 +58,4 @@ def export_checkpoint(
         calibration={"provisional": "threshold from training validation; run facegate calibrate"},
     )
     write_card(model_dir, card)
-    return card
+    return ensure_servable(model_dir, card)

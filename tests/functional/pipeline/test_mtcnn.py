@@ -6,7 +6,8 @@ photos the two agree to 1e-4 px (boxes and landmarks) and 1e-6 (probabilities): 
 inputs are equal to float rounding. The tolerances below leave room for other CPUs' float
 rounding but not for a port that is wrong by a pixel: cropping one pixel off, zero-padding
 border boxes instead of clipping them, or approximating the area resize with ``roi_align``
-each move boxes or landmarks by more than ``PX_TOL``.
+each move boxes or landmarks by more than ``PX_TOL``. FastMTCNN runs here on
+``TorchMTCNNNets``; the driver itself is numpy and must import without torch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tests_support import run_without_torch
 
+from facegate.models.mtcnn_nets import TorchMTCNNNets
 from facegate.pipeline.mtcnn import FastMTCNN
 
 PX_TOL = 0.25  # pixels, boxes and landmarks
@@ -36,7 +39,7 @@ def reference():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def fast() -> FastMTCNN:
-    return FastMTCNN()
+    return FastMTCNN(TorchMTCNNNets())
 
 
 @pytest.fixture(scope="module")
@@ -150,23 +153,83 @@ def test_face_cut_by_the_border_matches_facenet(reference, fast, photos):
 
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
 def test_nms_keeps_what_torchvision_keeps(threshold):
-    """Our NMS replaces torchvision's (not imported at run time): same boxes kept."""
+    """Our numpy NMS replaces torchvision's (not imported at run time): on the same boxes the
+    same indices kept, in the same order for ``nms``."""
     import torch
     from torchvision.ops import batched_nms as tv_batched_nms
     from torchvision.ops import nms as tv_nms
 
-    from facegate.models.mtcnn_nets import batched_nms, nms
+    from facegate.pipeline.nms import batched_nms, nms
 
-    generator = torch.Generator().manual_seed(int(threshold * 10))
+    rng = np.random.default_rng(int(threshold * 10))
     for _ in range(10):
-        corner = torch.rand(400, 2, generator=generator) * 200
-        boxes = torch.cat([corner, corner + torch.rand(400, 2, generator=generator) * 60 + 5], 1)
-        scores = torch.rand(400, generator=generator)
-        groups = torch.randint(0, 3, (400,), generator=generator)
-        assert torch.equal(nms(boxes, scores, threshold), tv_nms(boxes, scores, threshold))
+        corner = rng.random((400, 2), dtype=np.float32) * 200 - 20  # some below zero
+        size = rng.random((400, 2), dtype=np.float32) * 60 + 5
+        boxes = np.concatenate([corner, corner + size], axis=1)
+        scores = rng.random(400, dtype=np.float32)
+        groups = rng.integers(0, 3, 400)
+        t_boxes, t_scores = torch.from_numpy(boxes), torch.from_numpy(scores)
+        t_groups = torch.from_numpy(groups)
+        ours = nms(boxes, scores, threshold)
+        assert ours.dtype == np.int64
+        np.testing.assert_array_equal(ours, tv_nms(t_boxes, t_scores, threshold).numpy())
         ours = batched_nms(boxes, scores, groups, threshold)
-        theirs = tv_batched_nms(boxes, scores, groups, threshold)
-        assert torch.equal(torch.sort(ours).values, torch.sort(theirs).values)
+        theirs = tv_batched_nms(t_boxes, t_scores, t_groups, threshold).numpy()
+        np.testing.assert_array_equal(np.sort(ours), np.sort(theirs))
+        assert np.all(np.diff(scores[ours]) <= 0)  # by descending score
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.7])
+def test_min_nms_keeps_what_facenet_keeps(threshold):
+    """The last stage's "Min" NMS is facenet-pytorch's ``batched_nms_numpy(..., "Min")``
+    (positive coordinates here, where its offset trick keeps the images apart too)."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy
+
+    from facegate.pipeline.nms import batched_nms_min
+
+    rng = np.random.default_rng(int(threshold * 10))
+    for _ in range(10):
+        corner = rng.random((150, 2), dtype=np.float32) * 200
+        boxes = np.concatenate([corner, corner + rng.random((150, 2)) * 60 + 5], 1)
+        boxes = boxes.astype(np.float32)
+        scores = rng.random(150, dtype=np.float32)
+        groups = rng.integers(0, 3, 150)
+        tensors = (torch.from_numpy(a) for a in (boxes, scores, groups))
+        theirs = batched_nms_numpy(*tensors, threshold, "Min")
+        ours = batched_nms_min(boxes, scores, groups, threshold)
+        np.testing.assert_array_equal(ours, theirs.numpy())
+
+
+def test_driver_runs_without_torch():
+    """``facegate.pipeline.mtcnn`` and ``detect`` import, and a detection runs end to end on
+    numpy networks, in an interpreter where torch, torchvision, facenet_pytorch and onnx
+    cannot be imported; none ends up in ``sys.modules``."""
+    code = (
+        "import numpy as np\n"
+        "import facegate.pipeline.detect, facegate.pipeline.nms\n"
+        "from facegate.pipeline.mtcnn import FastMTCNN\n"
+        "class Nets:\n"
+        "    # A face wherever the red channel is bright: every cell, crop and box passes.\n"
+        "    def pnet(self, x):\n"
+        "        h, w = -(-(x.shape[1] - 2) // 2) - 4, -(-(x.shape[2] - 2) // 2) - 4\n"
+        "        probs = (x[:, : 2 * h : 2, : 2 * w : 2, 0] > 0).astype(np.float32)\n"
+        "        return np.zeros((len(x), 4, h, w), np.float32), probs\n"
+        "    def rnet(self, x):\n"
+        "        return np.zeros((len(x), 4), np.float32), (x[:, 12, 12, 0] > 0) * 0.9\n"
+        "    def onet(self, x):\n"
+        "        z = np.zeros((len(x), 4), np.float32)\n"
+        "        return z, np.full((len(x), 10), 0.5, np.float32), (x[:, 24, 24, 0] > 0) * 0.9\n"
+        "batch = np.zeros((2, 60, 80, 3), np.uint8)\n"
+        "batch[1] = 255\n"
+        "boxes, probs, points = FastMTCNN(Nets()).detect(batch)\n"
+        "assert boxes[0] is None and probs[0] is None and points[0] is None\n"
+        "assert len(boxes[1]) and points[1].shape == (len(boxes[1]), 5, 2), boxes[1]\n"
+        "heavy = {'torch', 'torchvision', 'facenet_pytorch', 'onnx'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = run_without_torch(code, block=("torch", "torchvision", "facenet_pytorch", "onnx"))
+    assert done.returncode == 0, done.stderr or "the MTCNN driver imported torch"
 
 
 def test_loading_the_pipeline_does_not_import_torchvision():

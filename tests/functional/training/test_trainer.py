@@ -82,6 +82,12 @@ def test_train_and_export_through_the_cli(prepared, tmp_path, faces_dir):
     vector = tuned.process(faces_dir / "person_a_1.jpg").primary.vector
     assert vector.shape == (128,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
     assert tuned.threshold == 0.4 and tuned.card.architecture == "sface"
+    # Served on ONNX Runtime (the default) from the graph the export wrote, as the torch
+    # module would embed it.
+    assert tuned.card.onnx["weights_sha256"] == tuned.card.weights_sha256
+    reference = FacePipeline(Settings(model_dir=models, model_id="tuned", runtime="torch"))
+    again = reference.process(faces_dir / "person_a_1.jpg").primary.vector
+    assert float(vector @ again) > 0.9999
 
     bad = subprocess.run(
         [str(FACEGATE), "train", "--config", str(config), "--set", "nonsense=1"],

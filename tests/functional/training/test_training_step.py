@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from facegate.models.assets import ensure_servable
 from facegate.models.card import ModelCard, sha256_file, write_card
 from facegate.models.registry import load_network
 from facegate.pipeline.face_pipeline import FacePipeline
@@ -112,9 +113,19 @@ def test_trained_weights_serve_through_the_registry(backbone, tmp_path, faces_di
     )
     network, card = load_network(tmp_path, "resnet-test")
     assert card.embedding_dim == 512
-    pipeline = FacePipeline(Settings(model_dir=tmp_path, model_id="resnet-test"))
+    # A card written by hand has no ONNX graph: the registry's torch module serves it.
+    pipeline = FacePipeline(Settings(model_dir=tmp_path, model_id="resnet-test", runtime="torch"))
     vector = pipeline.process(faces_dir / "person_a_1.jpg").primary.vector
     assert vector.shape == (512,) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+    # Exported (as 'facegate export' does), it serves on ONNX Runtime, batch axis dynamic.
+    exported = ensure_servable(tmp_path, card)
+    assert exported.onnx["weights_sha256"] == card.weights_sha256
+    served = FacePipeline(Settings(model_dir=tmp_path, model_id="resnet-test"))
+    photos = [faces_dir / f"person_{p}.jpg" for p in ("a_1", "a_2", "b_1")]
+    on_onnx = [r.primary.vector for r in served.process_many(photos)]  # type: ignore[union-attr]
+    on_torch = [r.primary.vector for r in pipeline.process_many(photos)]  # type: ignore[union-attr]
+    assert float(on_onnx[0] @ vector) > 0.9999
+    assert min(float(a @ b) for a, b in zip(on_onnx, on_torch, strict=True)) > 0.9999
     with torch.inference_mode():
         again = F.normalize(network(torch.zeros(1, 3, 112, 112)), dim=1)
     assert torch.isfinite(again).all()
