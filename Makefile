@@ -5,8 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PHOTOS := .cache/testdata/faces
+# The functions' image without torch (functions/api/requirements.txt) plus test tools.
+SERVE_VENV := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+SERVING_TESTS := tests/functional/pipeline/test_face_pipeline.py tests/unit/pipeline \
+	tests/functional/functions/test_api.py tests/functional/batch/test_embed_handler.py \
+	tests/unit/test_torch_free.py
 
-.PHONY: setup demo test fuzz load bench lint fmt clean openapi readme-modules
+.PHONY: setup demo test test-serving fuzz load bench lint fmt clean openapi readme-modules
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +32,20 @@ test: setup
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+	$(MAKE) test-serving
+
+$(SERVE_STAMP): requirements.lock functions/api/requirements.txt tests/serving-requirements.txt pyproject.toml
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r functions/api/requirements.txt -r tests/serving-requirements.txt -c requirements.lock
+	$(SERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	! $(SERVE_VENV)/bin/python -c "import torch" 2>/dev/null
+	touch $@
+
+# The serving path as the functions' image has it: no torch installed, the networks on the
+# ONNX graphs that `make setup` exported (the same model folder).
+test-serving: setup $(SERVE_STAMP)
+	$(SERVE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(SERVING_TESTS)
 
 # schemathesis against a private local stack's served schema, real photos in the photo
 # fields: no 5xx, every answer as documented (bench/fuzz.py; under 4 minutes). CI runs it.
@@ -52,7 +72,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix core functions infra tests bench
 
 clean:
-	rm -rf $(VENV) .cache models .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SERVE_VENV) .cache models .pytest_cache .ruff_cache
 
 # The committed OpenAPI schema (a test checks it matches the app).
 openapi: $(STAMP)

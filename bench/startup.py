@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,108 +91,160 @@ def cold_start(photo: Path, runs: int = 3) -> tuple[list[dict[str, object]], flo
 HARNESS = (
     PEAK_MIB
     + """
-import base64, importlib, json, os, sys
+import importlib, json, sys
 from pathlib import Path
-from moto import mock_aws
-repo, function, photo_dir = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-repeats, runtime = int(sys.argv[4]), sys.argv[5]
-sys.path.insert(0, str(repo / "infra"))
-from facegate_local.config import FAKE_CREDENTIALS, LocalConfig, function_environment
-from facegate_local.resources import create_resources
+repo, module_dir, handler_name, events_file = sys.argv[1:5]
+sys.path.insert(0, str(Path(repo) / "infra"))
 from facegate_local.stack import LambdaContext
-os.environ.update(FAKE_CREDENTIALS)
-with mock_aws():
-    import boto3
-    config = LocalConfig.load(repo)
-    template = config.template()
-    names = ("dynamodb", "s3", "sqs", "secretsmanager")
-    clients = {n: boto3.client(n, region_name=config.region) for n in names}
-    create_resources(template, clients["dynamodb"], clients["s3"], clients["sqs"],
-                     clients["secretsmanager"])
-    env = function_environment(config, function, "")
-    env["FACEGATE_AUTH_MODE"] = "none"
-    env["FACEGATE_RUNTIME"] = runtime  # the template's is the default; a row may ask torch
-    os.environ.update(env)
-    photos = sorted(photo_dir.glob("*.jpg"))
-    if function == "EmbedFunction":
-        bucket = os.environ["FACEGATE_BUCKET"]
-        for i, path in enumerate(photos):
-            clients["s3"].put_object(Bucket=bucket, Key=f"uploads/bench/s{i}/{path.name}",
-                                     Body=path.read_bytes())
-        queue = template.physical["IngestQueue"]
-        url = clients["sqs"].get_queue_url(QueueName=queue)["QueueUrl"]
-        records = []
-        while True:
-            got = clients["sqs"].receive_message(QueueUrl=url, MaxNumberOfMessages=10)
-            if not got.get("Messages"):
-                break
-            for m in got["Messages"]:
-                if "s3:TestEvent" not in m["Body"]:
-                    records.append({"messageId": m["MessageId"], "body": m["Body"],
-                                    "receiptHandle": m["ReceiptHandle"], "eventSource": "aws:sqs"})
-                clients["sqs"].delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-        events = [{"Records": records}]
-    else:
-        pair = [base64.b64encode(p.read_bytes()).decode() for p in photos[:2]]
-        body = json.dumps({"image_a": pair[0], "image_b": pair[1]})
-        events = [{"version": "2.0", "routeKey": "$default", "rawPath": "/compare",
-                   "rawQueryString": "", "isBase64Encoded": False, "body": body,
-                   "headers": {"host": "x", "content-type": "application/json"},
-                   "requestContext": {"http": {"method": "POST", "path": "/compare",
-                                               "sourceIp": "127.0.0.1"},
-                                      "requestId": "bench", "stage": "$default"}}] * repeats
-    harness = peak_mib()
-    spec = template.function(function)
-    sys.path.insert(0, str(spec.code_dir))
-    handler = getattr(importlib.import_module(spec.module), spec.attribute)
-    for event in events:
-        answer = handler(event, LambdaContext(function, config.region))
-    peak = peak_mib()
-    print(json.dumps({"harness_mib": harness, "peak_mib": peak, "answer": answer}))
+events = json.loads(Path(events_file).read_text())
+harness = peak_mib()
+sys.path.insert(0, module_dir)
+module, attribute = handler_name.rsplit(".", 1)
+handler = getattr(importlib.import_module(module), attribute)
+for event in events:
+    answer = handler(event, LambdaContext("bench", "us-east-1"))
+print(json.dumps({"harness_mib": harness, "peak_mib": peak_mib(), "answer": answer}))
 """
 )
 
 
-def handler_rss(function: str, photo_dir: Path, repeats: int, runtime: str) -> dict[str, object]:
-    """Peak RSS (MiB) of a process running ``function``'s handler on ``runtime``, AWS mocked
-    in-process.
+class MotoStack:
+    """The template's buckets, tables, queues and secrets on a moto server in this (the
+    bench's) process, so that a measured handler process holds only what a Lambda would:
+    moto's state would otherwise be counted as the function's memory."""
 
-    The harness (Python, boto3, moto holding the bucket) is measured just before the
-    handler's module is imported and reported beside the peak.
-    """
-    args = [sys.executable, "-c", HARNESS, str(REPO), function, str(photo_dir), str(repeats)]
-    _, out = _run([*args, runtime])
-    return json.loads(out.strip().splitlines()[-1])
+    def __init__(self) -> None:
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        sys.path.insert(0, str(REPO / "infra"))
+        from facegate_local.config import FAKE_CREDENTIALS, LocalConfig
+        from facegate_local.resources import create_resources
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self.config = LocalConfig.load(REPO)
+        self.template = self.config.template(self.endpoint)
+        os.environ.update(FAKE_CREDENTIALS)
+        self.clients = {
+            name: boto3.client(name, region_name=self.config.region, endpoint_url=self.endpoint)
+            for name in ("dynamodb", "s3", "sqs", "secretsmanager")
+        }
+        c = self.clients
+        create_resources(self.template, c["dynamodb"], c["s3"], c["sqs"], c["secretsmanager"])
+
+    def environment(self, function: str, runtime: str) -> dict[str, str]:
+        from facegate_local.config import function_environment
+
+        env = dict(os.environ) | function_environment(self.config, function, self.endpoint)
+        # No API key: the rows measure the pipeline's memory, not DynamoDB's key look-up.
+        return env | {"FACEGATE_AUTH_MODE": "none", "FACEGATE_RUNTIME": runtime}
+
+    def upload_events(self, photo_dir: Path) -> list[dict[str, object]]:
+        """The photos uploaded under a gallery prefix, and the SQS batch their S3
+        notifications make (the embedding function's event)."""
+        bucket = self.template.physical["PhotoBucket"]
+        for i, path in enumerate(sorted(photo_dir.glob("*.jpg"))):
+            key = f"uploads/bench/s{i}/{path.name}"
+            self.clients["s3"].put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+        sqs = self.clients["sqs"]
+        url = sqs.get_queue_url(QueueName=self.template.physical["IngestQueue"])["QueueUrl"]
+        records = []
+        while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+            for m in got:
+                if "s3:TestEvent" not in m["Body"]:
+                    records.append(
+                        {
+                            "messageId": m["MessageId"],
+                            "body": m["Body"],
+                            "receiptHandle": m["ReceiptHandle"],
+                            "eventSource": "aws:sqs",
+                        }
+                    )
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return [{"Records": records}]
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def compare_events(photo_dir: Path, repeats: int) -> list[dict[str, object]]:
+    """``repeats`` API Gateway events of ``POST /compare`` with two photos."""
+    pair = [base64.b64encode(p.read_bytes()).decode() for p in sorted(photo_dir.glob("*.jpg"))[:2]]
+    event = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/compare",
+        "rawQueryString": "",
+        "isBase64Encoded": False,
+        "body": json.dumps({"image_a": pair[0], "image_b": pair[1]}),
+        "headers": {"host": "x", "content-type": "application/json"},
+        "requestContext": {
+            "http": {"method": "POST", "path": "/compare", "sourceIp": "127.0.0.1"},
+            "requestId": "bench",
+            "stage": "$default",
+        },
+    }
+    return [event] * repeats
+
+
+def handler_rss(
+    stack: MotoStack, function: str, events: list[dict[str, object]], runtime: str
+) -> dict[str, object]:
+    """Peak RSS (MiB) of a fresh process running ``function``'s handler on ``events`` on
+    ``runtime``; the harness (Python, boto3) is measured just before the handler's module is
+    imported and reported beside the peak."""
+    spec = stack.template.function(function)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(events, f)
+    handler = f"{spec.module}.{spec.attribute}"
+    args = [sys.executable, "-c", HARNESS, str(REPO), str(spec.code_dir), handler, f.name]
+    done = subprocess.run(
+        args, capture_output=True, text=True, check=False, env=stack.environment(function, runtime)
+    )
+    Path(f.name).unlink()
+    if done.returncode:
+        raise RuntimeError(f"{function} exited {done.returncode}: {done.stderr[-800:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def memory_rows(photo_dir: Path, torch_rss: float) -> list[dict[str, object]]:
-    """Peak RSS of the API function and of the embedding job, on each runtime."""
+    """Peak RSS of the API function and of the embedding job, on each runtime, AWS on a
+    moto server outside the measured process."""
     photos = len(list(photo_dir.glob("*.jpg")))
     rows = []
-    for runtime in (DEFAULT_RUNTIME, "torch"):
-        api = handler_rss("ApiFunction", photo_dir, 10, runtime)
-        if api["answer"]["statusCode"] != 200:
-            raise RuntimeError(f"ApiFunction answered {str(api['answer'])[:300]}")
-        job = handler_rss("EmbedFunction", photo_dir, 1, runtime)
-        if job["answer"]["batchItemFailures"]:
-            raise RuntimeError(f"EmbedFunction failed items: {job['answer']}")
-        for measure, got, notes in (
-            ("peak RSS, API function", api, "10 /compare events, two 640x480 photos each"),
-            ("peak RSS, embedding job", job, f"one SQS batch of {photos} 640x480 uploads"),
-        ):
-            peak = float(got["peak_mib"])
-            harness = f"harness (moto, boto3) {got['harness_mib']} MiB before import"
-            rows.append(
-                {
-                    "section": "memory",
-                    "measure": f"{measure}, {runtime}",
-                    "unit": "MiB",
-                    "value": peak,
-                    "baseline": float(torch_rss),
-                    "baseline_name": "python -c 'import torch'",
-                    "ratio": peak / torch_rss,
-                    "higher_is_better": False,
-                    "notes": f"{notes}; {harness}",
-                }
-            )
+    stack = MotoStack()
+    try:
+        for runtime in (DEFAULT_RUNTIME, "torch"):
+            api = handler_rss(stack, "ApiFunction", compare_events(photo_dir, 10), runtime)
+            if api["answer"]["statusCode"] != 200:
+                raise RuntimeError(f"ApiFunction answered {str(api['answer'])[:300]}")
+            uploads = stack.upload_events(photo_dir)
+            job = handler_rss(stack, "EmbedFunction", uploads, runtime)
+            if job["answer"]["batchItemFailures"]:
+                raise RuntimeError(f"EmbedFunction failed items: {job['answer']}")
+            for measure, got, notes in (
+                ("peak RSS, API function", api, "10 /compare events, two 640x480 photos each"),
+                ("peak RSS, embedding job", job, f"one SQS batch of {photos} 640x480 uploads"),
+            ):
+                peak = float(got["peak_mib"])
+                harness = f"harness (Python, boto3) {got['harness_mib']} MiB before import"
+                rows.append(
+                    {
+                        "section": "memory",
+                        "measure": f"{measure}, {runtime}",
+                        "unit": "MiB",
+                        "value": peak,
+                        "baseline": float(torch_rss),
+                        "baseline_name": "python -c 'import torch'",
+                        "ratio": peak / torch_rss,
+                        "higher_is_better": False,
+                        "notes": f"{notes}; {harness}",
+                    }
+                )
+    finally:
+        stack.stop()
     return rows

@@ -80,16 +80,23 @@ def keys_of(table: pa.Table) -> list[tuple[str, str, int]]:
     )
 
 
-#: Never imported by a light module: torch itself, and the pipeline that needs it.
-HEAVY_MODULES = ("torch", "facegate.pipeline.face_pipeline", "facegate.pipeline.embed")
+#: Never imported by a light module: a network runtime (torch, or ONNX Runtime: the pipeline
+#: imports it only when it makes its sessions) or the torch side of the runtime seam.
+HEAVY_MODULES = (
+    "torch",
+    "onnxruntime",
+    "facegate.models.registry",
+    "facegate.models.mtcnn_nets",
+    "facegate.models.torch_runner",
+)
 
 
 def run_without_torch(
     code: str, *, block: tuple[str, ...] = ("torch",)
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter where importing any of ``block`` (or a submodule)
-    raises ImportError, as in a Lambda without torch. The run exits 3 if torch or the pipeline
-    was imported all the same."""
+    raises ImportError, as in a Lambda without torch. The run exits 3 if any of
+    :data:`HEAVY_MODULES` was imported all the same."""
     script = (
         "import sys\n"
         "class Block:\n"

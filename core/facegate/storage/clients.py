@@ -11,9 +11,12 @@ Torch-free. The typed client classes (``mypy_boto3_*``) are stubs, for the type 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
 
@@ -23,6 +26,16 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
+
+
+@lru_cache(maxsize=1)
+def _shared_loader() -> botocore.loaders.Loader:
+    """One loader of botocore's JSON data for every session of the process. Each session
+    would otherwise parse the endpoints and service models again and keep its own copy
+    (45 MB of Python objects for the API's three clients): memory a Lambda function is
+    billed for. The loader only caches what it read from botocore's own files; credentials
+    and configuration stay per session."""
+    return botocore.loaders.create_loader()
 
 
 @overload
@@ -50,6 +63,8 @@ def aws_client(service: str, settings: Settings) -> Any:
         retries={"mode": "standard", "max_attempts": 3},
         s3={"addressing_style": "path"} if local else None,
     )
-    session = boto3.session.Session(region_name=settings.aws_region)
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _shared_loader())
+    session = boto3.session.Session(region_name=settings.aws_region, botocore_session=core)
     make: Callable[..., Any] = session.client  # one overload per service name in the stubs
     return make(service, endpoint_url=settings.aws_endpoint_url, config=config)

@@ -977,11 +977,11 @@ def test_aws_failures_are_storage_errors(ddb):
 
 def test_ingest_imports_without_torch():
     """Beyond test_torch_free.py: with torch refused, ``classify`` works and the heavy pipeline
-    stays out (``run_without_torch`` exits 3 if torch or the pipeline got imported)."""
+    stays out (``run_without_torch`` exits 3 if a network runtime got imported)."""
     code = "import facegate.storage.keys as keys\nprint(keys.classify('uploads/g/alice/1.jpg'))"
     done = run_without_torch(code)
     assert done.returncode == 0, (
-        done.stderr or "facegate.storage.keys imported torch or the pipeline"
+        done.stderr or "facegate.storage.keys imported torch or a network runtime"
     )
     assert "PhotoUpload(gallery='g', subject_id='alice', filename='1.jpg')" in done.stdout
 
