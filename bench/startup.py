@@ -25,7 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 #: The runtime a process gets without FACEGATE_RUNTIME (the settings' default).
-DEFAULT_RUNTIME = "onnxruntime"
+DEFAULT_RUNTIME = "openvino"
+RUNTIMES = ("openvino", "onnxruntime", "torch")
 
 FIRST_EMBEDDING = """
 import sys
@@ -57,25 +58,26 @@ def _run(args: list[str], runtime: str | None = None) -> tuple[float, str]:
 
 
 def cold_start(photo: Path, runs: int = 3) -> tuple[list[dict[str, object]], float]:
-    """The cold-start rows (the default runtime, and torch's), and the ``import torch``
-    process's peak RSS for the memory rows."""
-    times: dict[str, list[float]] = {"default": [], "torch": []}
+    """The cold-start rows (each runtime), and the ``import torch`` process's peak RSS for
+    the memory rows."""
+    times: dict[str, list[float]] = {runtime: [] for runtime in RUNTIMES}
     torch_only, torch_rss = [], []
     for _ in range(runs):
-        times["default"].append(_run([sys.executable, "-c", FIRST_EMBEDDING, str(photo)])[0])
-        args = [sys.executable, "-c", FIRST_EMBEDDING, str(photo)]
-        times["torch"].append(_run(args, runtime="torch")[0])
+        for runtime in RUNTIMES:
+            args = [sys.executable, "-c", FIRST_EMBEDDING, str(photo)]
+            times[runtime].append(_run(args, runtime=runtime)[0])
         seconds, out = _run([sys.executable, "-c", TORCH_ONLY])
         torch_only.append(seconds)
         torch_rss.append(int(out.split()[-1]))
     base = statistics.median(torch_only)
     rows = []
-    for runtime, label in (("default", DEFAULT_RUNTIME), ("torch", "torch")):
+    for runtime in RUNTIMES:
         value = statistics.median(times[runtime])
+        default = " (default)" if runtime == DEFAULT_RUNTIME else ""
         rows.append(
             {
                 "section": "startup",
-                "measure": f"cold start to first embedding, {label}",
+                "measure": f"cold start to first embedding, {runtime}{default}",
                 "unit": "s",
                 "value": value,
                 "baseline": base,
@@ -218,7 +220,7 @@ def memory_rows(photo_dir: Path, torch_rss: float) -> list[dict[str, object]]:
     rows = []
     stack = MotoStack()
     try:
-        for runtime in (DEFAULT_RUNTIME, "torch"):
+        for runtime in RUNTIMES:
             api = handler_rss(stack, "ApiFunction", compare_events(photo_dir, 10), runtime)
             if api["answer"]["statusCode"] != 200:
                 raise RuntimeError(f"ApiFunction answered {str(api['answer'])[:300]}")

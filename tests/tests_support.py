@@ -80,11 +80,12 @@ def keys_of(table: pa.Table) -> list[tuple[str, str, int]]:
     )
 
 
-#: Never imported by a light module: a network runtime (torch, or ONNX Runtime: the pipeline
-#: imports it only when it makes its sessions) or the torch side of the runtime seam.
+#: Never imported by a light module: a network runtime (torch, ONNX Runtime or OpenVINO: the
+#: pipeline imports them only when it loads its networks) or the torch side of the seam.
 HEAVY_MODULES = (
     "torch",
     "onnxruntime",
+    "openvino",
     "facegate.models.registry",
     "facegate.models.mtcnn_nets",
     "facegate.models.torch_runner",

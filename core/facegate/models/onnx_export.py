@@ -33,8 +33,9 @@ from torch import nn
 
 from facegate.errors import ModelNotFoundError
 from facegate.models.card import ModelCard, model_path, sha256_file, write_card
+from facegate.models.graphs import DETECTOR_DIR, DETECTOR_RECORD
 from facegate.models.mtcnn_nets import ONet, PNet, RNet, load_nets, weights_dir
-from facegate.models.onnx_runtime import DETECTOR_DIR, DETECTOR_RECORD, cpu_session
+from facegate.models.onnx_runtime import cpu_session
 
 #: Opset 17: every op of these networks, and what ONNX Runtime 1.16+ and OpenVINO read.
 OPSET = 17

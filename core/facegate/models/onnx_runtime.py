@@ -1,31 +1,22 @@
 """The served networks on ONNX Runtime: no torch in the process. Torch-free.
 
-The graphs are the ones :mod:`facegate.models.onnx_export` wrote at set-up, found through the
-model card (embedders) or ``<model_dir>/mtcnn/detector.json`` (the detector), and checked
-against the sha256 recorded there before a session is made: a graph that is not the one
-exported from the card's weights would embed faces that the card's ``weights_sha256`` does not
-describe, and galleries and answers record that digest.
-
+The graphs come from :mod:`facegate.models.graphs` (checked against their recorded sha256).
 ``onnxruntime`` is imported when a session is made, not with this module, so that what only
 reads cards (the light functions) does not pay for it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from facegate.errors import ModelNotFoundError
-from facegate.models.card import ModelCard, model_path, sha256_file
+from facegate.models.card import ModelCard
+from facegate.models.graphs import detector_graphs, embedder_graph
 
 if TYPE_CHECKING:
     import onnxruntime
-
-DETECTOR_DIR = "mtcnn"
-DETECTOR_RECORD = "detector.json"
 
 
 def providers(device: str) -> list[str]:
@@ -60,14 +51,6 @@ def cpu_session(path: Path, *, threads: int | None = None) -> onnxruntime.Infere
     return session(path, threads=threads, device="cpu")
 
 
-def _checked(path: Path, sha256: object, what: str) -> Path:
-    if not path.is_file():
-        raise ModelNotFoundError(f"{what}: {path} is missing; run 'facegate setup'")
-    if sha256_file(path) != sha256:
-        raise ModelNotFoundError(f"{what}: {path} does not match its recorded sha256")
-    return path
-
-
 class OnnxNetwork:
     """An embedding network's graph: ``(N, S, S, 3) uint8`` RGB chips in, ``(N, D)`` float32
     embeddings out (not normalised: :class:`~facegate.pipeline.embed.Embedder` does that)."""
@@ -75,21 +58,7 @@ class OnnxNetwork:
     def __init__(
         self, model_dir: Path, card: ModelCard, *, threads: int | None = None, device: str = "cpu"
     ) -> None:
-        onnx = card.onnx
-        if not onnx:
-            raise ModelNotFoundError(
-                f"model {card.model_id!r} has no ONNX graph; run 'facegate setup' (or "
-                "'facegate export' for a trained model), or serve it with FACEGATE_RUNTIME=torch"
-            )
-        if onnx.get("weights_sha256") != card.weights_sha256:
-            raise ModelNotFoundError(
-                f"the ONNX graph of {card.model_id!r} was exported from other weights; "
-                "run 'facegate setup'"
-            )
-        path = model_path(model_dir, card.model_id) / str(onnx.get("file"))
-        self.session = session(
-            _checked(path, onnx.get("sha256"), card.model_id), threads=threads, device=device
-        )
+        self.session = session(embedder_graph(model_dir, card), threads=threads, device=device)
         self.card = card
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:
@@ -102,21 +71,10 @@ class OnnxMTCNNNets:
     """MTCNN's three graphs behind :class:`~facegate.pipeline.mtcnn.MTCNNNets`."""
 
     def __init__(self, model_dir: Path, *, threads: int | None = None, device: str = "cpu") -> None:
-        folder = Path(model_dir) / DETECTOR_DIR
-        record_path = folder / DETECTOR_RECORD
-        if not record_path.is_file():
-            raise ModelNotFoundError(
-                f"the detector's ONNX graphs are not in {folder}; run 'facegate setup'"
-            )
-        record: dict[str, Any] = json.loads(record_path.read_text())
-        graphs = record.get("graphs", {})
-        sessions = {}
-        for name in ("pnet", "rnet", "onet"):
-            if name not in graphs:
-                raise ModelNotFoundError(f"{record_path} names no {name} graph")
-            path = _checked(folder / str(graphs[name]["file"]), graphs[name]["sha256"], name)
-            sessions[name] = session(path, threads=threads, device=device)
-        self._pnet, self._rnet, self._onet = sessions["pnet"], sessions["rnet"], sessions["onet"]
+        graphs = detector_graphs(model_dir)
+        self._pnet, self._rnet, self._onet = (
+            session(graphs[name], threads=threads, device=device) for name in graphs
+        )
 
     def pnet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         offsets, face = self._pnet.run(None, {"input": np.ascontiguousarray(x, np.float32)})

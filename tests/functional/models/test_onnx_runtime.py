@@ -1,11 +1,13 @@
-"""The exported ONNX graphs reproduce the torch modules they came from, on real faces.
+"""The exported ONNX graphs reproduce the torch modules they came from, on real faces, on
+both runtimes that serve them.
 
-Set-up exports every served network (``facegate.models.onnx_export``); serving runs them on
-ONNX Runtime without torch (``FACEGATE_RUNTIME=onnxruntime``, the default). Torch is the
-reference: per face, the graph's embedding must be the module's to cosine 0.9999, and the
-detector's boxes and landmarks must agree to half a pixel. Thresholds of that size are what
-a port that is wrong anywhere (a transposed input, a missing normalisation, the softmax's
-other column) fails by far, and what float rounding on any CPU stays well inside.
+Set-up exports every served network (``facegate.models.onnx_export``); serving runs them
+without torch, on OpenVINO (``FACEGATE_RUNTIME=openvino``, the default) or ONNX Runtime
+(``onnxruntime``). Torch is the reference: per face, the graph's embedding must be the
+module's to cosine 0.9999, and the detector's boxes and landmarks must agree to half a
+pixel. Thresholds of that size are what a port that is wrong anywhere (a transposed input, a
+missing normalisation, the softmax's other column, bf16 where fp32 was asked) fails by far,
+and what float rounding on any CPU stays well inside.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from facegate.errors import ModelNotFoundError
 from facegate.models.card import read_card, write_card
 from facegate.models.mtcnn_nets import TorchMTCNNNets
 from facegate.models.onnx_runtime import OnnxMTCNNNets, OnnxNetwork
+from facegate.models.openvino_runtime import OpenVinoMTCNNNets, OpenVinoNetwork
 from facegate.models.registry import load_network
 from facegate.models.torch_runner import TorchNetwork
 from facegate.pipeline.face_pipeline import FacePipeline
@@ -34,6 +37,11 @@ from facegate.settings import Settings, default_model_dir
 from facegate.types import FaceResult
 
 MIN_COSINE = 0.9999
+#: Each graph runtime: its embedding network and its detector nets.
+RUNTIMES = {
+    "onnxruntime": (OnnxNetwork, OnnxMTCNNNets),
+    "openvino": (OpenVinoNetwork, OpenVinoMTCNNNets),
+}
 PX_TOL = 0.5
 PROB_TOL = 1e-3
 NAMES = ["person_a_1", "person_a_2", "person_b_1", "person_b_2", "impostor_1", "impostor_2"]
@@ -61,9 +69,9 @@ def torch_pipeline() -> FacePipeline:
     return built
 
 
-@pytest.fixture(scope="module")
-def onnx_pipeline() -> FacePipeline:
-    built = FacePipeline(Settings(runtime="onnxruntime", num_threads=2))
+@pytest.fixture(scope="module", params=sorted(RUNTIMES))
+def served_pipeline(request) -> FacePipeline:
+    built = FacePipeline(Settings(runtime=request.param, num_threads=2))
     built.warm_up()
     return built
 
@@ -72,9 +80,10 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 @pytest.mark.parametrize("model_id", ["sface", "dlib-resnet"])
 def test_each_embedder_graph_matches_its_module_on_real_aligned_faces(
-    model_id, photos, torch_pipeline
+    model_id, runtime, photos, torch_pipeline
 ):
     model_dir = default_model_dir()
     card = read_card(model_dir, model_id)
@@ -89,7 +98,7 @@ def test_each_embedder_graph_matches_its_module_on_real_aligned_faces(
     batch = np.stack(chips)
     module, _ = load_network(model_dir, model_id)
     expected = TorchNetwork(module)(batch)
-    got = OnnxNetwork(model_dir, card, threads=2)(batch)
+    got = RUNTIMES[runtime][0](model_dir, card, threads=2)(batch)
     assert got.shape == expected.shape == (len(chips), card.embedding_dim)
     assert _cosines(expected, got).min() > MIN_COSINE
 
@@ -109,10 +118,11 @@ def _crops(photos: list[np.ndarray], size: int) -> np.ndarray:
     return np.stack(crops)
 
 
-def test_each_detector_graph_matches_its_net_on_real_inputs(photos):
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_each_detector_graph_matches_its_net_on_real_inputs(runtime, photos):
     """Net by net, on the same inputs: a pyramid level of each photo for PNet, face crops
     for RNet and ONet. Landmarks are box-relative: 1e-4 of a 500 px box is 0.05 px."""
-    ours = OnnxMTCNNNets(default_model_dir(), threads=2)
+    ours = RUNTIMES[runtime][1](default_model_dir(), threads=2)
     ref = TorchMTCNNNets()
     for image in photos:
         small = np.asarray(
@@ -138,14 +148,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
-def test_the_detector_graphs_find_what_the_torch_nets_find(photos):
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_the_detector_graphs_find_what_the_torch_nets_find(runtime, photos):
     """Whole detections. MTCNN thresholds and truncates at every stage (a PNet cell at 0.6,
     a crop's integer corner), so a rounding difference anywhere, another CPU's as much as
     another runtime's, can now and then move a face by a few pixels (1 photo in 528 of
     LFW-dev, by 4 px): every face is found by both, the same box to IoU 0.9, and nearly all
     of them to half a pixel."""
     torch_mtcnn = FastMTCNN(TorchMTCNNNets())
-    onnx_mtcnn = FastMTCNN(OnnxMTCNNNets(default_model_dir(), threads=2))
+    onnx_mtcnn = FastMTCNN(RUNTIMES[runtime][1](default_model_dir(), threads=2))
     faces, close = 0, 0
     for image in photos:
         boxes, probs, points = (x[0] for x in onnx_mtcnn.detect(image[None]))
@@ -165,11 +176,11 @@ def test_the_detector_graphs_find_what_the_torch_nets_find(photos):
     assert close >= 0.9 * faces
 
 
-def test_the_served_pipeline_embeds_as_the_torch_reference(photos, torch_pipeline, onnx_pipeline):
+def test_the_served_pipeline_embeds_as_the_torch_reference(photos, torch_pipeline, served_pipeline):
     """The default model (fused) end to end, photo to unit vector, on both runtimes."""
-    assert onnx_pipeline.model_id == torch_pipeline.model_id
-    assert onnx_pipeline.card.weights_sha256 == torch_pipeline.card.weights_sha256
-    ours = onnx_pipeline.process_many(photos)
+    assert served_pipeline.model_id == torch_pipeline.model_id
+    assert served_pipeline.card.weights_sha256 == torch_pipeline.card.weights_sha256
+    ours = served_pipeline.process_many(photos)
     ref = torch_pipeline.process_many(photos)
     cosines = []
     for a, b in zip(ours, ref, strict=True):
@@ -182,10 +193,11 @@ def test_the_served_pipeline_embeds_as_the_torch_reference(photos, torch_pipelin
     assert np.mean(np.array(cosines) > MIN_COSINE) >= 0.9
 
 
-def test_serving_on_onnxruntime_never_imports_torch(faces_dir):
-    """A photo to an embedding in a fresh process on the default runtime: neither torch
-    nor anything that loads it (facenet-pytorch, torchvision, safetensors' torch side) is
-    imported, not even lazily on the way."""
+@pytest.mark.parametrize("runtime", [None, *sorted(RUNTIMES)])
+def test_serving_on_a_graph_runtime_never_imports_torch(runtime, faces_dir):
+    """A photo to an embedding in a fresh process, on the default runtime (None) and on
+    each graph runtime: neither torch nor anything that loads it (facenet-pytorch,
+    torchvision, safetensors, onnx) is imported, not even lazily on the way."""
     code = (
         "import sys\n"
         "from facegate.pipeline.face_pipeline import FacePipeline\n"
@@ -197,6 +209,8 @@ def test_serving_on_onnxruntime_never_imports_torch(faces_dir):
         "print(loaded)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
+    if runtime is not None:
+        env["FACEGATE_RUNTIME"] = runtime
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
     )
@@ -204,21 +218,23 @@ def test_serving_on_onnxruntime_never_imports_torch(faces_dir):
     assert done.stdout.strip() == "[]"
 
 
-def test_a_graph_that_is_not_the_exported_one_is_refused(tmp_path):
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_a_graph_that_is_not_the_exported_one_is_refused(runtime, tmp_path):
+    network, nets = RUNTIMES[runtime]
     model_dir = tmp_path / "models"
     shutil.copytree(default_model_dir() / "sface", model_dir / "sface")
     card = read_card(model_dir, "sface")
     graph = model_dir / "sface" / card.onnx["file"]
     graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
     with pytest.raises(ModelNotFoundError, match="does not match its recorded sha256"):
-        OnnxNetwork(model_dir, card)
+        network(model_dir, card)
     write_card(model_dir, replace(card, onnx={**card.onnx, "weights_sha256": "0" * 64}))
     with pytest.raises(ModelNotFoundError, match="exported from other weights"):
-        OnnxNetwork(model_dir, read_card(model_dir, "sface"))
+        network(model_dir, read_card(model_dir, "sface"))
     write_card(model_dir, replace(card, onnx={}))
     with pytest.raises(ModelNotFoundError, match="FACEGATE_RUNTIME=torch"):
-        OnnxNetwork(model_dir, read_card(model_dir, "sface"))
+        network(model_dir, read_card(model_dir, "sface"))
     record = json.loads((default_model_dir() / "mtcnn" / "detector.json").read_text())
     assert set(record["graphs"]) == {"pnet", "rnet", "onet"}
     with pytest.raises(ModelNotFoundError, match="run 'facegate setup'"):
-        OnnxMTCNNNets(model_dir)
+        nets(model_dir)

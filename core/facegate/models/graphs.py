@@ -1,0 +1,70 @@
+"""Where the exported ONNX graphs of a model folder are, checked before any runtime loads
+them. Torch-free, and free of every runtime.
+
+The graphs are the ones :mod:`facegate.models.onnx_export` wrote at set-up, found through the
+model card (embedders) or ``<model_dir>/mtcnn/detector.json`` (the detector), and checked
+against the sha256 recorded there: a graph that is not the one exported from the card's
+weights would embed faces that the card's ``weights_sha256`` does not describe, and
+galleries and answers record that digest. ONNX Runtime
+(:mod:`facegate.models.onnx_runtime`) and OpenVINO (:mod:`facegate.models.openvino_runtime`)
+read the same files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from facegate.errors import ModelNotFoundError
+from facegate.models.card import ModelCard, model_path, sha256_file
+
+DETECTOR_DIR = "mtcnn"
+DETECTOR_RECORD = "detector.json"
+DETECTOR_NETS = ("pnet", "rnet", "onet")
+
+
+def _checked(path: Path, sha256: object, what: str) -> Path:
+    if not path.is_file():
+        raise ModelNotFoundError(f"{what}: {path} is missing; run 'facegate setup'")
+    if sha256_file(path) != sha256:
+        raise ModelNotFoundError(f"{what}: {path} does not match its recorded sha256")
+    return path
+
+
+def embedder_graph(model_dir: Path, card: ModelCard) -> Path:
+    """The card's graph, exported from the card's weights and intact."""
+    onnx = card.onnx
+    if not onnx:
+        raise ModelNotFoundError(
+            f"model {card.model_id!r} has no ONNX graph; run 'facegate setup' (or "
+            "'facegate export' for a trained model), or serve it with FACEGATE_RUNTIME=torch"
+        )
+    if onnx.get("weights_sha256") != card.weights_sha256:
+        raise ModelNotFoundError(
+            f"the ONNX graph of {card.model_id!r} was exported from other weights; "
+            "run 'facegate setup'"
+        )
+    path = model_path(model_dir, card.model_id) / str(onnx.get("file"))
+    return _checked(path, onnx.get("sha256"), card.model_id)
+
+
+def detector_graphs(model_dir: Path) -> dict[str, Path]:
+    """MTCNN's three graphs by name, each intact."""
+    folder = Path(model_dir) / DETECTOR_DIR
+    record_path = folder / DETECTOR_RECORD
+    if not record_path.is_file():
+        raise ModelNotFoundError(
+            f"the detector's ONNX graphs are not in {folder}; run 'facegate setup'"
+        )
+    record: dict[str, Any] = json.loads(record_path.read_text())
+    graphs = record.get("graphs", {})
+    found = {}
+    for name in DETECTOR_NETS:
+        if name not in graphs:
+            raise ModelNotFoundError(f"{record_path} names no {name} graph")
+        found[name] = _checked(folder / str(graphs[name]["file"]), graphs[name]["sha256"], name)
+    return found
+
+
+__all__ = ["DETECTOR_DIR", "DETECTOR_NETS", "DETECTOR_RECORD", "detector_graphs", "embedder_graph"]

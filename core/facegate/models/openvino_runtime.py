@@ -1,0 +1,102 @@
+"""The served networks on OpenVINO: no torch in the process. Torch-free.
+
+The same exported graphs as ONNX Runtime (:mod:`facegate.models.graphs`, sha256-checked),
+compiled for the CPU by OpenVINO, whose kernels run SFace's depthwise convolutions several
+times faster than ONNX Runtime's on this kind of CPU (README, Performance). The precision is
+pinned to fp32: on CPUs with bf16 units OpenVINO would otherwise compute in bf16, which moves
+SFace's embeddings by a cosine of 5e-4, more than the graphs may differ from their weights.
+
+``openvino`` is imported when a model is compiled, not with this module.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from facegate.errors import ValidationError
+from facegate.models.card import ModelCard
+from facegate.models.graphs import detector_graphs, embedder_graph
+
+if TYPE_CHECKING:
+    import openvino
+
+
+@lru_cache(maxsize=1)
+def _core() -> openvino.Core:
+    """One OpenVINO core per process: it holds the plugins, which load once."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+def compile_graph(path: Path, *, threads: int | None = None, device: str = "cpu") -> Any:
+    """``path`` compiled for the CPU: fp32, one stream (a function answers one request at a
+    time), ``threads`` inference threads (None: OpenVINO's choice, one per core)."""
+    if device != "cpu":
+        raise ValidationError(
+            f"FACEGATE_RUNTIME=openvino runs on the CPU here; for device {device!r} use "
+            "FACEGATE_RUNTIME=onnxruntime (CUDA) or torch"
+        )
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    core = _core()
+    return core.compile_model(core.read_model(str(path)), "CPU", config)
+
+
+def _run(compiled: Any, x: np.ndarray) -> list[np.ndarray]:
+    """The outputs of one inference, as arrays of their own (an infer request per call: a
+    compiled model is shared, a request is not)."""
+    request = compiled.create_infer_request()
+    request.infer({0: np.ascontiguousarray(x, np.float32)})
+    return [np.array(request.get_output_tensor(i).data) for i in range(len(compiled.outputs))]
+
+
+class OpenVinoNetwork:
+    """An embedding network's graph: ``(N, S, S, 3) uint8`` RGB chips in, ``(N, D)`` float32
+    embeddings out (not normalised: :class:`~facegate.pipeline.embed.Embedder` does that)."""
+
+    def __init__(
+        self, model_dir: Path, card: ModelCard, *, threads: int | None = None, device: str = "cpu"
+    ) -> None:
+        self.compiled = compile_graph(
+            embedder_graph(model_dir, card), threads=threads, device=device
+        )
+        self.card = card
+
+    def __call__(self, chips: np.ndarray) -> np.ndarray:
+        (out,) = _run(self.compiled, chips)
+        return out.astype(np.float32, copy=False)
+
+
+class OpenVinoMTCNNNets:
+    """MTCNN's three graphs behind :class:`~facegate.pipeline.mtcnn.MTCNNNets`."""
+
+    def __init__(self, model_dir: Path, *, threads: int | None = None, device: str = "cpu") -> None:
+        graphs = detector_graphs(model_dir)
+        self._pnet, self._rnet, self._onet = (
+            compile_graph(graphs[name], threads=threads, device=device) for name in graphs
+        )
+
+    def pnet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        offsets, face = _run(self._pnet, x)
+        return offsets, face
+
+    def rnet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        offsets, face = _run(self._rnet, x)
+        return offsets, face
+
+    def onet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        offsets, landmarks, face = _run(self._onet, x)
+        return offsets, landmarks, face
+
+
+__all__ = ["OpenVinoMTCNNNets", "OpenVinoNetwork", "compile_graph"]
