@@ -103,9 +103,11 @@ harness = peak_mib()
 sys.path.insert(0, module_dir)
 module, attribute = handler_name.rsplit(".", 1)
 handler = getattr(importlib.import_module(module), attribute)
+imported = peak_mib()
 for event in events:
     answer = handler(event, LambdaContext("bench", "us-east-1"))
-print(json.dumps({"harness_mib": harness, "peak_mib": peak_mib(), "answer": answer}))
+print(json.dumps({"harness_mib": harness, "imported_mib": imported, "peak_mib": peak_mib(),
+                  "answer": answer}))
 """
 )
 
@@ -145,12 +147,13 @@ class MotoStack:
         # No API key: the rows measure the pipeline's memory, not DynamoDB's key look-up.
         return env | {"FACEGATE_AUTH_MODE": "none", "FACEGATE_RUNTIME": runtime}
 
-    def upload_events(self, photo_dir: Path) -> list[dict[str, object]]:
-        """The photos uploaded under a gallery prefix, and the SQS batch their S3
-        notifications make (the embedding function's event)."""
+    def upload_events(self, photo_dir: Path, gallery: str) -> list[dict[str, object]]:
+        """The photos uploaded into ``gallery``, and the SQS batch their S3 notifications
+        make (the embedding function's event). A new gallery each time: the ingest ledger
+        would skip uploads it has seen, and the row would measure an idle function."""
         bucket = self.template.physical["PhotoBucket"]
         for i, path in enumerate(sorted(photo_dir.glob("*.jpg"))):
-            key = f"uploads/bench/s{i}/{path.name}"
+            key = f"uploads/{gallery}/s{i}/{path.name}"
             self.clients["s3"].put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
         sqs = self.clients["sqs"]
         url = sqs.get_queue_url(QueueName=self.template.physical["IngestQueue"])["QueueUrl"]
@@ -224,10 +227,12 @@ def memory_rows(photo_dir: Path, torch_rss: float) -> list[dict[str, object]]:
             api = handler_rss(stack, "ApiFunction", compare_events(photo_dir, 10), runtime)
             if api["answer"]["statusCode"] != 200:
                 raise RuntimeError(f"ApiFunction answered {str(api['answer'])[:300]}")
-            uploads = stack.upload_events(photo_dir)
+            uploads = stack.upload_events(photo_dir, f"bench-{runtime}")
             job = handler_rss(stack, "EmbedFunction", uploads, runtime)
             if job["answer"]["batchItemFailures"]:
                 raise RuntimeError(f"EmbedFunction failed items: {job['answer']}")
+            if job["peak_mib"] <= job["imported_mib"]:
+                raise RuntimeError(f"EmbedFunction on {runtime} embedded nothing")
             for measure, got, notes in (
                 ("peak RSS, API function", api, "10 /compare events, two 640x480 photos each"),
                 ("peak RSS, embedding job", job, f"one SQS batch of {photos} 640x480 uploads"),

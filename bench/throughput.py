@@ -4,8 +4,9 @@
 - facenet-pytorch as its README shows it: ``Image.open``, ``MTCNN(image_size=160,
   margin=0)(img)``, ``InceptionResnetV1().eval()(crop.unsqueeze(0))`` (untrained weights:
   same cost), batched as a list of same-size images for the batch rows.
-- The same pipeline on ``FACEGATE_RUNTIME=torch`` (the torch modules the graphs came from):
-  what serving on ONNX Runtime gains.
+- The same pipeline on ``FACEGATE_RUNTIME=torch`` (the torch modules the graphs came from,
+  MTCNN: what served before the graph runtimes): what serving on them gains; and the default
+  pipeline with ``FACEGATE_DETECTOR=yunet`` against the same torch row.
 - The bare embedding networks of the served model (SFace and dlib's ResNet for the fused
   default) on the served runtime, on ready aligned chips: the compute floor under the whole
   pipeline.
@@ -126,6 +127,8 @@ def rows(device: str = "cpu") -> list[dict[str, object]]:
     pipeline.warm_up()
     reference = FacePipeline(Settings(device=device, num_threads=2, runtime="torch"))
     reference.warm_up()
+    yunet = FacePipeline(Settings(device=device, num_threads=2, detector="yunet"))
+    yunet.warm_up()
     facenet = FacenetReadme(device)
     faces = aligned_faces(pipeline)
     runtime = pipeline.settings.runtime
@@ -142,6 +145,16 @@ def rows(device: str = "cpu") -> list[dict[str, object]]:
             label = f"{size}, batch {shown}, {runtime}" + (f", {device}" if device != "cpu" else "")
             notes = f"{ours_n} photos (facenet-pytorch: {theirs_n}, batch {min(batch, theirs_n)})"
             out.append(_row(label, ours, on_torch, "FACEGATE_RUNTIME=torch", f"{ours_n} photos"))
+            with_yunet = _timed(yunet.process_many, data, batch)
+            out.append(
+                _row(
+                    f"{label}, FACEGATE_DETECTOR=yunet",
+                    with_yunet,
+                    on_torch,
+                    "FACEGATE_RUNTIME=torch",
+                    f"{ours_n} photos; YuNet at its own threshold ({yunet.detector.threshold})",
+                )
+            )
             out.append(_row(label, ours, theirs, "facenet-pytorch README pipeline", notes))
             out.append(_row(label, ours, floor, floor_name, f"batch {batch} chips"))
     return out

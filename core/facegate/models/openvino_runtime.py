@@ -19,7 +19,7 @@ import numpy as np
 
 from facegate.errors import ValidationError
 from facegate.models.card import ModelCard
-from facegate.models.graphs import detector_graphs, embedder_graph
+from facegate.models.graphs import detector_graphs, embedder_graph, yunet_graph
 
 if TYPE_CHECKING:
     import openvino
@@ -99,4 +99,17 @@ class OpenVinoMTCNNNets:
         return offsets, landmarks, face
 
 
-__all__ = ["OpenVinoMTCNNNets", "OpenVinoNetwork", "compile_graph"]
+class OpenVinoYuNet:
+    """YuNet's graph behind :class:`~facegate.pipeline.yunet.YuNetNet`.
+
+    The graph's input size is dynamic; OpenVINO compiles it once and fits each new shape
+    when it first sees it."""
+
+    def __init__(self, model_dir: Path, *, threads: int | None = None, device: str = "cpu") -> None:
+        self.compiled = compile_graph(yunet_graph(model_dir), threads=threads, device=device)
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        return _run(self.compiled, x)
+
+
+__all__ = ["OpenVinoMTCNNNets", "OpenVinoNetwork", "OpenVinoYuNet", "compile_graph"]

@@ -1,47 +1,74 @@
-"""Detection: MTCNN behind our own types.
+"""Detection: MTCNN, or YuNet, behind our own types.
 
 MTCNN runs through ``facegate.pipeline.mtcnn.FastMTCNN``, a faster stage driver than
 facenet-pytorch's ``detect_face`` giving the same faces, scores and landmarks, on the
 networks it is given (``MTCNNNets``: facenet-pytorch's, with their bundled weights, on torch
 or ONNX Runtime); neither this module nor the driver imports torch, so detection can serve
-without it. Large images are downscaled before detection (MTCNN's cost grows with pixels,
-its accuracy does not) and the coordinates mapped back. Same-size images are detected in one
-batched call.
+without it. YuNet (``facegate.pipeline.yunet.YuNetDetector``, ``FACEGATE_DETECTOR=yunet``)
+is a drop-in alternative: any ``DetectionBackend`` with ``FastMTCNN.detect``'s contract
+serves, landmarks in MTCNN's order, so alignment does not know which one ran. Large images
+are downscaled before detection (a detector's cost grows with pixels, its accuracy does not)
+and the coordinates mapped back. Same-size images are detected in one batched call.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from facegate.errors import FaceTooSmallError, MultipleFacesError, NoFaceError
-from facegate.pipeline.mtcnn import FastMTCNN, MTCNNNets
+from facegate.pipeline.mtcnn import BatchDetections, FastMTCNN, MTCNNNets
 from facegate.settings import MultiFacePolicy
 from facegate.types import Detection
 
+#: Each detector's default minimum score (``FACEGATE_DET_THRESHOLD`` overrides): MTCNN's is
+#: facenet-pytorch's; YuNet's, measured on LFW-dev with the default model, finds every face
+#: there (0.9 missed 18 of 1,583) at MTCNN's accuracy (0.9958 both).
+DEFAULT_THRESHOLDS: dict[str, float] = {"mtcnn": 0.9, "yunet": 0.8}
+
+
+@runtime_checkable
+class DetectionBackend(Protocol):
+    """A detector over batches of same-size images (``FastMTCNN``, ``YuNetDetector``)."""
+
+    def detect(self, batch: np.ndarray) -> BatchDetections:
+        """``(N, H, W, 3) uint8`` RGB in; per image ``(k, 4)`` boxes ``(x1, y1, x2, y2)``,
+        ``(k,)`` scores and ``(k, 5, 2)`` landmarks in MTCNN's order, largest first, or
+        ``None`` for all three (``FastMTCNN.detect``'s contract)."""
+        ...
+
 
 class FaceDetector:
-    """MTCNN (``FastMTCNN`` on ``nets``) returning every face as a ``Detection``, largest first.
+    """A detection backend returning every face as a ``Detection``, largest first.
 
-    ``nets``: MTCNN's three networks on some runtime (``TorchMTCNNNets``, or ONNX Runtime's).
+    ``nets``: MTCNN's three networks on some runtime (``TorchMTCNNNets``, or a graph
+    runtime's), driven by ``FastMTCNN``; or a ready ``DetectionBackend`` (``YuNetDetector``),
+    used as it is.
     ``max_side``: images whose longer side exceeds it are downscaled for detection.
-    ``min_face_size``: smallest face MTCNN searches for, in detection-image pixels.
-    ``threshold``: minimum final-stage probability for a face to be reported.
+    ``min_face_size``: smallest face MTCNN searches for, in detection-image pixels (MTCNN's
+    only: a backend given ready has its own).
+    ``threshold``: minimum score (MTCNN's final-stage probability, YuNet's ``sqrt(cls *
+    obj)``) for a face to be reported.
     """
 
     def __init__(
         self,
-        nets: MTCNNNets,
+        nets: MTCNNNets | DetectionBackend,
         *,
         min_face_size: int = 20,
         threshold: float = 0.9,
         max_side: int = 1024,
         batch_size: int = 16,
     ) -> None:
-        self._mtcnn = FastMTCNN(nets, min_face_size=min_face_size)
+        self.backend: DetectionBackend = (
+            nets
+            if isinstance(nets, DetectionBackend)
+            else FastMTCNN(nets, min_face_size=min_face_size)
+        )
         self.threshold = threshold
         self.max_side = max_side
         self.batch_size = batch_size
@@ -61,7 +88,7 @@ class FaceDetector:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 batch = np.stack([scaled[i][0] for i in chunk])
-                boxes, probs, points = self._mtcnn.detect(batch)
+                boxes, probs, points = self.backend.detect(batch)
                 for i, b, p, pts in zip(chunk, boxes, probs, points, strict=True):
                     results[i] = self._to_detections(b, p, pts, scaled[i][1])
         return results

@@ -16,7 +16,7 @@ import numpy as np
 from facegate.errors import FaceGateError
 from facegate.models.card import ModelCard, resolve_threshold
 from facegate.pipeline.align import align_face
-from facegate.pipeline.detect import FaceDetector, select_faces
+from facegate.pipeline.detect import DEFAULT_THRESHOLDS, FaceDetector, select_faces
 from facegate.pipeline.embed import Embedder, FusedEmbedder
 from facegate.pipeline.image import (
     DecodedImage,
@@ -59,13 +59,18 @@ class FacePipeline:
 
     @cached_property
     def detector(self) -> FaceDetector:
-        """MTCNN on the settings' runtime (:mod:`facegate.pipeline.runtime`)."""
+        """The settings' detector (MTCNN or YuNet) on the settings' runtime
+        (:mod:`facegate.pipeline.runtime`), at its own default threshold unless the
+        settings name one."""
         from facegate.pipeline.runtime import detector_nets
 
+        threshold = self.settings.det_threshold
         return FaceDetector(
             detector_nets(self.settings),
             min_face_size=self.settings.min_face_size,
-            threshold=self.settings.det_threshold,
+            threshold=DEFAULT_THRESHOLDS[self.settings.detector]
+            if threshold is None
+            else threshold,
             max_side=self.settings.detect_max_side,
         )
 

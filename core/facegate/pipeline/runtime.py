@@ -2,14 +2,18 @@
 
 ``FACEGATE_RUNTIME`` (:attr:`facegate.settings.Settings.runtime`) picks it once per process:
 
-- ``onnxruntime`` (the default): the ONNX graphs set-up exported beside the weights, on
-  ONNX Runtime (``CUDAExecutionProvider`` when ``FACEGATE_DEVICE=cuda``). Nothing here then
-  imports torch: a cold start pays 0.25 s for ONNX Runtime instead of 3.5 s for torch, and
-  the functions' images need not carry torch at all.
-- ``openvino``: the same graphs compiled by OpenVINO for the CPU (fp32), whose kernels run
-  SFace several times faster than ONNX Runtime's here.
+- ``openvino`` (the default): the ONNX graphs set-up exported beside the weights, compiled
+  by OpenVINO for the CPU (fp32), whose kernels run SFace several times faster than ONNX
+  Runtime's here. Nothing here then imports torch, and the functions' image carries none.
+- ``onnxruntime``: the same graphs on ONNX Runtime (``CUDAExecutionProvider`` when
+  ``FACEGATE_DEVICE=cuda``), the lightest import (0.25 s, against 3.5 s for torch).
 - ``torch``: the torch modules built from the safetensors weights, the reference the graphs
   are tested against (and what training evaluates with).
+
+``FACEGATE_DETECTOR`` (:attr:`facegate.settings.Settings.detector`) picks the detector:
+MTCNN's three networks on the runtime above, or YuNet's one graph (set-up converts it; there
+are no torch weights of it), on OpenVINO or ONNX Runtime; with ``torch``, on ONNX Runtime
+where it is installed.
 
 The torch modules are imported inside the two ``torch`` branches only: these are the one
 place the serving path may reach torch, and the import contract names exactly these edges.
@@ -17,14 +21,21 @@ place the serving path may reach torch, and the import contract names exactly th
 
 from __future__ import annotations
 
+from facegate.errors import ValidationError
 from facegate.models.card import ModelCard, read_card
+from facegate.pipeline.detect import DetectionBackend
 from facegate.pipeline.embed import Network
 from facegate.pipeline.mtcnn import MTCNNNets
+from facegate.pipeline.yunet import YuNetDetector, YuNetNet
 from facegate.settings import Settings
 
 
-def detector_nets(settings: Settings) -> MTCNNNets:
-    """MTCNN's three networks on the settings' runtime, device and threads."""
+def detector_nets(settings: Settings) -> MTCNNNets | DetectionBackend:
+    """What :class:`~facegate.pipeline.detect.FaceDetector` detects with: MTCNN's three
+    networks on the settings' runtime, device and threads, or with ``detector="yunet"`` a
+    ready :class:`~facegate.pipeline.yunet.YuNetDetector` on YuNet's graph."""
+    if settings.detector == "yunet":
+        return YuNetDetector(yunet_net(settings))
     if settings.runtime == "torch":
         from facegate.models.mtcnn_nets import TorchMTCNNNets
         from facegate.models.torch_runner import configure_threads
@@ -40,6 +51,28 @@ def detector_nets(settings: Settings) -> MTCNNNets:
     from facegate.models.onnx_runtime import OnnxMTCNNNets
 
     return OnnxMTCNNNets(settings.model_dir, threads=settings.num_threads, device=settings.device)
+
+
+def yunet_net(settings: Settings) -> YuNetNet:
+    """YuNet's graph on the settings' runtime: OpenVINO or ONNX Runtime; with ``torch``
+    (which has no YuNet of its own), ONNX Runtime if it is installed."""
+    if settings.runtime == "openvino":
+        from facegate.models.openvino_runtime import OpenVinoYuNet
+
+        return OpenVinoYuNet(
+            settings.model_dir, threads=settings.num_threads, device=settings.device
+        )
+    if settings.runtime == "torch":
+        try:
+            import onnxruntime  # noqa: F401  (the session below imports it; fail clearly first)
+        except ImportError as error:
+            raise ValidationError(
+                "FACEGATE_DETECTOR=yunet runs on a graph runtime: with FACEGATE_RUNTIME=torch "
+                "it needs onnxruntime installed, or set FACEGATE_RUNTIME=openvino or onnxruntime"
+            ) from error
+    from facegate.models.onnx_runtime import OnnxYuNet
+
+    return OnnxYuNet(settings.model_dir, threads=settings.num_threads, device=settings.device)
 
 
 def embedding_network(settings: Settings, model_id: str) -> tuple[Network, ModelCard]:
@@ -65,4 +98,4 @@ def embedding_network(settings: Settings, model_id: str) -> tuple[Network, Model
     return OnnxNetwork(model_dir, card, threads=settings.num_threads, device=settings.device), card
 
 
-__all__ = ["detector_nets", "embedding_network"]
+__all__ = ["detector_nets", "embedding_network", "yunet_net"]
