@@ -1,8 +1,9 @@
 """A torch module behind the runtime-neutral network interface of the pipeline.
 
 :class:`~facegate.pipeline.embed.Embedder` calls its network on numpy chips and gets numpy
-embeddings back, so that the same embedder drives ONNX Runtime's sessions
-(:mod:`facegate.models.onnx_runtime`) and torch modules alike. This is the torch side:
+embeddings back, so that the same embedder drives the graph runtimes
+(:mod:`facegate.models.openvino_runtime`, :mod:`facegate.models.onnx_runtime`) and torch
+modules alike. This is the torch side:
 ``FACEGATE_RUNTIME=torch``, training's evaluation, and the reference the exported graphs are
 tested against.
 """
