@@ -2,10 +2,10 @@
 
 The network is whatever the runtime made of the card (:mod:`facegate.pipeline.runtime`): its
 ONNX graph compiled by OpenVINO or run by ONNX Runtime, or a torch module, any of them called
-on ``(N, S, S, 3) uint8`` chips and answering ``(N, D)`` float32. Batching, the optional horizontal-flip test-time augmentation
-(the embedding of a face and of its mirror image are summed before normalising, which smooths
-out pose and lighting asymmetry) and the normalisation are done here, in numpy, the same for
-every runtime.
+on ``(N, S, S, 3) uint8`` chips and answering ``(N, D)`` float32. Batching, the optional
+horizontal-flip test-time augmentation (the embedding of a face and of its mirror image are
+summed before normalising, which smooths out pose and lighting asymmetry) and the
+normalisation are done here, in numpy, the same for every runtime.
 
 ``FusedEmbedder`` runs several such networks on their own chips of the same face and
 concatenates their unit vectors scaled by ``1/sqrt(n)``: the result is again a unit vector,
