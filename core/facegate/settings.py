@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     #: YuNet's scores (``sqrt(cls * obj)``) run lower than MTCNN's probabilities, so each
     #: detector has its own default threshold (``det_threshold``).
     detector: Detector = "mtcnn"
+    #: YuNet's working size: photos whose longer side exceeds it are downscaled for it (its
+    #: cost grows with pixels; OpenCV Zoo runs it at 640x640 at most). MTCNN's is
+    #: ``detect_max_side``.
+    yunet_max_side: int = Field(default=640, ge=64)
     detect_max_side: int = Field(default=1024, ge=64)
     min_face_size: int = Field(default=20, ge=8)
     min_face_px: int = Field(default=32, ge=1)

@@ -35,7 +35,7 @@ def detector_nets(settings: Settings) -> MTCNNNets | DetectionBackend:
     networks on the settings' runtime, device and threads, or with ``detector="yunet"`` a
     ready :class:`~facegate.pipeline.yunet.YuNetDetector` on YuNet's graph."""
     if settings.detector == "yunet":
-        return YuNetDetector(yunet_net(settings))
+        return YuNetDetector(yunet_net(settings), max_side=settings.yunet_max_side)
     if settings.runtime == "torch":
         from facegate.models.mtcnn_nets import TorchMTCNNNets
         from facegate.models.torch_runner import configure_threads

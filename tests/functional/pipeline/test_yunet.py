@@ -283,3 +283,16 @@ def test_each_detector_has_its_own_default_threshold_unless_one_is_set(faces_dir
     assert FacePipeline(Settings(detector="yunet", det_threshold=0.95)).detector.threshold == 0.95
     result = served.process(faces_dir / "person_a_1.jpg")
     assert result.primary.detection.score >= YUNET_THRESHOLD
+
+
+def test_yunet_s_working_size_is_a_setting(faces_dir):
+    """A photo larger than the working size is detected downscaled, and the face comes back
+    in the photo's own pixels at either size."""
+    image = _read(faces_dir / "person_a_2.jpg")  # 722x899
+    boxes = {}
+    for side in (640, 320):
+        detector = FacePipeline(Settings(detector="yunet", yunet_max_side=side)).detector
+        assert detector.backend.max_side == side  # type: ignore[attr-defined]
+        (face,) = detector.detect(image)
+        boxes[side] = np.array(face.box)
+    assert np.abs(boxes[640] - boxes[320]).max() < 0.1 * (boxes[640][2] - boxes[640][0])
