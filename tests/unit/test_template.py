@@ -41,6 +41,8 @@ POWERTOOLS_NAMES = {
     "POWERTOOLS_DEV",
     "POWERTOOLS_IDEMPOTENCY_DISABLED",
 }
+#: Variables of the C library the functions' Python runs on (read at process start).
+RUNTIME_NAMES = {"MALLOC_ARENA_MAX"}
 
 
 class CloudFormationLoader(yaml.SafeLoader):
@@ -199,7 +201,9 @@ def test_function_environment_names_are_settings_fields() -> None:
                 field = name.removeprefix("FACEGATE_").lower()
                 assert field in fields, f"{function}: {name} is not a Settings field"
             else:
-                assert name in POWERTOOLS_NAMES, f"{function}: unknown variable {name}"
+                assert name in POWERTOOLS_NAMES | RUNTIME_NAMES, (
+                    f"{function}: unknown variable {name}"
+                )
 
 
 def _literals(value: Any) -> list[Any]:
