@@ -6,7 +6,7 @@ import asyncio
 import re
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -204,3 +204,22 @@ def clear_app_caches() -> None:
 
     for cached in (deps._stores, deps._eraser, deps._gallery_cache, deps._gallery_service):
         cached.cache_clear()
+
+
+def run_first(target: object, name: str, before: Callable[[], object], *, after: int = 0) -> None:
+    """Make ``target.<name>`` run ``before`` once: ahead of its first call when ``after`` is
+    0, else right after its ``after``-th call returned (a race made to happen at one point)."""
+    real = getattr(target, name)
+    calls = 0
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1 and not after:
+            before()
+        result = real(*args, **kwargs)
+        if calls == after:
+            before()
+        return result
+
+    setattr(target, name, wrapped)

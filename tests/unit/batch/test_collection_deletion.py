@@ -6,13 +6,12 @@ real enrolments made by :class:`FaceService` and the fake processor of the servi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from service_fakes import ANN_1, ANN_2, ANN_PROBE, BOB, VECTORS, FakeProcessor, make_card
-from tests_support import repo_root
+from tests_support import repo_root, run_first
 
 from facegate.batch.collection_deletion import CollectionDeleter, CollectionDeletionRequest
 from facegate.batch.erasure import Eraser
@@ -354,25 +353,6 @@ def test_a_collection_whose_export_a_job_verifies_against_is_refused_until_it_en
     _assert_lobby_gone(world)
 
 
-def _run_first(target: object, name: str, before: Callable[[], object], *, after: int = 0) -> None:
-    """Make ``target.<name>`` run ``before`` once: ahead of its first call when ``after`` is
-    0, else right after its ``after``-th call returned."""
-    real = getattr(target, name)
-    calls = 0
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1 and not after:
-            before()
-        result = real(*args, **kwargs)
-        if calls == after:
-            before()
-        return result
-
-    setattr(target, name, wrapped)
-
-
 def test_an_enrolment_into_a_collection_being_deleted_is_refused_and_stores_nothing(world):
     world.store.begin_deletion("lobby")
     with pytest.raises(CollectionDeletingError, match="lobby") as refused:
@@ -387,7 +367,7 @@ def test_a_deletion_begun_between_the_photos_and_the_commit_cancels_the_enrolmen
     guard cancels it and the enrolment erases its photos."""
     world.enrol("lobby", "ann", [ANN_1])
     enrolling = world.service.in_collection("lobby")
-    _run_first(enrolling.subjects, "write_faces", lambda: world.store.begin_deletion("lobby"))
+    run_first(enrolling.subjects, "write_faces", lambda: world.store.begin_deletion("lobby"))
     with pytest.raises(CollectionDeletingError):
         enrolling.enrol("dan", [BOB, ANN_2])
     assert world.versions("enrolments/lobby/dan/") == []
@@ -405,7 +385,7 @@ def test_a_whole_deletion_during_an_enrolment_leaves_nothing_of_either(world):
     _enrol_lobby(world)
     receipts: list[dict[str, Any]] = []
     enrolling = world.service.in_collection("lobby")
-    _run_first(
+    run_first(
         enrolling.photos,
         "put",
         lambda: receipts.append(world.deleter().delete("lobby")[1]),

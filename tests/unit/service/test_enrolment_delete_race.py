@@ -10,13 +10,13 @@ under the subject's prefix, and no item in the subject's partition.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from service_fakes import ANN_1, ANN_2, ANN_PROBE, FakeProcessor, photo_versions, subject_items
+from tests_support import run_first
 
 import facegate.storage.tombstones as tombstones_module
 from facegate.errors import StorageError, SubjectDeletedError, UnknownSubjectError
@@ -58,31 +58,12 @@ def _assert_gone(fresh_aws: Any, subject_id: str) -> None:
     assert subject_items(fresh_aws, subject_id) == []
 
 
-def _run_first(target: object, name: str, before: Callable[[], object], *, after: int = 0) -> None:
-    """Make ``target.<name>`` run ``before`` once: ahead of its first call when ``after`` is
-    0, else right after its ``after``-th call returned."""
-    real = getattr(target, name)
-    calls = 0
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1 and not after:
-            before()
-        result = real(*args, **kwargs)
-        if calls == after:
-            before()
-        return result
-
-    setattr(target, name, wrapped)
-
-
 def test_a_delete_after_the_first_photo_is_stored_wins(fresh_aws, two):
     """Fence read, first photo stored, then the whole DELETE, then the rest of the enrolment:
     the transaction finds the generation moved, and the enrolment erases its photos."""
     two.enrolling.enrol("ann", [ANN_1])
     answers: list[dict[str, Any]] = []
-    _run_first(
+    run_first(
         two.enrolling.photos,
         "put",
         lambda: answers.append(two.deleting.delete_subject("ann")),
@@ -98,7 +79,7 @@ def test_a_delete_after_the_first_photo_is_stored_wins(fresh_aws, two):
 def test_a_delete_between_the_last_photo_and_the_record_wins(fresh_aws, two):
     """Every photo stored, the DELETE runs whole, then the transaction: refused, erased."""
     two.enrolling.enrol("ann", [ANN_1])
-    _run_first(two.enrolling.subjects, "write_faces", lambda: two.deleting.delete_subject("ann"))
+    run_first(two.enrolling.subjects, "write_faces", lambda: two.deleting.delete_subject("ann"))
     with pytest.raises(SubjectDeletedError):
         two.enrolling.enrol("ann", [ANN_2, ANN_PROBE])
     _assert_gone(fresh_aws, "ann")
@@ -116,7 +97,7 @@ def test_an_enrolment_that_starts_while_a_delete_runs_stores_nothing(fresh_aws, 
             two.enrolling.enrol("ann", [ANN_2, ANN_PROBE])
         refused.append(raised.value)
 
-    _run_first(two.deleting.subjects, "delete_subject", enrol)
+    run_first(two.deleting.subjects, "delete_subject", enrol)
     assert two.deleting.delete_subject("ann")["deleted_faces"] == 1
     assert len(refused) == 1
     _assert_gone(fresh_aws, "ann")
@@ -134,7 +115,7 @@ def test_an_enrolment_that_starts_during_the_photo_sweep_stores_nothing(fresh_aw
         except SubjectDeletedError as exc:
             outcome.append(exc)
 
-    _run_first(two.deleting.photos, "delete_subject", enrol)
+    run_first(two.deleting.photos, "delete_subject", enrol)
     two.deleting.delete_subject("ann")
     assert [type(e) for e in outcome] == [SubjectDeletedError]
     _assert_gone(fresh_aws, "ann")
@@ -156,7 +137,7 @@ def test_a_slow_delete_still_refuses_enrolments_after_a_quicker_one_ended(
         except SubjectDeletedError as exc:
             refused.append(exc)
 
-    _run_first(two.deleting.photos, "delete_subject", retry_then_enrol)
+    run_first(two.deleting.photos, "delete_subject", retry_then_enrol)
     with pytest.raises(UnknownSubjectError):
         two.deleting.delete_subject("ann")  # the retry took the items first
     assert len(refused) == 1
