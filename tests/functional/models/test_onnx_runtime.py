@@ -148,6 +148,14 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
+def _found(detected) -> list[tuple[np.ndarray, float, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """One image's detections as (box, probability, landmarks); none: an empty list."""
+    boxes, probs, points = (x[0] for x in detected)
+    if boxes is None or probs is None or points is None:
+        return []
+    return [(b, float(p), pt) for b, p, pt in zip(boxes, probs, points, strict=True)]
+
+
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 def test_the_detector_graphs_find_what_the_torch_nets_find(runtime, photos):
     """Whole detections. MTCNN thresholds and truncates at every stage (a PNet cell at 0.6,
@@ -159,19 +167,20 @@ def test_the_detector_graphs_find_what_the_torch_nets_find(runtime, photos):
     onnx_mtcnn = FastMTCNN(RUNTIMES[runtime][1](default_model_dir(), threads=2))
     faces, close = 0, 0
     for image in photos:
-        boxes, probs, points = (x[0] for x in onnx_mtcnn.detect(image[None]))
-        ref_boxes, ref_probs, ref_points = (x[0] for x in torch_mtcnn.detect(image[None]))
-        assert (boxes is None) == (ref_boxes is None)
-        if ref_boxes is None or boxes is None or probs is None or points is None:
-            continue
-        assert ref_probs is not None and ref_points is not None
-        mine, theirs = np.flatnonzero(probs >= 0.9), np.flatnonzero(ref_probs >= 0.9)
-        assert len(mine) == len(theirs)
-        for i, j in zip(mine, theirs, strict=True):
-            assert _iou(boxes[i], ref_boxes[j]) > 0.9
-            assert abs(probs[i] - ref_probs[j]) < 0.01
+        ours = _found(onnx_mtcnn.detect(image[None]))
+        ref = _found(torch_mtcnn.detect(image[None]))
+        # Every confident face of either is the other's too; a score near a threshold may
+        # fall either side of it on another runtime (or CPU), so "confident" is 0.95 here.
+        for a, b in ((ours, ref), (ref, ours)):
+            for box, prob, _ in (f for f in a if f[1] >= 0.95):
+                assert b, "a face one found, the other did not"
+                best = max(b, key=lambda f: _iou(box, f[0]))
+                assert _iou(box, best[0]) > 0.9
+                assert abs(prob - best[1]) < 0.01
+        for box, _, points in (f for f in ref if f[1] >= 0.95):
+            best = max(ours, key=lambda f: _iou(box, f[0]))
             faces += 1
-            close += bool(np.abs(points[i] - ref_points[j]).max() < PX_TOL)
+            close += bool(np.abs(best[2] - points).max() < PX_TOL)
     assert faces >= len(photos)
     assert close >= 0.9 * faces
 
