@@ -83,6 +83,10 @@ class FakeProcessor:
         """As :class:`FacePipeline` decides it: the settings' FAR, else the card's default."""
         return resolve_threshold(self._card, None, self.deployment_far)
 
+    @property
+    def detector_name(self) -> str:
+        return "yunet"
+
     def warm_up(self) -> None:
         pass
 

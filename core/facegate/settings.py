@@ -18,6 +18,11 @@ MultiFacePolicy = Literal["largest", "center", "all", "reject"]
 AuthMode = Literal["api_key", "iam", "none"]
 Runtime = Literal["onnxruntime", "openvino", "torch"]
 Detector = Literal["mtcnn", "yunet"]
+#: Every detector, the default first: each has its own committed calibrations
+#: (``facegate/models/calibration/<detector>/``), because the crops it aligns move a model's
+#: scores enough to move its threshold.
+DETECTORS: tuple[Detector, ...] = ("yunet", "mtcnn")
+DEFAULT_DETECTOR: Detector = DETECTORS[0]
 
 #: Where set-up writes converted weights when running from a checkout (``<repo>/models``).
 _CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -66,12 +71,13 @@ class Settings(BaseSettings):
     #: keeps at least this many pixels (DCT scaling; boxes are still reported in the photo's
     #: own pixels). 0 decodes everything in full.
     decode_keep_side: int = Field(default=2000, ge=0)
-    #: Which face detector runs (:mod:`facegate.pipeline.runtime`): MTCNN, or YuNet (one
-    #: small network from OpenCV Zoo, :mod:`facegate.pipeline.yunet`), which set-up converts
-    #: too. MTCNN stays the default: the calibrations and accuracy figures were made with it.
-    #: YuNet's scores (``sqrt(cls * obj)``) run lower than MTCNN's probabilities, so each
-    #: detector has its own default threshold (``det_threshold``).
-    detector: Detector = "mtcnn"
+    #: Which face detector runs (:mod:`facegate.pipeline.runtime`): YuNet (one small network
+    #: from OpenCV Zoo, :mod:`facegate.pipeline.yunet`), the default because it detects a
+    #: photo several times faster than MTCNN at the same LFW-dev accuracy, or MTCNN's three
+    #: networks. Each model has a threshold calibrated with each detector (the card's
+    #: ``calibrations``). YuNet's scores (``sqrt(cls * obj)``) run lower than MTCNN's
+    #: probabilities, so each detector has its own default threshold (``det_threshold``).
+    detector: Detector = DEFAULT_DETECTOR
     #: YuNet's working size: photos whose longer side exceeds it are downscaled for it (its
     #: cost grows with pixels; OpenCV Zoo runs it at 640x640 at most). MTCNN's is
     #: ``detect_max_side``.
@@ -87,7 +93,10 @@ class Settings(BaseSettings):
     #: Galleries are built unattended: a photo with several faces is a reject, not a guess.
     gallery_multi_face: MultiFacePolicy = "reject"
 
-    embed_batch_size: int = Field(default=32, ge=1)
+    #: Chips per network call; None: the runtime's own
+    #: (:func:`facegate.pipeline.runtime.embedding_batch_size`: 8 on the graph runtimes, whose
+    #: buffers grow with the batch while the time per face does not fall past 8; 32 on torch).
+    embed_batch_size: int | None = Field(default=None, ge=1)
 
     bucket: str = "facegate-local"
     table: str = "facegate-subjects"

@@ -117,6 +117,11 @@ class FaceProcessor(Protocol):
     @property
     def threshold(self) -> float: ...
 
+    @property
+    def detector_name(self) -> str:
+        """The detector that finds and aligns the faces (``FACEGATE_DETECTOR``)."""
+        ...
+
     def warm_up(self) -> None: ...
 
     def process(self, source: ImageSource, policy: MultiFacePolicy | None = None) -> FaceResult:

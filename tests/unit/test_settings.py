@@ -40,3 +40,14 @@ def test_bad_values_are_refused(monkeypatch, name, value):
 def test_empty_endpoint_means_real_aws(monkeypatch):
     monkeypatch.setenv("FACEGATE_AWS_ENDPOINT_URL", "")
     assert Settings().aws_endpoint_url is None
+
+
+@pytest.mark.parametrize("runtime,batch", [("openvino", 8), ("onnxruntime", 8), ("torch", 32)])
+def test_embedding_batch_is_the_runtimes_unless_set(monkeypatch, runtime, batch):
+    from facegate.pipeline.runtime import embedding_batch_size
+
+    monkeypatch.delenv("FACEGATE_EMBED_BATCH_SIZE", raising=False)
+    monkeypatch.setenv("FACEGATE_RUNTIME", runtime)
+    assert embedding_batch_size(Settings()) == batch
+    monkeypatch.setenv("FACEGATE_EMBED_BATCH_SIZE", "3")
+    assert embedding_batch_size(Settings()) == 3

@@ -68,6 +68,7 @@ def gallery_meta(pipeline: FaceProcessor) -> GalleryMeta:
         weights_sha256=pipeline.card.weights_sha256,
         dim=pipeline.card.embedding_dim,
         threshold=pipeline.threshold,
+        detector=pipeline.detector_name,
     )
 
 

@@ -72,7 +72,8 @@ def far_thresholds(impostor_scores: np.ndarray) -> dict[str, float]:
 
 
 def calibrate(pipeline: FacePipeline, root: Path, *, impostors: int = 20000) -> dict[str, Any]:
-    """A calibration record, ready to commit as ``models/calibration/<model>.json``."""
+    """A calibration record, ready to commit as
+    ``models/calibration/<detector>/<model>.json``: the pipeline's detector made the crops."""
     started = time.perf_counter()
     pairs = identity_pairs(root, impostors)
     paths = sorted({p.path_a for p in pairs} | {p.path_b for p in pairs})
@@ -82,8 +83,11 @@ def calibrate(pipeline: FacePipeline, root: Path, *, impostors: int = 20000) -> 
     best_balanced, balanced = balanced_threshold(scores, same)
     by_far = far_thresholds(scores[~same])
     threshold = by_far[f"{DECISION_FAR:g}"]
+    detector = pipeline.settings.detector
     return {
         "model_id": pipeline.model_id,
+        "detector": detector,
+        "detector_threshold": pipeline.detector.threshold,
         "threshold": round(threshold, 6),
         "decision_far": DECISION_FAR,
         "tar_at_threshold": round(float(np.mean(scores[same] >= threshold)), 6),
@@ -102,7 +106,8 @@ def calibrate(pipeline: FacePipeline, root: Path, *, impostors: int = 20000) -> 
         },
         "flip_tta": pipeline.embedder.flip_tta,
         "method": "threshold at FAR <= 1e-3 on identity-disjoint impostor pairs",
-        "command": f"facegate calibrate --root {root.name} --model {pipeline.model_id}",
+        "command": f"FACEGATE_DETECTOR={detector} facegate calibrate --root {root.name} "
+        f"--model {pipeline.model_id}",
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -88,7 +88,12 @@ def _compact(
     rows = kept.sort_by(
         [("subject_id", "ascending"), ("image_key", "ascending"), ("face_index", "ascending")]
     )
-    meta = replace(parts[-1].meta, created_at=utc_now())
+    detectors = {part.meta.detector for part in parts}
+    meta = replace(
+        parts[-1].meta,
+        created_at=utc_now(),
+        detector=detectors.pop() if len(detectors) == 1 else None,
+    )
     counts = _Counts(
         rows_in=stacked.num_rows,
         duplicates_dropped=stacked.num_rows - latest.num_rows,

@@ -25,6 +25,10 @@ METADATA_KEY = b"facegate"
 #: The only metric the format knows: embeddings are unit vectors, similarity is a dot product.
 METRIC = "cosine"
 
+#: Keys added within :data:`SCHEMA_VERSION`: a file written before them lacks them and reads
+#: with their default.
+ADDED_IN_VERSION = frozenset({"detector"})
+
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -61,6 +65,10 @@ class GalleryMeta:
     #: subjects, ``"gallery:<source>"``, ``"collection:<c>"`` for a collection's export), so
     #: that erasing a person there reaches this copy too.
     subject_scope: str | None = None
+    #: The face detector whose aligned crops the rows embed (``FACEGATE_DETECTOR``): each
+    #: detector crops a little differently, and the threshold was calibrated on its crops.
+    #: None: not recorded (galleries written before it was) or rows from several detectors.
+    detector: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_id, str) or not self.model_id:
@@ -96,6 +104,13 @@ class GalleryMeta:
                 "gallery metadata: subject_scope must be 'api', 'gallery:<name>' or "
                 "'collection:<name>'",
                 detail=repr(scope),
+            )
+        if self.detector is not None and not (
+            isinstance(self.detector, str) and ID_PATTERN.match(self.detector)
+        ):
+            raise ValidationError(
+                "gallery metadata: detector must be a detector's name or null",
+                detail=repr(self.detector),
             )
         if self.metric != METRIC:
             raise ValidationError(
@@ -141,7 +156,7 @@ class GalleryMeta:
                 f"(this reader understands {SCHEMA_VERSION})"
             )
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in doc)
+        missing = sorted(n for n in names - ADDED_IN_VERSION if n not in doc)
         if missing:
             raise ValidationError(f"gallery metadata is missing {', '.join(missing)}")
         return cls(**{k: v for k, v in doc.items() if k in names})

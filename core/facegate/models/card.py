@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,11 @@ class ModelCard:
     #: The network's ONNX graph beside its weights (``facegate.models.onnx_export``): file,
     #: sha256, opset, the weights it was traced from. Empty: not exported (torch only).
     onnx: dict[str, Any] = field(default_factory=dict)
+    #: The committed calibration record of each detector it was calibrated with, by detector
+    #: name (``facegate.settings.DETECTORS``): a model scores YuNet's crops and MTCNN's
+    #: differently enough to need a threshold for each. ``threshold`` and ``calibration`` are
+    #: the default detector's; :meth:`for_detector` picks another's. Empty: one calibration.
+    calibrations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -91,6 +96,14 @@ class ModelCard:
             )
         return table[key]
 
+    def for_detector(self, detector: str) -> ModelCard:
+        """This card deciding at the threshold calibrated on ``detector``'s crops; itself
+        where it has no calibration for that detector (its record names the one it had)."""
+        record = self.calibrations.get(detector)
+        if record is None or record == self.calibration:
+            return self
+        return replace(self, threshold=float(record["threshold"]), calibration=record)
+
     @classmethod
     def for_weights(
         cls,
@@ -103,6 +116,7 @@ class ModelCard:
         threshold: float,
         source: dict[str, Any],
         calibration: dict[str, Any],
+        calibrations: dict[str, dict[str, Any]] | None = None,
         license: str = "",
     ) -> ModelCard:
         """The card of a weights file just put in place: file name and sha256 are read off
@@ -124,6 +138,7 @@ class ModelCard:
             threshold=float(threshold),
             source=source,
             calibration=calibration,
+            calibrations=calibrations or {},
             license=license,
         )
 

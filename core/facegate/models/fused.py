@@ -34,6 +34,7 @@ def fused_card(
     *,
     threshold: float,
     calibration: dict[str, Any] | None = None,
+    calibrations: dict[str, dict[str, Any]] | None = None,
 ) -> ModelCard:
     """The card of a fused model over ``parts`` as installed now (their cards must exist)."""
     cards = [read_card(model_dir, part) for part in parts]
@@ -52,6 +53,7 @@ def fused_card(
         threshold=threshold,
         source={"parts": list(parts), "part_sha256": shas},
         calibration=calibration or {},
+        calibrations=calibrations or {},
         license="; ".join(f"{c.model_id}: {c.license}" for c in cards),
     )
 
@@ -79,6 +81,7 @@ def install_fused(
     model_id: str = DEFAULT_FUSED_ID,
     parts: Sequence[str] = DEFAULT_PARTS,
     provisional_threshold: float = 0.3,
+    calibrations: dict[str, dict[str, Any]] | None = None,
 ) -> ModelCard:
     """Write (or refresh) the fused card; its threshold comes from its calibration record,
     else a provisional one marked as such in the card."""
@@ -87,6 +90,13 @@ def install_fused(
     else:
         threshold = provisional_threshold
         calibration = {"provisional": "not calibrated yet: run 'facegate calibrate'"}
-    card = fused_card(model_dir, model_id, parts, threshold=threshold, calibration=calibration)
+    card = fused_card(
+        model_dir,
+        model_id,
+        parts,
+        threshold=threshold,
+        calibration=calibration,
+        calibrations=calibrations,
+    )
     write_card(model_dir, card)
     return card

@@ -76,25 +76,28 @@ class FacePipeline:
 
     @cached_property
     def embedder(self) -> Embedder | FusedEmbedder:
-        """The model named by the settings, on the settings' runtime; a fused card loads
-        each of its parts."""
+        """The model named by the settings, on the settings' runtime, deciding at the
+        threshold calibrated with the settings' detector; a fused card loads each of its
+        parts."""
         from facegate.models.card import read_card
         from facegate.models.fused import fused_parts
 
         card = read_card(self.settings.model_dir, self.settings.model_id)
         if card.architecture == "fused":
             parts = fused_parts(self.settings.model_dir, card)
-            return FusedEmbedder([self._embedder(part) for part in parts], card)
+            return FusedEmbedder(
+                [self._embedder(part) for part in parts], card.for_detector(self.settings.detector)
+            )
         return self._embedder(card.model_id)
 
     def _embedder(self, model_id: str) -> Embedder:
-        from facegate.pipeline.runtime import embedding_network
+        from facegate.pipeline.runtime import embedding_batch_size, embedding_network
 
         network, card = embedding_network(self.settings, model_id)
         return Embedder(
             network,
-            card,
-            batch_size=self.settings.embed_batch_size,
+            card.for_detector(self.settings.detector),
+            batch_size=embedding_batch_size(self.settings),
             flip_tta=self.settings.flip_tta,
         )
 
@@ -111,6 +114,11 @@ class FacePipeline:
         """The settings' raw threshold, else the card's for the settings' target FAR, else the
         card's calibrated default."""
         return resolve_threshold(self.card, self.settings.threshold, self.settings.far)
+
+    @property
+    def detector_name(self) -> str:
+        """The detector whose crops the model embeds: galleries record it."""
+        return self.settings.detector
 
     def warm_up(self) -> None:
         """Load both models now (Lambda handlers call this at module scope)."""

@@ -226,6 +226,7 @@ def test_compaction_over_the_api_honours_deletions(pipeline, aws, wiring, photo_
     body = s3.get_object(Bucket=aws.bucket, Key="galleries/crew/gallery.parquet")["Body"].read()
     meta, table = read_gallery(io.BytesIO(body), expected_model_id="sface+dlib")
     assert set(table.column("subject_id").to_pylist()) == {"person_a"} and meta.row_count == 2
+    assert meta.detector == "yunet"  # the default detector made every part
     shown = client.get("/galleries/crew").json()
     assert shown["compacted"] is True and shown["rows"] == 2
     assert shown["rejects"] == {"invalid_image": 2, "no_face": 1, "multiple_faces": 1}

@@ -142,3 +142,23 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_failures_are_returned_in_place(pipeline, faces_dir):
     results = pipeline.process_many([b"", faces_dir / "person_a_1.jpg", b"not an image"])
     assert [getattr(r, "code", "ok") for r in results] == ["invalid_image", "ok", "invalid_image"]
+
+
+@pytest.mark.parametrize("detector", ["yunet", "mtcnn"])
+def test_each_detector_decides_at_the_threshold_calibrated_on_its_crops(detector, faces_dir):
+    """The committed calibrations differ by detector; the pipeline picks its own detector's
+    (the two records are distinct, so a pipeline that ignored the detector fails one case)."""
+    from facegate.models.assets import load_calibration
+    from facegate.pipeline.face_pipeline import FacePipeline
+    from facegate.settings import Settings
+
+    pipeline = FacePipeline(Settings(detector=detector))
+    record = load_calibration(pipeline.model_id, detector)
+    assert load_calibration(pipeline.model_id, "yunet") != load_calibration(
+        pipeline.model_id, "mtcnn"
+    )
+    assert pipeline.threshold == record["threshold"]
+    assert pipeline.card.calibration == record
+    assert pipeline.detector_name == detector
+    result = pipeline.verify(faces_dir / "person_a_1.jpg", faces_dir / "person_a_2.jpg")
+    assert result.match and result.threshold == record["threshold"]

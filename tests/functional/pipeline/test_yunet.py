@@ -124,6 +124,38 @@ def test_yunet_finds_mtcnns_face_on_lfw(
     assert float(np.median(means)) <= LFW_MEDIAN_PX_TOL
 
 
+#: Group photos: a mosaic of GROUP x GROUP LFW photos (2,000 px square). YuNet sees it at its
+#: 640 px working size, where the faces are ~30 px; measured with mosaics of 2x2 to 10x10,
+#: both detectors found every face (12x12, 21 px faces: MTCNN 576 of 576, YuNet 574).
+GROUP = 8
+CELL = 250
+
+
+def _centred_cells(found: list[Detection]) -> set[tuple[int, int]]:
+    cells = set()
+    for face in found:
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        col, row = int(cx // CELL), int(cy // CELL)
+        if max(abs(cx - (col + 0.5) * CELL), abs(cy - (row + 0.5) * CELL)) < CELL / 4:
+            cells.add((row, col))
+    return cells
+
+
+def test_every_face_of_a_group_photo_is_found(
+    lfw_photos: dict[str, np.ndarray], yunet: dict[str, FaceDetector], mtcnn: FaceDetector
+) -> None:
+    """The galleries' ``reject`` policy (one face per photo, else rejected) and ``all`` need
+    every face of a group found, by the default detector as by MTCNN."""
+    tiles = [image for image in lfw_photos.values() if image.shape[:2] == (CELL, CELL)]
+    mosaic = np.zeros((GROUP * CELL, GROUP * CELL, 3), np.uint8)
+    for i in range(GROUP * GROUP):
+        row, col = divmod(i, GROUP)
+        mosaic[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL] = tiles[i % len(tiles)]
+    everyone = {divmod(i, GROUP) for i in range(GROUP * GROUP)}
+    assert _centred_cells(mtcnn.detect(mosaic)) == everyone
+    assert _centred_cells(yunet["openvino"].detect(mosaic)) == everyone
+
+
 def test_both_runtimes_give_the_same_detections(
     fixture_photos: dict[str, np.ndarray],
     lfw_photos: dict[str, np.ndarray],
@@ -277,9 +309,9 @@ def test_torch_runtime_without_onnx_runtime_is_a_clear_error() -> None:
 
 def test_each_detector_has_its_own_default_threshold_unless_one_is_set(faces_dir):
     assert DEFAULT_THRESHOLDS == {"mtcnn": 0.9, "yunet": YUNET_THRESHOLD}
-    served = FacePipeline(Settings(detector="yunet"))
-    assert served.detector.threshold == YUNET_THRESHOLD
-    assert FacePipeline(Settings()).detector.threshold == 0.9
+    served = FacePipeline(Settings())  # YuNet is the default detector
+    assert served.detector_name == "yunet" and served.detector.threshold == YUNET_THRESHOLD
+    assert FacePipeline(Settings(detector="mtcnn")).detector.threshold == 0.9
     assert FacePipeline(Settings(detector="yunet", det_threshold=0.95)).detector.threshold == 0.95
     result = served.process(faces_dir / "person_a_1.jpg")
     assert result.primary.detection.score >= YUNET_THRESHOLD

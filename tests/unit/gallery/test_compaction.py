@@ -194,6 +194,19 @@ def test_result_has_fresh_metadata_of_the_same_model(rng):
     assert meta.threshold == pytest.approx(0.4)  # the newest calibration
 
 
+def test_the_merged_gallery_names_a_detector_only_if_every_part_had_it(rng):
+    def merged_detector(*detectors: str | None) -> str | None:
+        parts = [
+            part(rng, [("alice", f"a/{i}.jpg", 0)], T1, replace(META, detector=d))
+            for i, d in enumerate(detectors)
+        ]
+        return GalleryMeta.from_json(compact_tables(parts).schema.metadata[b"facegate"]).detector
+
+    assert merged_detector("yunet", "yunet") == "yunet"
+    assert merged_detector("mtcnn", "yunet") is None
+    assert merged_detector(None, "yunet") is None
+
+
 def test_no_parts_and_naive_deletion_times_are_refused(rng):
     with pytest.raises(ValidationError, match="no gallery parts"):
         compact_tables([])

@@ -120,6 +120,9 @@ def test_meta_json_round_trip() -> None:
         {"subject_scope": "gallery:"},
         {"subject_scope": "gallery:a/b"},
         {"subject_scope": "subjects"},
+        {"detector": ""},
+        {"detector": "yu net"},
+        {"detector": 3},
     ],
 )
 def test_meta_refuses_invalid_fields(overrides: dict[str, object]) -> None:
@@ -138,6 +141,14 @@ def test_meta_from_json_refuses_missing_keys_and_other_versions() -> None:
         )
     with pytest.raises(ValidationError):
         GalleryMeta.from_json(b"{not json")
+
+
+def test_meta_records_the_detector_and_reads_files_written_before_it() -> None:
+    meta = make_meta(detector="yunet")
+    assert GalleryMeta.from_json(meta.to_json()).detector == "yunet"
+    doc = json.loads(meta.to_json())
+    del doc["detector"]  # a gallery of the same schema version written before the field
+    assert GalleryMeta.from_json(json.dumps(doc)) == replace(meta, detector=None)
 
 
 # ---------------------------------------------------------------------------- building

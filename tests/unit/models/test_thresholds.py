@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from facegate.errors import ValidationError
@@ -51,3 +53,17 @@ def test_threshold_and_far_together_are_refused():
 def test_settings_read_the_far_from_the_environment(monkeypatch):
     monkeypatch.setenv("FACEGATE_FAR", "0.01")
     assert Settings().far == 0.01
+
+
+def test_a_card_decides_at_the_threshold_calibrated_with_the_detector():
+    mtcnn = {"detector": "mtcnn", "threshold": 0.40, "far_thresholds": {"0.001": 0.40}}
+    yunet = {"detector": "yunet", **CARD.calibration, "threshold": 0.37}
+    card = replace(CARD, calibration=yunet, calibrations={"yunet": yunet, "mtcnn": mtcnn})
+    assert card.for_detector("yunet") is card
+    other = card.for_detector("mtcnn")
+    assert (other.threshold, other.calibration) == (0.40, mtcnn)
+    assert resolve_threshold(other, far=1e-3) == 0.40
+    with pytest.raises(ValidationError, match=r"calibrated FARs: 0\.001$"):  # mtcnn: no 1e-2
+        resolve_threshold(other, far=0.01)
+    # A model calibrated once (a user's) keeps its one threshold on every detector.
+    assert CARD.for_detector("mtcnn") is CARD

@@ -1,1 +1,2 @@
-"""Committed calibration records, one JSON file per model id."""
+"""Committed calibration records: ``<detector>/<model id>.json``, one per model and detector
+(the threshold depends on whose crops the model embeds)."""
