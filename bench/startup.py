@@ -34,10 +34,14 @@ RUNTIME_ENV = {"torch": {"FACEGATE_DETECTOR": "mtcnn"}}
 #: How the rows name each runtime.
 RUNTIME_LABEL = {"torch": "torch, mtcnn"}
 
+#: As a function's process does it: load the models (``warm_up``, at module scope in the
+#: handlers), then embed the first photo.
 FIRST_EMBEDDING = """
 import sys
 from facegate.pipeline.face_pipeline import FacePipeline
-FacePipeline().process(open(sys.argv[1], "rb").read())
+pipeline = FacePipeline()
+pipeline.warm_up()
+pipeline.process(open(sys.argv[1], "rb").read())
 """
 
 PEAK_MIB = """
