@@ -202,7 +202,13 @@ def clear_app_caches() -> None:
     under one moto, so a test module with its own drops them before and after."""
     from app import deps
 
-    for cached in (deps._stores, deps._eraser, deps._gallery_cache, deps._gallery_service):
+    for cached in (
+        deps._stores,
+        deps._eraser,
+        deps._gallery_cache,
+        deps._gallery_service,
+        deps._challenges,
+    ):
         cached.cache_clear()
 
 

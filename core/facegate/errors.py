@@ -209,3 +209,41 @@ class StorageError(FaceGateError):
     """S3/DynamoDB/filesystem failure: usually transient, worth a retry."""
 
     code = "storage_error"
+
+
+class LivenessFailedError(InputError):
+    """A liveness challenge's frames do not show a live person doing what it asked.
+
+    ``reason`` is stable and machine-readable, like ``code``: ``no_face`` or
+    ``several_faces`` (a frame without exactly one face), ``different_people`` (the frames
+    are not all of one person), ``no_movement`` (a step's frames do not move the head the way
+    the step asked: a still photo's answer), ``missing_step`` (no frame for a step). The
+    challenge is used up either way: a new attempt starts with a new challenge."""
+
+    code = "liveness_failed"
+    REASONS = ("no_face", "several_faces", "different_people", "no_movement", "missing_step")
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, detail: str | None = None
+    ) -> None:
+        if reason is not None and reason not in self.REASONS:
+            raise ValueError(f"unknown liveness reason {reason!r}")
+        super().__init__(message, detail=detail)
+        self.reason = reason
+
+    def to_dict(self) -> dict[str, str]:
+        found = super().to_dict()
+        return found if self.reason is None else found | {"reason": self.reason}
+
+
+class UnknownChallengeError(FaceGateError):
+    """No such liveness challenge: never issued, or already used (a challenge answers once,
+    so a replayed one is unknown), or expired long enough ago that its item is gone."""
+
+    code = "challenge_unknown"
+
+
+class ChallengeExpiredError(FaceGateError):
+    """A liveness challenge answered after its expiry (``expires_at``): ask for a new one."""
+
+    code = "challenge_expired"

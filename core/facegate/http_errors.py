@@ -16,6 +16,7 @@ STATUS: list[tuple[type[errors.FaceGateError], int]] = [
     (errors.ImageTooLargeError, 413),
     (errors.ObjectTooLargeError, 413),
     (errors.FaceError, 422),
+    (errors.LivenessFailedError, 422),
     (errors.UnsupportedMediaTypeError, 415),
     (errors.ModelMismatchError, 409),
     (errors.NoEnrolledFacesError, 409),
@@ -25,6 +26,8 @@ STATUS: list[tuple[type[errors.FaceGateError], int]] = [
     (errors.CollectionDeletingError, 409),
     (errors.CollectionBusyError, 409),
     (errors.GalleryExistsError, 409),
+    (errors.ChallengeExpiredError, 410),
+    (errors.UnknownChallengeError, 404),
     (errors.UnknownSubjectError, 404),
     (errors.UnknownGalleryError, 404),
     (errors.UnknownJobError, 404),
@@ -41,5 +44,6 @@ def status_for(exc: errors.FaceGateError) -> int:
     return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, **extra: str) -> dict[str, dict[str, str]]:
+    """The error answer; ``extra``: an error's own stable fields (a liveness ``reason``)."""
+    return {"error": {"code": code, "message": message, **extra}}

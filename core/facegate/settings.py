@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     #: buffers grow with the batch while the time per face does not fall past 8; 32 on torch).
     embed_batch_size: int | None = Field(default=None, ge=1)
 
+    #: Seconds a liveness challenge may be answered in (``POST /liveness/challenges``).
+    liveness_ttl_seconds: int = Field(default=30, ge=5, le=600)
+    #: Whether challenges also ask for a nod (``up`` or ``down``) after the two turns.
+    liveness_vertical: bool = False
+
     bucket: str = "facegate-local"
     table: str = "facegate-subjects"
     #: API keys (hashes, scopes, expiry): a table of their own, which the functions that

@@ -43,13 +43,17 @@ DOCUMENTED = {
     errors.NoFaceError: 422,
     errors.MultipleFacesError: 422,
     errors.FaceTooSmallError: 422,
+    errors.UnknownChallengeError: 404,
+    errors.ChallengeExpiredError: 410,
+    errors.LivenessFailedError: 422,
     errors.ModelNotFoundError: 503,
     errors.StorageError: 503,
 }
 
 #: The statuses an error may answer: client mistakes, and 503 for "try again later".
-#: 403 is a known key without the route's scope; 500 means a bug.
-FAMILIES = {400, 401, 403, 404, 409, 413, 415, 422, 503}
+#: 403 is a known key without the route's scope; 410 a liveness challenge past its expiry;
+#: 500 means a bug.
+FAMILIES = {400, 401, 403, 404, 409, 410, 413, 415, 422, 503}
 
 
 def test_the_module_is_enumerated():
@@ -119,6 +123,16 @@ def test_every_error_has_its_own_stable_code(cls):
 def test_codes_are_unique():
     codes = [cls.code for cls in ERRORS]
     assert len(codes) == len(set(codes))
+
+
+def test_a_liveness_refusal_carries_its_reason_beside_code_and_message():
+    exc = errors.LivenessFailedError("the head did not turn", reason="no_movement")
+    assert exc.to_dict() == {
+        "code": "liveness_failed",
+        "message": "the head did not turn",
+        "reason": "no_movement",
+    }
+    assert error_body(exc.code, exc.message, reason="no_movement") == {"error": exc.to_dict()}
 
 
 def test_error_body_shape():

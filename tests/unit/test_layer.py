@@ -283,8 +283,14 @@ def _module_files(module: str) -> list[str]:
     relative = Path(*module.split("."))
     if (SOURCE.parent / relative / "__init__.py").is_file():
         package = SOURCE.parent / relative
-        data = sorted(p.name for p in package.glob("*.json"))
-        return [str(relative / "__init__.py"), *(str(relative / d) for d in data)]
+        data = [p.name for p in package.glob("*.json")]
+        # A data folder (no __init__.py, e.g. calibration/<detector>/) travels with it.
+        data += [
+            f"{p.parent.name}/{p.name}"
+            for p in package.glob("*/*.json")
+            if not (p.parent / "__init__.py").is_file()
+        ]
+        return [str(relative / "__init__.py"), *(str(relative / d) for d in sorted(data))]
     return [str(relative.with_suffix(".py"))]
 
 

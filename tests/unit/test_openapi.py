@@ -40,6 +40,7 @@ PHOTO_ROUTES = {
     "/collections/{collection}/compare",
     "/collections/{collection}/identify",
     "/collections/{collection}/subjects/{subject_id}/faces",
+    "/liveness/verify",
 }
 
 

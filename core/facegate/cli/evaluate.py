@@ -103,6 +103,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate_pose(args: argparse.Namespace) -> int:
+    from facegate.evaluation.pose_calibration import calibrate_pose
+
+    record = calibrate_pose(pipeline_from(args), args.root)
+    text = json.dumps(record, indent=2) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    print(text, end="")
+    return EXIT_OK
+
+
 def _eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -151,3 +162,13 @@ def register(sub: Subcommands, targets: Sequence[Target]) -> None:
     p.add_argument("--out", type=Path)
     add_model_options(p)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "calibrate-pose",
+        help="measure the liveness pose estimate on photos (FACEGATE_DETECTOR picks the "
+        "detector); the record goes in core/facegate/liveness/calibration/<detector>.json",
+    )
+    p.add_argument("--root", type=Path, required=True, help="photos, ROOT/<identity>/<photo>")
+    p.add_argument("--out", type=Path)
+    add_model_options(p)
+    p.set_defaults(func=cmd_calibrate_pose)

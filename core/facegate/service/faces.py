@@ -314,6 +314,21 @@ class FaceService:
             )
         )
 
+    def enrolled(self, subject_id: str) -> tuple[np.ndarray, list[StoredFace]]:
+        """The subject's enrolled embeddings ``(N, D)`` and their face records, of the served
+        model: :class:`ModelMismatchError` (409) for another model's subject and
+        :class:`NoEnrolledFacesError` (409) for a subject left with none."""
+        subject = self.subjects.get_subject(subject_id)
+        if subject.model_id != self.pipeline.model_id:
+            raise ModelMismatchError(
+                f"subject {subject_id!r} was enrolled with {subject.model_id!r}; "
+                f"this API serves {self.pipeline.model_id!r}"
+            )
+        enrolled, faces = self.subjects.get_embeddings(subject_id)
+        if not faces:
+            raise NoEnrolledFacesError(f"subject {subject_id!r} has no enrolled faces")
+        return enrolled, faces
+
     def compare_subject(
         self,
         photo: bytes,
@@ -326,15 +341,7 @@ class FaceService:
         :class:`NoEnrolledFacesError` (409) for a subject left with none, before the photo
         is decoded."""
         decided = self.decision_threshold(threshold, far)
-        subject = self.subjects.get_subject(subject_id)
-        if subject.model_id != self.pipeline.model_id:
-            raise ModelMismatchError(
-                f"subject {subject_id!r} was enrolled with {subject.model_id!r}; "
-                f"this API serves {self.pipeline.model_id!r}"
-            )
-        enrolled, faces = self.subjects.get_embeddings(subject_id)
-        if not faces:
-            raise NoEnrolledFacesError(f"subject {subject_id!r} has no enrolled faces")
+        enrolled, faces = self.enrolled(subject_id)
         face = self.pipeline.process(photo, policy="largest").primary
         similarities = enrolled @ face.vector
         best = int(np.argmax(similarities))

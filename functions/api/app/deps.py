@@ -19,13 +19,16 @@ from facegate.batch.erasure import Eraser
 from facegate.batch.erasure_job import ErasureJobs
 from facegate.errors import CollectionDeletingError, ModelMismatchError
 from facegate.gallery.cache import GalleryCache
+from facegate.liveness.calibration import pose_calibration
 from facegate.pipeline.face_pipeline import FacePipeline
 from facegate.service import FaceService, GalleryService
 from facegate.service.collection_export import CollectionExporter
 from facegate.service.collections import CollectionService, enrolled_counts
 from facegate.service.export import SubjectExport
+from facegate.service.liveness import LivenessService
 from facegate.settings import Settings, get_settings
 from facegate.storage.apikeys import ApiKey, ApiKeyStore, route_reach, route_scope
+from facegate.storage.challenges import ChallengeStore
 from facegate.storage.clients import aws_client
 from facegate.storage.collections import DEFAULT_COLLECTION, Collection, CollectionStore
 from facegate.storage.galleries import GalleryStore
@@ -102,6 +105,24 @@ def get_service(settings: SettingsDep, pipeline: PipelineDep) -> FaceService:
         _gallery_cache(pipeline.model_id),
         min_threshold=settings.min_threshold,
         eraser=_eraser(settings, pipeline.model_id),
+    )
+
+
+@lru_cache(maxsize=4)
+def _challenges(settings: Settings) -> ChallengeStore:
+    return ChallengeStore.from_settings(settings)
+
+
+def get_liveness(
+    settings: SettingsDep, service: Annotated[FaceService, Depends(get_service)]
+) -> LivenessService:
+    """Log-in with a liveness check, for the default collection's subjects, judged with the
+    pose calibration of the served detector."""
+    return LivenessService(
+        service,
+        _challenges(settings),
+        pose_calibration(settings.detector),
+        vertical=settings.liveness_vertical,
     )
 
 
@@ -264,3 +285,4 @@ CollectionServiceDep = Annotated[CollectionService, Depends(get_collection_servi
 CollectionFacesDep = Annotated[FaceService, Depends(get_collection_faces)]
 ApiKeyDep = Annotated[ApiKey | None, Depends(require_api_key)]
 IdentifyServiceDep = Annotated[FaceService, Depends(get_identify_service)]
+LivenessDep = Annotated[LivenessService, Depends(get_liveness)]

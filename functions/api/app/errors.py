@@ -67,7 +67,8 @@ def install_error_handlers(app: FastAPI) -> None:
             logger.warning(
                 "request failed", extra={"code": exc.code, "error_type": type(exc).__name__}
             )
-        return JSONResponse(error_body(exc.code, exc.message), status_code=status)
+        extra = {k: v for k, v in exc.to_dict().items() if k not in ("code", "message")}
+        return JSONResponse(error_body(exc.code, exc.message, **extra), status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -15,6 +15,7 @@ from app.routers import (
     galleries,
     health,
     jobs,
+    liveness,
     subjects,
 )
 from facegate import __version__
@@ -40,6 +41,7 @@ def create_app() -> FastAPI:
     app.include_router(collections.router)
     app.include_router(collection_faces.router)
     app.include_router(faces.router)
+    app.include_router(liveness.router)
     app.include_router(galleries.router)
     app.include_router(jobs.router)
     app.include_router(docs.router)

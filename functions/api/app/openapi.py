@@ -98,13 +98,17 @@ MEANINGS: dict[int, str] = {
     400: "the request is malformed or a value is out of range",
     401: "no x-api-key, or one that is unknown or expired",
     403: "the key lacks the scope this route needs",
-    404: "the subject, gallery, job or s3:// object named does not exist",
+    404: "the subject, gallery, job, liveness challenge or s3:// object named does not exist "
+    "(a used challenge no longer does)",
     409: "the request conflicts with what is stored (another model, no faces left, a "
     "subject being deleted)",
     413: "the photos are too large (bytes or decoded pixels); API Gateway answers "
     '{"message": "Request Entity Too Large"} to a request over its own limits',
+    410: "the liveness challenge expired: ask for a new one",
     415: "the body is neither application/json nor multipart/form-data",
-    422: "a photo has no usable face (none, several where one is needed, or too small)",
+    422: "a photo has no usable face (none, several where one is needed, or too small), or "
+    "the frames of a liveness challenge do not show a live person doing what it asked "
+    "(liveness_failed, with its reason)",
     429: 'API Gateway\'s stage throttling: {"message": "Too Many Requests"}',
     500: "an unexpected error (a bug): no details",
     503: "S3 or DynamoDB failed, or the model is not installed: retry later",
@@ -155,6 +159,16 @@ def _error_schema(status: int) -> dict[str, Any]:
                 "properties": {
                     "code": {"type": "string", "enum": codes},
                     "message": {"type": "string"},
+                    **(
+                        {
+                            "reason": {
+                                "type": "string",
+                                "enum": list(errors.LivenessFailedError.REASONS),
+                            }
+                        }
+                        if errors.LivenessFailedError.code in codes
+                        else {}
+                    ),
                 },
             }
         },
