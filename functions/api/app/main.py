@@ -16,6 +16,7 @@ from app.routers import (
     health,
     jobs,
     liveness,
+    page,
     subjects,
 )
 from facegate import __version__
@@ -45,4 +46,5 @@ def create_app() -> FastAPI:
     app.include_router(galleries.router)
     app.include_router(jobs.router)
     app.include_router(docs.router)
+    app.include_router(page.router)
     return app

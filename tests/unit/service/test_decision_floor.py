@@ -196,3 +196,12 @@ def test_the_floor_is_a_setting_that_a_lower_deployment_threshold_contradicts(mo
         Settings(threshold=0.4)
     monkeypatch.delenv("FACEGATE_MIN_THRESHOLD")
     assert Settings().min_threshold is None
+
+
+@pytest.mark.parametrize(("similarity", "match"), [(1.0000003, True), (-1.0000003, False)])
+def test_a_shown_score_stays_a_cosine(similarity, match):
+    """Unit vectors' float dot product can pass 1 by a few ulps: rounded towards a match it
+    would read 1.001 (a photo against itself), a cosine no two vectors have."""
+    from facegate.service.probes import shown_score
+
+    assert shown_score(similarity, match) == (1.0 if match else -1.0)
