@@ -211,6 +211,13 @@ class StorageError(FaceGateError):
     code = "storage_error"
 
 
+class WriteConflictError(StorageError):
+    """A conditional write lost a race: the object changed since it was read (another
+    compaction, an erasure's rewrite). Retrying from a fresh read is the answer."""
+
+    code = "write_conflict"
+
+
 class LivenessFailedError(InputError):
     """A liveness challenge's frames do not show a live person doing what it asked.
 

@@ -12,7 +12,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from facegate.common import parse_instant
-from facegate.errors import ObjectNotFoundError, StorageError, UnknownGalleryError, ValidationError
+from facegate.errors import (
+    ObjectNotFoundError,
+    StorageError,
+    UnknownGalleryError,
+    ValidationError,
+    WriteConflictError,
+)
 from facegate.gallery.compaction import CompactionReport, _compact
 from facegate.gallery.format import (
     METADATA_KEY,
@@ -27,6 +33,10 @@ from facegate.storage.clients import aws_client
 from facegate.storage.keys import GALLERY_PREFIX
 from facegate.storage.objects import PARQUET_TYPE, ObjectInfo, ObjectStore
 from facegate.storage.tombstones import ErasureLookup, gallery_scope
+
+#: Compactions of one gallery that may lose the race for ``gallery.parquet`` in a row before
+#: the run gives up (a retryable ``write_conflict``): each retry reads everything again.
+COMPACTION_ATTEMPTS = 4
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -107,10 +117,17 @@ class GalleryStore:
             raise ValidationError(f"not a Parquet file: s3://{self.bucket}/{key}") from exc
 
     def write_table(
-        self, key: str, table: pa.Table, *, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        table: pa.Table,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
     ) -> ObjectInfo:
         """Write a gallery table (validated by :func:`write_gallery`) or a rejects table;
-        returns the version written (an erasure deletes every other one).
+        returns the version written (an erasure deletes every other one). ``if_match`` /
+        ``if_none_match``: a conditional write (:meth:`ObjectStore.put`).
 
         Anything else is refused: only those two kinds of object live under ``galleries/``.
         """
@@ -122,7 +139,12 @@ class GalleryStore:
         else:
             raise ValidationError(f"{key}: not a gallery or rejects table")
         return self.objects.put(
-            key, sink.getvalue().to_pybytes(), content_type=PARQUET_TYPE, metadata=metadata
+            key,
+            sink.getvalue().to_pybytes(),
+            content_type=PARQUET_TYPE,
+            metadata=metadata,
+            if_match=if_match,
+            if_none_match=if_none_match,
         )
 
     # -- compaction --------------------------------------------------------------------
@@ -143,17 +165,34 @@ class GalleryStore:
         photo older than the erasure, out of the gallery until then.
         """
         started = time.perf_counter()
-        keys = self.list_parts(gallery)
-        if not keys:
-            raise UnknownGalleryError(f"gallery {gallery} has no parts")
-        tables = [self.read_table(k) for k in keys]
-        deleted: dict[str, str] = {}
-        if erasures is not None:
-            subjects = {str(s) for t in tables for s in pc.unique(t["subject_id"]).to_pylist()}
-            deleted = erasures.in_scope(subject_scope(gallery, tables), subjects)
-        table, counts = _compact(tables, keys, deleted, expected_model_id)
         key = layout.gallery_key(gallery)
-        self.write_table(key, table)
+        for attempt in range(1, COMPACTION_ATTEMPTS + 1):
+            # The gallery as it is before the parts are read: written back only if no one
+            # (an erasure's rewrite, another compaction) has replaced it since, else a table
+            # built from parts read before an erasure would bring the erased person back.
+            etag: str | None
+            try:
+                etag = self.objects.head(key).etag
+            except ObjectNotFoundError:
+                etag = None
+            keys = self.list_parts(gallery)
+            if not keys:
+                raise UnknownGalleryError(f"gallery {gallery} has no parts")
+            tables = [self.read_table(k) for k in keys]
+            deleted: dict[str, str] = {}
+            if erasures is not None:
+                subjects = {str(s) for t in tables for s in pc.unique(t["subject_id"]).to_pylist()}
+                deleted = erasures.in_scope(subject_scope(gallery, tables), subjects)
+            table, counts = _compact(tables, keys, deleted, expected_model_id)
+            try:
+                if etag is None:
+                    self.write_table(key, table, if_none_match="*")
+                else:
+                    self.write_table(key, table, if_match=etag)
+                break
+            except WriteConflictError:
+                if attempt == COMPACTION_ATTEMPTS:
+                    raise
         return CompactionReport(
             gallery=gallery,
             key=key,

@@ -37,6 +37,7 @@ from facegate.errors import (
     ObjectTooLargeError,
     StorageError,
     ValidationError,
+    WriteConflictError,
 )
 from facegate.storage.aws_errors import aws_errors, error_code
 
@@ -380,24 +381,43 @@ class ObjectStore:
         *,
         content_type: str,
         metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
     ) -> ObjectInfo:
         """Write ``body`` at ``key``, encrypted, with ``content_type`` (and user ``metadata``,
         string names and values); S3 replaces an object atomically, so a reader sees the
-        previous bytes or the new ones, never a mix."""
+        previous bytes or the new ones, never a mix.
+
+        Conditional (S3's conditional writes): ``if_match`` an ETag read before, only while
+        the object still has it; ``if_none_match="*"`` only if there is no object yet.
+        Otherwise :class:`WriteConflictError`, and nothing is written."""
         if not isinstance(content_type, str) or not content_type:
             raise ValidationError("every object is written with a content type")
         extra = dict(metadata or {})
         if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in extra.items()):
             raise ValidationError("object metadata names and values must be strings")
+        conditions = {
+            name: value
+            for name, value in (("IfMatch", if_match), ("IfNoneMatch", if_none_match))
+            if value is not None
+        }
         with aws_errors(f"writing {self.uri(key)}"):
-            answer = self._s3.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=body,
-                ContentType=content_type,
-                ServerSideEncryption=SERVER_SIDE_ENCRYPTION,
-                Metadata=extra,
-            )
+            try:
+                answer = self._s3.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType=content_type,
+                    ServerSideEncryption=SERVER_SIDE_ENCRYPTION,
+                    Metadata=extra,
+                    **conditions,  # type: ignore[arg-type]
+                )
+            except ClientError as exc:
+                if conditions and error_code(exc) in _REPLACED | {"ConditionalRequestConflict"}:
+                    raise WriteConflictError(
+                        f"{self.uri(key)} changed while it was being rewritten"
+                    ) from exc
+                raise
         sent = {**answer, "ContentType": content_type, "Metadata": extra}
         return ObjectInfo(**self._info(key, sent, size=len(body)))
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 import pytest
-from tests_support import erasure_key_for_tests, erasures_in, keys_of, unit_rows
+from tests_support import erasure_key_for_tests, erasures_in, keys_of, run_first, unit_rows
 
 from facegate.errors import (
     ModelMismatchError,
@@ -472,3 +472,47 @@ def test_tombstones_drive_compaction(store, tombstones, rng):
     tombstones.record("gallery:other", "alice", when=T2)
     report = store.compact("staff", erasures=tombstones.all())
     assert (report.rows_out, report.deleted_dropped) == (1, 1)
+
+
+def _erase_from_every_table(store: GalleryStore, gallery: str, subject: str) -> None:
+    """What an erasure does to a gallery's tables (``Eraser._erase_table``): every part and
+    ``gallery.parquet`` rewritten, every version, without the person's rows."""
+    import pyarrow.compute as pc
+
+    from facegate.storage.scrub import rewrite_table
+
+    for key in [*store.list_parts(gallery), store.gallery_key(gallery)]:
+        kind = "gallery" if key == store.gallery_key(gallery) else "gallery_part"
+
+        def write(table: pa.Table, key: str = key) -> object:
+            return store.write_table(key, table)
+
+        rewrite_table(store.objects, key, kind, lambda t: pc.equal(t["subject_id"], subject), write)
+
+
+def test_a_compaction_racing_an_erasure_never_brings_the_person_back(store, rng):
+    """The compaction read the parts (bob in them) before the erasure rewrote them and the
+    gallery; writing its table then would put bob back until the next run. Its write is
+    conditional on the gallery it saw, so it loses the race, reads again and leaves him out."""
+    rows = [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)]
+    store.write_table(store.part_key("staff", "p1"), part(rng, rows, T1))
+    assert store.compact("staff").rows_out == 2
+    run_first(store, "write_table", lambda: _erase_from_every_table(store, "staff", "bob"))
+    report = store.compact("staff")
+    _, table = read_gallery(
+        pa.BufferReader(store.objects.get(store.gallery_key("staff")).body),
+        expected_model_id=MODEL,
+    )
+    assert [k[0] for k in keys_of(table)] == ["alice"]
+    assert report.rows_out == 1
+
+
+def test_a_compaction_that_finds_another_s_gallery_written_meanwhile_starts_again(store, rng):
+    """Two workers compact a gallery that has none yet: the second to write finds one there
+    (its ``if_none_match`` refused), reads everything again and writes over it."""
+    store.write_table(store.part_key("staff", "p1"), part(rng, [("alice", "a/1.jpg", 0)], T1))
+    other = GalleryStore(store.objects._s3, BUCKET)  # another worker, same bucket
+    run_first(store, "write_table", lambda: other.compact("staff"))
+    puts = count_calls(store.objects._s3, "PutObject")
+    assert store.compact("staff").rows_out == 1
+    assert len(puts) == 3  # the other's; ours refused; ours again, after reading again
