@@ -227,6 +227,32 @@ def test_serving_on_a_graph_runtime_never_imports_torch(runtime, faces_dir):
     assert done.stdout.strip() == "[]"
 
 
+def test_openvino_serves_without_loading_its_model_converter(faces_dir):
+    """``import openvino`` would load ``openvino.tools.ovc`` (0.14 s of a cold start); the
+    runtime skips it when it imports OpenVINO first, and leaves a process that imported
+    OpenVINO itself as it was."""
+    photo = str(faces_dir / "person_a_1.jpg")
+    served = (
+        "import sys\n"
+        "from facegate.pipeline.face_pipeline import FacePipeline\n"
+        "from facegate.settings import Settings\n"
+        f"result = FacePipeline(Settings(runtime='openvino')).process({photo!r})\n"
+        "assert result.primary.vector.shape == (256,)\n"
+        "print(sys.modules.get('openvino.tools.ovc', 'absent'))\n"
+    )
+    mine = "import openvino\n" + served + "print(callable(openvino.convert_model))\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
+    outputs = []
+    for code in (served, mine):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.split())
+    assert outputs[0] == ["None"]  # marked absent: never imported
+    assert outputs[1][0].startswith("<module") and outputs[1][-1] == "True"
+
+
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 def test_a_graph_that_is_not_the_exported_one_is_refused(runtime, tmp_path):
     network, nets = RUNTIMES[runtime]
