@@ -1,6 +1,6 @@
 """``make fuzz``: schemathesis against the local stack's served schema, bounded in time.
 
-A private local stack is started (:mod:`local_stack`); schemathesis loads its
+A private local stack is started (:mod:`facegate_local.private_stack`); schemathesis loads its
 ``/openapi.json`` with the stack's key (which holds every scope) and runs every phase
 (examples, coverage, fuzzing, stateful) against every operation, with real face photos in
 the photo fields (:mod:`fuzz_hooks`). The checks: no 5xx (``not_a_server_error``), and
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from local_stack import REPO, private_stack
+from facegate_local.private_stack import REPO, private_stack
 
 BENCH = Path(__file__).resolve().parent
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"

@@ -1,8 +1,8 @@
 """``make load``: a bounded mixed load on the local stack: no 5xx, and still healthy after.
 
-A private local stack is started (:mod:`local_stack`) and two subjects are enrolled. Then
-``--clients`` threads (8), each with its own httpx client, send requests back to back for
-``--seconds`` (60), each drawing its next request from a fixed mix (seeded per client):
+A private local stack is started (:mod:`facegate_local.private_stack`) and two subjects are
+enrolled. Then ``--clients`` threads (8), each with its own httpx client, send requests back
+to back for ``--seconds`` (60), each drawing its next request from a fixed mix (seeded per client):
 
 ==================  ======  ================================================  ========
 kind                weight  request                                           expected
@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 from api_load import percentile
-from local_stack import REPO, Stack, private_stack
+from facegate_local.private_stack import REPO, Stack, private_stack
 
 MIX = {
     "compare": 4,

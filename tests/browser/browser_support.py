@@ -8,16 +8,12 @@ from __future__ import annotations
 import base64
 import importlib.util
 import os
-import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
-FACEGATE = Path(sys.executable).parent / "facegate"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = Path(os.environ.get("FACEGATE_CHROMIUM", "/usr/bin/chromium"))
 HOW_TO_ENABLE = (
@@ -29,12 +25,6 @@ HOW_TO_ENABLE = (
 def browser_available() -> bool:
     """Whether Playwright imports and the Chromium it is to drive is there."""
     return importlib.util.find_spec("playwright") is not None and os.access(CHROMIUM, os.X_OK)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

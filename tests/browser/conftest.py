@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,12 +22,9 @@ import pytest
 from browser_support import (
     ARTIFACTS,
     CHROMIUM,
-    FACEGATE,
     HOW_TO_ENABLE,
-    REPO,
     Stack,
     browser_available,
-    free_port,
 )
 
 if TYPE_CHECKING:
@@ -45,39 +41,15 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A private local stack for the module, started as ``make demo`` starts it (the
-    ``facegate local`` commands, which leave the stack running in its own session); started
-    after the browser check, so that a machine without Chromium skips without starting it."""
-    from facegate_local.config import LocalConfig, StackState
+def stack(chromium: Path) -> Iterator[Stack]:
+    """A private local stack for the module (:mod:`facegate_local.private_stack`: the
+    ``facegate local`` commands ``make demo`` runs, on free ports and a state directory of
+    its own); started after the browser check, so that a machine without Chromium skips
+    without starting it."""
+    from facegate_local.private_stack import private_stack
 
-    state_dir = tmp_path_factory.mktemp("stack")
-    env = {
-        **os.environ,
-        "FACEGATE_LOCAL_API_PORT": str(free_port()),
-        "FACEGATE_LOCAL_MOTO_PORT": str(free_port()),
-        "FACEGATE_LOCAL_STATE_DIR": str(state_dir),
-    }
-
-    def local(action: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(FACEGATE), "local", action],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-            timeout=300,
-        )
-
-    started = local("up")
-    try:
-        assert started.returncode == 0, started.stderr[-3000:]
-        state = StackState.load(LocalConfig(root=REPO, state_dir=state_dir).state_file)
-        assert state is not None
-        yield Stack(state.api_url, state.api_key)
-    finally:
-        stopped = local("down")
-        assert stopped.returncode == 0, stopped.stderr[-3000:]
+    with private_stack() as running:
+        yield Stack(running.api_url, running.api_key)
 
 
 @pytest.fixture(scope="module")

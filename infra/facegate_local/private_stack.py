@@ -1,9 +1,9 @@
-"""A private local stack for a script: ``facegate local up`` on free ports and its own state
-directory, always ``down`` afterwards.
+"""A private local stack for a script or a test: ``facegate local up`` on free ports and its
+own state directory, always ``down`` afterwards.
 
-``make fuzz`` and ``make load`` run beside a developer's own stack (ports 8000/5000) and
-beside each other, so each gets fresh ports and a temporary state directory. They drive the
-stack only through the ``up``/``down`` commands and the fields of its state file
+``make fuzz``, ``make load`` and the browser tests run beside a developer's own stack (ports
+8000/5000) and beside each other, so each gets fresh ports and a temporary state directory.
+They drive the stack only through the ``up``/``down`` commands and the fields of its state file
 (``api_url``, ``api_key``, ``endpoint_url``, ``resources``), the local stack's public face.
 """
 
@@ -21,7 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from facegate_local.stack import repo_root
+
+#: The checkout this package is in (``infra/facegate_local/``): its template and its photos.
+REPO = repo_root(Path(__file__).parent)
 FACEGATE = Path(sys.executable).parent / "facegate"
 UP_TIMEOUT_S = 300
 
