@@ -49,13 +49,12 @@ from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
-import pyarrow as pa
-
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES, decode_manifest, read_manifest
 from facegate.batch.manifest import MAX_JOB_ROWS, resolve_probe
 from facegate.batch.results import results_from_parquet, results_to_parquet
 from facegate.common import validate_id
 from facegate.errors import ObjectNotFoundError, ObjectTooLargeError, ValidationError
+from facegate.lazy import lazy_module
 from facegate.storage.keys import (
     JOBS_PREFIX,
     RESULTS_PREFIX,
@@ -64,6 +63,11 @@ from facegate.storage.keys import (
 )
 from facegate.storage.objects import ObjectRef, ObjectStore
 from facegate.storage.scrub import Scrub, Scrubbed, is_rewritten_by_erasure, rewrite_versions
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

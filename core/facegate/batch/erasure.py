@@ -37,10 +37,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Self, cast
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, cast
 
 from facegate.batch.dlq import body_names_subject, purge_dead_letters
 from facegate.batch.erase_jobs import erase_from_jobs
@@ -48,6 +45,7 @@ from facegate.batch.scrub_uploads import rewrite_archive, rewrite_manifest_csv
 from facegate.common import validate_id
 from facegate.errors import ObjectNotFoundError, UnknownGalleryError, ValidationError
 from facegate.gallery.cache import GalleryCache
+from facegate.lazy import lazy_module
 from facegate.settings import Settings
 from facegate.storage import keys as layout
 from facegate.storage.clients import aws_client
@@ -63,6 +61,13 @@ from facegate.storage.tombstones import (
     collection_scope,
     scope_collection,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+else:
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -541,7 +546,7 @@ class Eraser:
         return left
 
 
-_Mask = Callable[[pa.Table], "pa.Array[pa.BooleanScalar]"]
+_Mask: TypeAlias = "Callable[[pa.Table], pa.Array[pa.BooleanScalar]]"
 
 
 def _rows_of(subject_id: str) -> _Mask:

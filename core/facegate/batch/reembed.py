@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, NamedTuple, Self
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 from facegate.batch.archives import MAX_ARCHIVE_READ, open_archive, read_member
 from facegate.batch.messages import REEMBED, Message
@@ -27,12 +25,18 @@ from facegate.errors import (
     UnknownGalleryError,
     ValidationError,
 )
+from facegate.lazy import lazy_module
 from facegate.storage.galleries import GalleryStore, subject_scope
 from facegate.storage.keys import UPLOADS_PREFIX, reembed_status_key
 from facegate.storage.objects import ObjectStore
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import SubjectStore
 from facegate.storage.tombstones import Erasures
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 _EPOCH = "1970-01-01T00:00:00Z"
 

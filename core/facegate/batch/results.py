@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from facegate.batch.manifest import _INT32_MAX, IDENTIFY, VERIFY, JobRow, RowFailure
 from facegate.common import check_index
 from facegate.errors import FaceGateError, ValidationError
+from facegate.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+else:
+    pa = lazy_module("pyarrow")
+    pq = lazy_module("pyarrow.parquet")
 
 DECISIONS = ("match", "no_match", "identified", "not_identified", "failed")
 FAILED = "failed"
@@ -34,12 +41,14 @@ _DECISION_SLACK = 1e-6
 # Results
 # --------------------------------------------------------------------------------------
 
-_RANK = pa.struct(
-    [
-        pa.field("subject_id", pa.string(), nullable=False),
-        pa.field("similarity", pa.float32(), nullable=False),
-    ]
-)
+def _rank() -> pa.DataType:
+    """One ranked candidate: a subject and its similarity."""
+    return pa.struct(
+        [
+            pa.field("subject_id", pa.string(), nullable=False),
+            pa.field("similarity", pa.float32(), nullable=False),
+        ]
+    )
 
 
 def results_schema() -> pa.Schema:
@@ -62,14 +71,17 @@ def results_schema() -> pa.Schema:
         pa.field("similarity", pa.float32()),
         pa.field("threshold", pa.float32()),
         pa.field("best_subject", pa.string()),
-        pa.field("ranks", pa.list_(pa.field("element", _RANK, nullable=False))),
+        pa.field("ranks", pa.list_(pa.field("element", _rank(), nullable=False))),
         pa.field("reason", pa.string()),
         pa.field("detail", pa.string()),
     ]
     return pa.schema(fields)
 
 
-RESULT_COLUMNS: tuple[str, ...] = tuple(results_schema().names)
+@lru_cache(maxsize=1)
+def result_columns() -> tuple[str, ...]:
+    """The results table's column names, in order."""
+    return tuple(results_schema().names)
 
 
 def build_results_table(records: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -161,10 +173,10 @@ def _checked_record(position: int, record: Any) -> dict[str, Any]:
     """All columns of one record, checked; errors name the record's row."""
     if not isinstance(record, Mapping):
         raise ValidationError(f"result record {position} is not a dict")
-    unknown = sorted(str(k) for k in record if k not in RESULT_COLUMNS)
+    unknown = sorted(str(k) for k in record if k not in result_columns())
     if unknown:
         raise ValidationError(f"result record {position} has unknown keys {unknown}")
-    values = {name: record.get(name) for name in RESULT_COLUMNS}
+    values = {name: record.get(name) for name in result_columns()}
     try:
         _check_identity(values)
         _check_scores(values)

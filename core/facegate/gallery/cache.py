@@ -9,14 +9,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import pyarrow as pa
 
 from facegate.errors import FaceGateError, ModelMismatchError, StorageError, ValidationError
 from facegate.gallery.index import GalleryIndex
 from facegate.gallery.kernels import _check_dtype, _check_threads
+from facegate.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 #: Default byte budget of a :class:`GalleryCache`: 1 GiB.
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -28,21 +33,16 @@ DEFAULT_CACHE_BYTES = 1 << 30
 
 #: What a loader may return as the object's content: Parquet bytes, a gallery table, a
 #: ready index, a local path, or ``None`` for "not modified since ``if_none_match``".
-Payload = (
-    bytes
-    | bytearray
-    | memoryview
-    | pa.Buffer
-    | pa.Table
-    | pa.RecordBatch
-    | GalleryIndex
-    | str
-    | os.PathLike[str]
-    | None
+Payload: TypeAlias = (
+    "bytes | bytearray | memoryview | pa.Buffer | pa.Table | pa.RecordBatch | GalleryIndex"
+    " | str | os.PathLike[str] | None"
 )
 #: ``loader(if_none_match) -> (etag, payload)``; ``if_none_match`` is the cached etag or
-#: None. A loader taking no argument, ``loader() -> (etag, payload)``, works too.
-Loader = Callable[[str | None], tuple[str, Payload]] | Callable[[], tuple[str, Payload]]
+#: None. A loader taking no argument, ``loader() -> (etag, payload)``, works too. (Both
+#: quoted: they are for type checkers, and evaluating them would import pyarrow.)
+Loader: TypeAlias = (
+    "Callable[[str | None], tuple[str, Payload]] | Callable[[], tuple[str, Payload]]"
+)
 
 
 def _call_loader(loader: Loader, if_none_match: str | None) -> tuple[str, Payload]:

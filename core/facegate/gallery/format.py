@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, BinaryIO, TypeAlias
 
 from facegate.errors import StorageError, ValidationError
 from facegate.gallery.meta import METADATA_KEY, METRIC, SCHEMA_VERSION, GalleryMeta, is_int
@@ -34,6 +31,14 @@ from facegate.gallery.table import (
     validate_embeddings,
     validate_gallery_table,
 )
+from facegate.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+else:
+    pa = lazy_module("pyarrow")
+    pq = lazy_module("pyarrow.parquet")
 
 __all__ = [
     "DEFAULT_ROW_GROUP_SIZE",
@@ -62,8 +67,9 @@ __all__ = [
 #: big enough for efficient scans, small enough that streaming search holds one at a time.
 DEFAULT_ROW_GROUP_SIZE = 65536
 
-#: Where a gallery is read from or written to: a path, or an open binary file.
-Source = str | Path | BinaryIO | pa.NativeFile
+#: Where a gallery is read from or written to: a path, or an open binary file. (Quoted: the
+#: alias is for type checkers, and evaluating it would import pyarrow.)
+Source: TypeAlias = "str | Path | BinaryIO | pa.NativeFile"
 
 
 def _open_parquet(source: Source) -> pq.ParquetFile:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import pyarrow as pa
 
 from facegate.errors import ModelMismatchError, StorageError, ValidationError
 from facegate.gallery.format import Source, open_gallery
@@ -35,6 +34,12 @@ from facegate.gallery.search import (
     row_similarities,
 )
 from facegate.gallery.table import gallery_embeddings, gallery_meta_from_schema
+from facegate.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 #: Below this many rows a thread pool costs more than it saves.
 PARALLEL_MIN_ROWS = 1 << 15

@@ -10,13 +10,18 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from facegate.errors import ValidationError
 from facegate.gallery.table import gallery_embeddings
+from facegate.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 #: Rows per batch when loading a Parquet gallery: memory beyond the matrix is one batch.
 LOAD_BATCH_ROWS = 65536

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, cast
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, cast
 
 from facegate.errors import FaceGateError, ValidationError
-from facegate.gallery.table import SOURCE_TIME, source_column, string_column
+from facegate.gallery.table import source_column, source_time, string_column
+from facegate.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 
 def rejects_schema() -> pa.Schema:
@@ -30,7 +34,7 @@ def rejects_schema() -> pa.Schema:
         pa.field("reason", pa.string(), nullable=False),
         pa.field("detail", pa.string(), nullable=True),
         pa.field("subject_id", pa.string(), nullable=True),
-        pa.field("source_at", SOURCE_TIME, nullable=True),
+        pa.field("source_at", source_time(), nullable=True),
     ]
     return pa.schema(fields)
 
@@ -59,7 +63,7 @@ def build_rejects_table(
         if len(detail_arr) != n:
             raise ValidationError(f"details has {len(detail_arr)} rows, expected {n}")
     subjects = _nullable_strings(subject_ids, n, "subject_ids")
-    times: pa.Array[Any] = pa.nulls(n, type=SOURCE_TIME)
+    times: pa.Array[Any] = pa.nulls(n, type=source_time())
     if source_times is not None:
         if len(source_times) != n:
             raise ValidationError(f"source_times has {len(source_times)} rows, expected {n}")
@@ -68,7 +72,7 @@ def build_rejects_table(
         values: list[datetime | None] = [None] * n
         for i, t in zip(known, given, strict=True):
             values[i] = t
-        times = cast("pa.Array[Any]", pa.array(values, type=SOURCE_TIME))
+        times = cast("pa.Array[Any]", pa.array(values, type=source_time()))
     return pa.Table.from_arrays([keys, codes, detail_arr, subjects, times], schema=rejects_schema())
 
 

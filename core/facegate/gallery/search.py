@@ -22,15 +22,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
 
 from facegate.errors import ModelMismatchError, StorageError, ValidationError
 from facegate.gallery.format import DEFAULT_ROW_GROUP_SIZE, Source, open_gallery
 from facegate.gallery.meta import METADATA_KEY
 from facegate.gallery.table import gallery_embeddings, gallery_meta_from_schema, validate_embeddings
+from facegate.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 DEFAULT_K = 5
 #: One row group per batch by default: the unit Parquet decompresses anyway.

@@ -11,21 +11,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import pyarrow as pa
 
 from facegate.common import parse_instant
 from facegate.errors import ModelMismatchError, ValidationError
 from facegate.gallery.meta import METADATA_KEY, SCHEMA_VERSION, GalleryMeta, is_int
+from facegate.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
 
 #: How far ``||e||`` may stray from 1. float32 normalisation lands within ~1e-6; 1e-3 only
 #: catches vectors that were never normalised (or were normalised in another dtype and
 #: then quantised), without rejecting honest rounding.
 NORM_TOLERANCE = 1e-3
-#: ``source_at``: exact microseconds, UTC (a tombstone's time has microseconds too).
-SOURCE_TIME = pa.timestamp("us", tz="UTC")
+
+
+def source_time() -> pa.TimestampType[Any, Any]:
+    """The ``source_at`` column's type: exact microseconds, UTC (a tombstone's time has
+    microseconds too)."""
+    return pa.timestamp("us", tz="UTC")
 
 
 def _float_list(size: int) -> pa.DataType:
@@ -57,7 +66,7 @@ def gallery_schema(dim: int, meta: GalleryMeta | None = None) -> pa.Schema:
         pa.field("bbox", _float_list(4)),
         pa.field("det_score", pa.float32()),
         pa.field("embedding", _float_list(dim), nullable=False),
-        pa.field("source_at", SOURCE_TIME, nullable=False),
+        pa.field("source_at", source_time(), nullable=False),
     ]
     schema = pa.schema(columns)
     return schema.with_metadata(meta.to_schema_metadata()) if meta is not None else schema
@@ -219,7 +228,7 @@ def source_column(
     values: str | datetime | Sequence[str | datetime] | pa.Array[Any] | pa.ChunkedArray[Any],
     n: int,
 ) -> pa.Array[Any]:
-    """``n`` upload times as a :data:`SOURCE_TIME` array: one time for every row, or one per
+    """``n`` upload times as a :func:`source_time` array: one time for every row, or one per
     row. Every time must be UTC (:func:`~facegate.common.parse_instant`): a naive or local
     time would compare wrongly with a tombstone's."""
     if isinstance(values, pa.ChunkedArray):
@@ -227,10 +236,10 @@ def source_column(
     if isinstance(values, pa.Array):
         if not pa.types.is_timestamp(values.type) or values.type.tz not in ("UTC", "+00:00"):
             raise ValidationError(f"source_times must be UTC timestamps, got {values.type}")
-        arr = values.cast(SOURCE_TIME)
+        arr = values.cast(source_time())
     else:
         items = [values] * n if isinstance(values, str | datetime) else list(values)
-        arr = pa.array([parse_instant(v, "source time") for v in items], type=SOURCE_TIME)
+        arr = pa.array([parse_instant(v, "source time") for v in items], type=source_time())
     if len(arr) != n:
         raise ValidationError(f"source_times has {len(arr)} rows, expected {n}")
     if arr.null_count:

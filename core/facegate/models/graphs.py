@@ -33,8 +33,10 @@ def _checked(path: Path, sha256: object, what: str) -> Path:
     return path
 
 
-def embedder_graph(model_dir: Path, card: ModelCard) -> Path:
-    """The card's graph, exported from the card's weights and intact."""
+def embedder_graph(model_dir: Path, card: ModelCard, *, fc_int8: bool = False) -> Path:
+    """The card's graph, exported from the card's weights and intact; with ``fc_int8``, the
+    one whose large fully connected weights are int8 groups where the export wrote one
+    (:mod:`facegate.models.fc_weights`: OpenVINO's kernels keep those bytes)."""
     onnx = card.onnx
     if not onnx:
         raise ModelNotFoundError(
@@ -46,8 +48,9 @@ def embedder_graph(model_dir: Path, card: ModelCard) -> Path:
             f"the ONNX graph of {card.model_id!r} was exported from other weights; "
             "run 'facegate setup'"
         )
-    path = model_path(model_dir, card.model_id) / str(onnx.get("file"))
-    return _checked(path, onnx.get("sha256"), card.model_id)
+    graph: dict[str, Any] = onnx.get("fc_weights") or onnx if fc_int8 else onnx
+    path = model_path(model_dir, card.model_id) / str(graph.get("file"))
+    return _checked(path, graph.get("sha256"), card.model_id)
 
 
 def detector_graphs(model_dir: Path) -> dict[str, Path]:

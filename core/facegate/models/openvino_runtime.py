@@ -82,7 +82,7 @@ class OpenVinoNetwork:
         self, model_dir: Path, card: ModelCard, *, threads: int | None = None, device: str = "cpu"
     ) -> None:
         self.compiled = compile_graph(
-            embedder_graph(model_dir, card), threads=threads, device=device
+            embedder_graph(model_dir, card, fc_int8=True), threads=threads, device=device
         )
         self.card = card
 

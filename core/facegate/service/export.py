@@ -41,19 +41,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from facegate.batch.dlq import body_names_subject, find_dead_letters
 from facegate.batch.erase_jobs import JobFound, JobsFound, find_in_jobs
 from facegate.common import validate_id
 from facegate.errors import ObjectNotFoundError, StorageError, UnknownSubjectError
+from facegate.lazy import lazy_module
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.keys import GALLERY_PREFIX, UPLOADS_PREFIX
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import StoredFace, Subject, SubjectStore
 from facegate.storage.tombstones import API_SCOPE, Tombstones, gallery_scope
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+else:
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
+    pq = lazy_module("pyarrow.parquet")
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

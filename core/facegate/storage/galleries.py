@@ -7,10 +7,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from facegate.common import parse_instant
 from facegate.errors import (
     ObjectNotFoundError,
@@ -27,12 +23,22 @@ from facegate.gallery.format import (
     rejects_schema,
     write_gallery,
 )
+from facegate.lazy import lazy_module
 from facegate.settings import Settings
 from facegate.storage import keys as layout
 from facegate.storage.clients import aws_client
 from facegate.storage.keys import GALLERY_PREFIX
 from facegate.storage.objects import PARQUET_TYPE, ObjectInfo, ObjectStore
 from facegate.storage.tombstones import ErasureLookup, gallery_scope
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+else:
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
+    pq = lazy_module("pyarrow.parquet")
 
 #: Compactions of one gallery that may lose the race for ``gallery.parquet`` in a row before
 #: the run gives up (a retryable ``write_conflict``): each retry reads everything again.

@@ -24,13 +24,19 @@ from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeVar, cast
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from facegate.errors import ObjectNotFoundError, StorageError, ValidationError
 from facegate.gallery.format import METADATA_KEY, gallery_meta_from_schema
+from facegate.lazy import lazy_module
 from facegate.storage.objects import ObjectInfo, ObjectStore, StoredObject
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+else:
+    pa = lazy_module("pyarrow")
+    pc = lazy_module("pyarrow.compute")
+    pq = lazy_module("pyarrow.parquet")
 
 if TYPE_CHECKING:
     from typing import TypeAlias
