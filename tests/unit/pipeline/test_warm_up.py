@@ -1,0 +1,72 @@
+"""``FacePipeline.warm_up`` loads the models and runs every network once, on a blank photo
+and blank chips of each network's own size, so that a runtime's costly first inference
+happens in a Lambda's init phase and not in its first request. Recording stand-ins for the
+networks; the real cards (their chip sizes and the fused default's parts)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from facegate.models.card import read_card
+from facegate.pipeline.embed import Embedder, FusedEmbedder
+from facegate.pipeline.face_pipeline import WARM_SIDE, FacePipeline
+from facegate.settings import Settings
+from facegate.types import Detection
+
+
+class RecordingDetector:
+    def __init__(self) -> None:
+        self.images: list[np.ndarray] = []
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        self.images.append(image)
+        return []
+
+
+class RecordingNetwork:
+    """What a runtime's embedding network is called with; its thread, to see the overlap."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.calls: list[tuple[int, ...]] = []
+        self.threads: list[str] = []
+
+    def __call__(self, chips: np.ndarray) -> np.ndarray:
+        self.calls.append(chips.shape)
+        self.threads.append(threading.current_thread().name)
+        assert chips.dtype == np.uint8 and not chips.any()
+        return np.ones((len(chips), self.dim), dtype=np.float32)
+
+
+def _parts(names: Sequence[str]) -> tuple[list[RecordingNetwork], list[Embedder]]:
+    model_dir = Settings().model_dir
+    cards = [read_card(model_dir, name) for name in names]
+    networks = [RecordingNetwork(card.embedding_dim) for card in cards]
+    return networks, [Embedder(n, c) for n, c in zip(networks, cards, strict=True)]
+
+
+def test_warm_up_runs_each_part_of_the_fused_model_once_on_a_chip_of_its_size():
+    networks, parts = _parts(["sface", "dlib-resnet"])
+    fused = FusedEmbedder(parts, read_card(Settings().model_dir, "sface+dlib"))
+    detector = RecordingDetector()
+    FacePipeline(detector=detector, embedder=fused).warm_up()  # type: ignore[arg-type]
+    assert [image.shape for image in detector.images] == [(WARM_SIDE, WARM_SIDE, 3)]
+    for network, part in zip(networks, parts, strict=True):
+        size = part.inputs[0][1]
+        assert network.calls == [(1, size, size, 3)]
+    assert networks[0].calls != networks[1].calls  # SFace 112 px, dlib 150 px
+    # Each in a load thread of its own: the parts' first inferences overlap.
+    threads = {t for n in networks for t in n.threads}
+    assert len(threads) == 2 and all(t.startswith("facegate-load") for t in threads)
+
+
+def test_warm_up_of_a_single_model_runs_its_network_once():
+    (network,), (part,) = _parts(["sface"])
+    detector = RecordingDetector()
+    FacePipeline(detector=detector, embedder=part).warm_up()  # type: ignore[arg-type]
+    size = part.inputs[0][1]
+    assert network.calls == [(1, size, size, 3)]
+    assert len(detector.images) == 1
