@@ -11,6 +11,8 @@ Sections (each module's docstring says exactly what it measures):
   load against the in-process pipeline;
 - search_bench.py: 1:N search over 10k/100k/1M rows, our float32/float16 indexes against
   NumPy matmul + argpartition in the same precision;
+- identify_bench.py: ``/identify`` over 100,000 enrolled subjects on a warm function with
+  1,000,000 ledger items in the table against the same with none (moto in-process);
 - ingest_bench.py: the embedding job's photos/minute on the local stack (S3 -> SQS -> the
   real function -> Parquet parts) against the bare pipeline on the same photos.
 
@@ -37,7 +39,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 os.environ.setdefault("FACEGATE_NUM_THREADS", "2")
 
-SECTIONS = ("throughput", "startup", "api", "search", "ingest")
+SECTIONS = ("throughput", "startup", "api", "search", "identify", "ingest")
 
 
 def machine() -> dict[str, object]:
@@ -115,6 +117,12 @@ def search_rows() -> list[dict[str, object]]:
     return rows
 
 
+def identify_rows() -> list[dict[str, object]]:
+    import identify_bench
+
+    return identify_bench.measure(identify_bench.SUBJECTS, identify_bench.LEDGER, 15)
+
+
 def ingest_rows() -> list[dict[str, object]]:
     import ingest_bench
     import photos
@@ -173,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup": startup_rows,
         "api": api_rows,
         "search": search_rows,
+        "identify": identify_rows,
         "ingest": ingest_rows,
     }
     started = time.perf_counter()

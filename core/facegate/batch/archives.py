@@ -19,7 +19,7 @@ from facegate.errors import (
     StorageError,
     ValidationError,
 )
-from facegate.storage.keys import _is_system_name
+from facegate.storage.keys import is_system_name
 
 #: Rekognition's S3 image limit, as the API's; a bigger member is refused before it is read.
 MAX_MEMBER_BYTES = 15 * 1024 * 1024
@@ -160,7 +160,7 @@ def _files(
         if any(p in ("", ".", "..") for p in parts):
             rejects.append((info.filename, ValidationError("unsafe member path")))
             continue
-        if any(_is_system_name(p) for p in parts):
+        if any(is_system_name(p) for p in parts):
             continue
         if info.filename in latest:
             rejects.append(

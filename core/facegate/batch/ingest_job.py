@@ -38,12 +38,14 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from facegate.batch.archives import MAX_ARCHIVE_READ, open_archive, read_archive, read_member
+from facegate.batch.backfill import BackfillChunk
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.embedding import PhotoInput, embed_photos
 from facegate.batch.erase_jobs import is_erasure_rewrite
 from facegate.batch.events import notification_refs
 from facegate.batch.messages import (
     ARCHIVE_CHUNK,
+    BACKFILL_CHUNK,
     ArchiveChunk,
     message_type,
     parse_body,
@@ -70,6 +72,7 @@ from facegate.storage.keys import (
     ArchiveUpload,
     InvalidUpload,
     PhotoUpload,
+    Upload,
     classify,
     part_key,
     rejects_key,
@@ -153,15 +156,27 @@ class EmbedJob:
         kind = message_type(doc)
         if kind == ARCHIVE_CHUNK:
             self._take_chunk(ArchiveChunk.from_message(doc), work)
+        elif kind == BACKFILL_CHUNK:
+            self._take_backfill(BackfillChunk.from_message(doc), work)
         elif kind is not None:
             raise ValidationError(f"unexpected message type {kind!r} on the ingest queue")
         else:
             for ref in notification_refs(doc):
                 self._take_ref(ref, work)
 
-    def _take_ref(self, ref: ObjectRef, work: _Work) -> None:
-        """One uploaded object; a permanent problem with it is a reject row of its gallery."""
-        upload = classify(ref.key)
+    def _take_backfill(self, chunk: BackfillChunk, work: _Work) -> None:
+        """Photos listed by a backfill (:mod:`facegate.batch.backfill`), each as its
+        notification would have been taken: claimed, read, a row or a reject. Only this
+        deployment's photo bucket is read."""
+        if chunk.bucket != self.config.bucket:
+            raise ValidationError("a backfill chunk names another bucket than the photo bucket")
+        for ref in chunk.refs():
+            self._take_ref(ref, work, chunk.upload(ref.key))
+
+    def _take_ref(self, ref: ObjectRef, work: _Work, upload: Upload | None = None) -> None:
+        """One uploaded object (``upload``: what it is, else what its key says under the
+        upload layout); a permanent problem with it is a reject row of its gallery."""
+        upload = classify(ref.key) if upload is None else upload
         if isinstance(upload, InvalidUpload):
             if upload.gallery:
                 work.rejects[upload.gallery].append((ref.key, upload.error))

@@ -1,7 +1,8 @@
 """Queue messages of the batch jobs: one typed JSON envelope, one size-bounded packer. Torch-free.
 
 Every message FaceGate itself sends is compact ASCII JSON ``{"type", "version", ...}``:
-archive chunks (:class:`ArchiveChunk`, ingest queue), job chunks (:class:`JobChunk`) and
+archive chunks (:class:`ArchiveChunk`, ingest queue), backfill chunks
+(:class:`facegate.batch.backfill.BackfillChunk`, ingest queue), job chunks (:class:`JobChunk`) and
 re-embedding requests (:class:`facegate.batch.reembed.ReembedRequest`, jobs queue), erasure
 requests and their chunks (:mod:`facegate.batch.erasure_job`, jobs queue), and
 aggregation requests (:class:`AggregateRequest`, aggregate queue). A body without ``type`` is
@@ -38,6 +39,7 @@ REEMBED = "facegate.reembed"
 ERASURE = "facegate.erasure"
 ERASURE_CHUNK = "facegate.erasure_chunk"
 COLLECTION_DELETION = "facegate.collection_deletion"
+BACKFILL_CHUNK = "facegate.backfill_chunk"
 
 T = TypeVar("T")
 
@@ -145,11 +147,13 @@ def pack(
     return groups
 
 
-def _envelope_bytes(kind: str, version: int, fields: Mapping[str, Any]) -> int:
+def envelope_bytes(kind: str, version: int, fields: Mapping[str, Any]) -> int:
+    """The bytes of a message of ``kind`` with ``fields`` and no items, plus room for the
+    digits of any index and count (:func:`pack`'s ``envelope``)."""
     return len(encode(kind, version, fields)) + _ENVELOPE_SLACK
 
 
-def _optional_str(value: Any, what: str) -> str | None:
+def optional_str(value: Any, what: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise ValidationError(f"{what} must be a string or null")
@@ -237,14 +241,14 @@ class ArchiveChunk(Message):
         return cls(
             bucket=doc["bucket"],
             key=doc["key"],
-            version_id=_optional_str(doc.get("version_id"), "a chunk's version_id"),
-            etag=_optional_str(doc.get("etag"), "a chunk's etag"),
+            version_id=optional_str(doc.get("version_id"), "a chunk's version_id"),
+            etag=optional_str(doc.get("etag"), "a chunk's etag"),
             gallery=doc["gallery"],
             members=tuple((m[0], m[1]) for m in members),
             index=doc["index"],
             count=doc["count"],
             size=doc.get("size", 0),
-            uploaded_at=_optional_str(doc.get("uploaded_at"), "a chunk's uploaded_at"),
+            uploaded_at=optional_str(doc.get("uploaded_at"), "a chunk's uploaded_at"),
         )
 
 
@@ -280,7 +284,7 @@ def plan_archive_chunks(
     groups = pack(
         plan.members,
         chunk_size,
-        envelope=_envelope_bytes(ARCHIVE_CHUNK, ArchiveChunk.MESSAGE_VERSION, head),
+        envelope=envelope_bytes(ARCHIVE_CHUNK, ArchiveChunk.MESSAGE_VERSION, head),
         cost=lambda member: len(compact_json(list(member))) + 1,
     )
     return [
@@ -389,7 +393,7 @@ def plan_job_chunks(job_id: str, rows: Sequence[JobRow], chunk_size: int) -> lis
     groups = pack(
         rows,
         chunk_size,
-        envelope=_envelope_bytes(JOB_CHUNK, JobChunk.MESSAGE_VERSION, head),
+        envelope=envelope_bytes(JOB_CHUNK, JobChunk.MESSAGE_VERSION, head),
         cost=lambda row: len(compact_json(_row_wire(row))) + 1,
     )
     if len(groups) > MAX_JOB_CHUNKS:

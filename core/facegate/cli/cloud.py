@@ -32,6 +32,27 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Queue photos already in the photo bucket for a gallery; prints the counts as JSON."""
+    from facegate.batch.backfill import backfill, parse_s3_url
+    from facegate.storage.clients import aws_client
+
+    settings = aws_settings(args)
+    bucket, prefix = parse_s3_url(args.url)
+    report = backfill(
+        aws_client("s3", settings),
+        aws_client("sqs", settings),
+        settings.ingest_queue_url,
+        bucket=bucket,
+        prefix=prefix,
+        gallery=args.gallery,
+        photo_bucket=settings.bucket,
+        chunk_size=args.chunk_size or settings.archive_chunk_size,
+    )
+    print(json.dumps(report.to_dict()))
+    return EXIT_OK
+
+
 def cmd_gallery(args: argparse.Namespace) -> int:
     from facegate.service import GalleryService
 
@@ -266,6 +287,19 @@ def register(sub: Subcommands, targets: Sequence[Target]) -> None:
     p.add_argument("--subject", help="subject id, for a single photo")
     add_target_options(p, targets, "to")
     p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser(
+        "backfill",
+        help="embed photos already in the photo bucket (s3://bucket/prefix/<subject>/<photo>) "
+        "into a gallery, through the ingest queue",
+    )
+    p.add_argument("url", help="s3://<photo bucket>/<prefix>/")
+    p.add_argument("--gallery", required=True)
+    p.add_argument(
+        "--chunk-size", type=int, help="photos per queue message (default: ArchiveChunkSize)"
+    )
+    add_target_options(p, targets, "on")
+    p.set_defaults(func=cmd_backfill)
 
     gallery = sub.add_parser("gallery", help="Parquet galleries built by the batch job")
     gallery_actions = gallery.add_subparsers(dest="action", required=True)

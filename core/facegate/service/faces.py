@@ -385,9 +385,7 @@ class FaceService:
         face = self.pipeline.process(photo, policy="largest").primary
         found: list[SearchResult] = []
         if subjects:
-            ids, matrix = self.subjects.all_embeddings(self.pipeline.model_id)
-            if ids:
-                found.append(search_gallery(face.vector, matrix, top_k, decided, subject_ids=ids))
+            found.append(self._search_subjects(face.vector, top_k, decided))
         for name in galleries:
             try:
                 found.append(self._search_named_gallery(face.vector, name, top_k, decided))
@@ -471,6 +469,26 @@ class FaceService:
                 for f in faces
             ]
         }
+
+    def _search_subjects(self, vector: np.ndarray, top_k: int, decided: float) -> SearchResult:
+        """The enrolled subjects' best ``top_k`` at or above ``decided``, each confirmed
+        enrolled. The faces come from an eventually consistent index through this process's
+        cache (:mod:`facegate.storage.face_index`): a subject deleted a moment ago may still
+        be in it, and must not be named. When one is, the cache is read again, once."""
+        model_id = self.pipeline.model_id
+        result = SearchResult(candidates=(), threshold=decided)
+        for _ in range(2):
+            ids, matrix = self.subjects.all_embeddings(model_id)
+            if not ids:
+                return SearchResult(candidates=(), threshold=decided)
+            result = search_gallery(vector, matrix, top_k, decided, subject_ids=ids)
+            named = {c.subject_id for c in result.matches}
+            enrolled = self.subjects.existing(sorted(named))
+            if enrolled == named:
+                return result
+            self.subjects.faces.drop_cached(model_id)
+        kept = tuple(c for c in result.matches if c.subject_id in enrolled)
+        return SearchResult(candidates=kept, threshold=decided)
 
     def delete_subject(self, subject_id: str) -> dict[str, Any]:
         """Photos first, then the records: if anything fails midway, the subject still exists

@@ -293,7 +293,7 @@ def manifest_upload_key(gallery: str, name: str) -> str:
     return f"{UPLOADS_PREFIX}{validate_id(gallery, 'gallery')}/{name}.csv"
 
 
-def _is_system_name(part: str) -> bool:
+def is_system_name(part: str) -> bool:
     """Hidden files, macOS resource forks and Windows thumbnails are never photos."""
     return part.startswith(".") or part in _SYSTEM_FILES
 
@@ -312,7 +312,7 @@ def classify(key: str) -> Upload:
     if key.endswith("/"):
         return IgnoredKey("a folder marker, not a file")
     parts = key[len(UPLOADS_PREFIX) :].split("/")
-    if any(_is_system_name(p) for p in parts):
+    if any(is_system_name(p) for p in parts):
         return IgnoredKey("a hidden or system file")
     if len(parts) < 2:
         return IgnoredKey(f"directly under {UPLOADS_PREFIX}, outside any gallery folder")

@@ -20,7 +20,10 @@ moved the same way, where the orphan sweep (:mod:`facegate.storage.orphans`) fin
 Running it again finds nothing and changes nothing. Tombstones need no move: the default
 collection keeps the enrolled subjects' scope, ``api``.
 
-It must run while nothing enrols: an enrolment of the old code between steps 1 and 3 would
+Last, faces written before the ``faces`` index (no index keys: 1:N search would not find
+them) get their keys (:func:`index_faces`); that step is safe while the service runs.
+
+The move must run while nothing enrols: an enrolment of the old code between steps 1 and 3 would
 write a face the move does not see. Deploy the new code (which never writes the legacy
 layout), then migrate. Counts only in the report: keys and ids name people.
 """
@@ -36,6 +39,7 @@ from botocore.exceptions import ClientError
 from facegate.common import ID_PATTERN
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.dynamo import from_attributes, to_attributes
+from facegate.storage.face_index import FaceIndex, FaceIndexCache
 from facegate.storage.keys import (
     DEFAULT_COLLECTION,
     ENROLMENT_PREFIX,
@@ -44,9 +48,13 @@ from facegate.storage.keys import (
 )
 from facegate.storage.objects import ObjectStore
 from facegate.storage.subject_items import (
+    FACE_SK,
+    FACES_PK,
+    FACES_SK,
     LEGACY_SUBJECT_KIND,
     META_SK,
     SUBJECT_PK,
+    faces_index_keys,
     subject_kind,
     subject_pk,
 )
@@ -67,6 +75,8 @@ class MigrationReport:
     photos: int = 0
     unreferenced_photos: int = 0
     legacy_versions_destroyed: int = 0
+    #: Faces written before the ``faces`` index given its keys (:func:`index_faces`).
+    faces_indexed: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -88,7 +98,64 @@ def migrate_to_collections(
         objects.delete_versions([(key, v) for v in versions])
         counts["unreferenced_photos"] += 1
         counts["legacy_versions_destroyed"] += len(versions)
+    counts["faces_indexed"] = index_faces(db, table)
     return MigrationReport(**counts)
+
+
+def index_faces(db: DynamoDBClient, table: str) -> int:
+    """Give every face item written before the ``faces`` index (no ``faces_pk``) its index
+    keys, so that 1:N search finds it (:mod:`facegate.storage.face_index`), and count a
+    change of each collection touched, so that warm functions read their faces again; the
+    number of faces indexed. Only where the item still exists: a face deleted meanwhile is
+    not written back. Safe while the service runs: new faces carry the keys already."""
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "FilterExpression": (
+            "begins_with(pk, :subject) AND begins_with(sk, :face) AND attribute_not_exists(#fpk)"
+        ),
+        "ProjectionExpression": "pk, sk, face_id, model_id, created_at",
+        "ExpressionAttributeNames": {"#fpk": FACES_PK},
+        "ExpressionAttributeValues": to_attributes({":subject": SUBJECT_PK, ":face": FACE_SK}),
+        "ConsistentRead": True,
+    }
+    with aws_errors("listing faces without index keys"):
+        pages = db.get_paginator("scan").paginate(**kwargs)
+        items = [from_attributes(i) for page in pages for i in page.get("Items", [])]
+    touched: set[str] = set()
+    indexed = 0
+    for item in items:
+        parts = str(item["pk"]).split("#")
+        if len(parts) != 3:  # the legacy layout: moved by migrate_to_collections first
+            continue
+        _, collection, subject_id = parts
+        keys = faces_index_keys(
+            collection,
+            subject_id,
+            str(item["face_id"]),
+            str(item["model_id"]),
+            str(item["created_at"]),
+        )
+        with aws_errors("indexing a face"):
+            try:
+                db.update_item(
+                    TableName=table,
+                    Key=to_attributes({"pk": item["pk"], "sk": item["sk"]}),
+                    UpdateExpression="SET #fpk = :fpk, #fsk = :fsk",
+                    ConditionExpression="attribute_exists(pk)",
+                    ExpressionAttributeNames={"#fpk": FACES_PK, "#fsk": FACES_SK},
+                    ExpressionAttributeValues=to_attributes(
+                        {":fpk": keys[FACES_PK], ":fsk": keys[FACES_SK]}
+                    ),
+                )
+            except ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                continue
+        touched.add(collection)
+        indexed += 1
+    for collection in sorted(touched):
+        FaceIndex(db, table, collection, FaceIndexCache()).changed()
+    return indexed
 
 
 def _legacy_subjects(db: DynamoDBClient, table: str) -> list[str]:
@@ -147,6 +214,16 @@ def _moved_item(item: dict[str, Any], subject_id: str) -> dict[str, Any]:
     moved = {**item, "pk": {"S": subject_pk(subject_id, DEFAULT_COLLECTION)}}
     if item["sk"]["S"] == META_SK:
         moved["kind"] = {"S": subject_kind(DEFAULT_COLLECTION)}
+    else:
+        plain = from_attributes(item)
+        keys = faces_index_keys(
+            DEFAULT_COLLECTION,
+            subject_id,
+            str(plain["face_id"]),
+            str(plain["model_id"]),
+            str(plain["created_at"]),
+        )
+        moved |= to_attributes(keys)
     image_key = item.get("image_key", {}).get("S")
     if isinstance(image_key, str):
         moved["image_key"] = {"S": _new_key(image_key)}

@@ -29,6 +29,11 @@ LEGACY_SUBJECT_KIND = "SUBJECT"
 META_SK = "META"
 FACE_SK = "FACE#"
 SUBJECT_PK = "SUBJECT#"
+#: The sparse index of face items (only they carry its keys): one partition per collection
+#: and model, sorted by enrolment time (:mod:`facegate.storage.face_index`).
+FACES_INDEX = "faces"
+FACES_PK = "faces_pk"
+FACES_SK = "faces_sk"
 #: Display metadata is for people, not a document store.
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_CHARS = 1024
@@ -110,6 +115,21 @@ def subject_key(subject_id: str, collection: str, sk: str = META_SK) -> dict[str
     return to_attributes({"pk": subject_pk(subject_id, collection), "sk": sk})
 
 
+def faces_partition(collection: str, model_id: str) -> str:
+    """The index partition of a collection's faces of one model."""
+    return f"FACES#{validate_id(collection, 'collection')}#{model_id}"
+
+
+def faces_index_keys(
+    collection: str, subject_id: str, face_id: str, model_id: str, created_at: str
+) -> dict[str, str]:
+    """The index's attributes of a face item (plain values)."""
+    return {
+        FACES_PK: faces_partition(collection, model_id),
+        FACES_SK: f"{created_at}#{subject_id}#{face_id}",
+    }
+
+
 def face_item(
     subject_id: str, collection: str, face: StoredFace, embedding: np.ndarray
 ) -> dict[str, Any]:
@@ -127,6 +147,9 @@ def face_item(
             "created_at": str(face.created_at),
             "bbox": None if face.bbox is None else [float(v) for v in face.bbox],
             "det_score": None if face.det_score is None else float(face.det_score),
+            **faces_index_keys(
+                collection, subject_id, face.face_id, str(face.model_id), str(face.created_at)
+            ),
         }
     )
 

@@ -30,14 +30,17 @@ from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors, error_code
 from facegate.storage.clients import aws_client
 from facegate.storage.dynamo import from_attributes, to_attributes
+from facegate.storage.face_index import FaceIndex, FaceIndexCache
 from facegate.storage.keys import DEFAULT_COLLECTION
 from facegate.storage.subject_items import (
     FACE_SK,
+    FACES_INDEX,
+    FACES_PK,
+    FACES_SK,
     META_SK,
     StoredFace,
     Subject,
     decode_cursor,
-    decode_embedding,
     encode_cursor,
     face_from_item,
     face_item,
@@ -74,6 +77,7 @@ MAX_LIST_LIMIT = 1000
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _BATCH_WRITE_SIZE = 25
+_BATCH_GET_SIZE = 100
 _BATCH_WRITE_ATTEMPTS = 5
 
 
@@ -89,7 +93,9 @@ def table_definition(name: str) -> dict[str, Any]:
     create from. On-demand billing because enrolment traffic is bursty; encryption with the
     AWS-managed KMS key because the table holds biometric templates. The ``subjects`` index
     is sparse (only META items have ``kind``), so listing reads subjects and never faces,
-    sorted by id.
+    sorted by id; so is the ``faces`` index (only face items have its keys), which holds
+    just the embeddings, so 1:N search reads faces and nothing else
+    (:mod:`facegate.storage.face_index`).
     """
     return {
         "TableName": name,
@@ -102,6 +108,8 @@ def table_definition(name: str) -> dict[str, Any]:
             {"AttributeName": "sk", "AttributeType": "S"},
             {"AttributeName": "kind", "AttributeType": "S"},
             {"AttributeName": "subject_id", "AttributeType": "S"},
+            {"AttributeName": FACES_PK, "AttributeType": "S"},
+            {"AttributeName": FACES_SK, "AttributeType": "S"},
         ],
         "GlobalSecondaryIndexes": [
             {
@@ -111,7 +119,18 @@ def table_definition(name: str) -> dict[str, Any]:
                     {"AttributeName": "subject_id", "KeyType": "RANGE"},
                 ],
                 "Projection": {"ProjectionType": "ALL"},
-            }
+            },
+            {
+                "IndexName": FACES_INDEX,
+                "KeySchema": [
+                    {"AttributeName": FACES_PK, "KeyType": "HASH"},
+                    {"AttributeName": FACES_SK, "KeyType": "RANGE"},
+                ],
+                "Projection": {
+                    "ProjectionType": "INCLUDE",
+                    "NonKeyAttributes": ["embedding", "dim"],
+                },
+            },
         ],
         "BillingMode": "PAY_PER_REQUEST",
         "SSESpecification": {"Enabled": True},
@@ -180,12 +199,18 @@ class SubjectStore:
     """
 
     def __init__(
-        self, client: DynamoDBClient, table: str, collection: str = DEFAULT_COLLECTION
+        self,
+        client: DynamoDBClient,
+        table: str,
+        collection: str = DEFAULT_COLLECTION,
+        cache: FaceIndexCache | None = None,
     ) -> None:
         self._db = client
         self.table = table
         #: The collection this store reads and writes: subjects of another are not seen.
         self.collection = validate_id(collection, "collection")
+        #: Its faces for 1:N search; the cache is the process's, shared by its collections.
+        self.faces = FaceIndex(client, table, self.collection, cache or FaceIndexCache())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SubjectStore:
@@ -193,7 +218,7 @@ class SubjectStore:
 
     def in_collection(self, collection: str) -> SubjectStore:
         """The same table's subjects of ``collection``."""
-        return SubjectStore(self._db, self.table, collection)
+        return SubjectStore(self._db, self.table, collection, self.faces.cache)
 
     # -- writes ---------------------------------------------------------------------
 
@@ -276,6 +301,7 @@ class SubjectStore:
                 self._raise_refusal(
                     exc, subject_id, model_id, stamped, fence, self.collection if guard else None
                 )
+        self.faces.changed()
 
     def _meta_update(
         self,
@@ -375,6 +401,7 @@ class SubjectStore:
         for start in range(0, len(faces), _BATCH_WRITE_SIZE):
             self._batch_delete(faces[start : start + _BATCH_WRITE_SIZE])
         self._batch_delete([subject_key(subject_id, self.collection)])
+        self.faces.changed(deletion=True)
         return [i["image_key"] for i in items if "image_key" in i]
 
     def _batch_delete(self, keys: list[dict[str, Any]]) -> None:
@@ -519,33 +546,37 @@ class SubjectStore:
     def all_embeddings(self, model_id: str) -> tuple[list[str], np.ndarray]:
         """Every enrolled face of ``model_id``: ``(subject_ids, (N, D) float32)`` for 1:N search.
 
-        One row per face, so a subject id repeats once per face. A filtered scan of the whole
-        table: fine for the online gallery of enrolled subjects; large galleries belong in
-        Parquet (:mod:`facegate.gallery`). With no faces the array is ``(0, 0)``.
+        One row per face, so a subject id repeats once per face. From the ``faces`` index,
+        through the process's cache (:meth:`FaceIndex.embeddings`): never a scan of the
+        table, whatever else it holds. Eventually consistent: confirm the subjects a search
+        names with :meth:`existing`. With no faces the array is ``(0, 0)``.
         """
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "FilterExpression": (
-                "begins_with(pk, :pk) AND begins_with(sk, :face) AND #model = :model"
-            ),
-            "ProjectionExpression": "pk, #embedding, #dim",
-            "ExpressionAttributeNames": {
-                "#model": "model_id",
-                "#embedding": "embedding",
-                "#dim": "dim",
-            },
-            "ExpressionAttributeValues": to_attributes(
-                {":pk": f"{subject_kind(self.collection)}#", ":face": FACE_SK, ":model": model_id}
-            ),
-        }
-        with aws_errors("scanning embeddings"):
-            pages = self._db.get_paginator("scan").paginate(**kwargs)
-            items = [from_attributes(i) for page in pages for i in page.get("Items", [])]
-        if not items:
-            return [], np.empty((0, 0), dtype=np.float32)
-        vectors = [decode_embedding(i) for i in items]
-        if len({v.shape[0] for v in vectors}) != 1:
-            raise ModelMismatchError(f"faces of {model_id!r} have different embedding dims")
+        return self.faces.embeddings(model_id)
+
+    def existing(self, subject_ids: Sequence[str]) -> set[str]:
+        """Which of ``subject_ids`` are enrolled now: their META items, read strongly
+        consistently (a search's candidates, before they are named)."""
+        wanted = sorted(set(subject_ids))
+        found: set[str] = set()
         prefix = f"{subject_kind(self.collection)}#"
-        subject_ids = [i["pk"].removeprefix(prefix) for i in items]
-        return subject_ids, np.stack(vectors)
+        for start in range(0, len(wanted), _BATCH_GET_SIZE):
+            chunk = wanted[start : start + _BATCH_GET_SIZE]
+            keys = [subject_key(s, self.collection) for s in chunk]
+            request: dict[str, Any] = {
+                self.table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "pk"}
+            }
+            for attempt in range(_BATCH_WRITE_ATTEMPTS):
+                if attempt:
+                    time.sleep(0.05 * 2**attempt)
+                with aws_errors("confirming subjects"):
+                    answer = self._db.batch_get_item(RequestItems=request)
+                found |= {
+                    i["pk"]["S"].removeprefix(prefix)
+                    for i in answer.get("Responses", {}).get(self.table, [])
+                }
+                request = answer.get("UnprocessedKeys") or {}
+                if not request.get(self.table):
+                    break
+            else:
+                raise StorageError("subjects left unconfirmed (throttled)")
+        return found

@@ -100,12 +100,19 @@ def test_create_table_matches_definition(ddb):
         "sk": "S",
         "kind": "S",
         "subject_id": "S",
+        "faces_pk": "S",
+        "faces_sk": "S",
     }
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert table["SSEDescription"]["Status"] == "ENABLED"
-    (index,) = table["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "subjects"
-    assert index["KeySchema"] == definition["GlobalSecondaryIndexes"][0]["KeySchema"]
+    subjects, faces = table["GlobalSecondaryIndexes"]
+    assert subjects["IndexName"] == "subjects"
+    assert subjects["KeySchema"] == definition["GlobalSecondaryIndexes"][0]["KeySchema"]
+    assert faces["IndexName"] == "faces"
+    assert faces["Projection"] == {
+        "ProjectionType": "INCLUDE",
+        "NonKeyAttributes": ["embedding", "dim"],
+    }
 
 
 # --------------------------------------------------------------------------------------
