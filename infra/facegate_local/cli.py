@@ -32,7 +32,7 @@ def register(cli: CommandLine) -> None:
 
 def local_settings() -> Settings:
     """Settings that point at the running local stack: its moto endpoint, region, bucket,
-    table and jobs queue (with the stack operator's keys in the environment)."""
+    tables and queues (with the stack operator's keys in the environment)."""
     from facegate.settings import Settings
     from facegate_local.config import LocalConfig, credential_environment
     from facegate_local.stack import repo_root, status
@@ -42,13 +42,15 @@ def local_settings() -> Settings:
     if state is None:
         raise FaceGateError("the local stack is not running: 'facegate local up'")
     os.environ.update(credential_environment(state.operator()))
+    template = config.template(state.endpoint_url)
     return Settings(
         aws_endpoint_url=state.endpoint_url,
         aws_region=state.region,
         bucket=state.resources["PhotoBucket"],
         table=state.resources["SubjectsTable"],
         keys_table=state.resources["ApiKeysTable"],
-        jobs_queue_url=config.template(state.endpoint_url).queue_url("JobsQueue"),
+        jobs_queue_url=template.queue_url("JobsQueue"),
+        ingest_queue_url=template.queue_url("IngestQueue"),
     )
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
 from facegate_local.config import LocalConfig
@@ -208,6 +209,34 @@ def test_up_invoke_upload_down(tmp_path, faces_dir):
         assert shown is not None and shown["rows"] == 2 and shown["subjects"] == 2
         compacted = cli("gallery", "compact", "cli", "--local")
         assert compacted.returncode == 0 and json.loads(compacted.stdout)["rows_out"] == 2
+
+        # Photos already in the bucket, which no notification announced: `facegate backfill`
+        # queues them on the ingest queue and the same embedding function makes them rows.
+        state = json.loads((tmp_path / "state" / "stack.json").read_text())
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=state["endpoint_url"],
+            region_name=state["region"],
+            **state["credentials"]["operator"],
+        )
+        bucket = state["resources"]["PhotoBucket"]
+        for subject, name in [("ardern", "person_b_2"), ("sunak", "impostor_2")]:
+            s3.put_object(
+                Bucket=bucket,
+                Key=f"archive/{subject}/{name}.jpg",
+                Body=(faces_dir / f"{name}.jpg").read_bytes(),
+            )
+        queued = cli("backfill", f"s3://{bucket}/archive/", "--gallery", "old", "--local")
+        assert queued.returncode == 0, queued.stderr
+        assert json.loads(queued.stdout)["objects"] == 2
+        backfilled = None
+        for _ in range(240):
+            attempt = cli("gallery", "show", "old", "--local", "--json")
+            if attempt.returncode == 0 and json.loads(attempt.stdout)["parts"]:
+                backfilled = json.loads(attempt.stdout)
+                break
+            time.sleep(0.5)
+        assert backfilled is not None and backfilled["rows"] == 2
 
         job = tmp_path / "job"
         job.mkdir()
