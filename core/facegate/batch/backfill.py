@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from facegate.batch.messages import (
     BACKFILL_CHUNK,
+    BACKFILL_PAGE,
     Message,
     envelope_bytes,
     optional_str,
     pack,
 )
-from facegate.common import compact_json, iso_micros, parse_instant, validate_id
+from facegate.common import check_positive, compact_json, iso_micros, parse_instant, validate_id
 from facegate.errors import ValidationError
 from facegate.storage.aws_errors import aws_errors
 from facegate.storage.keys import InvalidUpload, PhotoUpload, Upload, is_system_name
@@ -38,6 +39,7 @@ from facegate.storage.queues import send_messages
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ListObjectVersionsRequestTypeDef
     from mypy_boto3_sqs import SQSClient
 
 #: One listed object: key, version id (None when unversioned), etag (unquoted), size, and
@@ -146,28 +148,99 @@ def _skipped(prefix: str, key: str) -> bool:
     return key.endswith("/") or any(is_system_name(p) for p in key[len(prefix) :].split("/"))
 
 
+def _current(prefix: str, versions: list[Any]) -> list[Listed]:
+    """The current versions of a listing page's photos (delete markers, older versions,
+    folder markers and system files left out)."""
+    listed: list[Listed] = []
+    for v in versions:
+        key = v["Key"]
+        if not v.get("IsLatest") or _skipped(prefix, key):
+            continue
+        version = v.get("VersionId")
+        listed.append(
+            (
+                key,
+                None if version in (None, "null") else version,
+                str(v.get("ETag", "")).strip('"') or None,
+                int(v.get("Size", 0)),
+                iso_micros(v["LastModified"]) if "LastModified" in v else None,
+            )
+        )
+    return listed
+
+
 def list_pages(s3: S3Client, bucket: str, prefix: str) -> Iterator[list[Listed]]:
-    """The prefix's current object versions, a listing page at a time (delete markers and
-    older versions left out)."""
+    """The prefix's current object versions, a listing page at a time."""
     with aws_errors(f"listing s3://{bucket}/{prefix}"):
         pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
         for page in pages:
-            listed: list[Listed] = []
-            for v in page.get("Versions", []):
-                key = v["Key"]
-                if not v.get("IsLatest") or _skipped(prefix, key):
-                    continue
-                version = v.get("VersionId")
-                listed.append(
-                    (
-                        key,
-                        None if version in (None, "null") else version,
-                        str(v.get("ETag", "")).strip('"') or None,
-                        int(v.get("Size", 0)),
-                        iso_micros(v["LastModified"]) if "LastModified" in v else None,
-                    )
-                )
-            yield listed
+            yield _current(prefix, page.get("Versions", []))
+
+
+@dataclass(frozen=True)
+class BackfillPage(Message):
+    """One listing page still to read, for a backfill the embedding function drives itself
+    (``POST /galleries/{g}/backfill``): taking it lists that page, queues its chunks and then
+    the page after it, so no invocation lists more than one page and the API answers at once.
+    A retry of the message lists the same page again: its chunks are claimed in the ledger,
+    so nothing is embedded twice."""
+
+    MESSAGE_TYPE: ClassVar[str] = BACKFILL_PAGE
+
+    bucket: str
+    prefix: str
+    gallery: str
+    chunk_size: int
+    key_marker: str | None = None
+    version_marker: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_id(self.gallery, "gallery")
+        if not isinstance(self.bucket, str) or not self.bucket:
+            raise ValidationError("a backfill page needs a bucket")
+        check_prefix(self.prefix)
+        check_positive(self.chunk_size, "a backfill page's chunk_size")
+        optional_str(self.key_marker, "a backfill page's key_marker")
+        optional_str(self.version_marker, "a backfill page's version_marker")
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "gallery": self.gallery,
+            "chunk_size": self.chunk_size,
+            "key_marker": self.key_marker,
+            "version_marker": self.version_marker,
+        }
+
+    @classmethod
+    def from_fields(cls, doc: Mapping[str, Any]) -> Self:
+        return cls(
+            bucket=doc["bucket"],
+            prefix=doc["prefix"],
+            gallery=doc["gallery"],
+            chunk_size=doc["chunk_size"],
+            key_marker=doc.get("key_marker"),
+            version_marker=doc.get("version_marker"),
+        )
+
+
+def _send_chunks(
+    sqs: SQSClient,
+    queue_url: str | None,
+    bucket: str,
+    prefix: str,
+    gallery: str,
+    page: list[Listed],
+    chunk_size: int,
+) -> int:
+    """Queue one page's photos as chunk messages; returns how many were sent."""
+    head = {"bucket": bucket, "prefix": prefix, "gallery": gallery, "objects": []}
+    envelope = envelope_bytes(BACKFILL_CHUNK, BackfillChunk.MESSAGE_VERSION, head)
+    groups = pack(page, chunk_size, envelope=envelope, cost=lambda o: len(compact_json(o)) + 1)
+    bodies = [BackfillChunk(bucket, prefix, gallery, tuple(group)).to_message() for group in groups]
+    send_messages(sqs, queue_url, bodies, "backfill chunks")
+    return len(bodies)
 
 
 @dataclass(frozen=True)
@@ -182,48 +255,84 @@ class BackfillReport:
         return {"objects": self.objects, "chunks": self.chunks, "pages": self.pages}
 
 
-def backfill(
-    s3: S3Client,
-    sqs: SQSClient,
-    queue_url: str | None,
-    *,
-    bucket: str,
-    prefix: str,
-    gallery: str,
-    photo_bucket: str,
-    chunk_size: int,
-) -> BackfillReport:
-    """Queue every photo under ``s3://bucket/prefix`` for ``gallery``, page by page.
-
-    Only the deployment's photo bucket: the embedding function may read nothing else."""
-    validate_id(gallery, "gallery")
-    check_prefix(prefix)
-    if bucket != photo_bucket:
+def _check_bucket(request: BackfillPage, photo_bucket: str) -> None:
+    if request.bucket != photo_bucket:
         raise ValidationError(
             f"backfill reads the deployment's photo bucket ({photo_bucket}); "
             "copy the photos there first (e.g. 'aws s3 sync')"
         )
-    head = {"bucket": bucket, "prefix": prefix, "gallery": gallery, "objects": []}
-    envelope = envelope_bytes(BACKFILL_CHUNK, BackfillChunk.MESSAGE_VERSION, head)
+
+
+def backfill(
+    s3: S3Client,
+    sqs: SQSClient,
+    queue_url: str | None,
+    request: BackfillPage,
+    *,
+    photo_bucket: str,
+) -> BackfillReport:
+    """Queue every photo under the request's prefix, page by page, here (``facegate
+    backfill``: the caller waits for the listing and gets its counts).
+
+    Only the deployment's photo bucket: the embedding function may read nothing else."""
+    _check_bucket(request, photo_bucket)
+    bucket, prefix, gallery = request.bucket, request.prefix, request.gallery
     objects = chunks = pages = 0
     for page in list_pages(s3, bucket, prefix):
         pages += 1
-        groups = pack(page, chunk_size, envelope=envelope, cost=lambda o: len(compact_json(o)) + 1)
-        bodies = [
-            BackfillChunk(bucket, prefix, gallery, tuple(group)).to_message() for group in groups
-        ]
-        send_messages(sqs, queue_url, bodies, "backfill chunks")
+        chunks += _send_chunks(sqs, queue_url, bucket, prefix, gallery, page, request.chunk_size)
         objects += len(page)
-        chunks += len(bodies)
     return BackfillReport(objects=objects, chunks=chunks, pages=pages)
+
+
+def start_backfill(
+    sqs: SQSClient, queue_url: str | None, first: BackfillPage, *, photo_bucket: str
+) -> BackfillPage:
+    """Queue the first page of a backfill the embedding function lists (``POST
+    /galleries/{g}/backfill``); returns it. Checked before anything is sent."""
+    _check_bucket(first, photo_bucket)
+    send_messages(sqs, queue_url, [first.to_message()], "the backfill's first page")
+    return first
+
+
+def follow_page(
+    s3: S3Client, sqs: SQSClient, queue_url: str | None, page: BackfillPage
+) -> BackfillReport:
+    """List ``page`` (at most 1,000 versions), queue its chunks, then the next page if the
+    listing goes on: chunks first, so a failure in between is retried from this page."""
+    request: ListObjectVersionsRequestTypeDef = {"Bucket": page.bucket, "Prefix": page.prefix}
+    if page.key_marker is not None:
+        request["KeyMarker"] = page.key_marker
+    if page.version_marker is not None:
+        request["VersionIdMarker"] = page.version_marker
+    with aws_errors(f"listing s3://{page.bucket}/{page.prefix}"):
+        listing = s3.list_object_versions(**request)
+    listed = _current(page.prefix, listing.get("Versions", []))
+    chunks = _send_chunks(
+        sqs, queue_url, page.bucket, page.prefix, page.gallery, listed, page.chunk_size
+    )
+    if listing.get("IsTruncated"):
+        after = BackfillPage(
+            page.bucket,
+            page.prefix,
+            page.gallery,
+            page.chunk_size,
+            key_marker=listing.get("NextKeyMarker"),
+            version_marker=listing.get("NextVersionIdMarker"),
+        )
+        send_messages(sqs, queue_url, [after.to_message()], "the backfill's next page")
+    return BackfillReport(objects=len(listed), chunks=chunks, pages=1)
 
 
 __all__ = [
     "BackfillChunk",
+    "BackfillPage",
     "BackfillReport",
     "backfill",
     "backfill_upload",
     "check_prefix",
+    "follow_page",
     "list_pages",
     "parse_s3_url",
+    "start_backfill",
 ]

@@ -38,7 +38,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from facegate.batch.archives import MAX_ARCHIVE_READ, open_archive, read_archive, read_member
-from facegate.batch.backfill import BackfillChunk
+from facegate.batch.backfill import BackfillChunk, BackfillPage, follow_page
 from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.embedding import PhotoInput, embed_photos
 from facegate.batch.erase_jobs import is_erasure_rewrite
@@ -46,6 +46,7 @@ from facegate.batch.events import notification_refs
 from facegate.batch.messages import (
     ARCHIVE_CHUNK,
     BACKFILL_CHUNK,
+    BACKFILL_PAGE,
     ArchiveChunk,
     message_type,
     parse_body,
@@ -158,6 +159,8 @@ class EmbedJob:
             self._take_chunk(ArchiveChunk.from_message(doc), work)
         elif kind == BACKFILL_CHUNK:
             self._take_backfill(BackfillChunk.from_message(doc), work)
+        elif kind == BACKFILL_PAGE:
+            self._follow_backfill(BackfillPage.from_message(doc))
         elif kind is not None:
             raise ValidationError(f"unexpected message type {kind!r} on the ingest queue")
         else:
@@ -172,6 +175,13 @@ class EmbedJob:
             raise ValidationError("a backfill chunk names another bucket than the photo bucket")
         for ref in chunk.refs():
             self._take_ref(ref, work, chunk.upload(ref.key))
+
+    def _follow_backfill(self, page: BackfillPage) -> None:
+        """One listing page of a backfill started by the API: its chunks and the next page
+        go back on this queue, so the listing fans out as the embedding does."""
+        if page.bucket != self.config.bucket:
+            raise ValidationError("a backfill page names another bucket than the photo bucket")
+        follow_page(self.s3, self.sqs, self.config.queue_url, page)
 
     def _take_ref(self, ref: ObjectRef, work: _Work, upload: Upload | None = None) -> None:
         """One uploaded object (``upload``: what it is, else what its key says under the

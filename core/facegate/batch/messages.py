@@ -40,6 +40,7 @@ ERASURE = "facegate.erasure"
 ERASURE_CHUNK = "facegate.erasure_chunk"
 COLLECTION_DELETION = "facegate.collection_deletion"
 BACKFILL_CHUNK = "facegate.backfill_chunk"
+BACKFILL_PAGE = "facegate.backfill_page"
 
 T = TypeVar("T")
 

@@ -34,20 +34,20 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     """Queue photos already in the photo bucket for a gallery; prints the counts as JSON."""
-    from facegate.batch.backfill import backfill, parse_s3_url
+    from facegate.batch.backfill import BackfillPage, backfill, parse_s3_url
     from facegate.storage.clients import aws_client
 
     settings = aws_settings(args)
     bucket, prefix = parse_s3_url(args.url)
+    request = BackfillPage(
+        bucket, prefix, args.gallery, args.chunk_size or settings.archive_chunk_size
+    )
     report = backfill(
         aws_client("s3", settings),
         aws_client("sqs", settings),
         settings.ingest_queue_url,
-        bucket=bucket,
-        prefix=prefix,
-        gallery=args.gallery,
+        request,
         photo_bucket=settings.bucket,
-        chunk_size=args.chunk_size or settings.archive_chunk_size,
     )
     print(json.dumps(report.to_dict()))
     return EXIT_OK

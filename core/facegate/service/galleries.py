@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from facegate.batch.backfill import BackfillPage, start_backfill
 from facegate.batch.reembed import ReembedRequest, get_status, put_status
 from facegate.common import validate_id
 from facegate.errors import StorageError, UnknownGalleryError, ValidationError
@@ -49,6 +50,8 @@ class GalleryService:
         sqs: SQSClient,
         jobs_queue_url: str | None,
         model_dir: Path,
+        ingest_queue_url: str | None,
+        backfill_chunk_size: int,
     ) -> None:
         self.galleries = galleries
         self.tombstones = tombstones
@@ -56,6 +59,8 @@ class GalleryService:
         self.sqs = sqs
         self.jobs_queue_url = jobs_queue_url
         self.model_dir = model_dir
+        self.ingest_queue_url = ingest_queue_url
+        self.backfill_chunk_size = backfill_chunk_size
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GalleryService:
@@ -67,6 +72,8 @@ class GalleryService:
             sqs=aws_client("sqs", settings),
             jobs_queue_url=settings.jobs_queue_url,
             model_dir=settings.model_dir,
+            ingest_queue_url=settings.ingest_queue_url,
+            backfill_chunk_size=settings.archive_chunk_size,
         )
 
     @property
@@ -81,6 +88,18 @@ class GalleryService:
         """Rebuild ``gallery.parquet`` from its parts now, dropping every deleted subject."""
         name = validate_id(gallery, "gallery")
         return self.galleries.compact(name, erasures=self.tombstones.all()).to_dict()
+
+    def start_backfill(self, gallery: str, prefix: str) -> dict[str, Any]:
+        """Queue a backfill of the photo bucket's ``prefix`` into ``gallery``: the first
+        listing page goes to the ingest queue and the embedding function follows the rest
+        (:func:`facegate.batch.backfill.follow_page`); returns what was queued."""
+        page = start_backfill(
+            self.sqs,
+            self.ingest_queue_url,
+            BackfillPage(self.bucket, prefix, gallery, self.backfill_chunk_size),
+            photo_bucket=self.bucket,
+        )
+        return {"status": "queued", "gallery": page.gallery, "prefix": page.prefix}
 
     def submit_reembed(
         self, target: str, model_id: str, source_gallery: str | None = None

@@ -91,6 +91,7 @@ ROUTE_SCOPES: dict[str, Scope] = {
     "GET /galleries/{gallery}": "admin",
     "DELETE /galleries/{gallery}/subjects/{subject_id}": "admin",
     "POST /galleries/{gallery}/compact": "admin",
+    "POST /galleries/{gallery}/backfill": "admin",
     "POST /reembed": "admin",
     "GET /galleries/{gallery}/reembed": "admin",
     "GET /jobs/{job_id}": "admin",

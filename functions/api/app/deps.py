@@ -145,6 +145,8 @@ def _gallery_service(settings: Settings) -> GalleryService:
         sqs=aws_client("sqs", settings),
         jobs_queue_url=settings.jobs_queue_url,
         model_dir=settings.model_dir,
+        ingest_queue_url=settings.ingest_queue_url,
+        backfill_chunk_size=settings.archive_chunk_size,
     )
 
 

@@ -12,7 +12,13 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from facegate.batch.backfill import backfill, list_pages, parse_s3_url
+from facegate.batch.backfill import (
+    BackfillPage,
+    backfill,
+    list_pages,
+    parse_s3_url,
+    start_backfill,
+)
 from facegate.errors import ValidationError
 from facegate.storage.clients import aws_client
 
@@ -48,11 +54,8 @@ def _backfill(aws, ingest, prefix: str, gallery: str, chunk_size: int = 2):
         aws_client("s3", aws),
         aws_client("sqs", aws),
         ingest.url,
-        bucket=aws.bucket,
-        prefix=prefix,
-        gallery=gallery,
+        BackfillPage(aws.bucket, prefix, gallery, chunk_size),
         photo_bucket=aws.bucket,
-        chunk_size=chunk_size,
     )
 
 
@@ -147,17 +150,44 @@ def test_listing_goes_page_by_page(aws, ingest):
     assert sorted(keys) == sorted(f"many/s{i % 7}/p{i}.jpg" for i in range(1005))
 
 
+def test_the_embedding_function_follows_a_started_backfill_page_by_page(
+    aws, embed, ingest, invoke, faces_dir
+):
+    """``POST /galleries/{g}/backfill`` queues only the first page: each page taken lists
+    its objects, queues their chunks and the next page, until the listing ends."""
+    s3 = aws_client("s3", aws)
+    body = (faces_dir / "person_a_1.jpg").read_bytes()
+    s3.put_object(Bucket=aws.bucket, Key="paged/person_a/real.jpg", Body=body)
+    for i in range(1004):
+        s3.put_object(Bucket=aws.bucket, Key=f"paged/s{i % 3}/p{i:04}.jpg", Body=b"x")
+    ingest.drain()
+    start_backfill(
+        aws_client("sqs", aws),
+        ingest.url,
+        BackfillPage(aws.bucket, "paged/", "paged", 500),
+        photo_bucket=aws.bucket,
+    )
+    kinds: list[str] = []
+    pending = ingest.drain()
+    while pending:
+        kinds += [json.loads(r["body"])["type"] for r in pending]
+        assert invoke(embed, {"Records": pending}, FUNCTION) == []
+        pending = ingest.drain()
+    assert kinds.count("facegate.backfill_page") == 2  # 1,005 versions: two listing pages
+    assert kinds.count("facegate.backfill_chunk") == 3  # 1000 -> 500 + 500, then 5
+    assert [r["image_key"] for r in _rows(aws, "paged", "parts")] == ["paged/person_a/real.jpg"]
+    rejected = {r["image_key"] for r in _rows(aws, "paged", "rejects")}
+    assert rejected == {f"paged/s{i % 3}/p{i:04}.jpg" for i in range(1004)}
+
+
 def test_only_the_photo_bucket_and_folders_are_backfilled(aws, ingest):
     with pytest.raises(ValidationError, match="photo bucket"):
         backfill(
             aws_client("s3", aws),
             aws_client("sqs", aws),
             ingest.url,
-            bucket="someone-elses",
-            prefix="x/",
-            gallery="g",
+            BackfillPage("someone-elses", "x/", "g", 10),
             photo_bucket=aws.bucket,
-            chunk_size=10,
         )
     assert parse_s3_url("s3://b/some/prefix") == ("b", "some/prefix/")
     assert parse_s3_url("s3://b") == ("b", "")

@@ -350,6 +350,7 @@ NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
         "s3:ListBucket": "an upload deleted before processing is a 404, not a 403",
         "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",
         "sqs:SendMessage*": "an archive over one chunk fans out to the ingest queue",
+        "s3:ListBucketVersions": "POST /galleries/{g}/backfill: it lists a page per message",
     },
     "CompactFunction": {
         "sqs:SendMessage": "its asynchronous invocations' dead-letter queue",

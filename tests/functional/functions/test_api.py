@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -315,6 +316,28 @@ def test_face_errors_are_422(client, faces_dir):
     canvas.paste(small, (150, 140))
     tiny = client.post("/embedding", json={"image": b64(_jpeg(np.asarray(canvas)))})
     assert tiny.status_code == 422 and tiny.json()["error"]["code"] == "face_too_small"
+
+
+def test_a_backfill_queues_its_first_listing_page_on_the_ingest_queue(pipeline, aws, api_key):
+    """POST /galleries/{g}/backfill answers at once: the embedding function lists the prefix
+    (tests/functional/batch/test_backfill.py follows the pages); a bad prefix sends nothing."""
+    sqs = aws_client("sqs", aws)
+    url = sqs.create_queue(QueueName="backfill-ingest")["QueueUrl"]
+    settings = aws.model_copy(update={"ingest_queue_url": url})
+    app = create_app()
+    app.dependency_overrides[get_pipeline] = lambda: pipeline
+    app.dependency_overrides[get_settings] = lambda: settings
+    client = TestClient(app, headers={"x-api-key": api_key})
+
+    bad = client.post("/galleries/old/backfill", json={"prefix": "archive"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "validation_error"
+    answer = client.post("/galleries/old/backfill", json={"prefix": "archive/2019/"})
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"status": "queued", "gallery": "old", "prefix": "archive/2019/"}
+    (sent,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    body = json.loads(sent["Body"])
+    assert body["type"] == "facegate.backfill_page" and body["bucket"] == aws.bucket
+    assert (body["prefix"], body["gallery"], body["key_marker"]) == ("archive/2019/", "old", None)
 
 
 def test_reembed_is_queued_for_the_jobs_worker(pipeline, aws, api_key, photo):

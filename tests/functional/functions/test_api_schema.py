@@ -97,6 +97,13 @@ CASES = [
     ("GET", "/galleries/{gallery}/reembed", "/galleries/none_yet/reembed", {}, 404),
     (
         "POST",
+        "/galleries/{gallery}/backfill",
+        "/galleries/old/backfill",
+        {"json": {"prefix": "not-a-folder"}},
+        400,
+    ),
+    (
+        "POST",
         "/reembed",
         "/reembed",
         {"content": b"{}", "headers": {"content-type": "text/plain"}},

@@ -99,6 +99,7 @@ REQUESTS = {
         ("GET", "/galleries/staff", None),
         ("DELETE", "/galleries/staff/subjects/resident", None),
         ("POST", "/galleries/staff/compact", None),
+        ("POST", "/galleries/staff/backfill", {"prefix": "archive/"}),
         ("POST", "/reembed", {"target": "staff-v2", "model_id": "sface"}),
         ("GET", "/galleries/staff-v2/reembed", None),
         ("GET", "/jobs/job-1", None),

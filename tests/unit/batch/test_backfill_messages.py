@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from facegate.batch.backfill import BackfillChunk, backfill_upload
+from facegate.batch.backfill import BackfillChunk, BackfillPage, backfill_upload
 from facegate.errors import ValidationError
 from facegate.storage.keys import InvalidUpload, PhotoUpload
 
@@ -35,6 +35,31 @@ def test_a_bad_chunk_is_refused(changes, message):
     fields = {"bucket": "bucket", "prefix": "old/", "gallery": "g", "objects": (OBJECT,)}
     with pytest.raises(ValidationError, match=message):
         BackfillChunk(**(fields | changes))
+
+
+def test_a_page_round_trips_with_its_markers():
+    first = BackfillPage("bucket", "old/", "g", 50)
+    later = BackfillPage("bucket", "old/", "g", 50, key_marker="old/ann/1.jpg", version_marker="v1")
+    for page in (first, later):
+        assert BackfillPage.from_message(page.to_message()) == page
+    assert first.key_marker is None and first.version_marker is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"prefix": "old"}, "ends with '/'"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"chunk_size": True}, "chunk_size"),
+        ({"key_marker": 7}, "key_marker"),
+        ({"bucket": ""}, "bucket"),
+        ({"gallery": "../g"}, "gallery"),
+    ],
+)
+def test_a_bad_page_is_refused(changes, message):
+    fields = {"bucket": "bucket", "prefix": "old/", "gallery": "g", "chunk_size": 10}
+    with pytest.raises(ValidationError, match=message):
+        BackfillPage(**(fields | changes))
 
 
 def test_keys_under_the_prefix_follow_the_upload_layout():

@@ -277,6 +277,8 @@ def galleries(fresh_aws, tmp_path) -> GalleryService:
         sqs=sqs,
         jobs_queue_url=url,
         model_dir=tmp_path / "models",
+        ingest_queue_url=None,
+        backfill_chunk_size=settings.archive_chunk_size,
     )
 
 

@@ -72,6 +72,29 @@ def compact_gallery(gallery: IdPath, service: GalleryServiceDep) -> dict[str, ob
     return service.compact(gallery)
 
 
+class BackfillBody(BaseModel):
+    """Photos already in the photo bucket under ``prefix`` (``<prefix><subject_id>/<photo>``),
+    which no upload notification announced."""
+
+    prefix: Annotated[str, Field(max_length=1024, examples=["archive/2019/"])]
+
+
+@router.post(
+    "/galleries/{gallery}/backfill",
+    status_code=202,
+    dependencies=[Depends(require_json)],
+    responses=error_responses(413, 415),
+)
+def backfill_gallery(
+    gallery: IdPath, body: BackfillBody, service: GalleryServiceDep
+) -> dict[str, object]:
+    """Embed the photos under ``prefix`` into the gallery, through the ingest queue: the
+    embedding function lists the prefix a page at a time and embeds each page's photos as it
+    does uploads (each photo a row or a reject with its reason; running it twice adds no
+    rows). Poll ``GET /galleries/{gallery}`` for the rows as they land."""
+    return service.start_backfill(gallery, body.prefix)
+
+
 class ReembedBody(BaseModel):
     """Re-embed ``source_gallery`` (or, when absent, the enrolled subjects' photos) with
     ``model_id`` into the new gallery ``target``."""
