@@ -41,6 +41,7 @@ _DECISION_SLACK = 1e-6
 # Results
 # --------------------------------------------------------------------------------------
 
+
 def _rank() -> pa.DataType:
     """One ranked candidate: a subject and its similarity."""
     return pa.struct(

@@ -101,9 +101,7 @@ class _Entry:
             dims = {len(r) for r in self.rows}
             if len(dims) > 1:
                 raise ModelMismatchError("faces of one model have different embedding dims")
-            self.matrix = (
-                np.stack(self.rows) if self.rows else np.empty((0, 0), dtype=np.float32)
-            )
+            self.matrix = np.stack(self.rows) if self.rows else np.empty((0, 0), dtype=np.float32)
 
 
 class FaceIndexCache:

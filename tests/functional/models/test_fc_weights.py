@@ -70,9 +70,7 @@ def test_only_large_gemm_weights_are_rewritten():
 
     dlib = onnx.load(str(model_path(folder, "dlib-resnet") / ONNX_FILE))
     serialized = dlib.SerializeToString()
-    assert all(
-        np.prod(t.dims) < MIN_WEIGHTS for t in dlib.graph.initializer if len(t.dims) == 2
-    )
+    assert all(np.prod(t.dims) < MIN_WEIGHTS for t in dlib.graph.initializer if len(t.dims) == 2)
     assert compress_fc_weights(dlib) == [] and dlib.SerializeToString() == serialized
 
 

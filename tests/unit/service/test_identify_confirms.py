@@ -46,9 +46,7 @@ def test_a_subject_gone_from_the_table_is_not_named_from_a_stale_cache(fresh_aws
     assert ids == ["bob"]
 
 
-def test_an_index_still_showing_a_deleted_subject_never_names_it(
-    fresh_aws, processor, monkeypatch
-):
+def test_an_index_still_showing_a_deleted_subject_never_names_it(fresh_aws, processor, monkeypatch):
     service = _service(fresh_aws, processor)
     service.enrol("ann", [ANN_1])
     service.enrol("bob", [BOB])
