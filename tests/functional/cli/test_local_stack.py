@@ -136,6 +136,17 @@ def _survivors(tmp_path: Path) -> str:
     return "\n".join(line for line in ps.splitlines() if str(tmp_path) in line)
 
 
+def _first_part(cli, gallery: str) -> dict | None:
+    """``facegate gallery show`` once the embedding function has written a part (2 minutes
+    at most), else None."""
+    for _ in range(240):
+        attempt = cli("gallery", "show", gallery, "--local", "--json")
+        if attempt.returncode == 0 and json.loads(attempt.stdout)["parts"]:
+            return json.loads(attempt.stdout)
+        time.sleep(0.5)
+    return None
+
+
 @pytest.mark.slow
 def test_up_invoke_upload_down(tmp_path, faces_dir):
     env = _stack_env(tmp_path)
@@ -199,13 +210,7 @@ def test_up_invoke_upload_down(tmp_path, faces_dir):
             (people / subject / f"{name}.jpg").write_bytes((faces_dir / f"{name}.jpg").read_bytes())
         uploaded = cli("upload", people, "--gallery", "cli", "--local")
         assert uploaded.returncode == 0 and "uploads/cli/people.zip" in uploaded.stdout
-        shown = None
-        for _ in range(240):
-            attempt = cli("gallery", "show", "cli", "--local", "--json")
-            if attempt.returncode == 0 and json.loads(attempt.stdout)["parts"]:
-                shown = json.loads(attempt.stdout)
-                break
-            time.sleep(0.5)
+        shown = _first_part(cli, "cli")
         assert shown is not None and shown["rows"] == 2 and shown["subjects"] == 2
         compacted = cli("gallery", "compact", "cli", "--local")
         assert compacted.returncode == 0 and json.loads(compacted.stdout)["rows_out"] == 2
@@ -229,13 +234,7 @@ def test_up_invoke_upload_down(tmp_path, faces_dir):
         queued = cli("backfill", f"s3://{bucket}/archive/", "--gallery", "old", "--local")
         assert queued.returncode == 0, queued.stderr
         assert json.loads(queued.stdout)["objects"] == 2
-        backfilled = None
-        for _ in range(240):
-            attempt = cli("gallery", "show", "old", "--local", "--json")
-            if attempt.returncode == 0 and json.loads(attempt.stdout)["parts"]:
-                backfilled = json.loads(attempt.stdout)
-                break
-            time.sleep(0.5)
+        backfilled = _first_part(cli, "old")
         assert backfilled is not None and backfilled["rows"] == 2
 
         job = tmp_path / "job"

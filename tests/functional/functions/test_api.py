@@ -318,16 +318,21 @@ def test_face_errors_are_422(client, faces_dir):
     assert tiny.status_code == 422 and tiny.json()["error"]["code"] == "face_too_small"
 
 
+def _with_queue(pipeline, aws, api_key, setting: str, name: str) -> tuple[TestClient, str]:
+    """A client of an app whose settings name a new queue as ``setting``, and its URL."""
+    url = aws_client("sqs", aws).create_queue(QueueName=name)["QueueUrl"]
+    settings = aws.model_copy(update={setting: url})
+    app = create_app()
+    app.dependency_overrides[get_pipeline] = lambda: pipeline
+    app.dependency_overrides[get_settings] = lambda: settings
+    return TestClient(app, headers={"x-api-key": api_key}), url
+
+
 def test_a_backfill_queues_its_first_listing_page_on_the_ingest_queue(pipeline, aws, api_key):
     """POST /galleries/{g}/backfill answers at once: the embedding function lists the prefix
     (tests/functional/batch/test_backfill.py follows the pages); a bad prefix sends nothing."""
     sqs = aws_client("sqs", aws)
-    url = sqs.create_queue(QueueName="backfill-ingest")["QueueUrl"]
-    settings = aws.model_copy(update={"ingest_queue_url": url})
-    app = create_app()
-    app.dependency_overrides[get_pipeline] = lambda: pipeline
-    app.dependency_overrides[get_settings] = lambda: settings
-    client = TestClient(app, headers={"x-api-key": api_key})
+    client, url = _with_queue(pipeline, aws, api_key, "ingest_queue_url", "backfill-ingest")
 
     bad = client.post("/galleries/old/backfill", json={"prefix": "archive"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "validation_error"
@@ -343,12 +348,7 @@ def test_a_backfill_queues_its_first_listing_page_on_the_ingest_queue(pipeline, 
 def test_reembed_is_queued_for_the_jobs_worker(pipeline, aws, api_key, photo):
     """POST /reembed checks the request, records it as queued and sends the message."""
     sqs = aws_client("sqs", aws)
-    url = sqs.create_queue(QueueName="reembed-jobs")["QueueUrl"]
-    settings = aws.model_copy(update={"jobs_queue_url": url})
-    app = create_app()
-    app.dependency_overrides[get_pipeline] = lambda: pipeline
-    app.dependency_overrides[get_settings] = lambda: settings
-    client = TestClient(app, headers={"x-api-key": api_key})
+    client, url = _with_queue(pipeline, aws, api_key, "jobs_queue_url", "reembed-jobs")
 
     client.post("/subjects/reembed_me/faces", json={"image": b64(photo("person_a_1"))})
     answer = client.post("/reembed", json={"target": "enrolled-fused", "model_id": "sface+dlib"})
