@@ -17,6 +17,7 @@ here as on AWS. Lambda's limits hold too:
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import json
 import os
@@ -224,6 +225,9 @@ def main() -> None:
     config = LocalConfig.load(args.root.resolve())
     template = config.template(os.environ["FACEGATE_AWS_ENDPOINT_URL"])
     spec = template.function(args.function)
+    # ``kill -USR1 <pid>`` (``facegate local status`` lists the pids) writes every thread's
+    # stack to the stack's log: how to see where a function that never gets ready is stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     MemoryWatch(spec).start()
     if args.function == API_FUNCTION:
         serve_api(config, template, spec)

@@ -198,10 +198,14 @@ def test_up_invoke_upload_down(tmp_path, faces_dir):
         # arrived now would go to it and stay invisible for the queue's visibility timeout, as
         # on AWS. Upload once the new environment polls and that poll has surely ended.
         log = tmp_path / "state" / "stack.log"
-        for _ in range(600):
+        for _ in range(900):
             if log.read_text().count("EmbedFunction: ready") >= 2:
                 break
             time.sleep(0.1)
+        else:
+            os.kill(now, signal.SIGUSR1)  # its threads' stacks, into the log
+            time.sleep(1)
+            pytest.fail("the new EmbedFunction never got ready:\n" + log.read_text()[-6000:])
         time.sleep(3)
 
         people = tmp_path / "people"
