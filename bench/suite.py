@@ -11,6 +11,9 @@ Sections (each module's docstring says exactly what it measures):
   load against the in-process pipeline;
 - search_bench.py: 1:N search over 10k/100k/1M rows, our float32/float16 indexes against
   NumPy matmul + argpartition in the same precision;
+- ann_bench.py: 1:N through a gallery's ANN index (faiss shortlist, exact rescoring) at 1M
+  and 10M rows derived from real LFW embeddings, against exact search of the same index, with
+  recall@1/@5 against the exact answer;
 - identify_bench.py: ``/identify`` over 100,000 enrolled subjects on a warm function with
   1,000,000 ledger items in the table against the same with none (moto in-process);
 - ingest_bench.py: the embedding job's photos/minute on the local stack (S3 -> SQS -> the
@@ -39,7 +42,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 os.environ.setdefault("FACEGATE_NUM_THREADS", "2")
 
-SECTIONS = ("throughput", "startup", "api", "search", "identify", "ingest")
+SECTIONS = ("throughput", "startup", "api", "search", "ann", "identify", "ingest")
 
 
 def machine() -> dict[str, object]:
@@ -117,6 +120,13 @@ def search_rows() -> list[dict[str, object]]:
     return rows
 
 
+def ann_rows() -> list[dict[str, object]]:
+    """ANN shortlists vs exact search at 1M and 10M rows (about 10 minutes, 8 GB)."""
+    import ann_bench
+
+    return ann_bench.measure([1_000_000, 10_000_000])
+
+
 def identify_rows() -> list[dict[str, object]]:
     import identify_bench
 
@@ -181,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup": startup_rows,
         "api": api_rows,
         "search": search_rows,
+        "ann": ann_rows,
         "identify": identify_rows,
         "ingest": ingest_rows,
     }

@@ -166,16 +166,20 @@ class Receipt:
 #: :attr:`Task.kind` values: one table of a gallery (part, rejects, ``gallery.parquet``); a
 #: gallery's upload folder of the person; a photo set (the zip, then its CSV manifest, which
 #: says which members are the person's); a manifest with no zip beside it; the verification
-#: jobs of the scope's galleries; the dead-letter queues.
-TABLE, UPLOAD_PHOTOS, PHOTO_SET, MANIFEST_CSV, JOBS, DEAD_LETTERS = (
+#: jobs of the scope's galleries; the dead-letter queues; a gallery's ANN index folder
+#: (its quantised rows: removed whole, every version, and rebuilt by the next index build).
+TABLE, UPLOAD_PHOTOS, PHOTO_SET, MANIFEST_CSV, JOBS, DEAD_LETTERS, ANN_INDEX = (
     "table",
     "upload_photos",
     "photo_set",
     "manifest_csv",
     "jobs",
     "dead_letters",
+    "ann_index",
 )
-TASK_KINDS = frozenset({TABLE, UPLOAD_PHOTOS, PHOTO_SET, MANIFEST_CSV, JOBS, DEAD_LETTERS})
+TASK_KINDS = frozenset(
+    {TABLE, UPLOAD_PHOTOS, PHOTO_SET, MANIFEST_CSV, JOBS, DEAD_LETTERS, ANN_INDEX}
+)
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,9 @@ class Eraser:
             listed += len(versions)
             tables = sorted({k for k, _ in versions if k.endswith(".parquet")})
             tasks.extend(Task(TABLE, key, gallery) for key in tables)
+            ann = layout.ann_prefix(gallery)
+            if any(k.startswith(ann) for k, _ in versions):
+                tasks.append(Task(ANN_INDEX, ann, gallery))
         if scope_collection(scope) is None:
             own = scope.removeprefix("gallery:")
             prefix = f"{layout.UPLOADS_PREFIX}{own}/"
@@ -358,6 +365,9 @@ class Eraser:
         validate_id(subject_id)
         if task.kind == TABLE:
             return self._erase_table(subject_id, task.gallery, task.key), []
+        if task.kind == ANN_INDEX:
+            done = erase_prefix(self.objects, task.key, "gallery_ann")
+            return ([Removed.from_scrub(done)] if done is not None else []), []
         if task.kind == UPLOAD_PHOTOS:
             done = erase_prefix(self.objects, task.key, "upload_photos")
             return ([Removed.from_scrub(done)] if done is not None else []), []

@@ -70,10 +70,8 @@ from facegate.errors import (
     FaceGateError,
     ImageTooLargeError,
     ModelMismatchError,
-    ObjectNotFoundError,
     ObjectTooLargeError,
     StorageError,
-    UnknownGalleryError,
     UnknownJobError,
     UnknownSubjectError,
     ValidationError,
@@ -81,6 +79,7 @@ from facegate.errors import (
 from facegate.gallery.cache import GalleryCache
 from facegate.gallery.index import GalleryIndex
 from facegate.settings import MultiFacePolicy
+from facegate.storage.gallery_ann import gallery_loader
 from facegate.storage.jobs import JobStore
 from facegate.storage.keys import (
     chunk_result_key,
@@ -313,16 +312,8 @@ class JobWorker:
 
     def _gallery(self, name: str) -> GalleryIndex:
         """The gallery's index from the cache: one conditional GET per use when warm."""
-        key = gallery_key(name)
         objects = ObjectStore(self.s3, self.config.bucket)
-
-        def load(if_none_match: str | None) -> tuple[str, bytes | None]:
-            try:
-                return objects.get_if_changed(key, if_none_match)
-            except ObjectNotFoundError as exc:
-                raise UnknownGalleryError(f"gallery {name!r} has not been built") from exc
-
-        return self.cache.get(self.config.bucket, key, load)
+        return self.cache.get(self.config.bucket, gallery_key(name), gallery_loader(objects, name))
 
     def _erasures(self) -> ErasureJobs:
         if self.erasures is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from facegate.cli.extensions import Subcommands, Target
 from facegate.cli.options import EXIT_ERROR, EXIT_OK, add_target_options, aws_settings
 from facegate.errors import FaceGateError, ValidationError
+from facegate.gallery.ann import ANN_MIN_ROWS
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -64,6 +65,9 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         else:
             for key, value in summary.items():
                 print(f"{key:<16} {value}")
+        return EXIT_OK
+    if args.action == "index":
+        print(json.dumps(service.build_index(args.name, min_rows=args.min_rows)))
         return EXIT_OK
     print(json.dumps(service.compact(args.name)))
     return EXIT_OK
@@ -303,12 +307,23 @@ def register(sub: Subcommands, targets: Sequence[Target]) -> None:
 
     gallery = sub.add_parser("gallery", help="Parquet galleries built by the batch job")
     gallery_actions = gallery.add_subparsers(dest="action", required=True)
-    for name, text in [("show", "rows, subjects, rejects by reason"), ("compact", "rebuild it")]:
+    for name, text in [
+        ("show", "rows, subjects, rejects by reason"),
+        ("compact", "rebuild it"),
+        ("index", "build its ANN index (faiss) for search past a million rows"),
+    ]:
         p = gallery_actions.add_parser(name, help=text)
         p.add_argument("name")
         add_target_options(p, targets, "on")
         if name == "show":
             p.add_argument("--json", action="store_true")
+        if name == "index":
+            p.add_argument(
+                "--min-rows",
+                type=int,
+                default=ANN_MIN_ROWS,
+                help=f"build only from this many rows (default {ANN_MIN_ROWS:,})",
+            )
         p.set_defaults(func=cmd_gallery)
 
     p = sub.add_parser(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import numpy as np
 
 from facegate.errors import FaceGateError, ModelMismatchError, StorageError, ValidationError
+from facegate.gallery.ann import AnnPayload
 from facegate.gallery.index import GalleryIndex
 from facegate.gallery.kernels import _check_dtype, _check_threads
 from facegate.lazy import lazy_module
@@ -32,10 +33,11 @@ DEFAULT_CACHE_BYTES = 1 << 30
 # --------------------------------------------------------------------------------------
 
 #: What a loader may return as the object's content: Parquet bytes, a gallery table, a
-#: ready index, a local path, or ``None`` for "not modified since ``if_none_match``".
+#: ready index, a local path, the bytes with their ANN index (:class:`AnnPayload`), or
+#: ``None`` for "not modified since ``if_none_match``".
 Payload: TypeAlias = (
     "bytes | bytearray | memoryview | pa.Buffer | pa.Table | pa.RecordBatch | GalleryIndex"
-    " | str | os.PathLike[str] | None"
+    " | AnnPayload | str | os.PathLike[str] | None"
 )
 #: ``loader(if_none_match) -> (etag, payload)``; ``if_none_match`` is the cached etag or
 #: None. A loader taking no argument, ``loader() -> (etag, payload)``, works too. (Both
@@ -246,6 +248,8 @@ class GalleryCache:
                     f"expected {self._expected_model_id!r}"
                 )
             return payload
+        if isinstance(payload, AnnPayload):
+            return payload.attach(GalleryIndex.from_bytes(payload.gallery, **options))
         if isinstance(payload, (pa.Table, pa.RecordBatch)):
             return GalleryIndex.from_table(payload, **options)
         if isinstance(payload, (bytes, bytearray, memoryview, pa.Buffer)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from copy import copy as shallow_copy
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -38,6 +39,8 @@ from facegate.lazy import lazy_module
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from facegate.gallery.ann import AnnIndex
 else:
     pa = lazy_module("pyarrow")
 
@@ -157,6 +160,7 @@ class GalleryIndex:
         self._subject_names: pa.Array[Any] = encoded.dictionary
         self._max_rows_per_subject = int(np.bincount(self._codes).max()) if self._codes.size else 0
         self._image_keys = keys
+        self._ann: AnnIndex | None = None
 
     @classmethod
     def from_table(
@@ -324,6 +328,23 @@ class GalleryIndex:
         return self._image_keys
 
     @property
+    def ann(self) -> AnnIndex | None:
+        """The ANN shortlist index searches go through, if any (see :meth:`with_ann`)."""
+        return self._ann
+
+    def with_ann(self, ann: AnnIndex | None) -> GalleryIndex:
+        """This gallery searched through ``ann``'s shortlists (rescored exactly from this
+        matrix); None: exact. A new object sharing the matrix: instances stay immutable."""
+        if ann is not None and (ann.n_rows != self.n_rows or ann.dim != self.dim):
+            raise ModelMismatchError(
+                f"ANN index of {ann.n_rows} rows x {ann.dim} does not fit a gallery of "
+                f"{self.n_rows} x {self.dim}"
+            )
+        twin = shallow_copy(self)
+        twin._ann = ann
+        return twin
+
+    @property
     def matrix_nbytes(self) -> int:
         return int(self._matrix.nbytes)
 
@@ -333,6 +354,8 @@ class GalleryIndex:
         total = self._matrix.nbytes + self._codes.nbytes + self._subject_names.nbytes
         if self._image_keys is not None:
             total += self._image_keys.nbytes
+        if self._ann is not None:
+            total += self._ann.nbytes
         return int(total)
 
     def __repr__(self) -> str:
@@ -363,6 +386,9 @@ class GalleryIndex:
         q = check_query(query, self.dim)
         if self.n_rows == 0:
             return SearchResult(candidates=(), threshold=threshold)
+        if self._ann is not None:
+            rows, sims = self._shortlisted(q, k, per_subject, self._ann)
+            return self._result(rows, sims, threshold)
         scanned = self._scan(q)
         if per_subject:
             rows, sims = self._best_subject_rows(q, scanned, k)
@@ -455,6 +481,30 @@ class GalleryIndex:
             take = min(n, enough if enough <= max(4 * take, _DIRECT_WIDEN_ROWS) else 4 * take)
         keep = np.sort(first)[:want]
         return rows[keep], sims[keep]
+
+    def _shortlisted(
+        self, q: np.ndarray, k: int, per_subject: bool, ann: AnnIndex
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` rows (or subjects' best rows) among the ANN shortlist, rescored
+        exactly and ranked as the exact path ranks them (similarity desc, row asc). A
+        shortlist with fewer than ``k`` subjects is widened fourfold until it has them or
+        holds every row."""
+        n = self.n_rows
+        want = min(k, self.n_subjects) if per_subject else min(k, n)
+        count = max(ann.params.shortlist, 2 * k)
+        while True:
+            candidates = ann.shortlist(q, min(count, n))
+            sims = self._rescore(q, candidates)
+            order = np.lexsort((candidates, -sims))
+            rows, sims = candidates[order], sims[order]
+            if per_subject:
+                _, first = np.unique(self._codes[rows], return_index=True)
+                keep = np.sort(first)[:want]
+            else:
+                keep = np.arange(min(want, rows.size))
+            if keep.size >= want or count >= n:
+                return rows[keep], sims[keep]
+            count *= 4
 
     def _result(self, rows: np.ndarray, sims: np.ndarray, threshold: float) -> SearchResult:
         if rows.size == 0:

@@ -40,7 +40,6 @@ from facegate.batch.erasure import (
 from facegate.common import validate_id
 from facegate.errors import (
     FaceGateError,
-    InvalidImageError,
     ModelMismatchError,
     NoEnrolledFacesError,
     UnknownGalleryError,
@@ -62,6 +61,7 @@ from facegate.service.probes import (
 )
 from facegate.storage.collections import DEFAULT_COLLECTION, collection_guard
 from facegate.storage.galleries import GalleryStore
+from facegate.storage.gallery_ann import gallery_loader
 from facegate.storage.photos import PhotoStore
 from facegate.storage.subjects import (
     MAX_FACES_PER_PUT,
@@ -435,12 +435,8 @@ class FaceService:
         """Through the process's gallery cache: a warm function keeps the index in memory
         and only asks S3 whether the gallery changed."""
         key = GalleryStore.gallery_key(name)
-        try:
-            index = self.galleries.get(
-                self.photos.bucket, key, lambda etag: self.photos.get_if_changed(key, etag)
-            )
-        except InvalidImageError as exc:
-            raise UnknownGalleryError(f"gallery {name!r} has not been built") from exc
+        load = gallery_loader(self.photos.objects, name)
+        index = self.galleries.get(self.photos.bucket, key, load)
         return index.search(vector, top_k, threshold)
 
     def embed(self, photo: bytes, *, multi_face: object = "all") -> dict[str, Any]:

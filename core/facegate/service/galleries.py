@@ -15,11 +15,13 @@ from facegate.batch.backfill import BackfillPage, start_backfill
 from facegate.batch.reembed import ReembedRequest, get_status, put_status
 from facegate.common import validate_id
 from facegate.errors import StorageError, UnknownGalleryError, ValidationError
+from facegate.gallery.ann import ANN_MIN_ROWS
 from facegate.models.card import list_cards
 from facegate.settings import Settings
 from facegate.storage.aws_errors import aws_errors
 from facegate.storage.clients import aws_client
 from facegate.storage.galleries import GalleryStore, summarise
+from facegate.storage.gallery_ann import build_gallery_ann
 from facegate.storage.tombstones import Tombstones
 
 if TYPE_CHECKING:
@@ -88,6 +90,25 @@ class GalleryService:
         """Rebuild ``gallery.parquet`` from its parts now, dropping every deleted subject."""
         name = validate_id(gallery, "gallery")
         return self.galleries.compact(name, erasures=self.tombstones.all()).to_dict()
+
+    def build_index(self, gallery: str, *, min_rows: int = ANN_MIN_ROWS) -> dict[str, Any]:
+        """Build and publish the ANN index of the compacted gallery (faiss; see
+        :mod:`facegate.storage.gallery_ann`). ``{"indexed": false}`` below ``min_rows`` rows:
+        exact search is fast enough there and nothing is written."""
+        name = validate_id(gallery, "gallery")
+        manifest = build_gallery_ann(self.galleries.objects, name, min_rows=min_rows)
+        if manifest is None:
+            return {"gallery": name, "indexed": False, "min_rows": min_rows}
+        return {
+            "gallery": name,
+            "indexed": True,
+            "rows": manifest.gallery_rows,
+            "factory": manifest.params.factory,
+            "nprobe": manifest.params.nprobe,
+            "index_key": manifest.index_key,
+            "index_bytes": manifest.index_bytes,
+            "build_s": manifest.build_s,
+        }
 
     def start_backfill(self, gallery: str, prefix: str) -> dict[str, Any]:
         """Queue a backfill of the photo bucket's ``prefix`` into ``gallery``: the first

@@ -88,6 +88,17 @@ def gallery_key(gallery: str) -> str:
     return f"{gallery_prefix(gallery)}gallery.parquet"
 
 
+def ann_prefix(gallery: str) -> str:
+    """``galleries/<g>/ann/``: the ANN index objects and their manifest (one erasure task
+    removes them all)."""
+    return f"{gallery_prefix(gallery)}ann/"
+
+
+def ann_manifest_key(gallery: str) -> str:
+    """``galleries/<g>/ann/manifest.json``: which index serves which ``gallery.parquet``."""
+    return f"{ann_prefix(gallery)}manifest.json"
+
+
 def check_source_id(source_id: Any) -> str:
     """An ingest source id (see :meth:`IngestLedger.source_id`): 64 lowercase hex digits."""
     if not isinstance(source_id, str) or not _SOURCE_ID_RE.match(source_id):
