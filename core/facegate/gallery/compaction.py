@@ -83,11 +83,18 @@ def _compact(
     names: Sequence[str] | None,
     deleted: Mapping[str, str] | None,
     expected_model_id: str | None,
+    base: pa.Table | None = None,
 ) -> tuple[pa.Table, _Counts]:
+    """``base``: a compacted gallery the parts are merged onto (an incremental run); its
+    rows are older than every part's, whatever its ``created_at``."""
     if not tables:
         raise ValidationError("no gallery parts to compact")
     labels = list(names) if names is not None else [f"part {i}" for i in range(len(tables))]
     parts = _checked_parts(tables, labels, expected_model_id)
+    if base is not None:
+        merged = _checked_parts([base], ["gallery.parquet"], expected_model_id)
+        _check_same_model([*merged, *parts])
+        parts = [*merged, *parts]
     stacked = _stack(parts)
     latest = _latest_rows(stacked)
     kept = _drop_deleted(latest, _deletion_micros(deleted or {}))
@@ -243,6 +250,9 @@ class CompactionReport:
 
     gallery: str
     key: str
+    #: "full" (every part read) or "incremental" (the parts new or rewritten since the last
+    #: run, merged onto the gallery it wrote).
+    mode: str
     parts_read: int
     rows_in: int
     rows_out: int

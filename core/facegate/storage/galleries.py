@@ -43,6 +43,8 @@ else:
 #: Compactions of one gallery that may lose the race for ``gallery.parquet`` in a row before
 #: the run gives up (a retryable ``write_conflict``): each retry reads everything again.
 COMPACTION_ATTEMPTS = 4
+#: ``compaction.json``'s format; a record of another is ignored (a full rebuild).
+STATE_FORMAT = 1
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -161,10 +163,20 @@ class GalleryStore:
         *,
         erasures: ErasureLookup | None = None,
         expected_model_id: str | None = None,
+        full: bool = False,
     ) -> CompactionReport:
-        """Rebuild ``gallery.parquet`` from every part (see :func:`compact_tables`), without
-        the rows of subjects erased in the gallery's scope (:func:`subject_scope`) after their
-        photo was uploaded.
+        """Bring ``gallery.parquet`` up to date with the parts (see :func:`compact_tables`),
+        without the rows of subjects erased in the gallery's scope (:func:`subject_scope`)
+        after their photo was uploaded.
+
+        Incremental by default: ``compaction.json`` records the parts (key and ETag) the last
+        run merged and the ``gallery.parquet`` it wrote; while that gallery is still the
+        current one and every part it merged is still there unchanged (one listing tells:
+        S3 lists ETags), a run reads only the new parts and merges them onto it, the new
+        rows winning. Anything else (no record, ``full``, a gallery written by someone else
+        such as an erasure's rewrite, a part rewritten or gone, whose old rows the gallery
+        may hold) reads every part: the full rebuild. Tombstones apply to every row either
+        way, so a subject erased since the last run leaves even when nothing is new.
 
         Parts are left as they are: an erasure rewrites the parts that held the person
         (:mod:`facegate.batch.erasure`); compaction only keeps a part written late, from a
@@ -181,33 +193,91 @@ class GalleryStore:
                 etag = self.objects.head(key).etag
             except ObjectNotFoundError:
                 etag = None
-            keys = self.list_parts(gallery)
-            if not keys:
+            listed = {
+                k: e
+                for k, e in self.objects.list_etags(layout.parts_prefix(gallery)).items()
+                if k.endswith(".parquet")
+            }
+            if not listed:
                 raise UnknownGalleryError(f"gallery {gallery} has no parts")
+            merged = None if full or etag is None else self._merged_parts(gallery, etag)
+            base: pa.Table | None = None
+            if merged is not None and all(listed.get(k) == e for k, e in merged.items()):
+                keys = sorted(k for k in listed if k not in merged)
+                base = self.read_table(key)
+            else:
+                keys = sorted(listed)
             tables = [self.read_table(k) for k in keys]
+            everyone = [*tables, *([base] if base is not None else [])]
             deleted: dict[str, str] = {}
             if erasures is not None:
-                subjects = {str(s) for t in tables for s in pc.unique(t["subject_id"]).to_pylist()}
-                deleted = erasures.in_scope(subject_scope(gallery, tables), subjects)
-            table, counts = _compact(tables, keys, deleted, expected_model_id)
+                subjects = {
+                    str(s) for t in everyone for s in pc.unique(t["subject_id"]).to_pylist()
+                }
+                deleted = erasures.in_scope(subject_scope(gallery, everyone), subjects)
+            if base is not None and not keys:
+                # No new parts: the gallery only loses the rows of subjects erased since.
+                table, counts = _compact([base], [key], deleted, expected_model_id)
+                if counts.deleted_dropped == 0:
+                    return self._unchanged(gallery, key, started)
+            else:
+                table, counts = _compact(tables, keys, deleted, expected_model_id, base=base)
             try:
                 if etag is None:
-                    self.write_table(key, table, if_none_match="*")
+                    written = self.write_table(key, table, if_none_match="*")
                 else:
-                    self.write_table(key, table, if_match=etag)
+                    written = self.write_table(key, table, if_match=etag)
                 break
             except WriteConflictError:
                 if attempt == COMPACTION_ATTEMPTS:
                     raise
+        subjects_out = _distinct(table["subject_id"])
+        self.objects.put_json(
+            layout.compaction_state_key(gallery),
+            {
+                "format": STATE_FORMAT,
+                "gallery_etag": written.etag,
+                "rows": table.num_rows,
+                "subjects": subjects_out,
+                "parts": listed,
+            },
+        )
         return CompactionReport(
             gallery=gallery,
             key=key,
+            mode="full" if base is None else "incremental",
             parts_read=len(keys),
             rows_in=counts.rows_in,
             rows_out=table.num_rows,
             duplicates_dropped=counts.duplicates_dropped,
             deleted_dropped=counts.deleted_dropped,
-            subjects=_distinct(table["subject_id"]),
+            subjects=subjects_out,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def _merged_parts(self, gallery: str, etag: str) -> dict[str, str] | None:
+        """The parts the last compaction merged, if it wrote the gallery that has ``etag``."""
+        state = self.objects.get_json(layout.compaction_state_key(gallery), "compaction state")
+        if state is None or state.get("format") != STATE_FORMAT:
+            return None
+        if state.get("gallery_etag") != etag or not isinstance(state.get("parts"), dict):
+            return None
+        return {str(k): str(v) for k, v in state["parts"].items()}
+
+    def _unchanged(self, gallery: str, key: str, started: float) -> CompactionReport:
+        """Nothing new since the last run: nothing read, nothing written."""
+        state = self.objects.get_json(layout.compaction_state_key(gallery), "compaction state")
+        rows = int((state or {}).get("rows", 0))
+        return CompactionReport(
+            gallery=gallery,
+            key=key,
+            mode="incremental",
+            parts_read=0,
+            rows_in=rows,
+            rows_out=rows,
+            duplicates_dropped=0,
+            deleted_dropped=0,
+            subjects=int((state or {}).get("subjects", 0)),
             seconds=round(time.perf_counter() - started, 3),
         )
 

@@ -88,6 +88,12 @@ def gallery_key(gallery: str) -> str:
     return f"{gallery_prefix(gallery)}gallery.parquet"
 
 
+def compaction_state_key(gallery: str) -> str:
+    """``galleries/<g>/compaction.json``: the parts (and their ETags) the last compaction
+    merged into ``gallery.parquet``, so the next reads only what is new."""
+    return f"{gallery_prefix(gallery)}compaction.json"
+
+
 def ann_prefix(gallery: str) -> str:
     """``galleries/<g>/ann/``: the ANN index objects and their manifest (one erasure task
     removes them all)."""

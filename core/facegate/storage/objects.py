@@ -325,6 +325,18 @@ class ObjectStore:
             keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
         return sorted(keys)
 
+    def list_etags(self, prefix: str) -> dict[str, str]:
+        """``key -> ETag`` of every object under ``prefix`` (one listing: S3 returns the
+        ETags with the keys, so telling new or rewritten objects from known ones costs no
+        request per object)."""
+        with aws_errors(f"listing {self.uri(prefix)}"):
+            pages = self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket,
+                Prefix=prefix,
+                PaginationConfig={"PageSize": self.list_page_size},
+            )
+            return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
     def versions(self, prefix: str) -> list[tuple[str, str]]:
         """``(key, version_id)`` of every version and delete marker under ``prefix`` (in an
         unversioned bucket each object has one, ``"null"``). The listing completes before

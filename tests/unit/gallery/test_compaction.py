@@ -296,7 +296,7 @@ def test_compact_on_s3_writes_the_gallery_and_leaves_parts_alone(s3, store, rng)
     assert report.key == "galleries/staff/gallery.parquet" and report.seconds >= 0
     assert report.to_dict()["rows_out"] == 2
     after = listing(s3)
-    assert set(after) == set(before) | {report.key}
+    assert set(after) == set(before) | {report.key, "galleries/staff/compaction.json"}
     assert {k: after[k] for k in before} == before  # parts untouched
     head = s3.head_object(Bucket=BUCKET, Key=report.key)
     assert head["ServerSideEncryption"] == "AES256"
@@ -305,7 +305,9 @@ def test_compact_on_s3_writes_the_gallery_and_leaves_parts_alone(s3, store, rng)
     assert keys_of(table) == [("alice", "a/1.jpg", 0), ("carol", "c/1.jpg", 0)]
 
 
-def test_compact_again_with_more_deletions_rebuilds_from_parts(s3, store, rng):
+def test_compact_again_with_more_deletions_drops_them_and_a_full_run_rebuilds_from_parts(
+    s3, store, rng
+):
     store.write_table(
         store.part_key("staff", "p1"),
         part(rng, [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], T1),
@@ -314,7 +316,10 @@ def test_compact_again_with_more_deletions_rebuilds_from_parts(s3, store, rng):
     assert (
         store.compact("staff", erasures=erasures_in("gallery:staff", {"alice": T2})).rows_out == 1
     )
-    assert store.compact("staff").rows_out == 2  # a view: nothing was lost from the parts
+    # Incremental runs merge onto the gallery, which no longer has alice; a full rebuild is
+    # a view of the parts, which still do (the erasure's own rewrite removes her there).
+    assert store.compact("staff").rows_out == 1
+    assert store.compact("staff", full=True).rows_out == 2
 
 
 def test_compact_names_the_offending_part(store, rng):
@@ -497,14 +502,18 @@ def test_a_compaction_racing_an_erasure_never_brings_the_person_back(store, rng)
     rows = [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)]
     store.write_table(store.part_key("staff", "p1"), part(rng, rows, T1))
     assert store.compact("staff").rows_out == 2
+    # A new part, so that the (incremental) run has something to write.
+    store.write_table(store.part_key("staff", "p2"), part(rng, [("carol", "c/1.jpg", 0)], T2))
     run_first(store, "write_table", lambda: _erase_from_every_table(store, "staff", "bob"))
     report = store.compact("staff")
     _, table = read_gallery(
         pa.BufferReader(store.objects.get(store.gallery_key("staff")).body),
         expected_model_id=MODEL,
     )
-    assert [k[0] for k in keys_of(table)] == ["alice"]
-    assert report.rows_out == 1
+    assert [k[0] for k in keys_of(table)] == ["alice", "carol"]
+    assert report.rows_out == 2
+    # The erasure wrote the gallery the first try saw merged onto: the retry is a full one.
+    assert report.mode == "full"
 
 
 def test_a_compaction_that_finds_another_s_gallery_written_meanwhile_starts_again(store, rng):
@@ -516,3 +525,65 @@ def test_a_compaction_that_finds_another_s_gallery_written_meanwhile_starts_agai
     puts = count_calls(store.objects._s3, "PutObject")
     assert store.compact("staff").rows_out == 1
     assert len(puts) == 3  # the other's; ours refused; ours again, after reading again
+
+
+# -- incremental compaction ------------------------------------------------------------
+
+
+def _rows_and_vectors(store: GalleryStore) -> tuple[list[tuple[str, str, int]], np.ndarray]:
+    _, table = read_s3_gallery(store.objects._s3, store.gallery_key("staff"))
+    return keys_of(table), np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
+
+
+def test_an_incremental_run_reads_only_new_parts_and_equals_a_full_rebuild(store, rng):
+    """Three rounds of uploads (a retry of an older photo among them, a subject erased in
+    between): each incremental run reads only its round's parts and writes exactly the
+    gallery a full rebuild of every part writes."""
+    tombstones = erasures_in("gallery:staff", {"bob": T2})
+    rounds = [
+        {"p1": [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)], "p2": [("carol", "c/1.jpg", 0)]},
+        {"p3": [("dave", "d/1.jpg", 0), ("alice", "a/1.jpg", 0)]},  # a/1.jpg re-embedded
+        {"p4": [("erin", "e/1.jpg", 0)], "p5": [("bob", "b/2.jpg", 0)]},  # bob again, later
+    ]
+    created = [T1, T2, T3]
+    for i, (new, when) in enumerate(zip(rounds, created, strict=True)):
+        for name, rows in new.items():
+            uploaded = "2024-03-04T10:00:00Z" if name == "p5" else when
+            store.write_table(
+                store.part_key("staff", name), part(rng, rows, when, uploaded_at=uploaded)
+            )
+        report = store.compact("staff", erasures=tombstones)
+        assert report.mode == ("full" if i == 0 else "incremental")
+        assert report.parts_read == len(new)
+        incremental = _rows_and_vectors(store)
+        assert store.compact("staff", erasures=tombstones, full=True).parts_read == sum(
+            len(r) for r in rounds[: i + 1]
+        )
+        full = _rows_and_vectors(store)
+        assert incremental[0] == full[0]
+        np.testing.assert_array_equal(incremental[1], full[1])
+    assert [k[0] for k in full[0]] == ["alice", "bob", "carol", "dave", "erin"]
+    assert ("bob", "b/1.jpg", 0) not in full[0]  # erased; b/2.jpg came after the erasure
+
+
+def test_nothing_new_writes_nothing_and_a_rewritten_or_deleted_part_is_noticed(s3, store, rng):
+    for name, who in [("p1", "alice"), ("p2", "bob")]:
+        store.write_table(store.part_key("staff", name), part(rng, [(who, f"{who}/1.jpg", 0)], T1))
+    store.compact("staff")
+    etag = store.objects.head(store.gallery_key("staff")).etag
+    again = store.compact("staff")
+    assert (again.mode, again.parts_read, again.rows_out) == ("incremental", 0, 2)
+    assert store.objects.head(store.gallery_key("staff")).etag == etag  # not rewritten
+    store.write_table(store.part_key("staff", "p3"), part(rng, [("carol", "carol/1.jpg", 0)], T2))
+    new = store.compact("staff")
+    assert (new.mode, new.parts_read, new.rows_out) == ("incremental", 1, 3)
+    # p2 rewritten in place without its row: the gallery holds the old one, so the run is a
+    # full one and the old row goes.
+    store.write_table(store.part_key("staff", "p2"), part(rng, [("bob", "bob/1.jpg", 1)], T2))
+    rewritten = store.compact("staff")
+    assert (rewritten.mode, rewritten.parts_read, rewritten.rows_out) == ("full", 3, 3)
+    assert ("bob", "bob/1.jpg", 0) not in _rows_and_vectors(store)[0]
+    # A part gone: likewise.
+    s3.delete_object(Bucket=BUCKET, Key=store.part_key("staff", "p1"))
+    gone = store.compact("staff")
+    assert (gone.mode, gone.parts_read, gone.rows_out) == ("full", 2, 2)
