@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     ingest_queue_url: str | None = None
     jobs_queue_url: str | None = None
     aggregate_queue_url: str | None = None
+    #: The compaction queue: a scheduled run queues one message per gallery there (fan-out);
+    #: unset, it compacts every gallery itself, one after another.
+    compact_queue_url: str | None = None
+    #: A compaction leaving at least this many rows queues the gallery's ANN index build.
+    ann_min_rows: int = Field(default=1_000_000, ge=1)
     #: A gallery erasure that would list more object versions than this runs as a job
     #: (``202``, ``GET /erasures/{id}``) instead of in the request; 0: always a job.
     erasure_inline_max_objects: int = Field(default=5000, ge=0)
@@ -162,6 +167,7 @@ class Settings(BaseSettings):
         "ingest_queue_url",
         "jobs_queue_url",
         "aggregate_queue_url",
+        "compact_queue_url",
         "ingest_dlq_url",
         "jobs_dlq_url",
         mode="before",

@@ -1,7 +1,13 @@
 """Lambda entry point of gallery compaction: parts -> ``galleries/<g>/gallery.parquet``.
 
-Invoked hourly by an EventBridge schedule (``CompactSchedule`` in template.yaml), it compacts
-every gallery that has parts; invoked by hand with ``{"gallery": "<name>"}``, only that one.
+Invoked hourly by an EventBridge schedule (``CompactSchedule`` in template.yaml), it queues
+one compaction per gallery that has parts on ``CompactQueue`` (``FACEGATE_COMPACT_QUEUE_URL``;
+without one it compacts them all itself, one after another), and takes that queue's messages
+one per invocation: galleries compact in parallel, each in an invocation of its own
+(:mod:`facegate.batch.gallery_work`). Compaction is incremental (only the parts new since the
+last run are read, :meth:`GalleryStore.compact`). A gallery left with at least
+``FACEGATE_ANN_MIN_ROWS`` rows gets its ANN index build queued for the embedding function.
+Invoked by hand with ``{"gallery": "<name>"}``, it compacts that one gallery in the call.
 Rows of deleted subjects are dropped using the tombstones of the subjects table. A gallery of
 any model compacts (one being re-embedded for an upgrade, an old one still serving), but its
 parts must all be of one model: see :mod:`facegate.gallery.compaction`.
@@ -9,8 +15,10 @@ parts must all be of one model: see :mod:`facegate.gallery.compaction`.
 A zip function on the light layer (layers/light): it imports nothing that needs torch, and
 tests/unit/test_layer.py imports it with only the layer and the Lambda runtime available.
 
-One gallery's failure (parts of mixed models, an unreadable part) does not stop the others:
-it is logged and returned under ``failed``, and the next scheduled run tries again. The
+One gallery's failure does not stop the others: on the queue a storage failure fails its
+message (SQS retries it, then parks it in ``CompactDLQ``) and a permanent one (parts of mixed
+models) is logged and dropped; in one invocation it is logged and returned under ``failed``.
+Either way the next scheduled run tries again. The
 tombstones are read once per invocation, before any gallery, and an invocation that cannot
 read them fails as a whole: compacting without them would bring deleted subjects back.
 
@@ -28,8 +36,11 @@ from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from facegate.batch.gallery_work import CompactGallery, queue_compactions, queue_index_build
+from facegate.batch.processing import discard, is_retryable, process_batch
 from facegate.common import validate_id
 from facegate.errors import FaceGateError, ValidationError
 from facegate.settings import get_settings
@@ -44,6 +55,7 @@ from facegate.storage.tombstones import Tombstones
 logger = Logger(service="facegate")
 settings = get_settings()
 s3 = aws_client("s3", settings)
+sqs = aws_client("sqs", settings)
 store = GalleryStore(s3, settings.bucket)
 tombstones = Tombstones.from_settings(settings)
 orphans = OrphanPhotoSweeper(
@@ -87,12 +99,28 @@ def requested_gallery(event: Any) -> str | None:
     return None
 
 
-def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
-    """Compact the requested gallery or every gallery with parts; one entry per gallery.
-    (:func:`handler` adds the orphan sweep of a scheduled run.)"""
+def compact_one(name: str, deleted: Any) -> dict[str, Any]:
+    """One gallery compacted (any model's: one being re-embedded for an upgrade, an old one
+    still serving; only parts of different models within a gallery are refused), and its
+    index build queued when it is large enough."""
+    report = store.compact(name, erasures=deleted)
+    logger.info("compacted", extra=report.to_dict())
+    if report.rows_out >= settings.ann_min_rows and (report.parts_read or report.deleted_dropped):
+        queue_index_build(sqs, settings.ingest_queue_url, name, settings.ann_min_rows)
+        logger.info("index build queued", extra={"gallery": name, "rows": report.rows_out})
+    return report.to_dict()
+
+
+def compact(event: Any) -> dict[str, Any]:
+    """Compact the requested gallery, or queue (else compact) every gallery with parts; one
+    entry per gallery. (:func:`handler` adds the orphan sweep of a scheduled run.)"""
     named = requested_gallery(event)
-    deleted = tombstones.all()
     names = [named] if named is not None else galleries_with_parts()
+    if named is None and settings.compact_queue_url:
+        queued = queue_compactions(sqs, settings.compact_queue_url, names)
+        logger.info("compactions queued", extra={"galleries": queued})
+        return {"queued": names, "compacted": [], "failed": []}
+    deleted = tombstones.all()
     logger.info(
         "compacting",
         extra={"galleries": names, "tombstones": len(deleted.times), "model_id": settings.model_id},
@@ -101,9 +129,7 @@ def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
     failed: list[dict[str, Any]] = []
     for name in names:
         try:
-            # Any model's gallery compacts (one being re-embedded for an upgrade, an old one
-            # still serving); only parts of different models within a gallery are refused.
-            report = store.compact(name, erasures=deleted)
+            compacted.append(compact_one(name, deleted))
         except FaceGateError as exc:
             # The code only: a message can name what it failed on (a part, a key).
             logger.error(
@@ -111,10 +137,18 @@ def compact(event: Any) -> dict[str, list[dict[str, Any]]]:
                 extra={"gallery": name, "code": exc.code, "error_type": type(exc).__name__},
             )
             failed.append({"gallery": name, "error": exc.to_dict()})
-            continue
-        logger.info("compacted", extra=report.to_dict())
-        compacted.append(report.to_dict())
-    return {"compacted": compacted, "failed": failed}
+    return {"queued": [], "compacted": compacted, "failed": failed}
+
+
+def compact_record(record: SQSRecord) -> None:
+    """One :class:`CompactGallery` of the compaction queue; a storage failure fails the
+    record (SQS retries it), a permanent one is logged and dropped (the next hour retries)."""
+    try:
+        compact_one(CompactGallery.from_message(record.body).gallery, tombstones.all())
+    except FaceGateError as exc:
+        if is_retryable(exc):
+            raise
+        discard(record, exc, "compact")
 
 
 def sweep_orphans(context: LambdaContext) -> dict[str, Any]:
@@ -137,8 +171,11 @@ def sweep_orphans(context: LambdaContext) -> dict[str, Any]:
 # (which name subjects), subject ids or API keys.
 @logger.inject_lambda_context(log_event=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Compaction, then (a scheduled run only) the orphan sweep: ``orphan_photos`` holds its
-    counts, None on a manual ``{"gallery": ...}`` run."""
+    """Compaction (queued, or here), then (a scheduled run only) the orphan sweep:
+    ``orphan_photos`` holds its counts, None on a manual ``{"gallery": ...}`` run. The
+    compaction queue's messages get a partial batch response."""
+    if isinstance(event, dict) and "Records" in event:
+        return dict(process_batch(event, compact_record, context))
     answer: dict[str, Any] = dict(compact(event))
     scheduled = requested_gallery(event) is None
     answer["orphan_photos"] = sweep_orphans(context) if scheduled else None

@@ -399,7 +399,12 @@ def test_queue_driven_functions_cap_their_concurrency(monkeypatch) -> None:
         props = properties(template, logical)
         assert ":sqs:" in props["EventSourceArn"], logical
         capped[function] = int(props.get("ScalingConfig", {}).get("MaximumConcurrency", 0))
-    assert capped == {"EmbedFunction": 7, "JobFunction": 7, "AggregateFunction": 7}
+    assert capped == {
+        "EmbedFunction": 7,
+        "JobFunction": 7,
+        "AggregateFunction": 7,
+        "CompactFunction": 7,
+    }
     # At the defaults, the batch functions and the API's reservation fit in the default
     # account quota (1,000, of which Lambda keeps 100 unreserved).
     batch = int(default("BatchMaxConcurrency")) * len(capped)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,7 @@ from facegate.batch.csv_manifest import MAX_MANIFEST_BYTES
 from facegate.batch.embedding import PhotoInput, embed_photos
 from facegate.batch.erase_jobs import is_erasure_rewrite
 from facegate.batch.events import notification_refs
+from facegate.batch.gallery_work import INDEX_GALLERY, IndexGallery
 from facegate.batch.messages import (
     ARCHIVE_CHUNK,
     BACKFILL_CHUNK,
@@ -69,6 +71,7 @@ from facegate.gallery.compaction import without_erased
 from facegate.gallery.rejects import Reject
 from facegate.settings import MultiFacePolicy
 from facegate.storage.galleries import GalleryStore
+from facegate.storage.gallery_ann import build_gallery_ann
 from facegate.storage.keys import (
     ArchiveUpload,
     InvalidUpload,
@@ -84,6 +87,8 @@ from facegate.storage.photos import PhotoStore
 from facegate.storage.queues import send_messages
 from facegate.storage.tombstones import Tombstones, gallery_scope
 from facegate.types import FaceProcessor
+
+logger = logging.getLogger("facegate.batch")
 
 
 class RetryableError(StorageError):
@@ -161,6 +166,8 @@ class EmbedJob:
             self._take_backfill(BackfillChunk.from_message(doc), work)
         elif kind == BACKFILL_PAGE:
             self._follow_backfill(BackfillPage.from_message(doc))
+        elif kind == INDEX_GALLERY:
+            self._build_index(IndexGallery.from_message(doc))
         elif kind is not None:
             raise ValidationError(f"unexpected message type {kind!r} on the ingest queue")
         else:
@@ -182,6 +189,21 @@ class EmbedJob:
         if page.bucket != self.config.bucket:
             raise ValidationError("a backfill page names another bucket than the photo bucket")
         follow_page(self.s3, self.sqs, self.config.queue_url, page)
+
+    def _build_index(self, request: IndexGallery) -> None:
+        """A compacted gallery's ANN index (queued by the compaction that left it large):
+        built here because this image has faiss. Built from the gallery as it is now, so a
+        request that arrives late still indexes the current version."""
+        manifest = build_gallery_ann(
+            ObjectStore(self.s3, self.config.bucket), request.gallery, min_rows=request.min_rows
+        )
+        logger.info(
+            "gallery indexed" if manifest else "gallery too small to index",
+            extra={
+                "rows": manifest.gallery_rows if manifest else None,
+                "build_s": manifest.build_s if manifest else None,
+            },
+        )
 
     def _take_ref(self, ref: ObjectRef, work: _Work, upload: Upload | None = None) -> None:
         """One uploaded object (``upload``: what it is, else what its key says under the

@@ -117,7 +117,7 @@ def test_local_event_sources_resolve_their_scaling_config():
     """The local poller reads each SQS event source's properties, nested maps included."""
     template = LocalConfig(root=REPO, parameters={"BatchMaxConcurrency": "4"}).template()
     sources = {function: props for function, _, props in template.sqs_sources()}
-    assert set(sources) == {"EmbedFunction", "JobFunction", "AggregateFunction"}
+    assert set(sources) == {"EmbedFunction", "JobFunction", "AggregateFunction", "CompactFunction"}
     for props in sources.values():
         assert props["ScalingConfig"] == {"MaximumConcurrency": "4"}
 
@@ -179,6 +179,7 @@ def test_up_invoke_upload_down(tmp_path, faces_dir):
             "EmbedFunction",
             "JobFunction",
             "AggregateFunction",
+            "CompactFunction",  # the compaction queue's consumer
             "JobStatusFunction",  # GET /jobs/{job_id}: its own route, its own process
         }
         for function, figures in running["memory"].items():
@@ -281,7 +282,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     assert summary["identified"] == 2 and summary["deleted"] == 1 and summary["erased"] == 1
     assert summary["gallery_rows"] == 6 and summary["rejects"] == 1
     assert summary["job_rows"] == 6 and summary["job_correct"] == 6
-    assert summary["invoked"] == 2 and summary["functions"] == 5
+    assert summary["invoked"] == 2 and summary["functions"] == 6
     assert summary["memory_within_limits"] is True
     assert summary["collections"] == 2 and summary["isolation_correct"] is True
     assert summary["exported_rows"] == 1

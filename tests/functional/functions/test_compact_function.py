@@ -137,8 +137,11 @@ def test_local_stack_resolves_the_zip_function():
     assert spec.environment["FACEGATE_BUCKET"] == "facegate-local"
     assert spec.environment["FACEGATE_TABLE"] == "facegate-subjects"
     events = template.resources[FUNCTION]["Properties"]["Events"]
-    assert [e["Type"] for e in events.values()] == ["Schedule"]
+    assert sorted(e["Type"] for e in events.values()) == ["SQS", "Schedule"]
     assert template.resolve(events["Hourly"]["Properties"]["Schedule"]) == "rate(1 hour)"
+    assert events["Galleries"]["Properties"]["BatchSize"] == 1
+    assert spec.environment["FACEGATE_COMPACT_QUEUE_URL"] == template.queue_url("CompactQueue")
+    assert spec.environment["FACEGATE_INGEST_QUEUE_URL"] == template.queue_url("IngestQueue")
 
 
 def test_sample_event_is_an_eventbridge_schedule():
@@ -404,3 +407,117 @@ def test_a_failed_sweep_is_logged_by_its_code_and_compaction_still_answers(
     assert answer["orphan_photos"] == {"error": {"code": "storage_error"}}
     (logged,) = [r for r in caplog.records if r.getMessage() == "orphan sweep failed"]
     assert logged.code == "storage_error" and ORPHANED not in str(vars(logged))
+
+
+# ----------------------------------------------------------------------------- fan-out
+
+
+@pytest.fixture
+def queues(aws, compact, monkeypatch) -> dict[str, str]:
+    """The compaction and ingest queues, and the module's settings pointing at them (as the
+    template sets them), with an ANN threshold of 3 rows."""
+    sqs = aws_client("sqs", aws)
+    urls = {
+        name: sqs.create_queue(QueueName=f"{name}-{id(monkeypatch)}")["QueueUrl"]
+        for name in ("compact", "ingest")
+    }
+    monkeypatch.setattr(
+        compact,
+        "settings",
+        compact.settings.model_copy(
+            update={
+                "compact_queue_url": urls["compact"],
+                "ingest_queue_url": urls["ingest"],
+                "ann_min_rows": 3,
+            }
+        ),
+    )
+    return urls
+
+
+def _drain(aws, url: str) -> list[dict]:
+    sqs = aws_client("sqs", aws)
+    found = []
+    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+        for message in batch:
+            found.append(message)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return found
+
+
+def _sqs_event(messages: list[dict]) -> dict:
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:CompactQueue",
+                "awsRegion": "us-east-1",
+            }
+            for m in messages
+        ]
+    }
+
+
+def test_the_schedule_queues_one_compaction_per_gallery_and_each_runs_alone(
+    aws, compact, clean, queues
+):
+    write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0), ("bob", "bob/1.jpg", 0)], T1, 1)
+    write_part(aws, "g1", "b", [("cat", "cat/1.jpg", 0)], T2, 2)
+    write_part(aws, "g2", "a", [("dan", "dan/1.jpg", 0)], T1, 3)
+
+    answer = invoke(compact, SCHEDULE)
+    assert answer["queued"] == ["g1", "g2"] and answer["compacted"] == []
+    store = GalleryStore(aws_client("s3", aws), aws.bucket)
+    assert not store.exists(GalleryStore.gallery_key("g1"))  # nothing compacted in the call
+    queued = _drain(aws, queues["compact"])
+    assert sorted(json.loads(m["Body"])["gallery"] for m in queued) == ["g1", "g2"]
+
+    # The queue's messages, one invocation each (BatchSize 1), as the event source sends.
+    for message in queued:
+        assert invoke(compact, _sqs_event([message])) == {"batchItemFailures": []}
+    assert keys_of(read_compacted(aws, "g1")) == [
+        ("ann", "ann/1.jpg", 0),
+        ("bob", "bob/1.jpg", 0),
+        ("cat", "cat/1.jpg", 0),
+    ]
+    assert read_compacted(aws, "g2").num_rows == 1
+    # g1 has 3 rows (the threshold): its index build is queued for the embedding function.
+    builds = [json.loads(m["Body"]) for m in _drain(aws, queues["ingest"])]
+    assert builds == [
+        {"type": "facegate.index_gallery", "version": 1, "gallery": "g1", "min_rows": 3}
+    ]
+    # Again with nothing new: no compaction writes, no index build is queued.
+    invoke(compact, _sqs_event(_queued_again(aws, compact, queues, "g1")))
+    assert _drain(aws, queues["ingest"]) == []
+
+
+def _queued_again(aws, compact, queues, gallery: str) -> list[dict]:
+    from facegate.batch.gallery_work import queue_compactions
+
+    queue_compactions(aws_client("sqs", aws), queues["compact"], [gallery])
+    return _drain(aws, queues["compact"])
+
+
+def test_a_compaction_message_that_fails_on_storage_is_retried_and_a_bad_one_dropped(
+    aws, compact, clean, queues, monkeypatch, caplog
+):
+    write_part(aws, "g1", "a", [("ann", "ann/1.jpg", 0)], T1, 1)
+    messages = _queued_again(aws, compact, queues, "g1")
+
+    def unavailable(*_args, **_kwargs):
+        raise StorageError("S3 is unavailable")
+
+    monkeypatch.setattr(compact.store, "compact", unavailable)
+    answer = invoke(compact, _sqs_event(messages))
+    assert answer == {"batchItemFailures": [{"itemIdentifier": messages[0]["MessageId"]}]}
+    monkeypatch.undo()
+
+    bad = dict(messages[0], Body=json.dumps({"type": "facegate.compact_gallery", "version": 1}))
+    assert invoke(compact, _sqs_event([bad])) == {"batchItemFailures": []}
+    assert any(r.getMessage() == "message discarded" for r in caplog.records)
