@@ -73,7 +73,5 @@ def queue_compactions(sqs: SQSClient, queue_url: str | None, galleries: Sequence
     return len(bodies)
 
 
-def queue_index_build(
-    sqs: SQSClient, queue_url: str | None, gallery: str, min_rows: int
-) -> None:
+def queue_index_build(sqs: SQSClient, queue_url: str | None, gallery: str, min_rows: int) -> None:
     send_messages(sqs, queue_url, [IndexGallery(gallery, min_rows).to_message()], "index builds")
