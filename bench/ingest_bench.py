@@ -43,6 +43,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def private_stack_environment(batch: int) -> None:
+    """A local stack of the bench's own (free ports, a fresh state folder), with
+    ``IngestBatchSize`` set to ``batch``."""
+    os.environ.update(
+        FACEGATE_LOCAL_API_PORT=str(_free_port()),
+        FACEGATE_LOCAL_MOTO_PORT=str(_free_port()),
+        FACEGATE_LOCAL_STATE_DIR=tempfile.mkdtemp(),
+        FACEGATE_LOCAL_PARAMETERS=f"IngestBatchSize={batch},IngestBatchWindow=1",
+    )
+
+
 def through_stack(photos: list[bytes], batch: int, timeout: float = 900.0) -> float:
     """Photos/second from first upload to the last row or reject written."""
     import boto3
@@ -51,12 +62,7 @@ def through_stack(photos: list[bytes], batch: int, timeout: float = 900.0) -> fl
 
     from facegate.storage.galleries import GalleryStore, summarise
 
-    os.environ.update(
-        FACEGATE_LOCAL_API_PORT=str(_free_port()),
-        FACEGATE_LOCAL_MOTO_PORT=str(_free_port()),
-        FACEGATE_LOCAL_STATE_DIR=tempfile.mkdtemp(),
-        FACEGATE_LOCAL_PARAMETERS=f"IngestBatchSize={batch},IngestBatchWindow=1",
-    )
+    private_stack_environment(batch)
     config = LocalConfig.load(REPO)
     state = up(config)
     try:

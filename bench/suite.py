@@ -17,7 +17,11 @@ Sections (each module's docstring says exactly what it measures):
 - identify_bench.py: ``/identify`` over 100,000 enrolled subjects on a warm function with
   1,000,000 ledger items in the table against the same with none (moto in-process);
 - ingest_bench.py: the embedding job's photos/minute on the local stack (S3 -> SQS -> the
-  real function -> Parquet parts) against the bare pipeline on the same photos.
+  real function -> Parquet parts) against the bare pipeline on the same photos;
+- compaction_bench.py: 100 new parts compacted onto a 10,000-part gallery (incremental)
+  against the full rebuild of the same parts (moto in-process);
+- backfill_bench.py: 1,000 photos already in S3 backfilled by one request on the local
+  stack, photos/minute against the bare pipeline.
 
 Machines are shared and noisy: ratios within one run are the numbers to read, not absolute
 values across runs. Run from the repository root: ``make bench`` (or
@@ -42,7 +46,17 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 os.environ.setdefault("FACEGATE_NUM_THREADS", "2")
 
-SECTIONS = ("throughput", "startup", "api", "search", "ann", "identify", "ingest")
+SECTIONS = (
+    "throughput",
+    "startup",
+    "api",
+    "search",
+    "ann",
+    "identify",
+    "ingest",
+    "compaction",
+    "backfill",
+)
 
 
 def machine() -> dict[str, object]:
@@ -127,6 +141,20 @@ def ann_rows() -> list[dict[str, object]]:
     return ann_bench.measure([1_000_000, 10_000_000])
 
 
+def compaction_rows() -> list[dict[str, object]]:
+    """100 new parts onto a 10,000-part gallery, incremental against a full rebuild."""
+    import compaction_bench
+
+    return compaction_bench.measure(10_000, 100)
+
+
+def backfill_rows() -> list[dict[str, object]]:
+    """1,000 photos already in S3 backfilled on the local stack (10,000: run the module)."""
+    import backfill_bench
+
+    return backfill_bench.measure(1_000)
+
+
 def identify_rows() -> list[dict[str, object]]:
     import identify_bench
 
@@ -194,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         "ann": ann_rows,
         "identify": identify_rows,
         "ingest": ingest_rows,
+        "compaction": compaction_rows,
+        "backfill": backfill_rows,
     }
     started = time.perf_counter()
     rows: list[dict[str, object]] = []
