@@ -9,9 +9,11 @@ Messages it handles, all from the jobs queue:
   similarity over the subject's rows in the gallery) or identify it (top-k subjects), write
   the chunk's results, count the chunk done; the chunk that completes the job asks the
   aggregation function to merge the results;
-- a re-embedding request (``facegate.reembed``): re-embed a gallery's or the enrolled
-  subjects' photos with the requested model into a new gallery (``facegate.reembed_job``);
-  the outcome, or the error, is written to ``galleries/<target>/reembed.json``.
+- a re-embedding request (``facegate.reembed``): list a gallery's or the enrolled subjects'
+  photos and queue them as chunks (``facegate.batch.reembed_fanout``), each a
+  ``facegate.reembed_chunk`` re-embedded with the requested model into a part of the new
+  gallery, the last one compacting it; the state, the outcome or the error, is written to
+  ``reembed/<target>.json``.
 
 Galleries are loaded through a per-process cache keyed by object ETag, so a warm worker
 reuses them across chunks and reloads a gallery that was recompacted.
@@ -56,6 +58,7 @@ from facegate.batch.messages import (
 )
 from facegate.batch.processing import discard, is_retryable, process_batch
 from facegate.batch.reembed import ReembedRequest, put_status
+from facegate.batch.reembed_fanout import REEMBED_CHUNK, ReembedChunk, plan_reembed, run_chunk
 from facegate.batch.reembed_job import run_reembed
 from facegate.batch.results import (
     build_results_table,
@@ -109,6 +112,9 @@ class WorkerConfig:
     max_photo_bytes: int = 15 * 1024 * 1024
     #: Multi-face policy of the galleries a re-embedding writes (``gallery_multi_face``).
     gallery_policy: MultiFacePolicy = "reject"
+    #: Photos per re-embedding chunk message (``archive_chunk_size``: the same work per
+    #: invocation as an archive chunk).
+    reembed_chunk_size: int = 200
 
 
 class JobWorker:
@@ -153,6 +159,8 @@ class JobWorker:
                 self._chunk_message(doc)
             elif kind == REEMBED:
                 self.reembed(ReembedRequest.from_message(doc))
+            elif kind == REEMBED_CHUNK:
+                self.reembed_chunk(ReembedChunk.from_message(doc))
             elif kind == ERASURE:
                 self._erasures().run(ErasureRequest.from_message(doc))
             elif kind == ERASURE_CHUNK:
@@ -321,14 +329,47 @@ class JobWorker:
         return self.erasures
 
     def reembed(self, request: ReembedRequest) -> None:
-        """Run a re-embedding; a permanent failure is recorded where its report would be."""
+        """Fan a re-embedding out as chunks on the jobs queue (:mod:`reembed_fanout`), or run
+        it here when the worker has no queue; a permanent failure is recorded where its
+        report would be."""
+        erasures = self.tombstones.all() if self.tombstones is not None else None
         try:
+            if self.config.jobs_queue_url:
+                self.pipeline_for(request.model_id)  # another model must be installed here
+                plan_reembed(
+                    self.sqs,
+                    self.config.jobs_queue_url,
+                    self.s3,
+                    self.config.bucket,
+                    request,
+                    subjects=self.subjects,
+                    erasures=erasures,
+                    chunk_size=self.config.reembed_chunk_size,
+                )
+                return
             run_reembed(
                 self.pipeline_for(request.model_id),
                 self.s3,
                 self.config.bucket,
                 request,
                 subjects=self.subjects,
+                erasures=erasures,
+                max_photo_bytes=self.config.max_photo_bytes,
+                policy=self.config.gallery_policy,
+            )
+        except FaceGateError as exc:
+            if is_retryable(exc):
+                raise
+            self._reembed_failed(request, exc)
+
+    def reembed_chunk(self, chunk: ReembedChunk) -> None:
+        """One chunk of a fanned-out re-embedding; the last one compacts the target."""
+        try:
+            run_chunk(
+                self.pipeline_for(chunk.request.model_id),
+                self.s3,
+                self.config.bucket,
+                chunk,
                 erasures=self.tombstones.all() if self.tombstones is not None else None,
                 max_photo_bytes=self.config.max_photo_bytes,
                 policy=self.config.gallery_policy,
@@ -336,14 +377,17 @@ class JobWorker:
         except FaceGateError as exc:
             if is_retryable(exc):
                 raise
-            failure = {
-                "status": "failed",
-                "source": request.source,
-                "target": request.target,
-                "model_id": request.model_id,
-                "error": exc.to_dict(),
-            }
-            put_status(self.s3, self.config.bucket, request.target, failure)
+            self._reembed_failed(chunk.request, exc)
+
+    def _reembed_failed(self, request: ReembedRequest, exc: FaceGateError) -> None:
+        failure = {
+            "status": "failed",
+            "source": request.source,
+            "target": request.target,
+            "model_id": request.model_id,
+            "error": exc.to_dict(),
+        }
+        put_status(self.s3, self.config.bucket, request.target, failure)
 
     def pipeline_for(self, model_id: str) -> FaceProcessor:
         """The worker's pipeline, or one for another installed model from the injected

@@ -96,6 +96,7 @@ def job_worker(settings: Settings, pipeline_class: PipelineClass) -> JobWorker:
             top_k=settings.job_top_k,
             max_photo_bytes=settings.s3_max_image_bytes,
             gallery_policy=settings.gallery_multi_face,
+            reembed_chunk_size=settings.archive_chunk_size,
         ),
         subjects=SubjectStore.from_settings(settings),
         tombstones=tombstones,

@@ -171,7 +171,7 @@ def test_the_jobs_worker_runs_requests_and_records_failures(fresh_aws, source_ga
         fresh_aws.s3,
         sqs,
         JobStore(fresh_aws.dynamodb, fresh_aws.table),
-        WorkerConfig(fresh_aws.bucket, *urls),
+        WorkerConfig(fresh_aws.bucket, *urls, reembed_chunk_size=2),
         pipeline_factory=model_pipelines(FacePipeline, Settings(model_id="sface"), sface),
     )
     records = [
@@ -179,14 +179,33 @@ def test_the_jobs_worker_runs_requests_and_records_failures(fresh_aws, source_ga
         for i, (t, m) in enumerate([("g-fused", DEFAULT_FUSED_ID), ("g-none", "no-such-model")])
     ]
     assert worker.handle({"Records": records}) == {"batchItemFailures": []}
+    # Fanned out: the request listed its 5 photos and queued them as chunks of 2.
+    running = get_status(fresh_aws.s3, fresh_aws.bucket, "g-fused")
+    assert (running["status"], running["photos"], running["chunks"]) == ("running", 5, 3)
+    chunks = _drain(sqs, urls[0])
+    assert [json.loads(c["body"])["type"] for c in chunks] == ["facegate.reembed_chunk"] * 3
+    # Taken one per invocation, in any order (the last one done compacts), one twice.
+    for chunk in [chunks[2], chunks[0], chunks[0], chunks[1]]:
+        assert worker.handle({"Records": [chunk]}) == {"batchItemFailures": []}
     done = get_status(fresh_aws.s3, fresh_aws.bucket, "g-fused")
     assert done["status"] == "done" and done["rows"] == 5 and done["model_id"] == DEFAULT_FUSED_ID
+    assert (done["photos"], done["faces"], done["parts"]) == (5, 5, 3)
+    assert len(source_gallery.list_parts("g-fused")) == 3
     failed = get_status(fresh_aws.s3, fresh_aws.bucket, "g-none")
     assert failed["status"] == "failed" and failed["error"]["code"] == "model_not_found"
     assert worker.pipeline_for(DEFAULT_FUSED_ID).detector is sface.detector
     with pytest.raises(UnknownGalleryError):
         get_status(fresh_aws.s3, fresh_aws.bucket, "never")
     assert json.loads(records[0]["body"])["source_gallery"] == "g"
+
+
+def _drain(sqs, url: str) -> list[dict]:
+    records = []
+    while got := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+        for message in got:
+            records.append({"messageId": message["MessageId"], "body": message["Body"]})
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return records
 
 
 def test_photo_fetcher_reads_archive_members_without_downloading_the_archive(fresh_aws, faces_dir):
