@@ -11,7 +11,7 @@ or one reject. The baseline is the bare pipeline (``FacePipeline.process_many`` 
 of 32) on the same bytes in memory, in the same run.
 
 Run: ``.venv/bin/python bench/backfill_bench.py [--photos 10000]`` from the repository root
-(10,000 photos: about half an hour on two cores; ``make bench`` runs 1,000).
+(10,000 photos, as ``make bench`` runs it: a quarter of an hour or more on two cores).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Sections (each module's docstring says exactly what it measures):
   real function -> Parquet parts) against the bare pipeline on the same photos;
 - compaction_bench.py: 100 new parts compacted onto a 10,000-part gallery (incremental)
   against the full rebuild of the same parts (moto in-process);
-- backfill_bench.py: 1,000 photos already in S3 backfilled by one request on the local
+- backfill_bench.py: 10,000 photos already in S3 backfilled by one request on the local
   stack, photos/minute against the bare pipeline.
 
 Machines are shared and noisy: ratios within one run are the numbers to read, not absolute
@@ -149,10 +149,10 @@ def compaction_rows() -> list[dict[str, object]]:
 
 
 def backfill_rows() -> list[dict[str, object]]:
-    """1,000 photos already in S3 backfilled on the local stack (10,000: run the module)."""
+    """10,000 photos already in S3 backfilled on the local stack by one request."""
     import backfill_bench
 
-    return backfill_bench.measure(1_000)
+    return backfill_bench.measure(10_000)
 
 
 def identify_rows() -> list[dict[str, object]]:

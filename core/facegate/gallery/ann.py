@@ -140,7 +140,7 @@ class AnnIndex:
         *,
         seed: int = 0,
     ) -> AnnIndex:
-        """Train on an evenly spaced sample of the rows, then add them all, block by block
+        """Train on a seeded random sample of the rows, then add them all, block by block
         (float16 or float32 blocks, in row order), so peak memory is the codes plus a block.
 
         ``blocks`` is iterated twice when it is a list (sample, then add); pass a list or a

@@ -12,6 +12,7 @@ SFace's embeddings by a cosine of 5e-4, more than the graphs may differ from the
 from __future__ import annotations
 
 import sys
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,17 +34,35 @@ if TYPE_CHECKING:
 CONVERTER = "openvino.tools.ovc"
 
 
-@lru_cache(maxsize=1)
+_CORE_LOCK = threading.Lock()
+
+
 def _core() -> openvino.Core:
     """One OpenVINO core per process: it holds the plugins, which load once.
 
     When OpenVINO is not imported yet, its converter is marked absent first (``None`` in
     ``sys.modules``, Python's way of making an import fail), so the package skips it; a
-    process that imported OpenVINO already keeps what it has."""
+    process that imported OpenVINO already keeps what it has.
+
+    Made under a lock, and made to pass one NumPy array through the bindings before it is
+    returned: pybind11 initialises its NumPy API on first use, once per process, behind a
+    once-flag and the GIL, and that first use racing in two threads (the pipeline's load
+    threads: one compiling YuNet, two warming SFace and dlib) deadlocked a start-up about
+    once in a few dozen here (``py-spy dump``: two threads in
+    ``gil_safe_call_once_and_store<npy_api>``, one in ``compile_model``, for 10 minutes).
+    Every compile and inference goes through this core, so after it no first use is left to
+    race."""
+    with _CORE_LOCK:
+        return _make_core()
+
+
+@lru_cache(maxsize=1)
+def _make_core() -> openvino.Core:
     if "openvino" not in sys.modules and CONVERTER not in sys.modules:
         sys.modules[CONVERTER] = None  # type: ignore[assignment]
     import openvino as ov
 
+    ov.Tensor(np.zeros((1,), dtype=np.float32))  # pybind11's NumPy API, initialised here
     return ov.Core()
 
 
