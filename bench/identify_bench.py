@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,11 @@ def _subjects(
     from facegate.storage.subject_items import StoredFace, face_item, subject_key
 
     rng = np.random.default_rng(5)
-    stamp = iso_micros(datetime.now(UTC))
+    now = datetime.now(UTC)
     for i in range(n):
+        # One enrolment a second up to now, as enrolments arrive: a refresh queries the faces
+        # of its last minute (the writers' clock margin), not all of them at once.
+        stamp = iso_micros(now - timedelta(seconds=n - i))
         subject = "probe-person" if i == 0 else f"s{i:07d}"
         vector = probe if i == 0 else rng.standard_normal(dim).astype(np.float32)
         vector = vector / np.linalg.norm(vector)
