@@ -358,6 +358,9 @@ NOT_IN_THE_DEMO: dict[str, dict[str, str]] = {
     },
     "CompactFunction": {
         "sqs:SendMessage": "its asynchronous invocations' dead-letter queue",
+        "sqs:SendMessage*": "a schedule queues the galleries' compactions (the demo invokes)",
+        "sqs:DeleteMessage": "the compaction queue: the demo queues nothing there",
+        "sqs:GetQueueAttributes": "the event source mapping (AWSLambdaSQSQueueExecutionRole)",
         # The demo invokes it by hand ({"gallery": "demo"}), which does not sweep.
         "s3:ListBucketVersions": "the scheduled sweep of orphaned enrolment photos lists them",
         "s3:DeleteObject": "... and destroys every version (moto checks DeleteObject)",
