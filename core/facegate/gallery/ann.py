@@ -55,6 +55,9 @@ MANIFEST_FORMAT = 1
 _HNSW_MIN_LISTS = 2048
 #: faiss's k-means wants at least 39 training points per list; more buys little.
 _TRAIN_PER_LIST = 64
+_MIN_PER_LIST = 39
+#: The fewest rows an index is built for: below, exact search is microseconds anyway.
+MIN_INDEX_ROWS = 1000
 
 
 def _faiss() -> Any:
@@ -87,6 +90,8 @@ class AnnParams:
         """About ``sqrt(rows)`` lists (a power of two, 16 to 16,384) of 4-bit PQ codes, one
         sub-quantiser per 4 dims; probing an eighth of the lists (at least 8)."""
         nlist = 1 << max(4, min(14, round(math.log2(max(math.sqrt(rows), 1.0)))))
+        while nlist > 1 and nlist * _MIN_PER_LIST > rows:
+            nlist //= 2  # a small gallery: every list trained on enough rows
         coarse = f"IVF{nlist}_HNSW32" if nlist >= _HNSW_MIN_LISTS else f"IVF{nlist}"
         return cls(f"{coarse},PQ{max(1, dim // 4)}x4fs", nprobe or max(8, nlist // 8))
 
@@ -150,9 +155,11 @@ class AnnIndex:
         chunks = list(blocks) if not isinstance(blocks, list) else blocks
         if sum(len(b) for b in chunks) != rows:
             raise ValidationError(f"ANN build: the blocks do not hold {rows} rows")
-        if rows < params.nlist:
+        if rows < max(MIN_INDEX_ROWS, params.nlist * _MIN_PER_LIST):
             raise ValidationError(
-                f"ANN build: {rows} rows are fewer than the index's {params.nlist} lists"
+                f"ANN build: {rows} rows are too few for an index of {params.nlist} lists "
+                f"(at least {max(MIN_INDEX_ROWS, params.nlist * _MIN_PER_LIST)}); "
+                "exact search serves them"
             )
         index = faiss.index_factory(dim, params.factory, faiss.METRIC_INNER_PRODUCT)
         train_rows = min(rows, _TRAIN_PER_LIST * params.nlist)

@@ -12,7 +12,7 @@ import pytest
 from tests_support import erasure_key_for_tests, unit_rows
 
 from facegate.batch.erasure import ANN_INDEX, Eraser
-from facegate.errors import ModelMismatchError
+from facegate.errors import ModelMismatchError, ValidationError
 from facegate.gallery.ann import AnnIndex, AnnParams, AnnPayload
 from facegate.gallery.cache import GalleryCache
 from facegate.gallery.format import GalleryMeta, build_gallery_table
@@ -189,3 +189,13 @@ def test_an_erasure_in_the_gallery_removes_every_version_of_its_index(store, fre
     )
     assert served.ann is None
     assert "ann" not in served.subject_names.to_pylist()
+
+
+def test_a_gallery_too_small_for_an_index_is_refused_with_the_reason():
+    rows = unit_rows(np.random.default_rng(5), 500, DIM)
+    with pytest.raises(ValidationError, match="too few"):
+        AnnIndex.build(_blocks(rows), 500, DIM, AnnParams.for_rows(500, DIM))
+    # The default parameters train every list on enough rows.
+    for n in (1000, 5000, 1_000_000, 10_000_000):
+        params = AnnParams.for_rows(n, 256)
+        assert n >= 39 * params.nlist and params.nprobe == max(8, params.nlist // 8)
