@@ -18,26 +18,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from facegate.batch.embedding import PhotoInput, embed_photos
 from facegate.batch.messages import Message, envelope_bytes, pack
 from facegate.batch.reembed import (
     PhotoFetcher,
     ReembedRequest,
     SourcePhoto,
-    gallery_photos,
     not_erased,
     put_status,
-    subject_photos,
 )
+from facegate.batch.reembed_job import check_model, source_photos, write_chunk
 from facegate.common import check_index, check_positive, compact_json
-from facegate.errors import FaceGateError, ModelMismatchError, StorageError, ValidationError
+from facegate.errors import ValidationError
 from facegate.settings import MultiFacePolicy
 from facegate.storage.galleries import GalleryStore
 from facegate.storage.keys import reembed_status_key
 from facegate.storage.objects import ObjectStore
 from facegate.storage.queues import send_messages
 from facegate.storage.subjects import SubjectStore
-from facegate.storage.tombstones import API_SCOPE, Erasures
+from facegate.storage.tombstones import Erasures
 from facegate.types import FaceProcessor
 
 if TYPE_CHECKING:
@@ -101,16 +99,7 @@ def plan_reembed(
     chunk_size: int = 200,
 ) -> int:
     """List the source photos, queue them as chunks, record ``running``; the chunk count."""
-    store = GalleryStore(s3, bucket)
-    if request.source_gallery is not None:
-        found, scope = gallery_photos(store, request.source_gallery)
-    elif subjects is not None:
-        found, scope = subject_photos(subjects), API_SCOPE
-    else:
-        raise ValidationError("re-embedding the enrolled subjects needs the subjects table")
-    photos = not_erased(found, scope, erasures)
-    if not photos:
-        raise ValidationError(f"{request.source!r} has no photos to re-embed")
+    photos, scope = source_photos(GalleryStore(s3, bucket), request, subjects, erasures)
     head = {**request.fields(), "scope": scope, "index": 0, "total": 1, "photos": []}
     groups = pack(
         photos,
@@ -155,24 +144,11 @@ def run_chunk(
     """Embed one chunk into its part; the last chunk done compacts. Whether it finished the
     request."""
     request = chunk.request
-    if pipeline.model_id != request.model_id:
-        raise ModelMismatchError(
-            f"request is for {request.model_id!r} but the pipeline serves {pipeline.model_id!r}"
-        )
+    check_model(pipeline, request)
     store = GalleryStore(s3, bucket)
     fetch = PhotoFetcher(s3, bucket, max_photo_bytes)
-    inputs = []
-    for key, subject, when in not_erased(list(chunk.photos), chunk.scope, erasures):
-        try:
-            inputs.append(PhotoInput(key, subject, data=fetch(key), source_at=when))
-        except FaceGateError as exc:
-            if isinstance(exc, StorageError):
-                raise
-            inputs.append(PhotoInput(key, subject, error=exc, source_at=when))
-    part = embed_photos(pipeline, inputs, policy=policy, subject_scope=chunk.scope)
-    name = f"reembed-{request.model_id.replace('+', '_')}-{request.source}-{chunk.index:05d}"
-    store.write_table(store.part_key(request.target, name), part.gallery)
-    store.write_table(store.rejects_key(request.target, name), part.rejects)
+    photos = not_erased(list(chunk.photos), chunk.scope, erasures)
+    part = write_chunk(pipeline, store, fetch, request, chunk.index, photos, chunk.scope, policy)
     objects = ObjectStore(s3, bucket)
     prefix = _chunks_prefix(request.target)
     objects.put_json(

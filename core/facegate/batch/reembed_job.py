@@ -10,13 +10,15 @@ its reason (a photo deleted since, no face under the new detector settings, ...)
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from facegate.batch.embedding import PhotoInput, embed_photos
+from facegate.batch.embedding import PartResult, PhotoInput, embed_photos
 from facegate.batch.reembed import (
     PhotoFetcher,
     ReembedRequest,
+    SourcePhoto,
     chunks,
     gallery_photos,
     not_erased,
@@ -47,6 +49,61 @@ class ReembedReport:
         return {"status": "done", **asdict(self)}
 
 
+def check_model(pipeline: FaceProcessor, request: ReembedRequest) -> None:
+    if pipeline.model_id != request.model_id:
+        raise ModelMismatchError(
+            f"request is for {request.model_id!r} but the pipeline serves {pipeline.model_id!r}"
+        )
+
+
+def source_photos(
+    store: GalleryStore,
+    request: ReembedRequest,
+    subjects: SubjectStore | None,
+    erasures: Erasures | None,
+) -> tuple[list[SourcePhoto], str]:
+    """The request's source photos not erased since, and their subject scope; a source with
+    none is a :class:`ValidationError`."""
+    if request.source_gallery is not None:
+        found, scope = gallery_photos(store, request.source_gallery)
+    elif subjects is not None:
+        found, scope = subject_photos(subjects), API_SCOPE
+    else:
+        raise ValidationError("re-embedding the enrolled subjects needs the subjects table")
+    photos = not_erased(found, scope, erasures)
+    if not photos:
+        raise ValidationError(f"{request.source!r} has no photos to re-embed")
+    return photos, scope
+
+
+def write_chunk(
+    pipeline: FaceProcessor,
+    store: GalleryStore,
+    fetch: PhotoFetcher,
+    request: ReembedRequest,
+    index: int,
+    photos: Sequence[SourcePhoto],
+    scope: str,
+    policy: MultiFacePolicy,
+) -> PartResult:
+    """Chunk ``index`` of the request fetched, embedded and written as the target's part and
+    rejects (named after the request and the index: a retry overwrites its own); a photo
+    that cannot be read is a reject row, a storage failure raises."""
+    inputs = []
+    for key, subject, when in photos:
+        try:
+            inputs.append(PhotoInput(key, subject, data=fetch(key), source_at=when))
+        except FaceGateError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            inputs.append(PhotoInput(key, subject, error=exc, source_at=when))
+    part = embed_photos(pipeline, inputs, policy=policy, subject_scope=scope)
+    name = f"reembed-{request.model_id.replace('+', '_')}-{request.source}-{index:05d}"
+    store.write_table(store.part_key(request.target, name), part.gallery)
+    store.write_table(store.rejects_key(request.target, name), part.rejects)
+    return part
+
+
 def run_reembed(
     pipeline: FaceProcessor,
     s3: Any,
@@ -65,36 +122,13 @@ def run_reembed(
     upload job applies it.
     """
     started = time.perf_counter()
-    if pipeline.model_id != request.model_id:
-        raise ModelMismatchError(
-            f"request is for {request.model_id!r} but the pipeline serves {pipeline.model_id!r}"
-        )
+    check_model(pipeline, request)
     store = GalleryStore(s3, bucket)
-    if request.source_gallery is not None:
-        found, scope = gallery_photos(store, request.source_gallery)
-    elif subjects is not None:
-        found, scope = subject_photos(subjects), API_SCOPE
-    else:
-        raise ValidationError("re-embedding the enrolled subjects needs the subjects table")
-    photos = not_erased(found, scope, erasures)
-    if not photos:
-        raise ValidationError(f"{request.source!r} has no photos to re-embed")
+    photos, scope = source_photos(store, request, subjects, erasures)
     fetch = PhotoFetcher(s3, bucket, max_photo_bytes)
-    tag = request.model_id.replace("+", "_")
     faces = rejects = parts = 0
     for index, chunk in enumerate(chunks(photos, chunk_size)):
-        inputs = []
-        for key, subject, when in chunk:
-            try:
-                inputs.append(PhotoInput(key, subject, data=fetch(key), source_at=when))
-            except FaceGateError as exc:
-                if isinstance(exc, StorageError):
-                    raise
-                inputs.append(PhotoInput(key, subject, error=exc, source_at=when))
-        part = embed_photos(pipeline, inputs, policy=policy, subject_scope=scope)
-        name = f"reembed-{tag}-{request.source}-{index:05d}"
-        store.write_table(store.part_key(request.target, name), part.gallery)
-        store.write_table(store.rejects_key(request.target, name), part.rejects)
+        part = write_chunk(pipeline, store, fetch, request, index, chunk, scope, policy)
         faces += part.faces
         rejects += part.rejects.num_rows
         parts += 1
