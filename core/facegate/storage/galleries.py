@@ -219,7 +219,7 @@ class GalleryStore:
                 # No new parts: the gallery only loses the rows of subjects erased since.
                 table, counts = _compact([base], [key], deleted, expected_model_id)
                 if counts.deleted_dropped == 0:
-                    return self._unchanged(gallery, key, started)
+                    return _unchanged(gallery, key, base, started)
             else:
                 table, counts = _compact(tables, keys, deleted, expected_model_id, base=base)
             try:
@@ -237,8 +237,6 @@ class GalleryStore:
             {
                 "format": STATE_FORMAT,
                 "gallery_etag": written.etag,
-                "rows": table.num_rows,
-                "subjects": subjects_out,
                 "parts": listed,
             },
         )
@@ -264,22 +262,22 @@ class GalleryStore:
             return None
         return {str(k): str(v) for k, v in state["parts"].items()}
 
-    def _unchanged(self, gallery: str, key: str, started: float) -> CompactionReport:
-        """Nothing new since the last run: nothing read, nothing written."""
-        state = self.objects.get_json(layout.compaction_state_key(gallery), "compaction state")
-        rows = int((state or {}).get("rows", 0))
-        return CompactionReport(
-            gallery=gallery,
-            key=key,
-            mode="incremental",
-            parts_read=0,
-            rows_in=rows,
-            rows_out=rows,
-            duplicates_dropped=0,
-            deleted_dropped=0,
-            subjects=int((state or {}).get("subjects", 0)),
-            seconds=round(time.perf_counter() - started, 3),
-        )
+
+def _unchanged(gallery: str, key: str, gallery_table: pa.Table, started: float) -> CompactionReport:
+    """Nothing new since the last run and no one erased: nothing written."""
+    rows = gallery_table.num_rows
+    return CompactionReport(
+        gallery=gallery,
+        key=key,
+        mode="incremental",
+        parts_read=0,
+        rows_in=rows,
+        rows_out=rows,
+        duplicates_dropped=0,
+        deleted_dropped=0,
+        subjects=_distinct(gallery_table["subject_id"]),
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
 def subject_scope(gallery: str, tables: Sequence[pa.Table] = ()) -> str:
