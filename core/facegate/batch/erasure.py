@@ -314,7 +314,12 @@ class Eraser:
         tasks: list[Task] = []
         listed = 0
         for gallery in galleries:
-            versions = self.objects.versions(layout.gallery_prefix(gallery))
+            inbox = layout.inbox_prefix(gallery)  # empty markers: nothing of anyone's
+            versions = [
+                (k, v)
+                for k, v in self.objects.versions(layout.gallery_prefix(gallery))
+                if not k.startswith(inbox)
+            ]
             listed += len(versions)
             tables = sorted({k for k, _ in versions if k.endswith(".parquet")})
             tasks.extend(Task(TABLE, key, gallery) for key in tables)
@@ -457,7 +462,8 @@ class Eraser:
             kind = "gallery_rejects"
             drop = _rejects_of(subject_id, f"{layout.UPLOADS_PREFIX}{gallery}/{subject_id}/")
         else:
-            kind = "gallery" if key == layout.gallery_key(gallery) else "gallery_part"
+            generations = (layout.gallery_key(gallery), layout.delta_key(gallery))
+            kind = "gallery" if key in generations else "gallery_part"
             drop = _rows_of(subject_id)
         done = rewrite_table(self.objects, key, kind, drop, self._writer(key))
         return [Removed.from_scrub(done)] if done is not None else []

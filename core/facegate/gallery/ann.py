@@ -41,6 +41,8 @@ from facegate.common import utc_now
 from facegate.errors import ModelMismatchError, StorageError, ValidationError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from facegate.gallery.index import GalleryIndex
 
 #: Below this many rows exact search is fast enough (1M rows float32: ~50 ms) and needs no
@@ -242,10 +244,11 @@ class AnnManifest:
 
 @dataclass(frozen=True)
 class AnnPayload:
-    """What a gallery loader returns for a gallery with a current index: the Parquet bytes,
-    the manifest and the index bytes (checked against the manifest when the cache builds)."""
+    """What a gallery loader returns for a gallery with a current index: the gallery (its
+    Parquet bytes, or the table of its merged generations), the manifest and the index bytes
+    (checked against the manifest when the cache builds)."""
 
-    gallery: bytes
+    gallery: bytes | pa.Table
     etag: str
     manifest: AnnManifest
     index: bytes

@@ -249,7 +249,10 @@ class GalleryCache:
                 )
             return payload
         if isinstance(payload, AnnPayload):
-            return payload.attach(GalleryIndex.from_bytes(payload.gallery, **options))
+            gallery = payload.gallery
+            if isinstance(gallery, bytes):
+                return payload.attach(GalleryIndex.from_bytes(gallery, **options))
+            return payload.attach(GalleryIndex.from_table(gallery, **options))
         if isinstance(payload, (pa.Table, pa.RecordBatch)):
             return GalleryIndex.from_table(payload, **options)
         if isinstance(payload, (bytes, bytearray, memoryview, pa.Buffer)):

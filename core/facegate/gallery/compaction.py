@@ -250,8 +250,9 @@ class CompactionReport:
 
     gallery: str
     key: str
-    #: "full" (every part read) or "incremental" (the parts new or rewritten since the last
-    #: run, merged onto the gallery it wrote).
+    #: "full" (every part read), "incremental" (the parts the inbox names merged into the
+    #: delta) or "fold" (base, delta and those parts into a new base):
+    #: :mod:`facegate.storage.compactor`. ``key`` is the base's.
     mode: str
     parts_read: int
     rows_in: int

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 #: Decimals of an exported embedding: float32 carries about 7 significant digits.
 EMBEDDING_DECIMALS = 6
 _GALLERY_FILE = "gallery.parquet"
+_DELTA_FILE = "delta.parquet"
 #: How long the export's scan hides a dead letter: past the API's 30 s limit, so one request
 #: sees each message once, yet short, so that a request killed mid-scan (its release never
 #: sent) delays the queue's messages by a minute, not by an erasure's quarter of an hour.
@@ -78,13 +79,15 @@ class _GalleryKeys:
     """One gallery's objects, as the listing of ``galleries/`` found them."""
 
     compacted: str | None = None
+    delta: str | None = None
     parts: list[str] = field(default_factory=list)
     rejects: list[str] = field(default_factory=list)
 
 
 def _galleries(keys: list[str]) -> dict[str, _GalleryKeys]:
-    """``galleries/<g>/gallery.parquet``, ``.../parts/*.parquet`` and ``.../rejects/*.parquet``
-    by gallery; anything else under the prefix is not FaceGate's and is skipped."""
+    """``galleries/<g>/gallery.parquet``, ``.../delta.parquet``, ``.../parts/*.parquet`` and
+    ``.../rejects/*.parquet`` by gallery; anything else under the prefix is not FaceGate's
+    and is skipped."""
     found: dict[str, _GalleryKeys] = {}
     for key in keys:
         parts = key[len(GALLERY_PREFIX) :].split("/")
@@ -93,6 +96,8 @@ def _galleries(keys: list[str]) -> dict[str, _GalleryKeys]:
         entry = found.setdefault(parts[0], _GalleryKeys())
         if len(parts) == 2 and parts[1] == _GALLERY_FILE:
             entry.compacted = key
+        elif len(parts) == 2 and parts[1] == _DELTA_FILE:
+            entry.delta = key
         elif len(parts) == 3 and parts[1] == "parts":
             entry.parts.append(key)
         elif len(parts) == 3 and parts[1] == "rejects":
@@ -280,15 +285,17 @@ class SubjectExport:
             compacted = (
                 self._rows(found.compacted, "subject_id", subject_id) if found.compacted else None
             )
+            delta = self._rows(found.delta, "subject_id", subject_id) if found.delta else None
             parts = [self._rows(k, "subject_id", subject_id) for k in found.parts]
             rejects = [self._rows(k, None, subject_id) for k in found.rejects]
             parts = [p for p in parts if p["rows"]]
             rejects = [r for r in rejects if r["rows"]]
-            if (compacted and compacted["rows"]) or parts or rejects:
+            if (compacted and compacted["rows"]) or (delta and delta["rows"]) or parts or rejects:
                 entries.append(
                     {
                         "gallery": name,
                         "compacted": compacted if compacted and compacted["rows"] else None,
+                        "delta": delta if delta and delta["rows"] else None,
                         "parts": parts,
                         "rejects": rejects,
                     }

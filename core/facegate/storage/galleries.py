@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -13,9 +12,8 @@ from facegate.errors import (
     StorageError,
     UnknownGalleryError,
     ValidationError,
-    WriteConflictError,
 )
-from facegate.gallery.compaction import CompactionReport, _compact
+from facegate.gallery.compaction import CompactionReport
 from facegate.gallery.format import (
     METADATA_KEY,
     GalleryMeta,
@@ -23,10 +21,12 @@ from facegate.gallery.format import (
     rejects_schema,
     write_gallery,
 )
+from facegate.gallery.generations import applies
 from facegate.lazy import lazy_module
 from facegate.settings import Settings
 from facegate.storage import keys as layout
 from facegate.storage.clients import aws_client
+from facegate.storage.compactor import compact_gallery, scope_of, subject_scope
 from facegate.storage.keys import GALLERY_PREFIX
 from facegate.storage.objects import PARQUET_TYPE, ObjectInfo, ObjectStore
 from facegate.storage.tombstones import ErasureLookup, gallery_scope
@@ -40,24 +40,22 @@ else:
     pc = lazy_module("pyarrow.compute")
     pq = lazy_module("pyarrow.parquet")
 
-#: Compactions of one gallery that may lose the race for ``gallery.parquet`` in a row before
-#: the run gives up (a retryable ``write_conflict``): each retry reads everything again.
-COMPACTION_ATTEMPTS = 4
-#: ``compaction.json``'s format; a record of another is ignored (a full rebuild).
-STATE_FORMAT = 1
-
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+#: Content type of an inbox marker (no body).
+MARKER_TYPE = "application/octet-stream"
+
 #: ``GALLERY_PREFIX`` is defined with the other layouts in :mod:`facegate.storage.keys`.
-__all__ = ["GALLERY_PREFIX", "GalleryStore", "summarise"]
+__all__ = ["GALLERY_PREFIX", "GalleryStore", "subject_scope", "summarise"]
 
 
 class GalleryStore:
     """Gallery parts, rejects and compacted galleries in one bucket.
 
     Layout (:mod:`facegate.storage.keys`): ``galleries/<g>/parts/<part>.parquet``,
-    ``galleries/<g>/rejects/<part>.parquet`` and ``galleries/<g>/gallery.parquet``. Objects
+    ``galleries/<g>/rejects/<part>.parquet``, the compacted generations
+    ``galleries/<g>/gallery.parquet`` and ``delta.parquet``, and ``galleries/<g>/inbox/``. Objects
     go through :class:`ObjectStore`, so they are written encrypted (galleries hold biometric
     templates) and typed as Parquet; a put replaces ``gallery.parquet`` atomically, so a
     reader sees the previous gallery or the new one, never half of one.
@@ -117,6 +115,11 @@ class GalleryStore:
             raise StorageError(
                 f"{exc.message}: it was listed a moment ago", detail=exc.detail
             ) from exc
+        return self.parse_table(key, data, columns)
+
+    def parse_table(self, key: str, data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
+        """The bytes of the Parquet object at ``key``; :class:`ValidationError` if they are
+        not Parquet."""
         try:
             return pq.read_table(
                 pa.BufferReader(data), columns=list(columns) if columns is not None else None
@@ -137,7 +140,10 @@ class GalleryStore:
         returns the version written (an erasure deletes every other one). ``if_match`` /
         ``if_none_match``: a conditional write (:meth:`ObjectStore.put`).
 
-        Anything else is refused: only those two kinds of object live under ``galleries/``.
+        Anything else is refused: only those two kinds of table live under ``galleries/``.
+        A part is announced in the gallery's inbox first (an empty marker,
+        :func:`~facegate.storage.keys.inbox_key`), so the next compaction finds it without
+        listing every part; a marker whose part never came is skipped by compaction.
         """
         sink = pa.BufferOutputStream()
         if METADATA_KEY in (table.schema.metadata or {}):
@@ -146,6 +152,8 @@ class GalleryStore:
             pq.write_table(table, sink, compression="zstd")
         else:
             raise ValidationError(f"{key}: not a gallery or rejects table")
+        if layout.is_part_key(key):
+            self.objects.put(layout.inbox_key(key), b"", content_type=MARKER_TYPE)
         return self.objects.put(
             key,
             sink.getvalue().to_pybytes(),
@@ -165,126 +173,18 @@ class GalleryStore:
         expected_model_id: str | None = None,
         full: bool = False,
     ) -> CompactionReport:
-        """Bring ``gallery.parquet`` up to date with the parts (see :func:`compact_tables`),
-        without the rows of subjects erased in the gallery's scope (:func:`subject_scope`)
-        after their photo was uploaded.
-
-        Incremental by default: ``compaction.json`` records the parts (key and ETag) the last
-        run merged and the ``gallery.parquet`` it wrote; while that gallery is still the
-        current one and every part it merged is still there unchanged (one listing tells:
-        S3 lists ETags), a run reads only the new parts and merges them onto it, the new
-        rows winning. Anything else (no record, ``full``, a gallery written by someone else
-        such as an erasure's rewrite, a part rewritten or gone, whose old rows the gallery
-        may hold) reads every part: the full rebuild. Tombstones apply to every row either
-        way, so a subject erased since the last run leaves even when nothing is new.
+        """Bring the gallery's generations up to date with its parts
+        (:mod:`facegate.storage.compactor`: incremental, fold or full), without the rows of
+        subjects erased in the gallery's scope (:func:`subject_scope`) after their photo was
+        uploaded; ``full`` forces a rebuild from every part.
 
         Parts are left as they are: an erasure rewrites the parts that held the person
         (:mod:`facegate.batch.erasure`); compaction only keeps a part written late, from a
         photo older than the erasure, out of the gallery until then.
         """
-        started = time.perf_counter()
-        key = layout.gallery_key(gallery)
-        for attempt in range(1, COMPACTION_ATTEMPTS + 1):
-            # The gallery as it is before the parts are read: written back only if no one
-            # (an erasure's rewrite, another compaction) has replaced it since, else a table
-            # built from parts read before an erasure would bring the erased person back.
-            etag: str | None
-            try:
-                etag = self.objects.head(key).etag
-            except ObjectNotFoundError:
-                etag = None
-            listed = {
-                k: e
-                for k, e in self.objects.list_etags(layout.parts_prefix(gallery)).items()
-                if k.endswith(".parquet")
-            }
-            if not listed:
-                raise UnknownGalleryError(f"gallery {gallery} has no parts")
-            merged = None if full or etag is None else self._merged_parts(gallery, etag)
-            base: pa.Table | None = None
-            if merged is not None and all(listed.get(k) == e for k, e in merged.items()):
-                keys = sorted(k for k in listed if k not in merged)
-                base = self.read_table(key)
-            else:
-                keys = sorted(listed)
-            tables = [self.read_table(k) for k in keys]
-            everyone = [*tables, *([base] if base is not None else [])]
-            deleted: dict[str, str] = {}
-            if erasures is not None:
-                subjects = {
-                    str(s) for t in everyone for s in pc.unique(t["subject_id"]).to_pylist()
-                }
-                deleted = erasures.in_scope(subject_scope(gallery, everyone), subjects)
-            if base is not None and not keys:
-                # No new parts: the gallery only loses the rows of subjects erased since.
-                table, counts = _compact([base], [key], deleted, expected_model_id)
-                if counts.deleted_dropped == 0:
-                    return _unchanged(gallery, key, base, started)
-            else:
-                table, counts = _compact(tables, keys, deleted, expected_model_id, base=base)
-            try:
-                if etag is None:
-                    written = self.write_table(key, table, if_none_match="*")
-                else:
-                    written = self.write_table(key, table, if_match=etag)
-                break
-            except WriteConflictError:
-                if attempt == COMPACTION_ATTEMPTS:
-                    raise
-        subjects_out = _distinct(table["subject_id"])
-        self.objects.put_json(
-            layout.compaction_state_key(gallery),
-            {
-                "format": STATE_FORMAT,
-                "gallery_etag": written.etag,
-                "parts": listed,
-            },
+        return compact_gallery(
+            self, gallery, erasures=erasures, expected_model_id=expected_model_id, full=full
         )
-        return CompactionReport(
-            gallery=gallery,
-            key=key,
-            mode="full" if base is None else "incremental",
-            parts_read=len(keys),
-            rows_in=counts.rows_in,
-            rows_out=table.num_rows,
-            duplicates_dropped=counts.duplicates_dropped,
-            deleted_dropped=counts.deleted_dropped,
-            subjects=subjects_out,
-            seconds=round(time.perf_counter() - started, 3),
-        )
-
-    def _merged_parts(self, gallery: str, etag: str) -> dict[str, str] | None:
-        """The parts the last compaction merged, if it wrote the gallery that has ``etag``."""
-        state = self.objects.get_json(layout.compaction_state_key(gallery), "compaction state")
-        if state is None or state.get("format") != STATE_FORMAT:
-            return None
-        if state.get("gallery_etag") != etag or not isinstance(state.get("parts"), dict):
-            return None
-        return {str(k): str(v) for k, v in state["parts"].items()}
-
-
-def _unchanged(gallery: str, key: str, gallery_table: pa.Table, started: float) -> CompactionReport:
-    """Nothing new since the last run and no one erased: nothing written."""
-    rows = gallery_table.num_rows
-    return CompactionReport(
-        gallery=gallery,
-        key=key,
-        mode="incremental",
-        parts_read=0,
-        rows_in=rows,
-        rows_out=rows,
-        duplicates_dropped=0,
-        deleted_dropped=0,
-        subjects=_distinct(gallery_table["subject_id"]),
-        seconds=round(time.perf_counter() - started, 3),
-    )
-
-
-def subject_scope(gallery: str, tables: Sequence[pa.Table] = ()) -> str:
-    """Whose subjects the gallery's rows are, for erasure: the ``subject_scope`` its newest
-    table's metadata names (a gallery re-embedded from the enrolled subjects or from another
-    gallery), else its own, ``gallery:<g>``."""
-    return _scope_of(gallery, [table.schema for table in tables])
 
 
 def served_subject_scope(objects: ObjectStore, gallery: str) -> str:
@@ -298,7 +198,7 @@ def served_subject_scope(objects: ObjectStore, gallery: str) -> str:
         return gallery_scope(gallery)
     except pa.ArrowException as exc:
         raise ValidationError(f"gallery {gallery!r} is not a Parquet table") from exc
-    return _scope_of(gallery, [schema])
+    return scope_of(gallery, [schema])
 
 
 def served_meta(objects: ObjectStore, gallery: str) -> GalleryMeta:
@@ -312,26 +212,6 @@ def served_meta(objects: ObjectStore, gallery: str) -> GalleryMeta:
     except pa.ArrowException as exc:
         raise ValidationError(f"gallery {gallery!r} is not a Parquet table") from exc
     return gallery_meta_from_schema(schema)
-
-
-def _scope_of(gallery: str, schemas: Sequence[pa.Schema]) -> str:
-    newest: GalleryMeta | None = None
-    for schema in schemas:
-        raw = (schema.metadata or {}).get(METADATA_KEY)
-        if raw is None:
-            continue
-        meta = GalleryMeta.from_json(raw)
-        if newest is None or parse_instant(meta.created_at, "created_at") >= parse_instant(
-            newest.created_at, "created_at"
-        ):
-            newest = meta
-    if newest is not None and newest.subject_scope is not None:
-        return newest.subject_scope
-    return gallery_scope(gallery)
-
-
-def _distinct(column: pa.ChunkedArray[Any]) -> int:
-    return len(pc.unique(column)) if len(column) else 0
 
 
 # --------------------------------------------------------------------------------------
@@ -355,10 +235,16 @@ def summarise(store: GalleryStore, gallery: str) -> dict[str, Any]:
         raise UnknownGalleryError(f"gallery {gallery} not found")
     sources = [gallery_key] if compacted else part_keys
     metas, subjects = _subjects_and_metas(store, sources)
+    rows = sum(m.row_count for m in metas)
+    if compacted:
+        delta_rows, delta_metas, delta_subjects = _delta_rows(store, gallery)
+        rows += delta_rows
+        metas += delta_metas
+        subjects |= delta_subjects
     newest = max(metas, key=lambda m: parse_instant(m.created_at, "created_at"), default=None)
     return {
         "gallery": gallery,
-        "rows": sum(m.row_count for m in metas),
+        "rows": rows,
         "subjects": len(subjects),
         "parts": len(part_keys),
         "rejects": _rejects_by_reason(store, reject_keys),
@@ -390,6 +276,25 @@ def _subjects_and_metas(
         metas.append(meta)
         subjects.update(str(s) for s in pc.unique(table["subject_id"]).to_pylist())
     return metas, subjects
+
+
+def _delta_rows(store: GalleryStore, gallery: str) -> tuple[int, list[GalleryMeta], set[str]]:
+    """What the gallery's delta adds to its base as served: its rows less those it replaces,
+    its footer, its subjects; nothing when it does not apply (:func:`applies`)."""
+    ids = ["subject_id", "image_key", "face_index"]
+    try:
+        delta = store.read_table(layout.delta_key(gallery), columns=ids)
+    except StorageError:
+        if not store.exists(layout.delta_key(gallery)):
+            return 0, [], set()
+        raise
+    base = store.read_table(layout.gallery_key(gallery), columns=ids)
+    if delta.num_rows == 0 or not applies(base.schema, delta.schema):
+        return 0, [], set()
+    replaced = base.select(ids[1:]).join(delta.select(ids[1:]), keys=ids[1:]).num_rows
+    meta = GalleryMeta.from_json(delta.schema.metadata[METADATA_KEY])
+    subjects = {str(s) for s in pc.unique(delta["subject_id"]).to_pylist()}
+    return delta.num_rows - replaced, [meta], subjects
 
 
 def _rejects_by_reason(store: GalleryStore, keys: Sequence[str]) -> dict[str, int]:

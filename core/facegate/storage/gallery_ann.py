@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,9 +31,18 @@ from facegate.gallery.ann import (
     AnnPayload,
     timed_build,
 )
+from facegate.gallery.generations import applies, merge_generations
 from facegate.gallery.index import GalleryIndex
+from facegate.lazy import lazy_module
 from facegate.storage import keys as layout
 from facegate.storage.objects import JSON_TYPE, ObjectStore
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+else:
+    pa = lazy_module("pyarrow")
+    pq = lazy_module("pyarrow.parquet")
 
 INDEX_TYPE = "application/octet-stream"
 #: Rows handed to faiss at a time while building (float16 rows, converted per block).
@@ -46,21 +56,31 @@ def build_gallery_ann(
     min_rows: int = ANN_MIN_ROWS,
     params: AnnParams | None = None,
 ) -> AnnManifest | None:
-    """Build the index of the current ``gallery.parquet`` and publish it; None (nothing
-    written) when the gallery has fewer than ``min_rows`` rows.
+    """Build the index of the gallery as served (its base and, when there is one, its delta:
+    :func:`read_view`) and publish it; None (nothing written) when the gallery has fewer
+    than ``min_rows`` rows.
 
     The rows are held as float16 (half the memory of float32; the index's 4-bit codes lose
-    far more than that), streamed from S3, so building 10M rows of 256 dims needs about 5 GB
-    plus the codes (32 bytes a row).
+    far more than that). A gallery without a delta is streamed from S3, so building 10M rows
+    of 256 dims needs about 5 GB plus the codes (32 bytes a row); with a delta the merged
+    table is built in memory first (the delta is at most a quarter of the base).
     Index objects of earlier builds are deleted once the new manifest is in place.
     """
     key = layout.gallery_key(gallery)
     try:
         etag = objects.head(key).etag
-        # Streamed row group by row group over ranged GETs, pinned to that version: the
-        # build holds the float16 matrix, never the Parquet bytes too.
-        with io.BufferedReader(objects.open(key, etag=etag), buffer_size=1 << 20) as body:
-            index = GalleryIndex.from_parquet(body, dtype=np.float16)
+        delta = _applying_delta(objects, gallery, etag)
+        if delta is None:
+            view_etag = etag
+            # Streamed row group by row group over ranged GETs, pinned to that version: the
+            # build holds the float16 matrix, never the Parquet bytes too.
+            with io.BufferedReader(objects.open(key, etag=etag), buffer_size=1 << 20) as body:
+                index = GalleryIndex.from_parquet(body, dtype=np.float16)
+        else:
+            delta_etag, delta_table = delta
+            view_etag = f"{etag}+{delta_etag}"
+            base = _parquet(objects.get(key).body, key)
+            index = GalleryIndex.from_table(merge_generations(base, delta_table), dtype=np.float16)
     except ObjectNotFoundError as exc:
         raise UnknownGalleryError(f"gallery {gallery!r} has not been compacted") from exc
     if index.n_rows < min_rows:
@@ -75,7 +95,7 @@ def build_gallery_ann(
     index_key = f"{layout.ann_prefix(gallery)}{sha}.faiss"
     objects.put(index_key, data, content_type=INDEX_TYPE)
     manifest = AnnManifest(
-        gallery_etag=etag,
+        gallery_etag=view_etag,
         gallery_rows=index.n_rows,
         model_id=index.meta.model_id,
         dim=index.dim,
@@ -94,6 +114,22 @@ def build_gallery_ann(
     return manifest
 
 
+def _applying_delta(
+    objects: ObjectStore, gallery: str, base_etag: str
+) -> tuple[str, pa.Table] | None:
+    """``(etag, table)`` of the gallery's delta when it applies to that base and has rows."""
+    try:
+        found = objects.get(layout.delta_key(gallery))
+    except ObjectNotFoundError:
+        return None
+    delta = _parquet(found.body, layout.delta_key(gallery))
+    if delta.num_rows == 0:
+        return None
+    with objects.open(layout.gallery_key(gallery), etag=base_etag) as reader:
+        base_schema = pq.ParquetFile(pa.PythonFile(reader, mode="r")).schema_arrow
+    return (found.etag, delta) if applies(base_schema, delta.schema) else None
+
+
 def read_manifest(objects: ObjectStore, gallery: str) -> AnnManifest | None:
     try:
         return AnnManifest.from_json(objects.get(layout.ann_manifest_key(gallery)).body)
@@ -101,48 +137,82 @@ def read_manifest(objects: ObjectStore, gallery: str) -> AnnManifest | None:
         return None
 
 
-Loaded = tuple[str, "bytes | AnnPayload | None"]
+Loaded = tuple[str, "bytes | pa.Table | AnnPayload | None"]
+
+
+def served_view(
+    base: bytes, base_etag: str, delta: bytes | None, delta_etag: str
+) -> tuple[str, bytes | pa.Table]:
+    """The gallery a reader serves, and its etag: the base's bytes and ETag when there is no
+    delta that applies to it (or it has no rows), else the merged table
+    (:func:`~facegate.gallery.generations.merge_generations`) and ``<base>+<delta>``."""
+    if delta is None:
+        return base_etag, base
+    delta_table = _parquet(delta, "delta.parquet")
+    if delta_table.num_rows == 0:
+        return base_etag, base
+    base_table = _parquet(base, "gallery.parquet")
+    if not applies(base_table.schema, delta_table.schema):
+        return base_etag, base
+    return f"{base_etag}+{delta_etag}", merge_generations(base_table, delta_table)
 
 
 def gallery_loader(objects: ObjectStore, gallery: str) -> Callable[[str | None], Loaded]:
-    """The :class:`~facegate.gallery.cache.GalleryCache` loader of a gallery and its index.
+    """The :class:`~facegate.gallery.cache.GalleryCache` loader of a gallery as served (its
+    base and delta, :func:`served_view`) and its index.
 
-    Its etag is the gallery's, joined by ``|`` to the manifest's when there is one: a warm
-    function asks S3 twice (both conditional) whether either changed, and so picks up an
-    index built after it loaded the gallery. :class:`UnknownGalleryError` when the gallery
-    has not been compacted."""
+    Its etag is ``<base>|<delta>|<manifest>`` (empty for an object that is not there): a warm
+    function asks S3 three times (each conditional) whether any changed, and so picks up a
+    compaction's new delta and an index built after it loaded the gallery.
+    :class:`UnknownGalleryError` when the gallery has not been compacted."""
     key = layout.gallery_key(gallery)
+    delta_key = layout.delta_key(gallery)
     manifest_key = layout.ann_manifest_key(gallery)
 
-    def load(known: str | None) -> Loaded:
-        known_gallery, _, known_manifest = (known or "").partition("|")
+    def optional(name: str, known: str) -> tuple[str, bytes | None]:
         try:
-            etag, body = objects.get_if_changed(key, known_gallery or None)
+            return objects.get_if_changed(name, known or None)
+        except ObjectNotFoundError:
+            return "", None
+
+    def load(known: str | None) -> Loaded:
+        known_base, known_delta, known_manifest = [*(known or "").split("|"), "", ""][:3]
+        try:
+            base_etag, base = objects.get_if_changed(key, known_base or None)
         except ObjectNotFoundError as exc:
             raise UnknownGalleryError(f"gallery {gallery!r} has not been built") from exc
-        try:
-            manifest_etag, raw = objects.get_if_changed(manifest_key, known_manifest or None)
-        except ObjectNotFoundError:
-            manifest_etag, raw = "", None
-        combined = f"{etag}|{manifest_etag}" if manifest_etag else etag
+        delta_etag, delta = optional(delta_key, known_delta)
+        manifest_etag, raw = optional(manifest_key, known_manifest)
+        combined = f"{base_etag}|{delta_etag}|{manifest_etag}"
         if combined == known:
             return combined, None
-        if body is None:  # the gallery is unchanged, its index is new: the cache needs both
-            etag, body = objects.get_if_changed(key, None)
-            combined = f"{etag}|{manifest_etag}" if manifest_etag else etag
-        if body is None:
-            raise StorageError(f"gallery {gallery!r} came back empty")
+        # Something changed: the cache needs every part again, not only the changed one.
+        if base is None:
+            base_etag, base = objects.get_if_changed(key, None)
+        if delta is None and delta_etag:
+            delta_etag, delta = optional(delta_key, "")
         if raw is None and manifest_etag:
-            raw = objects.get(manifest_key).body
+            manifest_etag, raw = optional(manifest_key, "")
+        combined = f"{base_etag}|{delta_etag}|{manifest_etag}"
+        if base is None:
+            raise StorageError(f"gallery {gallery!r} came back empty")
+        view_etag, view = served_view(base, base_etag, delta, delta_etag)
         if raw is None:
-            return combined, body
+            return combined, view
         manifest = AnnManifest.from_json(raw)
-        if manifest.gallery_etag != etag:
-            return combined, body  # built from another version: exact until rebuilt
+        if manifest.gallery_etag != view_etag:
+            return combined, view  # built from another version: exact until rebuilt
         try:
             data = objects.get(manifest.index_key).body
         except ObjectNotFoundError:
-            return combined, body
-        return combined, AnnPayload(body, etag, manifest, data)
+            return combined, view
+        return combined, AnnPayload(view, view_etag, manifest, data)
 
     return load
+
+
+def _parquet(data: bytes, name: str) -> pa.Table:
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except pa.ArrowException as exc:
+        raise ValidationError(f"{name} is not a Parquet table") from exc

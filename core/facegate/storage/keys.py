@@ -88,9 +88,51 @@ def gallery_key(gallery: str) -> str:
     return f"{gallery_prefix(gallery)}gallery.parquet"
 
 
+def delta_key(gallery: str) -> str:
+    """``galleries/<g>/delta.parquet``: the gallery's newer generation, the rows merged since
+    ``gallery.parquet`` was last rewritten; served on top of it while its footer names that
+    generation (:mod:`facegate.gallery.generations`)."""
+    return f"{gallery_prefix(gallery)}delta.parquet"
+
+
+def is_part_key(key: str) -> bool:
+    """Whether ``key`` is a gallery part's (``galleries/<g>/parts/<name>.parquet``)."""
+    head, sep, name = key.rpartition("/parts/")
+    return (
+        bool(sep)
+        and head.startswith(GALLERY_PREFIX)
+        and "/" not in head.removeprefix(GALLERY_PREFIX)
+        and name.endswith(".parquet")
+        and "/" not in name
+    )
+
+
+def inbox_prefix(gallery: str) -> str:
+    """``galleries/<g>/inbox/``: one empty marker per part written since the last
+    compaction, so a compaction finds what is new without listing every part."""
+    return f"{gallery_prefix(gallery)}inbox/"
+
+
+def inbox_key(part: str) -> str:
+    """The inbox marker of the part at key ``part`` (``galleries/<g>/parts/<name>.parquet``
+    -> ``galleries/<g>/inbox/<name>``); the part key itself for anything else is refused."""
+    if not is_part_key(part):
+        raise ValidationError(f"not a gallery part key: {part!r}")
+    head, _, name = part.rpartition("/parts/")
+    return f"{head}/inbox/{name.removesuffix('.parquet')}"
+
+
+def part_of_marker(marker: str) -> str:
+    """The part key an inbox marker stands for (the inverse of :func:`inbox_key`)."""
+    head, sep, name = marker.rpartition("/inbox/")
+    if not sep or not name:
+        raise ValidationError(f"not an inbox marker: {marker!r}")
+    return f"{head}/parts/{name}.parquet"
+
+
 def compaction_state_key(gallery: str) -> str:
-    """``galleries/<g>/compaction.json``: the parts (and their ETags) the last compaction
-    merged into ``gallery.parquet``, so the next reads only what is new."""
+    """``galleries/<g>/compaction.json``: the generations the last compaction wrote, so the
+    next one knows whether it may only merge what is new."""
     return f"{gallery_prefix(gallery)}compaction.json"
 
 

@@ -106,6 +106,8 @@ def _parts(aws, gallery):
     listed = s3.list_objects_v2(Bucket=aws.bucket, Prefix=f"galleries/{gallery}/")
     out = {"parts": [], "rejects": []}
     for item in listed.get("Contents", []):
+        if "/inbox/" in item["Key"]:  # the parts' markers for compaction
+            continue
         kind = "parts" if "/parts/" in item["Key"] else "rejects"
         body = s3.get_object(Bucket=aws.bucket, Key=item["Key"])["Body"].read()
         out[kind].append(pq.read_table(io.BytesIO(body)))

@@ -263,6 +263,47 @@ def test_compaction_role_deletes_only_enrolment_photos(stack: Stack) -> None:
     assert "uploads/g/pat/1.jpg" in _versions(auditor, stack.bucket)
 
 
+@set_initial_no_auth_action_count(0)
+def test_compaction_role_compacts_and_clears_only_the_inbox(stack: Stack) -> None:
+    """A full run, then an incremental one, under the compaction role: nothing refused, the
+    inbox markers of the merged parts destroyed (every version), the parts themselves out
+    of its reach."""
+    import numpy as np
+    from tests_support import unit_rows
+
+    from facegate.gallery.format import GalleryMeta, build_gallery_table
+    from facegate.storage.galleries import GalleryStore
+
+    rng = np.random.default_rng(5)
+    meta = GalleryMeta(model_id="m", weights_sha256="ab" * 32, dim=8, threshold=0.5)
+
+    def part(subject: str) -> Any:
+        return build_gallery_table(
+            subject_ids=[subject],
+            image_keys=[f"uploads/g/{subject}/1.jpg"],
+            face_indices=np.zeros(1, np.int32),
+            bboxes=np.ones((1, 4), np.float32),
+            det_scores=np.ones(1, np.float32),
+            embeddings=unit_rows(rng, 1, 8),
+            meta=meta,
+        )
+
+    writer = GalleryStore(stack.auditor_s3, stack.bucket)
+    role = GalleryStore(stack.compact_s3, stack.bucket)
+    writer.write_table(writer.part_key("g", "p1"), part("ann"))
+    assert role.compact("g").mode == "full"
+    writer.write_table(writer.part_key("g", "p2"), part("ben"))
+    report = role.compact("g")
+    assert (report.mode, report.parts_read, report.rows_out) == ("incremental", 1, 2)
+    assert [k for k in _versions(stack.auditor_s3, stack.bucket) if "/inbox/" in k] == []
+    template = Template(repo_root() / "template.yaml", NAMES, "facegate-iam", REGION)
+    usage = permission_usage(template, read_authorisations(stack.authorisations))
+    assert usage["CompactFunction"].refused == set()
+    with pytest.raises(ClientError) as refused:
+        stack.compact_s3.delete_object(Bucket=stack.bucket, Key=writer.part_key("g", "p1"))
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+
+
 @pytest.fixture
 def queues(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """The template's queues and the API role, with moto patched as the local stack patches

@@ -199,3 +199,52 @@ def test_a_gallery_too_small_for_an_index_is_refused_with_the_reason():
     for n in (1000, 5000, 1_000_000, 10_000_000):
         params = AnnParams.for_rows(n, 256)
         assert n >= 39 * params.nlist and params.nprobe == max(8, params.nlist // 8)
+
+
+def test_a_gallery_with_a_delta_is_served_merged_and_indexed_as_served(store):
+    """Compacted, then compacted again with new parts (a delta on top of the base): readers
+    see both generations, the new rows winning; the index is built over what they see and
+    serves only that pair of versions."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(8)
+    rows = unit_rows(rng, 3000, DIM)
+    subjects = [f"s{i}" for i in range(3000)]
+    old = replace(META, created_at="2026-01-01T00:00:00Z")
+    store.write_table(store.part_key("big", "p1"), _table(rows, subjects, old))
+    assert store.compact("big").mode == "full"
+    # s7's photo re-embedded (a new vector for the same image key), and 20 new subjects.
+    moved = unit_rows(rng, 1, DIM)[0]
+    fresh = unit_rows(rng, 20, DIM)
+    newer = replace(META, created_at="2026-02-01T00:00:00Z")
+    table = _table(
+        np.vstack([rows[:7], moved[None], fresh]),
+        [*subjects[:8]] + [f"n{i}" for i in range(20)],
+        newer,
+    )
+    store.write_table(store.part_key("big", "p2"), table)
+    report = store.compact("big")
+    assert (report.mode, report.parts_read, report.rows_out) == ("incremental", 1, 3020)
+    assert store.objects.exists(layout.delta_key("big"))
+
+    cache, key = GalleryCache(), store.gallery_key("big")
+    load = gallery_loader(store.objects, "big")
+    served = cache.get(store.bucket, key, load)
+    assert served.n_rows == 3020 and served.ann is None
+    hit = served.search(moved, 1).candidates[0]
+    assert hit.subject_id == "s7" and hit.similarity > 0.999  # the delta's row, not the base's
+    assert served.search(fresh[3], 1).candidates[0].subject_id == "n3"
+
+    manifest = build_gallery_ann(store.objects, "big", min_rows=1000, params=SMALL)
+    assert manifest is not None and manifest.gallery_rows == 3020
+    assert "+" in manifest.gallery_etag  # base and delta
+    indexed = cache.get(store.bucket, key, load)
+    assert indexed.ann is not None
+    assert indexed.search(moved, 1).candidates[0].subject_id == "s7"
+    assert indexed.search(fresh[3], 1).candidates[0].subject_id == "n3"
+
+    # Another compaction changes the delta: the index no longer serves, exact until rebuilt.
+    store.write_table(store.part_key("big", "p3"), _table(unit_rows(rng, 1, DIM), ["late"], newer))
+    assert store.compact("big").rows_out == 3021
+    after = cache.get(store.bucket, key, load)
+    assert after.ann is None and after.n_rows == 3021

@@ -7,11 +7,13 @@ from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from tests_support import erasure_key_for_tests, erasures_in, keys_of, run_first, unit_rows
 
 from facegate.errors import (
     ModelMismatchError,
+    ObjectNotFoundError,
     StorageError,
     UnknownGalleryError,
     ValidationError,
@@ -25,7 +27,9 @@ from facegate.gallery.format import (
     read_gallery,
 )
 from facegate.settings import Settings
+from facegate.storage import compactor
 from facegate.storage.galleries import GalleryStore, summarise
+from facegate.storage.gallery_ann import served_view
 from facegate.storage.subjects import SubjectStore
 from facegate.storage.tombstones import ErasureKey, Tombstones
 
@@ -296,8 +300,13 @@ def test_compact_on_s3_writes_the_gallery_and_leaves_parts_alone(s3, store, rng)
     assert report.key == "galleries/staff/gallery.parquet" and report.seconds >= 0
     assert report.to_dict()["rows_out"] == 2
     after = listing(s3)
-    assert set(after) == set(before) | {report.key, "galleries/staff/compaction.json"}
-    assert {k: after[k] for k in before} == before  # parts untouched
+    markers = {"galleries/staff/inbox/p1", "galleries/staff/inbox/p2"}
+    assert markers <= set(before) and "galleries/other/inbox/p1" in before
+    # The parts merged leave the inbox; the other gallery's marker stays.
+    assert set(after) == (set(before) - markers) | {report.key, "galleries/staff/compaction.json"}
+    assert {k: after[k] for k in before if k not in markers} == {
+        k: v for k, v in before.items() if k not in markers
+    }  # parts untouched
     head = s3.head_object(Bucket=BUCKET, Key=report.key)
     assert head["ServerSideEncryption"] == "AES256"
     meta, table = read_s3_gallery(s3, report.key)
@@ -530,8 +539,21 @@ def test_a_compaction_that_finds_another_s_gallery_written_meanwhile_starts_agai
 # -- incremental compaction ------------------------------------------------------------
 
 
+def served(store: GalleryStore, gallery: str = "staff") -> pa.Table:
+    """The gallery as a reader serves it: its base with its delta on top."""
+    base = store.objects.get(store.gallery_key(gallery))
+    try:
+        delta = store.objects.get(f"galleries/{gallery}/delta.parquet")
+    except ObjectNotFoundError:
+        delta = None
+    _, view = served_view(
+        base.body, base.etag, delta.body if delta else None, delta.etag if delta else ""
+    )
+    return view if isinstance(view, pa.Table) else pq.read_table(pa.BufferReader(view))
+
+
 def _rows_and_vectors(store: GalleryStore) -> tuple[list[tuple[str, str, int]], np.ndarray]:
-    _, table = read_s3_gallery(store.objects._s3, store.gallery_key("staff"))
+    table = served(store)
     return keys_of(table), np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
 
 
@@ -566,24 +588,138 @@ def test_an_incremental_run_reads_only_new_parts_and_equals_a_full_rebuild(store
     assert ("bob", "b/1.jpg", 0) not in full[0]  # erased; b/2.jpg came after the erasure
 
 
-def test_nothing_new_writes_nothing_and_a_rewritten_or_deleted_part_is_noticed(s3, store, rng):
+def test_nothing_new_writes_nothing_and_what_no_marker_announces_waits_for_a_full_run(
+    s3, store, rng
+):
     for name, who in [("p1", "alice"), ("p2", "bob")]:
         store.write_table(store.part_key("staff", name), part(rng, [(who, f"{who}/1.jpg", 0)], T1))
     store.compact("staff")
     etag = store.objects.head(store.gallery_key("staff")).etag
+    puts = count_calls(s3, "PutObject")
     again = store.compact("staff")
     assert (again.mode, again.parts_read, again.rows_out) == ("incremental", 0, 2)
-    assert store.objects.head(store.gallery_key("staff")).etag == etag  # not rewritten
+    assert puts == []  # nothing written at all
     store.write_table(store.part_key("staff", "p3"), part(rng, [("carol", "carol/1.jpg", 0)], T2))
     new = store.compact("staff")
     assert (new.mode, new.parts_read, new.rows_out) == ("incremental", 1, 3)
-    # p2 rewritten in place without its row: the gallery holds the old one, so the run is a
-    # full one and the old row goes.
+    assert store.objects.head(store.gallery_key("staff")).etag == etag  # the base untouched
+    # p2 rewritten in place with another row: its marker makes the next run merge it; the
+    # row it no longer holds stays served until a full run, which reads every part.
     store.write_table(store.part_key("staff", "p2"), part(rng, [("bob", "bob/1.jpg", 1)], T2))
     rewritten = store.compact("staff")
-    assert (rewritten.mode, rewritten.parts_read, rewritten.rows_out) == ("full", 3, 3)
-    assert ("bob", "bob/1.jpg", 0) not in _rows_and_vectors(store)[0]
-    # A part gone: likewise.
+    assert (rewritten.mode, rewritten.parts_read, rewritten.rows_out) == ("incremental", 1, 4)
+    assert ("bob", "bob/1.jpg", 1) in _rows_and_vectors(store)[0]
+    # A part deleted by hand announces nothing either.
     s3.delete_object(Bucket=BUCKET, Key=store.part_key("staff", "p1"))
-    gone = store.compact("staff")
-    assert (gone.mode, gone.parts_read, gone.rows_out) == ("full", 2, 2)
+    assert store.compact("staff").rows_out == 4
+    full = store.compact("staff", full=True)
+    assert (full.mode, full.parts_read, full.rows_out) == ("full", 2, 2)
+    assert _rows_and_vectors(store)[0] == [("bob", "bob/1.jpg", 1), ("carol", "carol/1.jpg", 0)]
+
+
+def test_a_day_after_the_last_full_run_the_next_run_is_full(store, rng):
+    store.write_table(store.part_key("staff", "p1"), part(rng, [("alice", "a/1.jpg", 0)], T1))
+    store.compact("staff")
+    key = "galleries/staff/compaction.json"
+    state = store.objects.get_json(key, "state")
+    assert store.compact("staff").mode == "incremental"
+    store.objects.put_json(key, {**state, "full_at": "2024-01-01T00:00:00Z"})
+    assert store.compact("staff").mode == "full"
+    assert store.compact("staff").mode == "incremental"
+
+
+def test_a_grown_delta_is_folded_into_a_new_base_and_readers_never_count_it_twice(
+    store, rng, monkeypatch
+):
+    monkeypatch.setattr(compactor, "FOLD_MIN_ROWS", 2)
+    store.write_table(
+        store.part_key("staff", "p1"),
+        part(rng, [(s, f"{s}/1.jpg", 0) for s in ("alice", "bob", "carol", "dave")], T1),
+    )
+    store.compact("staff")
+    base = store.objects.get(store.gallery_key("staff")).body
+    store.write_table(store.part_key("staff", "p2"), part(rng, [("erin", "e/1.jpg", 0)], T2))
+    assert store.compact("staff").mode == "incremental"  # 1 row <= max(25% of 4, 2)
+    assert store.objects.get(store.gallery_key("staff")).body == base
+    store.write_table(
+        store.part_key("staff", "p3"),
+        part(rng, [("frank", "f/1.jpg", 0), ("alice", "alice/1.jpg", 0)], T3),
+    )
+    folded = store.compact("staff")
+    assert (folded.mode, folded.parts_read, folded.rows_out, folded.duplicates_dropped) == (
+        "fold",
+        1,
+        6,
+        1,
+    )
+    delta = pq.read_table(pa.BufferReader(store.objects.get("galleries/staff/delta.parquet").body))
+    assert delta.num_rows == 0  # what it held is in the new base
+    served_rows = _rows_and_vectors(store)[0]
+    assert [k[0] for k in served_rows] == ["alice", "bob", "carol", "dave", "erin", "frank"]
+    again = store.compact("staff", full=True)
+    assert again.rows_out == 6 and _rows_and_vectors(store)[0] == served_rows
+
+
+def test_a_delta_written_for_an_older_base_is_not_served(store, rng):
+    """A fold writes its base, then empties the delta: a reader in between sees the new
+    base and the old delta, whose rows the base holds, and serves the base alone."""
+    store.write_table(store.part_key("staff", "p1"), part(rng, [("alice", "a/1.jpg", 0)], T1))
+    store.compact("staff")
+    store.write_table(store.part_key("staff", "p2"), part(rng, [("bob", "b/1.jpg", 0)], T2))
+    store.compact("staff")
+    old_delta = store.objects.get("galleries/staff/delta.parquet").body
+    assert len(served(store)) == 2
+    store.compact("staff", full=True)
+    store.objects.put("galleries/staff/delta.parquet", old_delta, content_type="x/parquet")
+    assert keys_of(served(store)) == [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)]
+    assert len(served(store)) == 2
+
+
+def test_an_incremental_run_committing_during_a_full_one_loses_nothing(store, rng):
+    """A full run listed the parts; before it writes its base another worker merges a new
+    part into the delta (and clears that part's marker). The full run's base lacks the part,
+    so the delta, written for the old base, is relabelled onto the new one, not emptied."""
+    store.write_table(store.part_key("staff", "p1"), part(rng, [("alice", "a/1.jpg", 0)], T1))
+    store.compact("staff")
+    other = GalleryStore(store.objects._s3, BUCKET)
+
+    def meanwhile() -> None:
+        other.write_table(other.part_key("staff", "p2"), part(rng, [("bob", "b/1.jpg", 0)], T2))
+        assert other.compact("staff").mode == "incremental"
+
+    run_first(store, "write_table", meanwhile)
+    assert store.compact("staff", full=True).parts_read == 1  # listed before bob's part
+    assert keys_of(served(store)) == [("alice", "a/1.jpg", 0), ("bob", "b/1.jpg", 0)]
+    assert store.compact("staff").rows_out == 2
+
+
+def test_a_run_committing_during_a_fold_loses_nothing(store, rng, monkeypatch):
+    """The fold read base, delta and parts, then another worker compacted (a new part
+    among what it merged) before the fold wrote: the fold's write is refused or finds the
+    other generation changed, starts again, and the gallery ends up with every row."""
+    monkeypatch.setattr(compactor, "FOLD_MIN_ROWS", 1)
+    rows = [(s, f"{s}/1.jpg", 0) for s in ("alice", "bob", "carol", "dave")]
+    store.write_table(store.part_key("staff", "p1"), part(rng, rows, T1))
+    store.compact("staff")
+    other = GalleryStore(store.objects._s3, BUCKET)
+
+    def meanwhile() -> None:
+        other.write_table(other.part_key("staff", "p3"), part(rng, [("frank", "f/1.jpg", 0)], T3))
+        other.compact("staff")
+
+    store.write_table(
+        store.part_key("staff", "p2"),
+        part(rng, [("erin", "e/1.jpg", 0), ("eve", "v/1.jpg", 0)], T2),
+    )
+    run_first(store, "write_table", meanwhile)
+    store.compact("staff")
+    assert [k[0] for k in keys_of(served(store))] == [
+        "alice",
+        "bob",
+        "carol",
+        "dave",
+        "erin",
+        "eve",
+        "frank",
+    ]
+    assert store.compact("staff").parts_read == 0  # every marker cleared

@@ -154,7 +154,7 @@ def test_erasing_a_subject_of_the_collection_rewrites_its_export(world):
     assert receipt.totals()["gallery_part"]["rows_removed"] == 1
     for key, version in world.versions("galleries/lobby-g/"):  # no version holds bob
         body = world.eraser.objects.get(key, version_id=version).body
-        if key == "galleries/lobby-g/compaction.json":  # part keys and ETags, no one's id
+        if key == "galleries/lobby-g/compaction.json" or "/inbox/" in key:  # no one's id
             assert b"bob" not in body
             continue
         assert "bob" not in read_gallery(io.BytesIO(body))[1]["subject_id"].to_pylist(), key

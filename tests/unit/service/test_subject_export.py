@@ -96,6 +96,7 @@ def test_rows_pending_compaction_are_found_after_a_delete(stores, processor):
         {
             "gallery": "g",
             "compacted": None,
+            "delta": None,
             "parts": [
                 {
                     "key": "galleries/g/parts/p1.parquet",
@@ -161,3 +162,39 @@ def test_uploads_manifest_rejects_and_gallery_erasures_are_found(fresh_aws, stor
     (erasure,) = found["erasures"]
     assert erasure["scope"] == "gallery:lab" and erasure["deleted_at"].endswith("Z")
     assert found["tombstone"] is None
+
+
+def test_rows_in_a_gallery_s_delta_are_found(stores, processor):
+    """Compacted twice: the second part's rows live in ``delta.parquet`` (not yet folded
+    into ``gallery.parquet``), and the export names them there too."""
+    subjects, photos, galleries, tombstones = stores
+    meta = GalleryMeta(
+        model_id=processor.model_id,
+        weights_sha256=processor.card.weights_sha256,
+        dim=DIM,
+        threshold=processor.threshold,
+    )
+
+    def part(subject: str, vector: np.ndarray) -> object:
+        return build_gallery_table(
+            subject_ids=[subject],
+            image_keys=[f"uploads/g/{subject}/1.png"],
+            face_indices=[0],
+            bboxes=np.zeros((1, 4), np.float32),
+            det_scores=np.ones(1, np.float32),
+            embeddings=vector[None],
+            meta=meta,
+        )
+
+    galleries.write_table(galleries.part_key("g", "p1"), part("bob", unit(0, 1, 0, 0)))
+    galleries.compact("g")
+    galleries.write_table(galleries.part_key("g", "p2"), part("ann", unit(1, 0, 0, 0)))
+    assert galleries.compact("g").mode == "incremental"
+
+    (entry,) = SubjectExport(subjects, photos, galleries, tombstones).export("ann")["galleries"]
+    assert entry["compacted"] is None
+    assert entry["delta"] == {
+        "key": "galleries/g/delta.parquet",
+        "rows": 1,
+        "image_keys": ["uploads/g/ann/1.png"],
+    }

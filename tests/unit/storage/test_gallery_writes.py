@@ -86,8 +86,10 @@ def test_the_embedding_job_writes_encrypted_typed_parts_and_rejects(fresh_aws, p
     assert job.handle(sqs_event(fresh_aws, bodies)) == {"batchItemFailures": []}
 
     listed = fresh_aws.s3.list_objects_v2(Bucket=fresh_aws.bucket, Prefix="galleries/team/")
-    written = sorted(o["Key"] for o in listed.get("Contents", []))
+    written = sorted(o["Key"] for o in listed.get("Contents", []) if "/inbox/" not in o["Key"])
     assert [k.split("/")[2] for k in written] == ["parts", "rejects"]
+    (marker,) = [o["Key"] for o in listed["Contents"] if "/inbox/" in o["Key"]]
+    assert marker == written[0].replace("/parts/", "/inbox/").removesuffix(".parquet")
     for key in written:
         head = fresh_aws.s3.head_object(Bucket=fresh_aws.bucket, Key=key)
         assert head.get("ServerSideEncryption") == "AES256", key

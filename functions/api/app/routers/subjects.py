@@ -88,6 +88,8 @@ class ExportedRows(BaseModel):
 class ExportedGallery(BaseModel):
     gallery: str
     compacted: ExportedRows | None
+    #: ``delta.parquet``: the rows compacted since ``gallery.parquet`` was last rewritten.
+    delta: ExportedRows | None = None
     parts: list[ExportedRows]
     rejects: list[ExportedRows]
 
