@@ -280,11 +280,57 @@ def measure(sizes: list[int], exact_queries: int = 20) -> list[dict[str, object]
     return out
 
 
+def sweep(n: int) -> None:
+    """Impostor recall@1 and p50 against the lists probed and the shortlist, one index of
+    ``n`` rows: what the default's 1/8 of the lists gives up on probes of people not in the
+    gallery (their nearest look-alike is in any list), and what probing more costs."""
+    from dataclasses import replace
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from facegate.gallery.ann import AnnIndex, AnnParams
+    from facegate.gallery.index import GalleryIndex
+
+    emb, person, threshold = real_embeddings()
+    gen = Generator(emb, person)
+    matrix, _ = build_gallery(gen, n)
+    subjects = pc.cast(pa.array(np.arange(n) // ROWS_PER_PERSON), pa.string())
+    index = GalleryIndex(matrix, subjects, threshold=threshold, dtype=np.float16)
+    del matrix
+    impostor = gen.rows(gen.centres(QUERIES, seed=12), seed=13)
+    truth = exact_truth(index.embeddings, impostor)
+    params = AnnParams.for_rows(n, gen.dim)
+    blocks = [index.embeddings[s : s + BLOCK] for s in range(0, n, BLOCK)]
+    built = AnnIndex.build(blocks, n, gen.dim, params)
+    print(f"{n:,} rows, {params.factory}, impostor probes")
+    print("| lists probed | shortlist | recall@1 | p50 ms |")
+    print("|---|---|---|---|")
+    for share in (8, 4, 2):
+        for shortlist in (1024, 4096):
+            tuned = replace(params, nprobe=params.nlist // share, shortlist=shortlist)
+            served = index.with_ann(AnnIndex(built._index, tuned))
+            hits, seconds = [], []
+            for i, q in enumerate(impostor):
+                started = time.perf_counter()
+                found = served.search(q, K)
+                seconds.append(time.perf_counter() - started)
+                hits.append(int(found.candidates[0].subject_id) == top_subjects(truth[i])[0])
+            print(
+                f"| 1/{share} ({tuned.nprobe}) | {shortlist} | {np.mean(hits):.3f} | "
+                f"{_ms(seconds, 0.5):.2f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--exact-queries", type=int, default=20)
+    parser.add_argument("--sweep", type=int, metavar="ROWS", help="impostor recall vs nprobe")
     args = parser.parse_args()
+    if args.sweep:
+        sweep(args.sweep)
+        return
     rows = measure([int(s) for s in args.sizes.split(",")], args.exact_queries)
     (REPO / "bench" / "ann_results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("| measure | p50 ms | exact p50 ms | recall@1 | recall@5 | same decision | p95 ms |")

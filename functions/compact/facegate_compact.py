@@ -102,10 +102,11 @@ def requested_gallery(event: Any) -> str | None:
 def compact_one(name: str, deleted: Any) -> dict[str, Any]:
     """One gallery compacted (any model's: one being re-embedded for an upgrade, an old one
     still serving; only parts of different models within a gallery are refused), and its
-    index build queued when it is large enough."""
+    index build queued when it is large enough and its base was rewritten."""
     report = store.compact(name, erasures=deleted)
     logger.info("compacted", extra=report.to_dict())
-    if report.rows_out >= settings.ann_min_rows and (report.parts_read or report.deleted_dropped):
+    # An index covers the base: an incremental run (only the delta changed) keeps it serving.
+    if report.rows_out >= settings.ann_min_rows and report.mode != "incremental":
         queue_index_build(sqs, settings.ingest_queue_url, name, settings.ann_min_rows)
         logger.info("index build queued", extra={"gallery": name, "rows": report.rows_out})
     return report.to_dict()

@@ -252,15 +252,22 @@ class AnnPayload:
     etag: str
     manifest: AnnManifest
     index: bytes
+    #: A gallery served with a delta on top of its base (:attr:`gallery` is then the merged
+    #: table): the base's row count, which the index was built over, and the rows the
+    #: delta put in (each search rescores them too).
+    base_rows: int | None = None
+    delta_rows: np.ndarray | None = None
 
     def attach(self, gallery: GalleryIndex) -> GalleryIndex:
         """``gallery`` (built from :attr:`gallery`) searched through the index, or exactly
         when the manifest names another version of the gallery."""
         model = gallery.meta.model_id if gallery.meta is not None else None
-        if not self.manifest.serves(self.etag, gallery.n_rows, model):
+        rows = gallery.n_rows if self.base_rows is None else self.base_rows
+        if not self.manifest.serves(self.etag, rows, model):
             return gallery
         self.manifest.check(self.index)
-        return gallery.with_ann(AnnIndex.from_bytes(self.index, self.manifest.params))
+        ann = AnnIndex.from_bytes(self.index, self.manifest.params)
+        return gallery.with_ann(ann, always=self.delta_rows)
 
 
 def timed_build(

@@ -161,6 +161,7 @@ class GalleryIndex:
         self._max_rows_per_subject = int(np.bincount(self._codes).max()) if self._codes.size else 0
         self._image_keys = keys
         self._ann: AnnIndex | None = None
+        self._always = np.zeros(0, np.int64)
 
     @classmethod
     def from_table(
@@ -332,16 +333,31 @@ class GalleryIndex:
         """The ANN shortlist index searches go through, if any (see :meth:`with_ann`)."""
         return self._ann
 
-    def with_ann(self, ann: AnnIndex | None) -> GalleryIndex:
+    def with_ann(self, ann: AnnIndex | None, always: np.ndarray | None = None) -> GalleryIndex:
         """This gallery searched through ``ann``'s shortlists (rescored exactly from this
-        matrix); None: exact. A new object sharing the matrix: instances stay immutable."""
-        if ann is not None and (ann.n_rows != self.n_rows or ann.dim != self.dim):
-            raise ModelMismatchError(
-                f"ANN index of {ann.n_rows} rows x {ann.dim} does not fit a gallery of "
-                f"{self.n_rows} x {self.dim}"
-            )
+        matrix); None: exact. A new object sharing the matrix: instances stay immutable.
+
+        ``always``: rows every shortlist includes, for an index built before them (a
+        gallery's delta on top of the base the index was built from:
+        :func:`~facegate.gallery.generations.merge_generations`); rows past the index's
+        must be among them."""
+        extra = np.zeros(0, np.int64) if always is None else np.unique(np.asarray(always))
+        if ann is not None:
+            past = self.n_rows - ann.n_rows
+            covered = int(np.count_nonzero(extra >= ann.n_rows))
+            if (
+                ann.dim != self.dim
+                or past < 0
+                or covered != past
+                or (extra.size and (extra[0] < 0 or extra[-1] >= self.n_rows))
+            ):
+                raise ModelMismatchError(
+                    f"ANN index of {ann.n_rows} rows x {ann.dim} does not fit a gallery of "
+                    f"{self.n_rows} x {self.dim} ({extra.size} rows added)"
+                )
         twin = shallow_copy(self)
         twin._ann = ann
+        twin._always = extra
         return twin
 
     @property
@@ -493,7 +509,9 @@ class GalleryIndex:
         want = min(k, self.n_subjects) if per_subject else min(k, n)
         count = max(ann.params.shortlist, 2 * k)
         while True:
-            candidates = ann.shortlist(q, min(count, n))
+            candidates = ann.shortlist(q, min(count, ann.n_rows))
+            if self._always.size:
+                candidates = np.union1d(candidates, self._always)
             sims = self._rescore(q, candidates)
             order = np.lexsort((candidates, -sims))
             rows, sims = candidates[order], sims[order]
@@ -502,7 +520,7 @@ class GalleryIndex:
                 keep = np.sort(first)[:want]
             else:
                 keep = np.arange(min(want, rows.size))
-            if keep.size >= want or count >= n:
+            if keep.size >= want or count >= ann.n_rows:
                 return rows[keep], sims[keep]
             count *= 4
 

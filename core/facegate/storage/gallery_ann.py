@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,31 +57,22 @@ def build_gallery_ann(
     min_rows: int = ANN_MIN_ROWS,
     params: AnnParams | None = None,
 ) -> AnnManifest | None:
-    """Build the index of the gallery as served (its base and, when there is one, its delta:
-    :func:`read_view`) and publish it; None (nothing written) when the gallery has fewer
-    than ``min_rows`` rows.
+    """Build the index of the current ``gallery.parquet`` (the base generation; a delta on
+    top of it is searched exactly beside the index, :func:`served_view`) and publish it;
+    None (nothing written) when the base has fewer than ``min_rows`` rows.
 
     The rows are held as float16 (half the memory of float32; the index's 4-bit codes lose
-    far more than that). A gallery without a delta is streamed from S3, so building 10M rows
-    of 256 dims needs about 5 GB plus the codes (32 bytes a row); with a delta the merged
-    table is built in memory first (the delta is at most a quarter of the base).
+    far more than that), streamed from S3, so building 10M rows of 256 dims needs about 5 GB
+    plus the codes (32 bytes a row).
     Index objects of earlier builds are deleted once the new manifest is in place.
     """
     key = layout.gallery_key(gallery)
     try:
         etag = objects.head(key).etag
-        delta = _applying_delta(objects, gallery, etag)
-        if delta is None:
-            view_etag = etag
-            # Streamed row group by row group over ranged GETs, pinned to that version: the
-            # build holds the float16 matrix, never the Parquet bytes too.
-            with io.BufferedReader(objects.open(key, etag=etag), buffer_size=1 << 20) as body:
-                index = GalleryIndex.from_parquet(body, dtype=np.float16)
-        else:
-            delta_etag, delta_table = delta
-            view_etag = f"{etag}+{delta_etag}"
-            base = _parquet(objects.get(key).body, key)
-            index = GalleryIndex.from_table(merge_generations(base, delta_table), dtype=np.float16)
+        # Streamed row group by row group over ranged GETs, pinned to that version: the
+        # build holds the float16 matrix, never the Parquet bytes too.
+        with io.BufferedReader(objects.open(key, etag=etag), buffer_size=1 << 20) as body:
+            index = GalleryIndex.from_parquet(body, dtype=np.float16)
     except ObjectNotFoundError as exc:
         raise UnknownGalleryError(f"gallery {gallery!r} has not been compacted") from exc
     if index.n_rows < min_rows:
@@ -95,7 +87,7 @@ def build_gallery_ann(
     index_key = f"{layout.ann_prefix(gallery)}{sha}.faiss"
     objects.put(index_key, data, content_type=INDEX_TYPE)
     manifest = AnnManifest(
-        gallery_etag=view_etag,
+        gallery_etag=etag,
         gallery_rows=index.n_rows,
         model_id=index.meta.model_id,
         dim=index.dim,
@@ -114,22 +106,6 @@ def build_gallery_ann(
     return manifest
 
 
-def _applying_delta(
-    objects: ObjectStore, gallery: str, base_etag: str
-) -> tuple[str, pa.Table] | None:
-    """``(etag, table)`` of the gallery's delta when it applies to that base and has rows."""
-    try:
-        found = objects.get(layout.delta_key(gallery))
-    except ObjectNotFoundError:
-        return None
-    delta = _parquet(found.body, layout.delta_key(gallery))
-    if delta.num_rows == 0:
-        return None
-    with objects.open(layout.gallery_key(gallery), etag=base_etag) as reader:
-        base_schema = pq.ParquetFile(pa.PythonFile(reader, mode="r")).schema_arrow
-    return (found.etag, delta) if applies(base_schema, delta.schema) else None
-
-
 def read_manifest(objects: ObjectStore, gallery: str) -> AnnManifest | None:
     try:
         return AnnManifest.from_json(objects.get(layout.ann_manifest_key(gallery)).body)
@@ -140,26 +116,39 @@ def read_manifest(objects: ObjectStore, gallery: str) -> AnnManifest | None:
 Loaded = tuple[str, "bytes | pa.Table | AnnPayload | None"]
 
 
-def served_view(
-    base: bytes, base_etag: str, delta: bytes | None, delta_etag: str
-) -> tuple[str, bytes | pa.Table]:
-    """The gallery a reader serves, and its etag: the base's bytes and ETag when there is no
-    delta that applies to it (or it has no rows), else the merged table
-    (:func:`~facegate.gallery.generations.merge_generations`) and ``<base>+<delta>``."""
+@dataclass(frozen=True)
+class ServedView:
+    """The gallery a reader serves: the base's bytes alone, or the base with its delta on
+    top (:func:`~facegate.gallery.generations.merge_generations`), the rows the delta put
+    in and the base's row count (what an index of the base covers)."""
+
+    gallery: bytes | pa.Table
+    base_rows: int | None = None
+    delta_rows: np.ndarray | None = None
+
+    @property
+    def table(self) -> pa.Table:
+        return self.gallery if isinstance(self.gallery, pa.Table) else _parquet(self.gallery, "")
+
+
+def served_view(base: bytes, delta: bytes | None) -> ServedView:
+    """The base's bytes when there is no delta that applies to it (or it has no rows), else
+    the merged table."""
     if delta is None:
-        return base_etag, base
+        return ServedView(base)
     delta_table = _parquet(delta, "delta.parquet")
     if delta_table.num_rows == 0:
-        return base_etag, base
+        return ServedView(base)
     base_table = _parquet(base, "gallery.parquet")
     if not applies(base_table.schema, delta_table.schema):
-        return base_etag, base
-    return f"{base_etag}+{delta_etag}", merge_generations(base_table, delta_table)
+        return ServedView(base)
+    table, positions = merge_generations(base_table, delta_table)
+    return ServedView(table, base_table.num_rows, positions)
 
 
 def gallery_loader(objects: ObjectStore, gallery: str) -> Callable[[str | None], Loaded]:
     """The :class:`~facegate.gallery.cache.GalleryCache` loader of a gallery as served (its
-    base and delta, :func:`served_view`) and its index.
+    base and delta, :func:`served_view`) and its base's index.
 
     Its etag is ``<base>|<delta>|<manifest>`` (empty for an object that is not there): a warm
     function asks S3 three times (each conditional) whether any changed, and so picks up a
@@ -196,17 +185,19 @@ def gallery_loader(objects: ObjectStore, gallery: str) -> Callable[[str | None],
         combined = f"{base_etag}|{delta_etag}|{manifest_etag}"
         if base is None:
             raise StorageError(f"gallery {gallery!r} came back empty")
-        view_etag, view = served_view(base, base_etag, delta, delta_etag)
+        view = served_view(base, delta)
         if raw is None:
-            return combined, view
+            return combined, view.gallery
         manifest = AnnManifest.from_json(raw)
-        if manifest.gallery_etag != view_etag:
-            return combined, view  # built from another version: exact until rebuilt
+        if manifest.gallery_etag != base_etag:
+            return combined, view.gallery  # built from another base: exact until rebuilt
         try:
             data = objects.get(manifest.index_key).body
         except ObjectNotFoundError:
-            return combined, view
-        return combined, AnnPayload(view, view_etag, manifest, data)
+            return combined, view.gallery
+        return combined, AnnPayload(
+            view.gallery, base_etag, manifest, data, view.base_rows, view.delta_rows
+        )
 
     return load
 

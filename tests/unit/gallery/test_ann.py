@@ -235,16 +235,41 @@ def test_a_gallery_with_a_delta_is_served_merged_and_indexed_as_served(store):
     assert hit.subject_id == "s7" and hit.similarity > 0.999  # the delta's row, not the base's
     assert served.search(fresh[3], 1).candidates[0].subject_id == "n3"
 
+    # The index covers the base; the delta's rows (s7's new one included) are rescored
+    # with every shortlist.
     manifest = build_gallery_ann(store.objects, "big", min_rows=1000, params=SMALL)
-    assert manifest is not None and manifest.gallery_rows == 3020
-    assert "+" in manifest.gallery_etag  # base and delta
+    assert manifest is not None and manifest.gallery_rows == 3000
     indexed = cache.get(store.bucket, key, load)
-    assert indexed.ann is not None
-    assert indexed.search(moved, 1).candidates[0].subject_id == "s7"
+    assert indexed.ann is not None and indexed.n_rows == 3020
+    hit = indexed.search(moved, 1).candidates[0]
+    assert hit.subject_id == "s7" and hit.similarity > 0.999
     assert indexed.search(fresh[3], 1).candidates[0].subject_id == "n3"
+    probe = rows[2345] + 0.01 * rng.standard_normal(DIM).astype(np.float32)
+    probe /= np.linalg.norm(probe)
+    assert indexed.search(probe, 1).candidates[0].subject_id == "s2345"  # a base row
 
-    # Another compaction changes the delta: the index no longer serves, exact until rebuilt.
-    store.write_table(store.part_key("big", "p3"), _table(unit_rows(rng, 1, DIM), ["late"], newer))
-    assert store.compact("big").rows_out == 3021
+    # Another incremental run changes only the delta: the index still serves the base.
+    late = unit_rows(rng, 1, DIM)
+    store.write_table(store.part_key("big", "p3"), _table(late, ["late"], newer))
+    assert store.compact("big").mode == "incremental"
     after = cache.get(store.bucket, key, load)
-    assert after.ann is None and after.n_rows == 3021
+    assert after.ann is not None and after.n_rows == 3021
+    assert after.search(late[0], 1).candidates[0].subject_id == "late"
+    # A full run writes a new base: exact until the index is rebuilt.
+    store.compact("big", full=True)
+    rebuilt = cache.get(store.bucket, key, load)
+    assert rebuilt.ann is None and rebuilt.n_rows == 3021
+
+
+def test_rows_added_after_the_index_are_rescored_with_every_shortlist():
+    """An index of the first 2,990 rows serves a gallery of 3,000 only when told the 10 rows
+    it does not know; a search then finds them (exactly scored) as it finds the others."""
+    rows = unit_rows(np.random.default_rng(9), 3000, DIM)
+    gallery = GalleryIndex(rows, [f"s{i}" for i in range(3000)], threshold=0.5)
+    ann = AnnIndex.build(_blocks(rows[:2990]), 2990, DIM, SMALL)
+    with pytest.raises(ModelMismatchError, match="does not fit"):
+        gallery.with_ann(ann)
+    served = gallery.with_ann(ann, always=np.arange(2990, 3000))
+    for i in (5, 1500, 2995):
+        hit = served.search(rows[i], 1).candidates[0]
+        assert (hit.subject_id, hit.row) == (f"s{i}", i) and hit.similarity > 0.999
