@@ -158,8 +158,9 @@ def run_chunk(
     done = objects.list_keys(prefix)
     if len(done) < chunk.total:
         return False
+    # Full: every part of the target was just written (a re-run rewrites them whole).
     compaction = store.compact(
-        request.target, erasures=erasures, expected_model_id=request.model_id
+        request.target, erasures=erasures, expected_model_id=request.model_id, full=True
     )
     counts = [objects.get_json(k, "a re-embedding chunk's counts") or {} for k in done]
     put_status(

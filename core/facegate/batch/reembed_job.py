@@ -132,8 +132,9 @@ def run_reembed(
         faces += part.faces
         rejects += part.rejects.num_rows
         parts += 1
+    # Full: every part of the target was just written (a re-run rewrites them whole).
     compaction = store.compact(
-        request.target, erasures=erasures, expected_model_id=request.model_id
+        request.target, erasures=erasures, expected_model_id=request.model_id, full=True
     )
     report = ReembedReport(
         source=request.source,

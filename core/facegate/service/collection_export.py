@@ -120,8 +120,10 @@ class CollectionExporter:
         part = self.galleries.part_key(gallery, EXPORT_PART)
         written = self.galleries.write_table(part, table)
         self._drop_older_versions(part, written.version_id)
+        # Full: the export is one part rewritten whole, and a face it no longer holds (a
+        # re-enrolment) must leave the gallery now, not at the daily full run.
         report = self.galleries.compact(
-            gallery, erasures=self.erasures, expected_model_id=card.model_id
+            gallery, erasures=self.erasures, expected_model_id=card.model_id, full=True
         )
         answer = {
             "collection": collection.name,

@@ -99,7 +99,7 @@ class _Seen:
 
     base: ObjectInfo | None
     delta: ObjectInfo | None
-    markers: list[tuple[str, str]]  # (key, version_id) of every inbox marker version
+    markers: dict[str, str]  # inbox marker key -> ETag
 
 
 def compact_gallery(
@@ -148,7 +148,7 @@ class _Run:
         seen = _Seen(
             base=self._head(self.base_key),
             delta=self._head(self.delta_key),
-            markers=self.objects.versions(layout.inbox_prefix(self.gallery)),
+            markers=self.objects.list_etags(layout.inbox_prefix(self.gallery)),
         )
         state = None if full else self._state()
         if (
@@ -302,11 +302,11 @@ class _Run:
 
     # -- the inbox -----------------------------------------------------------------------
 
-    def _inbox_parts(self, markers: Sequence[tuple[str, str]]) -> dict[str, pa.Table]:
+    def _inbox_parts(self, markers: dict[str, str]) -> dict[str, pa.Table]:
         """``part key -> table`` of the parts the markers name; a marker whose part is not
         there (its writer has not written it yet) is skipped and kept."""
         parts = {}
-        for key in sorted({k for k, _ in markers}):
+        for key in sorted(markers):
             part = layout.part_of_marker(key)
             try:
                 data = self.objects.get(part).body
@@ -316,8 +316,10 @@ class _Run:
         return parts
 
     def _commit(self, state: _State, seen: _Seen, merged: set[str]) -> None:
-        """Record what was written, then drop the markers of the parts merged (a run that
-        stops in between merges them again: a part's rows replace themselves)."""
+        """Record what was written, then drop the markers of the parts merged, each only if
+        it is still the one this run listed (a part written again since has a new marker,
+        which stays for the next run). A run that stops in between merges them again: a
+        part's rows replace themselves."""
         self.objects.put_json(
             layout.compaction_state_key(self.gallery),
             {
@@ -328,9 +330,9 @@ class _Run:
                 "full_at": state.full_at,
             },
         )
-        done = [(k, v) for k, v in seen.markers if layout.part_of_marker(k) in merged]
-        if done:
-            self.objects.delete_versions(done)
+        for key, etag in seen.markers.items():
+            if layout.part_of_marker(key) in merged:
+                self.objects.delete_if_match(key, etag)
 
     def _state(self) -> _State | None:
         doc = self.objects.get_json(layout.compaction_state_key(self.gallery), "compaction state")

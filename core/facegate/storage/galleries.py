@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,7 @@ else:
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-#: Content type of an inbox marker (no body).
+#: Content type of an inbox marker (a random token, nobody's data).
 MARKER_TYPE = "application/octet-stream"
 
 #: ``GALLERY_PREFIX`` is defined with the other layouts in :mod:`facegate.storage.keys`.
@@ -141,7 +142,7 @@ class GalleryStore:
         ``if_none_match``: a conditional write (:meth:`ObjectStore.put`).
 
         Anything else is refused: only those two kinds of table live under ``galleries/``.
-        A part is announced in the gallery's inbox first (an empty marker,
+        A part is announced in the gallery's inbox first (a marker holding a random token,
         :func:`~facegate.storage.keys.inbox_key`), so the next compaction finds it without
         listing every part; a marker whose part never came is skipped by compaction.
         """
@@ -153,7 +154,10 @@ class GalleryStore:
         else:
             raise ValidationError(f"{key}: not a gallery or rejects table")
         if layout.is_part_key(key):
-            self.objects.put(layout.inbox_key(key), b"", content_type=MARKER_TYPE)
+            # A token of its own: every marker has its own ETag, so a compaction deletes
+            # only the marker it saw (a conditional delete), not one written after.
+            token = uuid.uuid4().hex.encode()
+            self.objects.put(layout.inbox_key(key), token, content_type=MARKER_TYPE)
         return self.objects.put(
             key,
             sink.getvalue().to_pybytes(),
@@ -291,7 +295,9 @@ def _delta_rows(store: GalleryStore, gallery: str) -> tuple[int, list[GalleryMet
     base = store.read_table(layout.gallery_key(gallery), columns=ids)
     if delta.num_rows == 0 or not applies(base.schema, delta.schema):
         return 0, [], set()
-    replaced = base.select(ids[1:]).join(delta.select(ids[1:]), keys=ids[1:]).num_rows
+    replaced = (
+        base.select(ids[1:]).join(delta.select(ids[1:]), keys=ids[1:], join_type="inner").num_rows
+    )
     meta = GalleryMeta.from_json(delta.schema.metadata[METADATA_KEY])
     subjects = {str(s) for s in pc.unique(delta["subject_id"]).to_pylist()}
     return delta.num_rows - replaced, [meta], subjects

@@ -72,6 +72,8 @@ MISSING_VERSION_CODES = frozenset({"InvalidArgument", "MethodNotAllowed", "405"}
 _NOT_MODIFIED = frozenset({"304", "NotModified"})
 #: A GET ``IfMatch`` an ETag that the object no longer has: the version read is gone.
 _REPLACED = frozenset({"412", "PreconditionFailed"})
+#: A conditional delete that found the object rewritten, gone, or being written.
+_NOT_DELETED = _REPLACED | {"404", "NoSuchKey", "ConditionalRequestConflict"}
 #: The least an :class:`ObjectReader` fetches: a zip's end record with the longest comment
 #: (a small central directory too), or a local header with the start of its data.
 READ_AHEAD = 64 * 1024 + 22
@@ -442,6 +444,19 @@ class ObjectStore:
         key is no error, as in S3 itself."""
         with aws_errors(f"deleting {self.uri(key)}"):
             self._s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_if_match(self, key: str, etag: str) -> bool:
+        """Delete the current version only while it still has ``etag`` (S3's conditional
+        delete; a delete marker in a versioned bucket); False, nothing deleted, when it has
+        been rewritten or deleted since it was read."""
+        with aws_errors(f"deleting {self.uri(key)}"):
+            try:
+                self._s3.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+            except ClientError as exc:
+                if error_code(exc) in _NOT_DELETED:
+                    return False
+                raise
+        return True
 
     def copy(self, key: str, to: str) -> ObjectInfo:
         """The current version of ``key`` copied, server-side, to ``to`` (content type and

@@ -495,6 +495,25 @@ def test_the_schedule_queues_one_compaction_per_gallery_and_each_runs_alone(
     # Again with nothing new: no compaction writes, no index build is queued.
     invoke(compact, _sqs_event(_queued_again(aws, compact, queues, "g1")))
     assert _drain(aws, queues["ingest"]) == []
+    # A new part: an incremental run changes only the delta, and an index of the base still
+    # serves (the delta's rows are rescored beside it), so no build is queued either.
+    # (Written through GalleryStore, as FaceGate's writers do: it announces the part in the
+    # gallery's inbox; write_part's bare PUT would wait for the daily full run.)
+    store.write_table(
+        store.part_key("g1", "c"),
+        build_gallery_table(
+            subject_ids=["dee"],
+            image_keys=["dee/1.jpg"],
+            face_indices=np.zeros(1, np.int32),
+            bboxes=np.ones((1, 4), np.float32),
+            det_scores=np.ones(1, np.float32),
+            embeddings=unit_rows(np.random.default_rng(4), 1, META.dim),
+            meta=replace(META, created_at=T2),
+        ),
+    )
+    invoke(compact, _sqs_event(_queued_again(aws, compact, queues, "g1")))
+    assert _drain(aws, queues["ingest"]) == []
+    assert store.objects.exists("galleries/g1/delta.parquet")
 
 
 def _queued_again(aws, compact, queues, gallery: str) -> list[dict]:

@@ -605,12 +605,15 @@ def test_nothing_new_writes_nothing_and_what_no_marker_announces_waits_for_a_ful
     new = store.compact("staff")
     assert (new.mode, new.parts_read, new.rows_out) == ("incremental", 1, 3)
     assert store.objects.head(store.gallery_key("staff")).etag == etag  # the base untouched
+    shown = summarise(store, "staff")
+    assert (shown["rows"], shown["subjects"], shown["compacted"]) == (3, 3, True)
     # p2 rewritten in place with another row: its marker makes the next run merge it; the
     # row it no longer holds stays served until a full run, which reads every part.
     store.write_table(store.part_key("staff", "p2"), part(rng, [("bob", "bob/1.jpg", 1)], T2))
     rewritten = store.compact("staff")
     assert (rewritten.mode, rewritten.parts_read, rewritten.rows_out) == ("incremental", 1, 4)
     assert ("bob", "bob/1.jpg", 1) in _rows_and_vectors(store)[0]
+    assert summarise(store, "staff")["rows"] == 4
     # A part deleted by hand announces nothing either.
     s3.delete_object(Bucket=BUCKET, Key=store.part_key("staff", "p1"))
     assert store.compact("staff").rows_out == 4
@@ -725,3 +728,25 @@ def test_a_run_committing_during_a_fold_loses_nothing(store, rng, monkeypatch):
         "frank",
     ]
     assert store.compact("staff").parts_read == 0  # every marker cleared
+
+
+def test_a_part_written_again_while_a_run_merges_it_keeps_its_marker(store, rng):
+    """The run listed p2's marker and merged p2; before it deletes the marker, p2 is written
+    again (a new marker, another ETag). Its conditional delete leaves the new marker, so
+    the next run merges p2's new rows."""
+    store.write_table(store.part_key("staff", "p1"), part(rng, [("alice", "a/1.jpg", 0)], T1))
+    store.compact("staff")
+    store.write_table(store.part_key("staff", "p2"), part(rng, [("bob", "b/1.jpg", 0)], T2))
+    again = part(rng, [("bob", "b/1.jpg", 0)], T3)
+    run_first(
+        store.objects,
+        "delete_if_match",
+        lambda: store.write_table(store.part_key("staff", "p2"), again),
+    )
+    assert store.compact("staff").parts_read == 1
+    assert store.objects.list_keys("galleries/staff/inbox/") == ["galleries/staff/inbox/p2"]
+    assert store.compact("staff").parts_read == 1  # the new p2, merged
+    np.testing.assert_array_equal(
+        row_embedding(served(store), "b/1.jpg"), row_embedding(again, "b/1.jpg")
+    )
+    assert store.compact("staff").parts_read == 0

@@ -153,8 +153,10 @@ def test_erasing_a_subject_of_the_collection_rewrites_its_export(world):
     assert receipt.totals()["gallery"]["rows_removed"] == 1
     assert receipt.totals()["gallery_part"]["rows_removed"] == 1
     for key, version in world.versions("galleries/lobby-g/"):  # no version holds bob
+        if "/inbox/" in key:  # markers: random tokens (and a delete marker once merged)
+            continue
         body = world.eraser.objects.get(key, version_id=version).body
-        if key == "galleries/lobby-g/compaction.json" or "/inbox/" in key:  # no one's id
+        if key == "galleries/lobby-g/compaction.json":  # ETags and a generation id
             assert b"bob" not in body
             continue
         assert "bob" not in read_gallery(io.BytesIO(body))[1]["subject_id"].to_pylist(), key
