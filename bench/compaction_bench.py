@@ -5,7 +5,7 @@ in-process (S3 API calls without the network): a gallery of ``--parts`` parts of
 ``--rows`` rows each (256-d unit rows, the fused default's width, one subject per row) is
 compacted in full (every part read); then ``--new`` parts arrive and
 :meth:`~facegate.storage.galleries.GalleryStore.compact` runs again, incrementally (the new
-parts merged onto ``gallery.parquet``). The baseline is a full rebuild of that same state,
+parts, found in the gallery's inbox, merged into ``delta.parquet``). The baseline is a full rebuild of that same state,
 measured right after. Both runs apply the same tombstones.
 
 Run: ``.venv/bin/python bench/compaction_bench.py [--parts 10000 --new 100]`` from the
@@ -96,8 +96,10 @@ def measure(parts: int = 10_000, new: int = 100, rows: int = 10) -> list[dict[st
             "ratio": incremental.seconds / full.seconds,
             "higher_is_better": False,
             "notes": (
-                f"moto in-process; first (full) run {first.seconds:.1f} s; incremental read "
-                f"{incremental.parts_read} parts + gallery.parquet; rows out {full.rows_out:,}"
+                f"moto in-process; first (full) run {first.seconds:.1f} s; the incremental "
+                f"run read {incremental.parts_read} parts (listed from the inbox) and "
+                f"gallery.parquet's id columns, and wrote delta.parquet; rows out "
+                f"{full.rows_out:,}"
             ),
         }
     ]
