@@ -5,8 +5,8 @@ in-process (S3 API calls without the network): a gallery of ``--parts`` parts of
 ``--rows`` rows each (256-d unit rows, the fused default's width, one subject per row) is
 compacted in full (every part read); then ``--new`` parts arrive and
 :meth:`~facegate.storage.galleries.GalleryStore.compact` runs again, incrementally (the new
-parts, found in the gallery's inbox, merged into ``delta.parquet``). The baseline is a full rebuild of that same state,
-measured right after. Both runs apply the same tombstones.
+parts, found in the gallery's inbox, merged into ``delta.parquet``). The baseline is a full
+rebuild of that same state, measured right after. Both runs apply the same tombstones.
 
 Run: ``.venv/bin/python bench/compaction_bench.py [--parts 10000 --new 100]`` from the
 repository root.
